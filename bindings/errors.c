@@ -1,0 +1,99 @@
+/* Error objects: failures you can test without matching strings.
+ *
+ * Every operation that fails (a cancellation, a timeout, later a transfer) raises a table with
+ * `kind` and `message` under one metatable, so it survives gather, awaits and tracebacks, and
+ * async.is_cancelled / async.is_timeout recognise it. A plain error("x") is never wrapped.
+ */
+#include <string.h>
+
+#include "private.h"
+
+static int error_tostring(lua_State *L) {
+  lua_getfield(L, 1, "kind");
+  lua_getfield(L, 1, "message");
+  lua_pushfstring(L, "%s: %s", luaL_optstring(L, 2, "error"), luaL_optstring(L, 3, "(no message)"));
+  return 1;
+}
+
+void lasync__push_error(lua_State *L, const char *kind, const char *message) {
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  lua_pushstring(L, message);
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, LASYNC_ERROR_MT);
+}
+
+int lasync__is_error_kind(lua_State *L, int idx, const char *kind) {
+  int yes = 0;
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return 0;
+  luaL_getmetatable(L, LASYNC_ERROR_MT);
+  if (lua_rawequal(L, -1, -2)) {
+    lua_pushliteral(L, "kind");
+    yes = lua_rawget(L, idx) == LUA_TSTRING && strcmp(lua_tostring(L, -1), kind) == 0;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return yes;
+}
+
+static int describe_protected(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* Pushes a printable description of any error value; a failing __tostring cannot make
+ * reporting fail. */
+const char *lasync__describe(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    lua_pushvalue(L, idx);
+  } else {
+    lua_pushcfunction(L, describe_protected);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+    }
+  }
+  return lua_tostring(L, -1);
+}
+
+static int l_is_kind(lua_State *L, const char *kind) {
+  lua_pushboolean(L, lasync__is_error_kind(L, 1, kind));
+  return 1;
+}
+
+static int l_is_cancelled(lua_State *L) { return l_is_kind(L, "cancelled"); }
+static int l_is_timeout(lua_State *L) { return l_is_kind(L, "timeout"); }
+
+/* async.error(kind, message [, fields]): lets Lua code raise the same kind of object. */
+static int l_new_error(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const char *message = luaL_checkstring(L, 2);
+  lasync__push_error(L, kind, message);
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
+  }
+  return 1;
+}
+
+void lasync__open_errors(lua_State *L) {
+  static const luaL_Reg funcs[] = {{"is_cancelled", l_is_cancelled},
+                                   {"is_timeout", l_is_timeout},
+                                   {"error", l_new_error},
+                                   {NULL, NULL}};
+  luaL_newmetatable(L, LASYNC_ERROR_MT);
+  lua_pushcfunction(L, error_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "lasync.Error");
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,189 @@
+/* Shared glue between the bindings: the runtime, tasks, the one wake-up path.
+ *
+ * Every binding that suspends a task does the same three things: it checks that it runs inside a
+ * task (lasync__check_task), it registers the task with whatever will complete the work, and it
+ * returns lasync__suspend(). When the work completes, the binding calls lasync__wake(); when the
+ * task is cancelled meanwhile, the scheduler calls the awaitable's cancel hook instead. Nothing
+ * but runtime.c calls lua_resume.
+ */
+#ifndef LASYNC_PRIVATE_H
+#define LASYNC_PRIVATE_H
+
+#include <limits.h>
+#include <stdint.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <uv.h>
+
+#define LASYNC_VERSION "0.1.0"
+
+#define LASYNC_TASK_MT "lasync.Task"
+#define LASYNC_FUTURE_MT "lasync.Future"
+#define LASYNC_ERROR_MT "lasync.Error"
+#define LASYNC__LIB_CHUNK "=[lasync]" /* chunk name of lua/lasync.lua, skipped in spawn sites */
+
+typedef struct lasync__runtime lasync__runtime;
+typedef struct lasync__task lasync__task;
+typedef struct lasync__waiter lasync__waiter;
+typedef struct lasync__timer lasync__timer;
+
+/* A node in the list of those waiting on an awaitable (a task or a future). It is embedded in
+ * the waiter, so waiting allocates nothing. on_settle is called once, after the node has been
+ * unlinked. */
+struct lasync__waiter {
+  lasync__waiter *next;
+  lasync__waiter *prev;
+  void (*on_settle)(lasync__waiter *w);
+};
+
+typedef struct {
+  lasync__waiter *head;
+} lasync__waitlist;
+
+void lasync__waitlist_add(lasync__waitlist *list, lasync__waiter *w);
+void lasync__waitlist_remove(lasync__waitlist *list, lasync__waiter *w);
+/* Unlinks every waiter and calls its on_settle, in the order they started waiting. */
+void lasync__waitlist_settle(lasync__waitlist *list);
+
+/* A deadline in the runtime's timer heap: one libuv timer serves them all. */
+struct lasync__timer {
+  uint64_t due;   /* uv_hrtime() clock, nanoseconds */
+  uint64_t seq;   /* keeps equal deadlines first-in first-out */
+  uint32_t index; /* position in the heap, or LASYNC__UNARMED */
+  void (*on_due)(lasync__timer *timer);
+};
+#define LASYNC__UNARMED UINT32_MAX
+
+void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double seconds);
+void lasync__timer_stop(lasync__runtime *rt, lasync__timer *timer);
+
+/* What a suspended task is waiting on. */
+typedef struct lasync__awaitable_ops {
+  const char *name; /* shown by diagnostics: "sleep", "task", "future", ... */
+  /* Detaches the task from the awaitable without waking it; called by the scheduler when the
+   * task is cancelled while suspended. May be NULL when there is nothing to detach. */
+  void (*cancel)(lasync__task *t, void *data);
+  /* Runs inside the task once it is resumed normally; pushes the call's results. */
+  int (*finish)(lua_State *L, lasync__task *t, void *data);
+} lasync__awaitable_ops;
+
+enum lasync__status {
+  LASYNC__PENDING,
+  LASYNC__RUNNING,
+  LASYNC__DONE,
+  LASYNC__FAILED,
+  LASYNC__CANCELLED
+};
+
+enum lasync__wake { LASYNC__WAKE_NONE, LASYNC__WAKE_VALUE, LASYNC__WAKE_CANCEL };
+
+#define LASYNC__NO_CANCEL INT_MAX
+
+/* The task's user values, so a task costs one allocation. */
+enum {
+  LASYNC__UV_FN = 1, /* the function before start; the first result or the error after */
+  LASYNC__UV_ARGS,   /* arguments before start; all results (n > 1) or the traceback after */
+  LASYNC__UV_CO,     /* the coroutine while running; the unobserved-failure sentinel after */
+  LASYNC__UV_SITE,   /* the Lua function that spawned it (its line is in spawn_line) */
+  LASYNC__UV_PARENT, /* the task that spawned it */
+  LASYNC__UV_EXTRA,  /* a table made on demand: cancel message, error cause, name */
+  LASYNC__TASK_NUV = LASYNC__UV_EXTRA
+};
+
+struct lasync__task {
+  lasync__runtime *rt;
+  lua_State *co;              /* the coroutine running it, while it runs */
+  lasync__task *next_ready;   /* link in the ready queue */
+  const lasync__awaitable_ops *wait_ops; /* what it is suspended on, until its continuation */
+  void *wait_data;
+  lasync__waiter waiter;      /* used while it awaits a task or a future */
+  lasync__timer timer;        /* used while it sleeps */
+  lasync__waitlist waiters;   /* those awaiting it */
+  uint64_t id;
+  uint64_t spawned_ns;
+  int ref;                    /* registry ref pinning it until it finishes */
+  int nargs;                  /* before start: argument count; after: result count */
+  int cancel_level;           /* outermost cancelled scope, or LASYNC__NO_CANCEL */
+  int scope_depth;            /* 0 is the task itself; each async.timeout adds one */
+  int spawn_line;
+  uint8_t status;
+  uint8_t wake;               /* why it was queued */
+  uint8_t suspended;          /* linked into an awaitable, waiting for wake or cancel */
+  uint8_t queued;
+  uint8_t observed;           /* its outcome was retrieved or is awaited */
+};
+
+struct lasync__runtime {
+  lua_State *L; /* the main thread */
+  uv_loop_t *loop;
+  uv_loop_t own_loop;
+  int owns_loop;
+  uv_idle_t idle;   /* active while tasks are ready, so the poll does not block */
+  uv_check_t check; /* runs ready tasks after each poll */
+  uv_timer_t timer; /* fires the earliest deadline of the heap */
+  lasync__timer **heap;
+  uint32_t heap_len, heap_cap;
+  uint64_t timer_seq;
+  lasync__task *ready_head, *ready_tail;
+  lasync__task *current;
+  int pool_ref;     /* table of idle coroutines, reused by later tasks */
+  int pool_len;
+  int entry_ref;    /* {xpcall, handler}: what every task body runs under */
+  int closing;      /* refuses new tasks once shutdown has begun */
+  int in_callback;  /* depth of libuv callbacks on the C stack */
+  uint64_t next_id;
+  /* Counters behind async._debug.counts(): specs assert they return to zero. */
+  long live_tasks;
+  long pinned_refs;
+  long unhandled_failures; /* failed tasks nobody looked at, reported on collection */
+  void *data;              /* for the embedder */
+};
+
+/* runtime.c */
+lasync__runtime *lasync__runtime_get(lua_State *L);
+lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop);
+void lasync__runtime_close(lasync__runtime *rt);
+int lasync__pin(lasync__runtime *rt, lua_State *L);
+void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref);
+void lasync__enqueue(lasync__task *t, int wake);
+void lasync__drain(lasync__runtime *rt);
+int lasync__run_until_done(lasync__runtime *rt, lasync__task *t);
+void lasync__cancel_all(lasync__runtime *rt, const char *msg);
+int lasync__count_handles(lasync__runtime *rt);
+
+/* task.c */
+lasync__task *lasync__check_task(lua_State *L, const char *fname);
+lasync__task *lasync__totask(lua_State *L, int idx);
+int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data);
+void lasync__wake(lasync__task *t);
+int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx);
+lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs);
+void lasync__task_start(lasync__runtime *rt, lasync__task *t);
+void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int nres);
+int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx);
+/* Marks the outcome as seen, so a failure is not reported again when the task is collected. */
+void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx);
+void lasync__push_failure_report(lua_State *L, lasync__task *t);
+int lasync__task_finished(const lasync__task *t);
+int lasync__trace_handler(lua_State *L);
+void lasync__open_task(lua_State *L);
+
+/* errors.c */
+void lasync__push_error(lua_State *L, const char *kind, const char *message);
+int lasync__is_error_kind(lua_State *L, int idx, const char *kind);
+const char *lasync__describe(lua_State *L, int idx);
+void lasync__open_errors(lua_State *L);
+
+/* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
+void lasync__open_timer(lua_State *L);
+void lasync__open_future(lua_State *L);
+void lasync__open_gather(lua_State *L);
+
+/* embedded.c, generated from lua/ by CMake */
+extern const char lasync__lua_lasync[];
+extern const unsigned long lasync__lua_lasync_len;
+extern const char lasync__lua_host[];
+extern const unsigned long lasync__lua_host_len;
+
+#endif

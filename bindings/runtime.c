@@ -1,0 +1,345 @@
+/* The runtime: one libuv loop, the ready queue, and the one path that resumes a task.
+ *
+ * Tasks become ready from many places (spawn, a timer, a finished task, a future, a transfer,
+ * a cancellation); all of them call lasync__enqueue. The queue is drained after each poll by
+ * on_check, and the idle handle keeps the poll from blocking while tasks are ready. Each drain
+ * runs only the tasks that were ready when it began, so a task that keeps yielding cannot
+ * starve I/O.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "private.h"
+
+#define POOL_MAX 1024 /* idle coroutines kept for reuse */
+
+static const char RUNTIME_KEY = 'r';
+
+lasync__runtime *lasync__runtime_get(lua_State *L) {
+  lasync__runtime *rt;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
+  rt = (lasync__runtime *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return rt;
+}
+
+int lasync__pin(lasync__runtime *rt, lua_State *L) {
+  rt->pinned_refs++;
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref) {
+  if (ref == LUA_NOREF || ref == LUA_REFNIL) return;
+  rt->pinned_refs--;
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* ---- the ready queue ---- */
+
+static void on_idle(uv_idle_t *handle) {
+  (void)handle; /* Its only job is to keep the poll from blocking; on_check does the work. */
+}
+
+void lasync__enqueue(lasync__task *t, int wake) {
+  lasync__runtime *rt = t->rt;
+  if (t->queued) {
+    if (wake == LASYNC__WAKE_CANCEL) t->wake = (uint8_t)wake;
+    return;
+  }
+  t->queued = 1;
+  t->wake = (uint8_t)wake;
+  t->next_ready = NULL;
+  if (rt->ready_tail)
+    rt->ready_tail->next_ready = t;
+  else {
+    rt->ready_head = t;
+    uv_idle_start(&rt->idle, on_idle);
+  }
+  rt->ready_tail = t;
+}
+
+/* A coroutine for a new task: an idle one from the pool, else a fresh thread. Leaves it on the
+ * main thread's stack. */
+static lua_State *acquire_coroutine(lasync__runtime *rt) {
+  lua_State *L = rt->L;
+  lua_State *co;
+  if (rt->pool_len > 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
+    lua_rawgeti(L, -1, rt->pool_len);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, rt->pool_len--);
+    lua_remove(L, -2);
+    return lua_tothread(L, -1);
+  }
+  co = lua_newthread(L);
+  return co;
+}
+
+/* Returns a coroutine whose task ended normally to the pool. Its stack must be empty. */
+static void release_coroutine(lasync__runtime *rt, lua_State *co) {
+  lua_State *L = rt->L;
+  if (rt->pool_len >= POOL_MAX || lua_status(co) != LUA_OK) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_rawseti(L, -2, ++rt->pool_len);
+  lua_pop(L, 1);
+}
+
+/* Moves a pending task onto a coroutine: pushes xpcall, the function, the handler and the
+ * arguments, and returns how many values lua_resume should take. */
+static int start_task(lasync__runtime *rt, lasync__task *t) {
+  lua_State *L = rt->L;
+  lua_State *co;
+  int i, args, nargs = t->nargs;
+  lua_checkstack(L, nargs + 6);
+  lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);                      /* [task] */
+  co = acquire_coroutine(rt);                         /* [task, co] */
+  lua_setiuservalue(L, -2, LASYNC__UV_CO);           /* [task] */
+  t->co = co;
+  t->status = LASYNC__RUNNING;
+  lua_checkstack(co, nargs + 3);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->entry_ref);  /* [task, entry] */
+  lua_rawgeti(L, -1, 1);                             /* [task, entry, xpcall] */
+  lua_getiuservalue(L, -3, LASYNC__UV_FN);           /* [task, entry, xpcall, fn] */
+  lua_rawgeti(L, -3, 2);                             /* [task, entry, xpcall, fn, handler] */
+  lua_getiuservalue(L, -5, LASYNC__UV_ARGS);         /* [..., handler, args] */
+  if (nargs > 1) {
+    args = lua_gettop(L);
+    for (i = 1; i <= nargs; i++) lua_rawgeti(L, args, i);
+    lua_remove(L, args);
+  } else if (nargs == 0) {
+    lua_pop(L, 1);
+  }
+  lua_xmove(L, co, 3 + nargs);                       /* [task, entry] */
+  lua_pop(L, 1);
+  /* The function and its arguments now live on the coroutine; drop the task's copies. */
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+  lua_pop(L, 1);
+  return nargs + 2;
+}
+
+/* The task's body returned: the coroutine holds xpcall's results, [ok, values...] or
+ * [false, error]. Moves them into the task and settles it. */
+static void finish_task(lasync__runtime *rt, lasync__task *t, int nres) {
+  lua_State *L = rt->L;
+  lua_State *co = t->co;
+  int ok = nres > 0 && lua_toboolean(co, -nres);
+  int n = nres - 1, status, i;
+  lua_checkstack(L, n + 4);
+  lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);               /* [task] */
+  if (ok) {
+    status = LASYNC__DONE;
+    if (n >= 1) {
+      lua_pushvalue(co, -n);
+      lua_xmove(co, L, 1);
+      lua_setiuservalue(L, -2, LASYNC__UV_FN);
+    }
+    if (n > 1) {
+      lua_createtable(L, n, 0);
+      lua_xmove(co, L, n);                    /* [task, results, v1..vn] */
+      for (i = n; i >= 1; i--) lua_rawseti(L, -2 - (i - 1), i);
+      lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+    }
+  } else {
+    n = 1;
+    lua_xmove(co, L, 1);                      /* the error */
+    status = lasync__is_error_kind(L, -1, "cancelled") ? LASYNC__CANCELLED : LASYNC__FAILED;
+    lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  }
+  lua_settop(co, 0);
+  t->co = NULL;
+  release_coroutine(rt, co);
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, LASYNC__UV_CO);
+  lua_pop(L, 1);
+  lasync__task_settle(rt, t, status, ok ? n : 0);
+}
+
+/* The error escaped the body's xpcall (a memory error while handling an error, for example):
+ * the coroutine is unusable, so it is reset and dropped rather than pooled. */
+static void fail_task(lasync__runtime *rt, lasync__task *t) {
+  lua_State *L = rt->L;
+  lua_State *co = t->co;
+  lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);
+  lua_xmove(co, L, 1);
+  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  lua_resetthread(co);
+  t->co = NULL;
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, LASYNC__UV_CO);
+  lua_pop(L, 1);
+  lasync__task_settle(rt, t, LASYNC__FAILED, 0);
+}
+
+/* The one place that resumes a task. */
+static void resume_task(lasync__runtime *rt, lasync__task *t) {
+  int nargs = 0, nres = 0, status;
+  if (t->status == LASYNC__PENDING) {
+    if (t->cancel_level != LASYNC__NO_CANCEL) {
+      /* Cancelled before it ever ran: its function never starts. */
+      lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);
+      lasync__push_error(rt->L, "cancelled", "task cancelled before it started");
+      lua_setiuservalue(rt->L, -2, LASYNC__UV_FN);
+      lua_pop(rt->L, 1);
+      lasync__task_settle(rt, t, LASYNC__CANCELLED, 0);
+      return;
+    }
+    nargs = start_task(rt, t);
+  }
+  rt->current = t;
+  status = lua_resume(t->co, rt->L, nargs, &nres);
+  rt->current = NULL;
+  if (status == LUA_YIELD) {
+    lua_pop(t->co, nres);
+    /* A bare coroutine.yield() in a task is a sleep(0), so the scheduler never hands the
+     * task's values to anyone. */
+    if (t->wait_ops == NULL) lasync__enqueue(t, LASYNC__WAKE_VALUE);
+  } else if (status == LUA_OK) {
+    finish_task(rt, t, nres);
+  } else {
+    fail_task(rt, t);
+  }
+}
+
+void lasync__drain(lasync__runtime *rt) {
+  lasync__task *t = rt->ready_head;
+  rt->ready_head = rt->ready_tail = NULL;
+  while (t) {
+    lasync__task *next = t->next_ready;
+    t->next_ready = NULL;
+    t->queued = 0;
+    resume_task(rt, t);
+    t = next;
+  }
+  if (rt->ready_head == NULL) uv_idle_stop(&rt->idle);
+}
+
+static void on_check(uv_check_t *handle) {
+  lasync__runtime *rt = (lasync__runtime *)handle->data;
+  rt->in_callback++;
+  lasync__drain(rt);
+  rt->in_callback--;
+}
+
+int lasync__run_until_done(lasync__runtime *rt, lasync__task *t) {
+  int alive = 1;
+  while (t ? !lasync__task_finished(t) : rt->live_tasks > 0) {
+    if (!alive && rt->ready_head == NULL) return -1; /* nothing left can wake the tasks */
+    rt->in_callback++;
+    alive = uv_run(rt->loop, UV_RUN_ONCE);
+    rt->in_callback--;
+  }
+  return 0;
+}
+
+void lasync__cancel_all(lasync__runtime *rt, const char *msg) {
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  lua_Integer i, n;
+  /* Collect first: cancelling changes nothing in the registry, but settle() may. */
+  lua_newtable(L);
+  n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {
+    lasync__task *t = (lasync__task *)luaL_testudata(L, -1, LASYNC_TASK_MT);
+    if (t && !lasync__task_finished(t)) {
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, top + 1, ++n);
+    }
+    lua_pop(L, 1);
+  }
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, top + 1, i);
+    if (msg) lua_pushstring(L, msg); else lua_pushnil(L);
+    lasync__cancel(L, (lasync__task *)lua_touserdata(L, -2), 0, lua_gettop(L));
+    lua_pop(L, 2);
+  }
+  lua_settop(L, top);
+}
+
+typedef struct {
+  lasync__runtime *rt;
+  int n;
+} handle_count;
+
+static void count_handle(uv_handle_t *h, void *arg) {
+  handle_count *c = (handle_count *)arg;
+  if (h == (uv_handle_t *)&c->rt->idle || h == (uv_handle_t *)&c->rt->check ||
+      h == (uv_handle_t *)&c->rt->timer)
+    return;
+  if (uv_is_active(h) && uv_has_ref(h)) c->n++;
+}
+
+/* Counts the active libuv handles other than the runtime's own: what a spec must leave at 0. */
+int lasync__count_handles(lasync__runtime *rt) {
+  handle_count c = {rt, 0};
+  uv_walk(rt->loop, count_handle, &c);
+  return c.n;
+}
+
+lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
+  lasync__runtime *rt = (lasync__runtime *)calloc(1, sizeof *rt);
+  if (rt == NULL) return NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  rt->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (loop == NULL) {
+    if (uv_loop_init(&rt->own_loop) != 0) {
+      free(rt);
+      return NULL;
+    }
+    loop = &rt->own_loop;
+    rt->owns_loop = 1;
+  }
+  rt->loop = loop;
+  uv_idle_init(loop, &rt->idle);
+  uv_check_init(loop, &rt->check);
+  uv_timer_init(loop, &rt->timer);
+  rt->idle.data = rt->check.data = rt->timer.data = rt;
+  uv_check_start(&rt->check, on_check);
+  uv_unref((uv_handle_t *)&rt->check);
+  rt->pool_ref = LUA_NOREF;
+  rt->entry_ref = LUA_NOREF;
+  rt->next_id = 1;
+  lua_pushlightuserdata(L, rt);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
+  lua_newtable(L);
+  rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* The entry every task body runs through: xpcall with the traceback handler. */
+  lua_createtable(L, 2, 0);
+  lua_getglobal(L, "xpcall");
+  lua_rawseti(L, -2, 1);
+  lua_pushcfunction(L, lasync__trace_handler);
+  lua_rawseti(L, -2, 2);
+  rt->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return rt;
+}
+
+static void on_close_noop(uv_handle_t *h) { (void)h; }
+
+/* Shutdown in one order: refuse new work, cancel what is left and let its cleanup run, close
+ * the runtime's handles, then close the loop if it is ours. Leaves lua_close to the owner. */
+void lasync__runtime_close(lasync__runtime *rt) {
+  if (rt->closing) return;
+  if (rt->in_callback == 0 && rt->live_tasks > 0) {
+    lasync__cancel_all(rt, "runtime closed");
+    lasync__run_until_done(rt, NULL);
+  }
+  rt->closing = 1;
+  free(rt->heap);
+  rt->heap = NULL;
+  rt->heap_len = rt->heap_cap = 0;
+  uv_close((uv_handle_t *)&rt->idle, on_close_noop);
+  uv_close((uv_handle_t *)&rt->check, on_close_noop);
+  uv_close((uv_handle_t *)&rt->timer, on_close_noop);
+  /* Running the loop from inside one of its callbacks (os.exit(n, true) in a task) is not
+   * allowed; the process is about to exit then, so the loop is left as it is. */
+  if (rt->in_callback == 0) {
+    uv_run(rt->loop, UV_RUN_DEFAULT);
+    if (rt->owns_loop) uv_loop_close(rt->loop);
+  }
+}

@@ -1,0 +1,547 @@
+/* Tasks: spawn, await, cancel, and how a task's outcome reaches whoever looks at it.
+ *
+ * A task is one userdata. Its coroutine is taken from a pool when it first runs and given back
+ * when it ends, so a task that has not started or has finished costs no coroutine.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "private.h"
+
+static const char *const STATUS_NAMES[] = {"pending", "running", "done", "failed", "cancelled"};
+
+#define TASK_OF(ptr, field) ((lasync__task *)((char *)(ptr)-offsetof(lasync__task, field)))
+
+/* ---- wait lists ---- */
+
+void lasync__waitlist_add(lasync__waitlist *list, lasync__waiter *w) {
+  /* Appends, so waiters are woken in the order they came. head->prev is the tail. */
+  if (list->head == NULL) {
+    w->next = NULL;
+    w->prev = w;
+    list->head = w;
+  } else {
+    lasync__waiter *tail = list->head->prev;
+    tail->next = w;
+    w->prev = tail;
+    w->next = NULL;
+    list->head->prev = w;
+  }
+}
+
+void lasync__waitlist_remove(lasync__waitlist *list, lasync__waiter *w) {
+  if (list->head == w) {
+    list->head = w->next;
+    if (w->next) w->next->prev = w->prev;
+  } else {
+    w->prev->next = w->next;
+    if (w->next)
+      w->next->prev = w->prev;
+    else
+      list->head->prev = w->prev;
+  }
+  w->next = w->prev = NULL;
+}
+
+void lasync__waitlist_settle(lasync__waitlist *list) {
+  while (list->head) {
+    lasync__waiter *w = list->head;
+    lasync__waitlist_remove(list, w);
+    w->on_settle(w);
+  }
+}
+
+/* ---- suspending and waking ---- */
+
+int lasync__task_finished(const lasync__task *t) { return t->status >= LASYNC__DONE; }
+
+static int cancel_active(const lasync__task *t) { return t->cancel_level <= t->scope_depth; }
+
+static void push_extra(lua_State *L, int task_idx) {
+  task_idx = lua_absindex(L, task_idx);
+  if (lua_getiuservalue(L, task_idx, LASYNC__UV_EXTRA) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, task_idx, LASYNC__UV_EXTRA);
+  }
+}
+
+/* Raises the Cancelled error for the task's outermost cancelled scope. */
+static int raise_cancelled(lua_State *L, lasync__task *t) {
+  int level = t->cancel_level;
+  const char *msg = "task cancelled";
+  if (level > 0) {
+    msg = "deadline exceeded";
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    if (lua_getiuservalue(L, -1, LASYNC__UV_EXTRA) == LUA_TTABLE &&
+        lua_getfield(L, -1, "cancel_message") == LUA_TSTRING)
+      msg = lua_tostring(L, -1); /* anchored on the stack until push_error copies it */
+  }
+  lasync__push_error(L, "cancelled", msg);
+  lua_pushinteger(L, level);
+  lua_setfield(L, -2, "level");
+  return lua_error(L);
+}
+
+lasync__task *lasync__check_task(lua_State *L, const char *fname) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lasync__task *t = rt ? rt->current : NULL;
+  if (t == NULL || t->co != L)
+    luaL_error(L, "%s must be called inside a task", fname);
+  if (!lua_isyieldable(L))
+    luaL_error(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
+                  "(a table.sort comparator, a string.gsub callback, require, a __gc ...)",
+               fname);
+  if (cancel_active(t)) raise_cancelled(L, t);
+  return t;
+}
+
+static int on_resume(lua_State *L, int status, lua_KContext ctx) {
+  lasync__task *t = (lasync__task *)ctx;
+  const lasync__awaitable_ops *ops = t->wait_ops;
+  void *data = t->wait_data;
+  (void)status;
+  t->wait_ops = NULL;
+  t->wait_data = NULL;
+  t->wake = LASYNC__WAKE_NONE;
+  if (cancel_active(t)) return raise_cancelled(L, t);
+  return ops->finish ? ops->finish(L, t, data) : 0;
+}
+
+int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data) {
+  t->wait_ops = ops;
+  t->wait_data = data;
+  t->suspended = !t->queued;
+  return lua_yieldk(L, 0, (lua_KContext)t, on_resume);
+}
+
+void lasync__wake(lasync__task *t) {
+  t->suspended = 0;
+  lasync__enqueue(t, LASYNC__WAKE_VALUE);
+}
+
+int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx) {
+  if (lasync__task_finished(t)) return 0;
+  if (level == 0 && msg_idx && lua_isstring(L, msg_idx) && t->cancel_level > 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    push_extra(L, -1);
+    lua_pushvalue(L, msg_idx);
+    lua_setfield(L, -2, "cancel_message");
+    lua_pop(L, 2);
+  }
+  if (level < t->cancel_level) t->cancel_level = level;
+  if (t->status == LASYNC__PENDING) return 1; /* it is queued and will finish unstarted */
+  if (t->suspended && cancel_active(t)) {
+    if (t->wait_ops->cancel) t->wait_ops->cancel(t, t->wait_data);
+    t->suspended = 0;
+    lasync__enqueue(t, LASYNC__WAKE_CANCEL);
+  }
+  return 1;
+}
+
+/* ---- outcomes ---- */
+
+/* The sentinel of a failed task that nobody has looked at yet: if it is collected first, the
+ * failure is reported then, so no error is silently dropped. */
+typedef struct {
+  lasync__runtime *rt;
+  int observed;
+} sentinel;
+
+static int sentinel_gc(lua_State *L) {
+  sentinel *s = (sentinel *)lua_touserdata(L, 1);
+  if (!s->observed) {
+    s->observed = 1;
+    s->rt->unhandled_failures++;
+    lua_getiuservalue(L, 1, 1);
+    fprintf(stderr, "lasync: a task failed and nobody awaited it:\n%s\n", lua_tostring(L, -1));
+    fflush(stderr);
+  }
+  return 0;
+}
+
+void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx) {
+  t->observed = 1;
+  if (t->status == LASYNC__FAILED) {
+    if (lua_getiuservalue(L, task_idx, LASYNC__UV_CO) == LUA_TUSERDATA)
+      ((sentinel *)lua_touserdata(L, -1))->observed = 1;
+    lua_pop(L, 1);
+  }
+}
+
+static void attach_sentinel(lasync__runtime *rt, lasync__task *t) {
+  lua_State *L = rt->L;
+  sentinel *s;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                         /* [task] */
+  s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 1);   /* [task, s] */
+  s->rt = rt;
+  s->observed = 0;
+  lasync__push_failure_report(L, t);
+  lua_setiuservalue(L, -2, 1);
+  if (luaL_newmetatable(L, "lasync.Sentinel")) {
+    lua_pushcfunction(L, sentinel_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_setiuservalue(L, -2, LASYNC__UV_CO);
+  lua_pop(L, 1);
+}
+
+void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int nres) {
+  t->status = (uint8_t)status;
+  t->nargs = nres;
+  t->wait_ops = NULL;
+  if (t->waiters.head) t->observed = 1;
+  if (status == LASYNC__FAILED && !t->observed) attach_sentinel(rt, t);
+  lasync__waitlist_settle(&t->waiters);
+  rt->live_tasks--;
+  lasync__unpin(rt, rt->L, t->ref);
+  t->ref = LUA_NOREF;
+}
+
+/* Pushes the finished task's results, or raises its error. */
+int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
+  int i;
+  task_idx = lua_absindex(L, task_idx);
+  lasync__mark_observed(L, t, task_idx);
+  if (t->status == LASYNC__DONE) {
+    if (t->nargs <= 1) {
+      if (t->nargs == 1) lua_getiuservalue(L, task_idx, LASYNC__UV_FN);
+      return t->nargs;
+    }
+    luaL_checkstack(L, t->nargs + 1, "too many results");
+    lua_getiuservalue(L, task_idx, LASYNC__UV_ARGS);
+    for (i = 1; i <= t->nargs; i++) lua_rawgeti(L, -i, i);
+    return t->nargs;
+  }
+  /* Remember where the error came from, so the re-raising task's traceback can show it. */
+  {
+    lasync__runtime *rt = lasync__runtime_get(L);
+    lasync__task *cur = rt->current;
+    if (cur && cur->co == L) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, cur->ref);
+      push_extra(L, -1);
+      lua_pushvalue(L, task_idx);
+      lua_setfield(L, -2, "cause");
+      lua_pop(L, 2);
+    }
+  }
+  lua_getiuservalue(L, task_idx, LASYNC__UV_FN);
+  return lua_error(L);
+}
+
+static void push_spawn_site(lua_State *L, int task_idx) {
+  lua_Debug ar;
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  if (lua_getiuservalue(L, task_idx, LASYNC__UV_SITE) == LUA_TFUNCTION) {
+    lua_getinfo(L, ">S", &ar);
+    lua_pushfstring(L, "%s:%d", ar.short_src, t->spawn_line);
+  } else {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "(the host)");
+  }
+}
+
+/* The message handler of every task body: records the traceback at the point of failure, with
+ * where the task was spawned and, when the error came from an awaited task, that task's own
+ * traceback. Cancellations carry none: they are not failures. */
+int lasync__trace_handler(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lasync__task *t = rt->current;
+  if (lasync__is_error_kind(L, 1, "cancelled") || t == NULL || t->co != L) return 1;
+  lua_settop(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                    /* 2: task */
+  luaL_traceback(L, L, NULL, 1);                   /* 3: traceback */
+  push_spawn_site(L, 2);                           /* 4: file:line */
+  lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
+  lua_replace(L, 4);
+  lua_pushliteral(L, "");                          /* 5: the awaited task's story, if any */
+  if (lua_getiuservalue(L, 2, LASYNC__UV_EXTRA) == LUA_TTABLE &&
+      lua_getfield(L, 6, "cause") == LUA_TUSERDATA) {
+    lua_getiuservalue(L, 7, LASYNC__UV_FN);        /* 8: its error */
+    lua_getiuservalue(L, 7, LASYNC__UV_ARGS);      /* 9: its traceback */
+    if (lua_rawequal(L, 8, 1) && lua_type(L, 9) == LUA_TSTRING) {
+      lua_pushfstring(L, "\nraised by an awaited task, %s", lua_tostring(L, 9));
+      lua_replace(L, 5);
+    }
+  }
+  lua_settop(L, 5);
+  lua_concat(L, 3);
+  lua_setiuservalue(L, 2, LASYNC__UV_ARGS);
+  lua_settop(L, 1);
+  return 1;
+}
+
+void lasync__push_failure_report(lua_State *L, lasync__task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lua_getiuservalue(L, -1, LASYNC__UV_FN);
+  lasync__describe(L, -1);                           /* [task, err, msg] */
+  if (lua_getiuservalue(L, -3, LASYNC__UV_ARGS) == LUA_TSTRING) {
+    lua_pushliteral(L, "\n");
+    lua_rotate(L, -2, 1);
+    lua_concat(L, 3);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+
+/* ---- spawning ---- */
+
+lasync__task *lasync__totask(lua_State *L, int idx) {
+  return (lasync__task *)luaL_testudata(L, idx, LASYNC_TASK_MT);
+}
+
+static int is_callable(lua_State *L, int idx) {
+  int ok;
+  if (lua_isfunction(L, idx)) return 1;
+  if (!luaL_getmetafield(L, idx, "__call")) return 0;
+  ok = lua_isfunction(L, -1);
+  lua_pop(L, 1);
+  return ok;
+}
+
+/* Creates a task for the callable at fn_idx and the nargs values above it, leaves the task
+ * on the stack in their place, and queues it. The caller has checked that fn is callable. */
+lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lasync__task *t, *parent = rt->current;
+  lua_Debug ar;
+  int level, i;
+  fn_idx = lua_absindex(L, fn_idx);
+  t = (lasync__task *)lua_newuserdatauv(L, sizeof *t, LASYNC__TASK_NUV);
+  memset(t, 0, sizeof *t);
+  t->rt = rt;
+  t->ref = LUA_NOREF;
+  t->cancel_level = LASYNC__NO_CANCEL;
+  t->timer.index = LASYNC__UNARMED;
+  t->id = rt->next_id++;
+  t->spawned_ns = uv_hrtime();
+  t->nargs = nargs;
+  luaL_setmetatable(L, LASYNC_TASK_MT);
+  lua_pushvalue(L, fn_idx);
+  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  if (nargs == 1) {
+    lua_pushvalue(L, fn_idx + 1);
+    lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+  } else if (nargs > 1) {
+    lua_createtable(L, nargs, 0);
+    for (i = 1; i <= nargs; i++) {
+      lua_pushvalue(L, fn_idx + i);
+      lua_rawseti(L, -2, i);
+    }
+    lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+  }
+  /* The spawn site: the nearest Lua function up the stack. */
+  for (level = 1; level <= 4 && lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Slf", &ar);
+    if (ar.currentline >= 0 && strcmp(ar.source, LASYNC__LIB_CHUNK) != 0) {
+      t->spawn_line = ar.currentline;
+      lua_setiuservalue(L, -2, LASYNC__UV_SITE);
+      break;
+    }
+    lua_pop(L, 1);
+  }
+  if (parent) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, parent->ref);
+    lua_setiuservalue(L, -2, LASYNC__UV_PARENT);
+  }
+  lua_pushvalue(L, -1);
+  t->ref = lasync__pin(rt, L);
+  rt->live_tasks++;
+  lua_replace(L, fn_idx);
+  lua_settop(L, fn_idx);
+  lasync__enqueue(t, LASYNC__WAKE_VALUE);
+  return t;
+}
+
+static void check_callable(lua_State *L, int idx, const char *fname) {
+  if (!is_callable(L, idx))
+    luaL_error(L, "%s: bad argument #%d (function expected, got %s)", fname, idx,
+               luaL_typename(L, idx));
+}
+
+static int l_spawn(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  check_callable(L, 1, "async.spawn");
+  if (rt->closing) return luaL_error(L, "async.spawn: the runtime is shutting down");
+  lasync__spawn(L, 1, lua_gettop(L) - 1);
+  return 1;
+}
+
+/* ---- Task methods ---- */
+
+static lasync__task *check_task_arg(lua_State *L, int idx, const char *fname) {
+  lasync__task *t = lasync__totask(L, idx);
+  if (t == NULL)
+    luaL_error(L, "%s: bad argument #%d (task expected, got %s)", fname, idx,
+               luaL_typename(L, idx));
+  return t;
+}
+
+static void on_awaited_settled(lasync__waiter *w) { lasync__wake(TASK_OF(w, waiter)); }
+
+static void await_cancel(lasync__task *t, void *data) {
+  lasync__waitlist_remove(&((lasync__task *)data)->waiters, &t->waiter);
+}
+
+static int await_finish(lua_State *L, lasync__task *t, void *data) {
+  (void)t;
+  return lasync__push_outcome(L, (lasync__task *)data, 1);
+}
+
+static const lasync__awaitable_ops AWAIT_TASK_OPS = {"task", await_cancel, await_finish};
+
+static int await_task(lua_State *L, lasync__task *a, const char *fname) {
+  lasync__task *t = lasync__check_task(L, fname);
+  if (a == t) return luaL_error(L, "%s: a task cannot await itself", fname);
+  lua_settop(L, 1);
+  if (lasync__task_finished(a)) return lasync__push_outcome(L, a, 1);
+  t->waiter.on_settle = on_awaited_settled;
+  lasync__waitlist_add(&a->waiters, &t->waiter);
+  return lasync__suspend(L, t, &AWAIT_TASK_OPS, a);
+}
+
+static int task_await(lua_State *L) {
+  return await_task(L, check_task_arg(L, 1, "task:await"), "task:await");
+}
+
+static int return_all(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+/* async.await(x): a task, or anything with an await method (a future, later a transfer). */
+static int l_await(lua_State *L) {
+  lasync__task *a = lasync__totask(L, 1);
+  int type = lua_type(L, 1);
+  if (a) return await_task(L, a, "async.await");
+  lua_settop(L, 1);
+  if ((type == LUA_TTABLE || type == LUA_TUSERDATA) &&
+      lua_getfield(L, 1, "await") == LUA_TFUNCTION) {
+    lua_insert(L, 1);                              /* [method, x] */
+    lua_callk(L, 1, LUA_MULTRET, 0, return_all);
+    return lua_gettop(L);
+  }
+  return luaL_error(L, "async.await: bad argument #1 (awaitable expected, got %s)",
+                    luaL_typename(L, 1));
+}
+
+static int task_cancel(lua_State *L) {
+  lasync__task *t = check_task_arg(L, 1, "task:cancel");
+  if (!lua_isnoneornil(L, 2) && !lua_isstring(L, 2))
+    return luaL_error(L, "task:cancel: bad argument #1 (string expected, got %s)",
+                      luaL_typename(L, 2));
+  lua_pushboolean(L, lasync__cancel(L, t, 0, lua_isnoneornil(L, 2) ? 0 : 2));
+  return 1;
+}
+
+static int task_done(lua_State *L) {
+  lua_pushboolean(L, lasync__task_finished(check_task_arg(L, 1, "task:done")));
+  return 1;
+}
+
+static int task_status(lua_State *L) {
+  lua_pushstring(L, STATUS_NAMES[check_task_arg(L, 1, "task:status")->status]);
+  return 1;
+}
+
+static int task_result(lua_State *L) {
+  lasync__task *t = check_task_arg(L, 1, "task:result");
+  if (!lasync__task_finished(t))
+    return luaL_error(L, "task:result: the task has not finished (status: %s)",
+                      STATUS_NAMES[t->status]);
+  return lasync__push_outcome(L, t, 1);
+}
+
+static int task_tostring(lua_State *L) {
+  lasync__task *t = check_task_arg(L, 1, "tostring");
+  lua_pushfstring(L, "Task#%I (%s)", (lua_Integer)t->id, STATUS_NAMES[t->status]);
+  return 1;
+}
+
+/* ---- module functions ---- */
+
+static int l_current(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  if (rt->current && rt->current->co == L)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->ref);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+static int l_in_task(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lua_pushboolean(L, rt->current && rt->current->co == L);
+  return 1;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  return 1;
+}
+
+/* Runs the loop until the task finishes: async.run outside a task, and the host. */
+static int l_run_until(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lasync__task *t = check_task_arg(L, 1, "async.run");
+  if (rt->in_callback)
+    return luaL_error(L, "async.run cannot start a loop while the loop is running "
+                         "(call it from the main chunk, or from inside a task)");
+  if (lasync__run_until_done(rt, t) != 0) {
+    /* Nothing left can wake the task: cancel everything so cleanup runs, then report. */
+    lasync__cancel_all(rt, "deadlock: nothing left could wake this task");
+    lasync__run_until_done(rt, NULL);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  /* asyncio.run semantics: what the main function left behind is cancelled and awaited. */
+  if (lua_toboolean(L, 2) && rt->live_tasks > 0) {
+    lasync__cancel_all(rt, "async.run is finishing");
+    lasync__run_until_done(rt, NULL);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_debug_counts(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  int self = rt->current && rt->current->co == L;
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, rt->live_tasks - self);
+  lua_setfield(L, -2, "tasks");
+  lua_pushinteger(L, rt->heap_len);
+  lua_setfield(L, -2, "timers");
+  lua_pushinteger(L, lasync__count_handles(rt));
+  lua_setfield(L, -2, "handles");
+  lua_pushinteger(L, rt->pinned_refs - rt->live_tasks);
+  lua_setfield(L, -2, "refs");
+  lua_pushinteger(L, rt->pool_len);
+  lua_setfield(L, -2, "pooled_coroutines");
+  return 1;
+}
+
+void lasync__open_task(lua_State *L) {
+  static const luaL_Reg methods[] = {{"await", task_await},   {"cancel", task_cancel},
+                                     {"done", task_done},     {"status", task_status},
+                                     {"result", task_result}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"spawn", l_spawn},           {"create_task", l_spawn},
+                                   {"await", l_await},           {"current", l_current},
+                                   {"now", l_now},               {"_in_task", l_in_task},
+                                   {"_run_until", l_run_until},  {"_debug_counts", l_debug_counts},
+                                   {NULL, NULL}};
+  luaL_newmetatable(L, LASYNC_TASK_MT);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, task_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "Task");
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}

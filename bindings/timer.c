@@ -1,0 +1,212 @@
+/* Time: async.sleep, the deadlines behind async.timeout, and the timer heap that serves both.
+ *
+ * A per-task libuv timer would cost a handle (and a close callback) per sleep; instead every
+ * deadline sits in one binary heap, ordered by due time and then by arrival, and one uv_timer
+ * is armed for the earliest.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "private.h"
+
+#define SCOPE_MT "lasync.Deadline"
+#define TASK_OF_TIMER(p) ((lasync__task *)((char *)(p)-offsetof(lasync__task, timer)))
+
+/* ---- the heap ---- */
+
+static int earlier(const lasync__timer *a, const lasync__timer *b) {
+  return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
+static void place(lasync__runtime *rt, uint32_t i, lasync__timer *timer) {
+  rt->heap[i] = timer;
+  timer->index = i;
+}
+
+static void sift_up(lasync__runtime *rt, uint32_t i) {
+  lasync__timer *timer = rt->heap[i];
+  while (i > 0) {
+    uint32_t parent = (i - 1) / 2;
+    if (!earlier(timer, rt->heap[parent])) break;
+    place(rt, i, rt->heap[parent]);
+    i = parent;
+  }
+  place(rt, i, timer);
+}
+
+static void sift_down(lasync__runtime *rt, uint32_t i) {
+  lasync__timer *timer = rt->heap[i];
+  for (;;) {
+    uint32_t child = 2 * i + 1;
+    if (child >= rt->heap_len) break;
+    if (child + 1 < rt->heap_len && earlier(rt->heap[child + 1], rt->heap[child])) child++;
+    if (!earlier(rt->heap[child], timer)) break;
+    place(rt, i, rt->heap[child]);
+    i = child;
+  }
+  place(rt, i, timer);
+}
+
+static void on_heap_timer(uv_timer_t *handle);
+
+/* Arms the libuv timer for the earliest deadline. The delay is counted from the loop's clock,
+ * rounded up, so the timer never fires before the deadline it serves. */
+static void rearm(lasync__runtime *rt) {
+  uint64_t now_ms, due_ms;
+  if (rt->heap_len == 0) {
+    uv_timer_stop(&rt->timer);
+    return;
+  }
+  uv_update_time(rt->loop);
+  now_ms = uv_now(rt->loop);
+  due_ms = (rt->heap[0]->due + 999999) / 1000000;
+  uv_timer_start(&rt->timer, on_heap_timer, due_ms > now_ms ? due_ms - now_ms : 0, 0);
+}
+
+void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double seconds) {
+  if (rt->heap_len == rt->heap_cap) {
+    uint32_t cap = rt->heap_cap ? rt->heap_cap * 2 : 64;
+    lasync__timer **heap = (lasync__timer **)realloc(rt->heap, cap * sizeof *heap);
+    if (heap == NULL) {
+      lua_State *L = rt->current ? rt->current->co : rt->L;
+      luaL_error(L, "not enough memory for a timer");
+    }
+    rt->heap = heap;
+    rt->heap_cap = cap;
+  }
+  timer->due = uv_hrtime() + (uint64_t)(seconds * 1e9);
+  timer->seq = rt->timer_seq++;
+  place(rt, rt->heap_len++, timer);
+  sift_up(rt, timer->index);
+  if (timer->index == 0) rearm(rt);
+}
+
+void lasync__timer_stop(lasync__runtime *rt, lasync__timer *timer) {
+  uint32_t i = timer->index;
+  lasync__timer *last;
+  if (i == LASYNC__UNARMED) return;
+  timer->index = LASYNC__UNARMED;
+  last = rt->heap[--rt->heap_len];
+  if (i < rt->heap_len) {
+    place(rt, i, last);
+    sift_down(rt, i);
+    sift_up(rt, last->index);
+  }
+  /* A stale arming is harmless (on_heap_timer finds nothing due), but an empty heap must not
+   * keep the loop alive. */
+  if (rt->heap_len == 0) uv_timer_stop(&rt->timer);
+}
+
+/* libuv calls this when the earliest deadline is due. */
+static void on_heap_timer(uv_timer_t *handle) {
+  lasync__runtime *rt = (lasync__runtime *)handle->data;
+  uint64_t now = uv_hrtime();
+  while (rt->heap_len > 0 && rt->heap[0]->due <= now) {
+    lasync__timer *timer = rt->heap[0];
+    lasync__timer_stop(rt, timer);
+    timer->on_due(timer);
+  }
+  rearm(rt);
+}
+
+/* ---- async.sleep ---- */
+
+static double check_seconds(lua_State *L, int idx, const char *fname) {
+  double s;
+  if (lua_type(L, idx) != LUA_TNUMBER)
+    luaL_error(L, "%s: bad argument #%d (number of seconds expected, got %s)", fname, idx,
+               luaL_typename(L, idx));
+  s = lua_tonumber(L, idx);
+  if (isnan(s) || s < 0)
+    luaL_error(L, "%s: bad argument #%d (seconds must be a number >= 0, got %f)", fname, idx, s);
+  return s;
+}
+
+static void on_sleep_due(lasync__timer *timer) { lasync__wake(TASK_OF_TIMER(timer)); }
+
+static void sleep_cancel(lasync__task *t, void *data) {
+  (void)data;
+  lasync__timer_stop(t->rt, &t->timer);
+}
+
+static const lasync__awaitable_ops SLEEP_OPS = {"sleep", sleep_cancel, NULL};
+
+static int l_sleep(lua_State *L) {
+  double s = check_seconds(L, 1, "async.sleep");
+  lasync__task *t = lasync__check_task(L, "async.sleep");
+  if (s == 0) {
+    lasync__enqueue(t, LASYNC__WAKE_VALUE); /* behind every task that is ready now */
+  } else if (isfinite(s)) {
+    t->timer.on_due = on_sleep_due;
+    lasync__timer_start(t->rt, &t->timer, s);
+  } /* else: sleeps until cancelled */
+  return lasync__suspend(L, t, &SLEEP_OPS, NULL);
+}
+
+/* ---- deadlines: the cancel scopes behind async.timeout ---- */
+
+typedef struct {
+  lasync__timer timer;
+  lasync__runtime *rt;
+  lasync__task *task;
+  int depth;
+  int open;
+} deadline;
+
+static void on_deadline_due(lasync__timer *timer) {
+  deadline *d = (deadline *)timer;
+  lasync__cancel(d->rt->L, d->task, d->depth, 0);
+}
+
+/* core._deadline(seconds, fname): opens a cancel scope in the running task that cancels the
+ * code inside it when the time is up. */
+static int l_deadline(lua_State *L) {
+  const char *fname = luaL_optstring(L, 2, "async.timeout");
+  double s = check_seconds(L, 1, fname);
+  lasync__task *t = lasync__check_task(L, fname);
+  deadline *d = (deadline *)lua_newuserdatauv(L, sizeof *d, 0);
+  d->timer.index = LASYNC__UNARMED;
+  d->timer.on_due = on_deadline_due;
+  d->rt = t->rt;
+  d->task = t;
+  d->depth = ++t->scope_depth;
+  d->open = 1;
+  luaL_setmetatable(L, SCOPE_MT);
+  if (isfinite(s)) lasync__timer_start(t->rt, &d->timer, s);
+  return 1;
+}
+
+/* deadline:close() -> whether this scope's own expiry is what cancelled the code inside. */
+static int deadline_close(lua_State *L) {
+  deadline *d = (deadline *)luaL_checkudata(L, 1, SCOPE_MT);
+  lasync__task *t = d->task;
+  int mine;
+  if (!d->open) return luaL_error(L, "deadline closed twice");
+  if (t->scope_depth != d->depth) return luaL_error(L, "deadlines closed out of order");
+  d->open = 0;
+  lasync__timer_stop(d->rt, &d->timer);
+  mine = t->cancel_level == d->depth;
+  if (t->cancel_level >= d->depth) t->cancel_level = LASYNC__NO_CANCEL;
+  t->scope_depth--;
+  lua_pushboolean(L, mine);
+  return 1;
+}
+
+static int deadline_gc(lua_State *L) {
+  deadline *d = (deadline *)lua_touserdata(L, 1);
+  if (d->open && !d->rt->closing) lasync__timer_stop(d->rt, &d->timer);
+  return 0;
+}
+
+void lasync__open_timer(lua_State *L) {
+  static const luaL_Reg funcs[] = {{"sleep", l_sleep}, {"_deadline", l_deadline}, {NULL, NULL}};
+  luaL_newmetatable(L, SCOPE_MT);
+  lua_pushcfunction(L, deadline_close);
+  lua_setfield(L, -2, "close");
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, deadline_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,300 @@
+/* The lasync executable: the `lua` command, with the script's main chunk running as the main
+ * task of an event loop. Options follow lua.c (Lua 5.4) so scripts, shebangs and tools such as
+ * busted run unchanged. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lualib.h>
+
+#include "../bindings/private.h"
+
+int luaopen_lasync(lua_State *L);
+
+static const char *progname = "lasync";
+
+/* What collect_args found on the command line. */
+enum { HAS_ERROR = 1, HAS_I = 2, HAS_V = 4, HAS_E = 8, HAS_LOWER_E = 16 };
+
+static lasync__runtime *runtime;
+static lasync__task *main_task;
+static int interrupted;
+
+static void print_usage(const char *badoption) {
+  fprintf(stderr, "%s: ", progname);
+  if (badoption[1] == 'e' || badoption[1] == 'l')
+    fprintf(stderr, "'%s' needs argument\n", badoption);
+  else
+    fprintf(stderr, "unrecognized option '%s'\n", badoption);
+  fprintf(stderr,
+          "usage: %s [options] [script [args]]\n"
+          "Available options are:\n"
+          "  -e stat   execute string 'stat'\n"
+          "  -i        enter interactive mode after executing 'script'\n"
+          "  -l mod    require library 'mod' into global 'mod'\n"
+          "  -l g=mod  require library 'mod' into global 'g'\n"
+          "  -v        show version information\n"
+          "  -E        ignore environment variables\n"
+          "  -W        turn warnings on\n"
+          "  -h        show this help\n"
+          "  --        stop handling options\n"
+          "  -         stop handling options and execute stdin\n"
+          "The script's main chunk runs as the main task: async calls work at top level.\n",
+          progname);
+}
+
+static void print_version(void) {
+  printf("lasync %s (%s, libuv %s)\n", LASYNC_VERSION, LUA_RELEASE, uv_version_string());
+  fflush(stdout);
+}
+
+/* Scans the options as lua.c does; returns the index of the script, or argc if none. */
+static int collect_args(int argc, char **argv, int *flags) {
+  int i;
+  for (i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-') return i;
+    switch (a[1]) {
+      case '-':
+        if (a[2] != '\0') goto bad;
+        return i + 1 < argc ? i + 1 : argc;
+      case '\0':
+        return i;
+      case 'E':
+        if (a[2] != '\0') goto bad;
+        *flags |= HAS_E;
+        break;
+      case 'W':
+        if (a[2] != '\0') goto bad;
+        break;
+      case 'i':
+        if (a[2] != '\0') goto bad;
+        *flags |= HAS_I | HAS_V;
+        break;
+      case 'v':
+        if (a[2] != '\0') goto bad;
+        *flags |= HAS_V;
+        break;
+      case 'e':
+        *flags |= HAS_LOWER_E;
+        /* fall through */
+      case 'l':
+        if (a[2] == '\0' && (++i >= argc || argv[i][0] == '-')) goto bad;
+        break;
+      default:
+        goto bad;
+    }
+  }
+  return argc;
+bad:
+  if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+    *flags = HAS_ERROR | 64;
+    return i;
+  }
+  *flags = HAS_ERROR;
+  return i;
+}
+
+/* arg[0] is the script, negative indices the interpreter and its options, as lua.c does. */
+static void create_arg_table(lua_State *L, char **argv, int argc, int script) {
+  int i, narg = argc - (script + 1);
+  if (script == argc) script = 0;
+  lua_createtable(L, narg > 0 ? narg : 0, script + 1);
+  for (i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static void add_step(lua_State *L, int plan, const char *kind) {
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, plan, (lua_Integer)luaL_len(L, plan) + 1);
+}
+
+/* The plan the main task carries out: LUA_INIT, then -e/-l/-W in order, then the script or
+ * stdin or the REPL. */
+static void build_plan(lua_State *L, char **argv, int argc, int script, int flags) {
+  int plan, i;
+  lua_newtable(L);
+  plan = lua_gettop(L);
+  if (!(flags & HAS_E)) {
+    const char *name = "=LUA_INIT_5_4";
+    const char *init = getenv("LUA_INIT_5_4");
+    if (init == NULL) {
+      name = "=LUA_INIT";
+      init = getenv("LUA_INIT");
+    }
+    if (init != NULL) {
+      if (init[0] == '@') {
+        add_step(L, plan, "f");
+        lua_pushstring(L, init + 1);
+        lua_setfield(L, -2, "path");
+      } else {
+        add_step(L, plan, "e");
+        lua_pushstring(L, init);
+        lua_setfield(L, -2, "code");
+        lua_pushstring(L, name);
+        lua_setfield(L, -2, "name");
+      }
+      lua_pop(L, 1);
+    }
+  }
+  for (i = 1; i < script; i++) {
+    const char *a = argv[i];
+    if (a[1] == 'e' || a[1] == 'l') {
+      const char *value = a[2] ? a + 2 : argv[++i];
+      add_step(L, plan, a[1] == 'e' ? "e" : "l");
+      lua_pushstring(L, value);
+      lua_setfield(L, -2, a[1] == 'e' ? "code" : "name");
+      lua_pop(L, 1);
+    } else if (a[1] == 'W') {
+      add_step(L, plan, "W");
+      lua_pop(L, 1);
+    }
+  }
+  if (script < argc) {
+    add_step(L, plan, "script");
+    /* "-" is stdin unless it came after "--". */
+    if (strcmp(argv[script], "-") != 0 || strcmp(argv[script - 1], "--") == 0)
+      lua_pushstring(L, argv[script]);
+    else
+      lua_pushnil(L);
+    lua_setfield(L, -2, "path");
+    lua_createtable(L, argc - script - 1, 1);
+    for (i = script + 1; i < argc; i++) {
+      lua_pushstring(L, argv[i]);
+      lua_rawseti(L, -2, i - script);
+    }
+    lua_pushinteger(L, argc - script - 1);
+    lua_setfield(L, -2, "n");
+    lua_setfield(L, -2, "args");
+    lua_pop(L, 1);
+  }
+  if ((flags & HAS_I) || (script == argc && !(flags & (HAS_LOWER_E | HAS_V)))) {
+    if ((flags & HAS_I) || isatty(0)) {
+      if (!(flags & HAS_V)) print_version();
+      add_step(L, plan, "repl");
+    } else {
+      add_step(L, plan, "script"); /* no path: stdin */
+      lua_createtable(L, 0, 1);
+      lua_pushinteger(L, 0);
+      lua_setfield(L, -2, "n");
+      lua_setfield(L, -2, "args");
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* libuv calls this on SIGINT: the first cancels every task so cleanup runs; the second does not
+ * wait. */
+static void on_sigint(uv_signal_t *handle, int signum) {
+  (void)handle;
+  (void)signum;
+  if (interrupted++) {
+    fputs("\nlasync: interrupted again, exiting now\n", stderr);
+    _exit(130);
+  }
+  lasync__cancel_all(runtime, "interrupted");
+}
+
+static void on_signal_closed(uv_handle_t *handle) { (void)handle; }
+
+/* Runs the loop until no task is left; a task that waits on something nothing can complete is
+ * cancelled so its cleanup runs, and reported. */
+static int run_to_completion(lasync__runtime *rt) {
+  int deadlocked = 0;
+  while (lasync__run_until_done(rt, NULL) != 0) {
+    fprintf(stderr, "lasync: %ld task(s) wait on something that nothing can complete "
+                    "(deadlock); cancelling them\n", rt->live_tasks);
+    lasync__cancel_all(rt, "deadlock: nothing left could wake this task");
+    deadlocked = 1;
+  }
+  return deadlocked;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L;
+  uv_signal_t sigint;
+  int flags = 0, script, status = 0, deadlocked;
+  int main_ref;
+  if (argv[0] && argv[0][0]) progname = argv[0];
+  signal(SIGPIPE, SIG_IGN);
+  script = collect_args(argc, argv, &flags);
+  if (flags & HAS_ERROR) {
+    if (flags & 64) {
+      print_version();
+      print_usage("-h");
+      return 0;
+    }
+    print_usage(argv[script]);
+    return 1;
+  }
+  if (flags & HAS_V) print_version();
+  L = luaL_newstate();
+  if (L == NULL) {
+    fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
+    return 1;
+  }
+  if (flags & HAS_E) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+  }
+  luaL_openlibs(L);
+  lua_gc(L, LUA_GCGEN, 0, 0);
+  runtime = lasync__runtime_open(L, NULL);
+  if (runtime == NULL) {
+    fprintf(stderr, "%s: cannot open the event loop\n", progname);
+    return 1;
+  }
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_lasync);
+  lua_setfield(L, -2, "lasync");
+  lua_pop(L, 1);
+  create_arg_table(L, argv, argc, script);
+
+  if (luaL_loadbuffer(L, lasync__lua_host, lasync__lua_host_len, "=[lasync host]") != LUA_OK) {
+    fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+    return 1;
+  }
+  build_plan(L, argv, argc, script, flags);
+  main_task = lasync__spawn(L, -2, 1);
+  main_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the host looks at it after it finishes */
+
+  uv_signal_init(runtime->loop, &sigint);
+  uv_signal_start(&sigint, on_sigint, SIGINT);
+  uv_unref((uv_handle_t *)&sigint);
+
+  deadlocked = run_to_completion(runtime);
+
+  if (main_task->status != LASYNC__DONE) {
+    if (main_task->status == LASYNC__CANCELLED && interrupted) {
+      status = 130;
+    } else {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, main_ref);
+      lasync__mark_observed(L, main_task, -1); /* reported here, not again at collection */
+      lua_getiuservalue(L, -1, LASYNC__UV_FN);
+      fprintf(stderr, "%s: %s\n", progname, lasync__describe(L, -1));
+      lua_pop(L, 2);
+      if (lua_getiuservalue(L, -1, LASYNC__UV_ARGS) == LUA_TSTRING)
+        fprintf(stderr, "%s\n", lua_tostring(L, -1));
+      lua_pop(L, 2);
+      status = 1;
+    }
+  }
+  if (interrupted && status == 0) status = 130;
+  if (deadlocked && status == 0) status = 1;
+  luaL_unref(L, LUA_REGISTRYINDEX, main_ref);
+
+  uv_close((uv_handle_t *)&sigint, on_signal_closed);
+  lasync__runtime_close(runtime);
+  lua_close(L);
+  if (runtime->unhandled_failures && status == 0) status = 1;
+  free(runtime);
+  return status;
+}

@@ -1,0 +1,97 @@
+-- The Lua side of lasync: the calls that compose the C core (timeouts, run) and the public
+-- module table. Scheduling, timers, tasks and gather live in C (bindings/).
+local core = ...
+
+local error, pcall, type = error, pcall, type
+local format = string.format
+
+local async = {
+  version = core.version,
+  spawn = core.spawn,
+  create_task = core.create_task,
+  await = core.await,
+  current = core.current,
+  now = core.now,
+  sleep = core.sleep,
+  future = core.future,
+  gather = core.gather,
+  gather_settled = core.gather_settled,
+  is_cancelled = core.is_cancelled,
+  is_timeout = core.is_timeout,
+  error = core.error,
+}
+
+local spawn, in_task, deadline = core.spawn, core._in_task, core._deadline
+local is_cancelled = core.is_cancelled
+
+local function check_function(fname, n, fn)
+  if type(fn) ~= "function" then
+    error(format("%s: bad argument #%d (function expected, got %s)", fname, n, type(fn)), 3)
+  end
+end
+
+local function timeout_error(fname, seconds)
+  return core.error("timeout", format("%s: timed out after %g s", fname, seconds),
+    { seconds = seconds })
+end
+
+-- A Cancelled error raised by the deadline's own expiry becomes a Timeout; anything else
+-- (including a cancellation of the whole task) passes through unchanged.
+local function finish_timeout(scope, seconds, ok, ...)
+  local expired = scope:close()
+  if ok then return ... end
+  local err = ...
+  if expired and is_cancelled(err) then error(timeout_error("async.timeout", seconds), 0) end
+  error(err, 0)
+end
+
+--- Runs fn(...) in the calling task with a deadline of `seconds`.
+function async.timeout(seconds, fn, ...)
+  local scope = deadline(seconds, "async.timeout")
+  if type(fn) ~= "function" then
+    scope:close()
+    check_function("async.timeout", 2, fn)
+  end
+  return finish_timeout(scope, seconds, pcall(fn, ...))
+end
+
+local function finish_wait_for(scope, task, seconds, ok, ...)
+  local expired = scope:close()
+  if ok then return ... end
+  local err = ...
+  if expired and is_cancelled(err) and not task:done() then
+    -- As asyncio does, wait for the cancelled task's cleanup before reporting the timeout.
+    task:cancel("async.wait_for timed out")
+    local settled, outer = pcall(task.await, task)
+    if not settled and not task:done() then error(outer, 0) end
+    error(timeout_error("async.wait_for", seconds), 0)
+  end
+  error(err, 0)
+end
+
+--- Awaits `task` for at most `seconds`; on expiry cancels it and raises a Timeout.
+function async.wait_for(task, seconds)
+  if not core._is_task(task) then
+    error(format("async.wait_for: bad argument #1 (task expected, got %s)", type(task)), 2)
+  end
+  local scope = deadline(seconds, "async.wait_for")
+  return finish_wait_for(scope, task, seconds, pcall(task.await, task))
+end
+
+--- Runs fn(...) as a task until it finishes. Outside the loop (stock lua, embedding) it drives
+--- the loop, then cancels and awaits whatever fn left behind, like asyncio.run. Inside a task
+--- it simply runs fn as a child task and awaits it, so the same script works in both.
+function async.run(fn, ...)
+  check_function("async.run", 1, fn)
+  if in_task() then return spawn(fn, ...):await() end
+  local task = spawn(fn, ...)
+  if not core._run_until(task, true) then
+    error("async.run: deadlock: the main task waits on something that nothing can complete", 2)
+  end
+  return task:result()
+end
+
+async._debug = { counts = core._debug_counts }
+
+
+return async
