@@ -85,8 +85,6 @@ enum {
   LASYNC__UV_FN = 1, /* the function before start; the first result or the error after */
   LASYNC__UV_ARGS,   /* arguments before start; all results (n > 1) or the traceback after */
   LASYNC__UV_CO,     /* the coroutine while running; the unobserved-failure sentinel after */
-  LASYNC__UV_SITE,   /* the Lua function that spawned it (its line is in spawn_line) */
-  LASYNC__UV_PARENT, /* the task that spawned it */
   LASYNC__UV_EXTRA,  /* a table made on demand: cancel message, error cause, name */
   LASYNC__TASK_NUV = LASYNC__UV_EXTRA
 };
@@ -100,12 +98,12 @@ struct lasync__task {
   lasync__waiter waiter;      /* used while it awaits a task or a future */
   lasync__timer timer;        /* used while it sleeps */
   lasync__waitlist waiters;   /* those awaiting it */
-  uint64_t id;
   uint64_t spawned_ns;
   int ref;                    /* registry ref pinning it until it finishes */
   int nargs;                  /* before start: argument count; after: result count */
   int cancel_level;           /* outermost cancelled scope, or LASYNC__NO_CANCEL */
   int scope_depth;            /* 0 is the task itself; each async.timeout adds one */
+  uint32_t site;               /* where it was spawned: an index into the runtime's sources */
   int spawn_line;
   uint8_t status;
   uint8_t wake;               /* why it was queued */
@@ -132,7 +130,9 @@ struct lasync__runtime {
   int entry_ref;    /* {xpcall, handler}: what every task body runs under */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
-  uint64_t next_id;
+  int sites_ref;    /* array of the source names that spawned tasks, see task.c */
+  uint32_t nsites, last_site;
+  char last_site_src[LUA_IDSIZE];
   /* Counters behind async._debug.counts(): specs assert they return to zero. */
   long live_tasks;
   long pinned_refs;

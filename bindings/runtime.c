@@ -304,7 +304,8 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   uv_unref((uv_handle_t *)&rt->check);
   rt->pool_ref = LUA_NOREF;
   rt->entry_ref = LUA_NOREF;
-  rt->next_id = 1;
+  lua_newtable(L);
+  rt->sites_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushlightuserdata(L, rt);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
   lua_newtable(L);

@@ -233,15 +233,16 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
 }
 
 static void push_spawn_site(lua_State *L, int task_idx) {
-  lua_Debug ar;
   lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
-  if (lua_getiuservalue(L, task_idx, LASYNC__UV_SITE) == LUA_TFUNCTION) {
-    lua_getinfo(L, ">S", &ar);
-    lua_pushfstring(L, "%s:%d", ar.short_src, t->spawn_line);
-  } else {
-    lua_pop(L, 1);
+  if (t->site == 0) {
     lua_pushliteral(L, "(the host)");
+    return;
   }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->sites_ref);
+  lua_rawgeti(L, -1, t->site);
+  lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), t->spawn_line);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
 }
 
 /* The message handler of every task body: records the traceback at the point of failure, with
@@ -291,6 +292,30 @@ void lasync__push_failure_report(lua_State *L, lasync__task *t) {
 
 /* ---- spawning ---- */
 
+/* Spawn sites are kept as (source, line), the source an index into the runtime's `sites`
+ * array: sources are few, so each name is stored once, and the last one is remembered in C
+ * because consecutive spawns nearly always come from the same chunk. */
+static uint32_t site_of(lua_State *L, lasync__runtime *rt, const char *short_src) {
+  uint32_t id;
+  if (rt->last_site && strcmp(rt->last_site_src, short_src) == 0) return rt->last_site;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->sites_ref);   /* [sites] */
+  lua_pushstring(L, short_src);
+  if (lua_rawget(L, -2) == LUA_TNUMBER) {
+    id = (uint32_t)lua_tointeger(L, -1);
+  } else {
+    id = ++rt->nsites;
+    lua_pushstring(L, short_src);
+    lua_pushinteger(L, id);
+    lua_rawset(L, -4);
+    lua_pushstring(L, short_src);
+    lua_rawseti(L, -3, id);
+  }
+  lua_pop(L, 2);
+  rt->last_site = id;
+  strcpy(rt->last_site_src, short_src);
+  return id;
+}
+
 lasync__task *lasync__totask(lua_State *L, int idx) {
   return (lasync__task *)luaL_testudata(L, idx, LASYNC_TASK_MT);
 }
@@ -308,7 +333,7 @@ static int is_callable(lua_State *L, int idx) {
  * on the stack in their place, and queues it. The caller has checked that fn is callable. */
 lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   lasync__runtime *rt = lasync__runtime_get(L);
-  lasync__task *t, *parent = rt->current;
+  lasync__task *t;
   lua_Debug ar;
   int level, i;
   fn_idx = lua_absindex(L, fn_idx);
@@ -318,7 +343,6 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   t->ref = LUA_NOREF;
   t->cancel_level = LASYNC__NO_CANCEL;
   t->timer.index = LASYNC__UNARMED;
-  t->id = rt->next_id++;
   t->spawned_ns = uv_hrtime();
   t->nargs = nargs;
   luaL_setmetatable(L, LASYNC_TASK_MT);
@@ -337,17 +361,12 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   }
   /* The spawn site: the nearest Lua function up the stack. */
   for (level = 1; level <= 4 && lua_getstack(L, level, &ar); level++) {
-    lua_getinfo(L, "Slf", &ar);
+    lua_getinfo(L, "Sl", &ar);
     if (ar.currentline >= 0 && strcmp(ar.source, LASYNC__LIB_CHUNK) != 0) {
       t->spawn_line = ar.currentline;
-      lua_setiuservalue(L, -2, LASYNC__UV_SITE);
+      t->site = site_of(L, rt, ar.short_src);
       break;
     }
-    lua_pop(L, 1);
-  }
-  if (parent) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, parent->ref);
-    lua_setiuservalue(L, -2, LASYNC__UV_PARENT);
   }
   lua_pushvalue(L, -1);
   t->ref = lasync__pin(rt, L);
@@ -460,7 +479,7 @@ static int task_result(lua_State *L) {
 
 static int task_tostring(lua_State *L) {
   lasync__task *t = check_task_arg(L, 1, "tostring");
-  lua_pushfstring(L, "Task#%I (%s)", (lua_Integer)t->id, STATUS_NAMES[t->status]);
+  lua_pushfstring(L, "Task: %p (%s)", (void *)t, STATUS_NAMES[t->status]);
   return 1;
 }
 
