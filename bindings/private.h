@@ -95,8 +95,10 @@ struct lasync__task {
   lasync__task *next_ready;   /* link in the ready queue */
   const lasync__awaitable_ops *wait_ops; /* what it is suspended on, until its continuation */
   void *wait_data;
-  lasync__waiter waiter;      /* used while it awaits a task or a future */
-  lasync__timer timer;        /* used while it sleeps */
+  union {                     /* it waits on one thing at a time */
+    lasync__waiter waiter;    /* while it awaits a task or a future */
+    lasync__timer timer;      /* while it sleeps */
+  };
   lasync__waitlist waiters;   /* those awaiting it */
   uint64_t spawned_ns;
   int ref;                    /* registry ref pinning it until it finishes */

@@ -134,6 +134,7 @@ static const lasync__awaitable_ops SLEEP_OPS = {"sleep", sleep_cancel, NULL};
 static int l_sleep(lua_State *L) {
   double s = check_seconds(L, 1, "async.sleep");
   lasync__task *t = lasync__check_task(L, "async.sleep");
+  t->timer.index = LASYNC__UNARMED;
   if (s == 0) {
     lasync__enqueue(t, LASYNC__WAKE_VALUE); /* behind every task that is ready now */
   } else if (isfinite(s)) {
