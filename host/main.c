@@ -208,14 +208,18 @@ static void on_signal_closed(uv_handle_t *handle) { (void)handle; }
 /* Runs the loop until no task is left; a task that waits on something nothing can complete is
  * cancelled so its cleanup runs, and reported. */
 static int run_to_completion(lasync__runtime *rt) {
-  int deadlocked = 0;
+  int rounds = 0;
   while (lasync__run_until_done(rt, NULL) != 0) {
+    if (rounds++ == 3) {
+      fprintf(stderr, "lasync: %ld task(s) still wait after being cancelled; giving up\n",
+              rt->live_tasks);
+      break;
+    }
     fprintf(stderr, "lasync: %ld task(s) wait on something that nothing can complete "
                     "(deadlock); cancelling them\n", rt->live_tasks);
     lasync__cancel_all(rt, "deadlock: nothing left could wake this task");
-    deadlocked = 1;
   }
-  return deadlocked;
+  return rounds > 0;
 }
 
 int main(int argc, char **argv) {
@@ -253,9 +257,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: cannot open the event loop\n", progname);
     return 1;
   }
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, luaopen_lasync);
-  lua_setfield(L, -2, "lasync");
+  /* Loaded before the main task exists, since the module registers the Task type. */
+  luaL_requiref(L, "lasync", luaopen_lasync, 0);
   lua_pop(L, 1);
   create_arg_table(L, argv, argc, script);
 
