@@ -16,31 +16,32 @@ int luaopen_lasync(lua_State *L);
 static const char *progname = "lasync";
 
 /* What collect_args found on the command line. */
-enum { HAS_ERROR = 1, HAS_I = 2, HAS_V = 4, HAS_E = 8, HAS_LOWER_E = 16 };
+enum { HAS_ERROR = 1, HAS_I = 2, HAS_V = 4, HAS_E = 8, HAS_LOWER_E = 16, HAS_HELP = 32 };
 
 static lasync__runtime *runtime;
 static lasync__task *main_task;
 static int interrupted;
 
+/* Prints the usage, to stdout when asked for (badoption NULL), else to stderr after the error. */
 static void print_usage(const char *badoption) {
-  fprintf(stderr, "%s: ", progname);
-  if (badoption[1] == 'e' || badoption[1] == 'l')
-    fprintf(stderr, "'%s' needs argument\n", badoption);
-  else
-    fprintf(stderr, "unrecognized option '%s'\n", badoption);
-  fprintf(stderr,
+  FILE *out = badoption ? stderr : stdout;
+  if (badoption && (badoption[1] == 'e' || badoption[1] == 'l'))
+    fprintf(stderr, "%s: '%s' needs argument\n", progname, badoption);
+  else if (badoption)
+    fprintf(stderr, "%s: unrecognized option '%s'\n", progname, badoption);
+  fprintf(out,
           "usage: %s [options] [script [args]]\n"
           "Available options are:\n"
-          "  -e stat   execute string 'stat'\n"
-          "  -i        enter interactive mode after executing 'script'\n"
-          "  -l mod    require library 'mod' into global 'mod'\n"
-          "  -l g=mod  require library 'mod' into global 'g'\n"
-          "  -v        show version information\n"
-          "  -E        ignore environment variables\n"
-          "  -W        turn warnings on\n"
-          "  -h        show this help\n"
-          "  --        stop handling options\n"
-          "  -         stop handling options and execute stdin\n"
+          "  -e stat        execute string 'stat'\n"
+          "  -i             enter interactive mode after executing 'script'\n"
+          "  -l mod         require library 'mod' into global 'mod'\n"
+          "  -l g=mod       require library 'mod' into global 'g'\n"
+          "  -v, --version  show version information\n"
+          "  -E             ignore environment variables\n"
+          "  -W             turn warnings on\n"
+          "  -h, --help     show this help\n"
+          "  --             stop handling options\n"
+          "  -              stop handling options and execute stdin\n"
           "The script's main chunk runs as the main task: async calls work at top level.\n",
           progname);
 }
@@ -56,6 +57,14 @@ static int collect_args(int argc, char **argv, int *flags) {
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (a[0] != '-') return i;
+    if (strcmp(a, "--version") == 0) {
+      *flags |= HAS_V;
+      continue;
+    }
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      *flags |= HAS_HELP;
+      return argc;
+    }
     switch (a[1]) {
       case '-':
         if (a[2] != '\0') goto bad;
@@ -89,10 +98,6 @@ static int collect_args(int argc, char **argv, int *flags) {
   }
   return argc;
 bad:
-  if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-    *flags = HAS_ERROR | 64;
-    return i;
-  }
   *flags = HAS_ERROR;
   return i;
 }
@@ -230,12 +235,12 @@ int main(int argc, char **argv) {
   if (argv[0] && argv[0][0]) progname = argv[0];
   signal(SIGPIPE, SIG_IGN);
   script = collect_args(argc, argv, &flags);
+  if (flags & HAS_HELP) {
+    print_version();
+    print_usage(NULL);
+    return 0;
+  }
   if (flags & HAS_ERROR) {
-    if (flags & 64) {
-      print_version();
-      print_usage("-h");
-      return 0;
-    }
     print_usage(argv[script]);
     return 1;
   }
