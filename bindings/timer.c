@@ -165,7 +165,8 @@ static int l_deadline(lua_State *L) {
   const char *fname = luaL_optstring(L, 2, "async.timeout");
   double s = check_seconds(L, 1, fname);
   lasync__task *t = lasync__check_task(L, fname);
-  deadline *d = (deadline *)lua_newuserdatauv(L, sizeof *d, 0);
+  /* The user value anchors the task: an armed deadline must never outlive what it cancels. */
+  deadline *d = (deadline *)lua_newuserdatauv(L, sizeof *d, 1);
   d->timer.index = LASYNC__UNARMED;
   d->timer.on_due = on_deadline_due;
   d->rt = t->rt;
@@ -173,6 +174,8 @@ static int l_deadline(lua_State *L) {
   d->depth = ++t->scope_depth;
   d->open = 1;
   luaL_setmetatable(L, SCOPE_MT);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lua_setiuservalue(L, -2, 1);
   if (isfinite(s)) lasync__timer_start(t->rt, &d->timer, s);
   return 1;
 }
