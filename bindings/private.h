@@ -49,7 +49,7 @@ void lasync__waitlist_settle(lasync__waitlist *list);
 /* A deadline in the runtime's timer heap: one libuv timer serves them all. */
 struct lasync__timer {
   uint64_t due;   /* uv_hrtime() clock, nanoseconds */
-  uint64_t seq;   /* keeps equal deadlines first-in first-out */
+  uint32_t seq;   /* keeps equal deadlines first-in first-out (compared modulo 2^32) */
   uint32_t index; /* position in the heap, or LASYNC__UNARMED */
   void (*on_due)(lasync__timer *timer);
 };
@@ -78,7 +78,8 @@ enum lasync__status {
 
 enum lasync__wake { LASYNC__WAKE_NONE, LASYNC__WAKE_VALUE, LASYNC__WAKE_CANCEL };
 
-#define LASYNC__NO_CANCEL INT_MAX
+#define LASYNC__NO_CANCEL UINT16_MAX
+#define LASYNC__MAX_SCOPES (UINT16_MAX - 1)
 
 /* The task's user values, so a task costs one allocation. */
 enum {
@@ -89,10 +90,11 @@ enum {
   LASYNC__TASK_NUV = LASYNC__UV_EXTRA
 };
 
+/* A million tasks must fit in a few hundred megabytes, so fields are packed: keep the struct
+ * at 96 bytes or less (with its user values, the allocation stays at 208 bytes). */
 struct lasync__task {
   lasync__runtime *rt;
   lua_State *co;              /* the coroutine running it, while it runs */
-  lasync__task *next_ready;   /* link in the ready queue */
   const lasync__awaitable_ops *wait_ops; /* what it is suspended on, until its continuation */
   void *wait_data;
   union {                     /* it waits on one thing at a time */
@@ -100,13 +102,13 @@ struct lasync__task {
     lasync__timer timer;      /* while it sleeps */
   };
   lasync__waitlist waiters;   /* those awaiting it */
-  uint64_t spawned_ns;
   int ref;                    /* registry ref pinning it until it finishes */
   int nargs;                  /* before start: argument count; after: result count */
-  int cancel_level;           /* outermost cancelled scope, or LASYNC__NO_CANCEL */
-  int scope_depth;            /* 0 is the task itself; each async.timeout adds one */
-  uint32_t site;               /* where it was spawned: an index into the runtime's sources */
+  uint32_t site;              /* where it was spawned: an index into the runtime's sources */
   int spawn_line;
+  uint32_t spawned_ms;        /* loop time at spawn, for its age */
+  uint16_t cancel_level;      /* outermost cancelled scope, or LASYNC__NO_CANCEL */
+  uint16_t scope_depth;       /* 0 is the task itself; each async.timeout adds one */
   uint8_t status;
   uint8_t wake;               /* why it was queued */
   uint8_t suspended;          /* linked into an awaitable, waiting for wake or cancel */
@@ -124,8 +126,9 @@ struct lasync__runtime {
   uv_timer_t timer; /* fires the earliest deadline of the heap */
   lasync__timer **heap;
   uint32_t heap_len, heap_cap;
-  uint64_t timer_seq;
-  lasync__task *ready_head, *ready_tail;
+  uint32_t timer_seq;
+  lasync__task **ready;   /* ring buffer of ready tasks; cap is a power of two */
+  uint32_t ready_head, ready_len, ready_cap;
   lasync__task *current;
   int pool_ref;     /* table of idle coroutines, reused by later tasks */
   int pool_len;
@@ -140,6 +143,10 @@ struct lasync__runtime {
   long pinned_refs;
   long unhandled_failures; /* failed tasks nobody looked at, reported on collection */
   void *data;              /* for the embedder */
+  /* HTTP state, made by the first fetch (http.c); its hook ends the transfers and closes its
+   * handles at shutdown, before the runtime closes its own. */
+  void *http;
+  void (*http_close)(lasync__runtime *rt);
 };
 
 /* runtime.c */
@@ -181,11 +188,14 @@ void lasync__open_errors(lua_State *L);
 void lasync__open_timer(lua_State *L);
 void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
+void lasync__open_http(lua_State *L);
 
 /* embedded.c, generated from lua/ by CMake */
 extern const char lasync__lua_lasync[];
 extern const unsigned long lasync__lua_lasync_len;
 extern const char lasync__lua_host[];
 extern const unsigned long lasync__lua_host_len;
+extern const char lasync__lua_http[];
+extern const unsigned long lasync__lua_http_len;
 
 #endif

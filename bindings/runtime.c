@@ -6,6 +6,7 @@
  * runs only the tasks that were ready when it began, so a task that keeps yielding cannot
  * starve I/O.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,6 +41,23 @@ static void on_idle(uv_idle_t *handle) {
   (void)handle; /* Its only job is to keep the poll from blocking; on_check does the work. */
 }
 
+/* Doubles the ring, keeping the queue in order from index 0. Out of memory here leaves no
+ * way to keep a promise to any task, so it ends the process with a message. */
+static void grow_ready(lasync__runtime *rt) {
+  uint32_t i, cap = rt->ready_cap ? rt->ready_cap * 2 : 256;
+  lasync__task **ring = (lasync__task **)malloc(cap * sizeof *ring);
+  if (ring == NULL) {
+    fputs("lasync: out of memory for the ready queue\n", stderr);
+    abort();
+  }
+  for (i = 0; i < rt->ready_len; i++)
+    ring[i] = rt->ready[(rt->ready_head + i) & (rt->ready_cap - 1)];
+  free(rt->ready);
+  rt->ready = ring;
+  rt->ready_head = 0;
+  rt->ready_cap = cap;
+}
+
 void lasync__enqueue(lasync__task *t, int wake) {
   lasync__runtime *rt = t->rt;
   if (t->queued) {
@@ -48,14 +66,9 @@ void lasync__enqueue(lasync__task *t, int wake) {
   }
   t->queued = 1;
   t->wake = (uint8_t)wake;
-  t->next_ready = NULL;
-  if (rt->ready_tail)
-    rt->ready_tail->next_ready = t;
-  else {
-    rt->ready_head = t;
-    uv_idle_start(&rt->idle, on_idle);
-  }
-  rt->ready_tail = t;
+  if (rt->ready_len == rt->ready_cap) grow_ready(rt);
+  rt->ready[(rt->ready_head + rt->ready_len) & (rt->ready_cap - 1)] = t;
+  if (rt->ready_len++ == 0) uv_idle_start(&rt->idle, on_idle);
 }
 
 /* A coroutine for a new task: an idle one from the pool, else a fresh thread. Leaves it on the
@@ -206,16 +219,15 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
 }
 
 void lasync__drain(lasync__runtime *rt) {
-  lasync__task *t = rt->ready_head;
-  rt->ready_head = rt->ready_tail = NULL;
-  while (t) {
-    lasync__task *next = t->next_ready;
-    t->next_ready = NULL;
+  uint32_t n = rt->ready_len; /* only those ready now; later arrivals wait for the next turn */
+  while (n-- > 0) {
+    lasync__task *t = rt->ready[rt->ready_head];
+    rt->ready_head = (rt->ready_head + 1) & (rt->ready_cap - 1);
+    rt->ready_len--;
     t->queued = 0;
     resume_task(rt, t);
-    t = next;
   }
-  if (rt->ready_head == NULL) uv_idle_stop(&rt->idle);
+  if (rt->ready_len == 0) uv_idle_stop(&rt->idle);
 }
 
 static void on_check(uv_check_t *handle) {
@@ -228,7 +240,7 @@ static void on_check(uv_check_t *handle) {
 int lasync__run_until_done(lasync__runtime *rt, lasync__task *t) {
   int alive = 1;
   while (t ? !lasync__task_finished(t) : rt->live_tasks > 0) {
-    if (!alive && rt->ready_head == NULL) return -1; /* nothing left can wake the tasks */
+    if (!alive && rt->ready_len == 0) return -1; /* nothing left can wake the tasks */
     rt->in_callback++;
     alive = uv_run(rt->loop, UV_RUN_ONCE);
     rt->in_callback--;
@@ -331,6 +343,10 @@ void lasync__runtime_close(lasync__runtime *rt) {
     lasync__run_until_done(rt, NULL);
   }
   rt->closing = 1;
+  if (rt->http_close) rt->http_close(rt); /* its transfers end before the handles close */
+  free(rt->ready);
+  rt->ready = NULL;
+  rt->ready_len = rt->ready_cap = 0;
   free(rt->heap);
   rt->heap = NULL;
   rt->heap_len = rt->heap_cap = 0;

@@ -343,7 +343,7 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   t->ref = LUA_NOREF;
   t->cancel_level = LASYNC__NO_CANCEL;
   t->timer.index = LASYNC__UNARMED;
-  t->spawned_ns = uv_hrtime();
+  t->spawned_ms = (uint32_t)uv_now(rt->loop);
   t->nargs = nargs;
   luaL_setmetatable(L, LASYNC_TASK_MT);
   lua_pushvalue(L, fn_idx);

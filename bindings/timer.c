@@ -15,7 +15,7 @@
 /* ---- the heap ---- */
 
 static int earlier(const lasync__timer *a, const lasync__timer *b) {
-  return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+  return a->due < b->due || (a->due == b->due && (int32_t)(a->seq - b->seq) < 0);
 }
 
 static void place(lasync__runtime *rt, uint32_t i, lasync__timer *timer) {
