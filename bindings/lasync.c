@@ -36,11 +36,18 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_timer(L);
   lasync__open_future(L);
   lasync__open_gather(L);
+  lasync__open_http(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");
   if (luaL_loadbuffer(L, lasync__lua_lasync, lasync__lua_lasync_len, LASYNC__LIB_CHUNK) != LUA_OK)
     return lua_error(L);
-  lua_insert(L, -2);
-  lua_call(L, 1, 1);
+  lua_pushvalue(L, -2);
+  lua_call(L, 1, 1); /* [core, async] */
+  /* lua/http.lua adds async.fetch and async.http to the module table. */
+  if (luaL_loadbuffer(L, lasync__lua_http, lasync__lua_http_len, LASYNC__LIB_CHUNK) != LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -3);
+  lua_call(L, 2, 0);
   return 1;
 }

@@ -1,0 +1,580 @@
+/* HTTP: async.fetch's transfers, one curl multi handle per runtime, driven by the libuv loop.
+ *
+ * The plumbing follows curl's docs/examples/multi-uv.c: curl tells us which sockets to watch
+ * (cb_socket -> one uv_poll per socket) and when to call it back (cb_timer -> one uv_timer);
+ * libuv tells us when they are ready (on_poll, on_timeout), we call curl_multi_socket_action,
+ * and only afterwards read the finished transfers with curl_multi_info_read and wake their
+ * tasks. Neither Lua nor curl is ever called from inside a curl callback.
+ *
+ * Options are checked and normalised in lua/http.lua; this file only turns the normalised
+ * table into easy-handle options and a finished transfer into a raw response table.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "private.h"
+
+#define XFER_MT "lasync.Transfer"
+#define MAX_HEADER_BYTES (1024 * 1024) /* all the header lines of one response */
+
+typedef struct http http;
+typedef struct xfer xfer;
+
+/* A growable byte buffer; the write callbacks append to it without touching Lua. */
+typedef struct {
+  char *data;
+  size_t len, cap;
+} buffer;
+
+/* The runtime's HTTP state, made on the first fetch. Freed in the timer's close callback,
+ * since uv_close is asynchronous. */
+struct http {
+  lasync__runtime *rt;
+  CURLM *multi;
+  uv_timer_t timer;
+  xfer *transfers; /* attached to the multi, in flight */
+  struct sock *socks; /* watched sockets */
+};
+
+/* A socket curl asked us to watch. Allocated apart from everything else and freed in its
+ * close callback. */
+typedef struct sock {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  http *h;
+  struct sock *next, *prev;
+} sock;
+
+/* One transfer: a userdata left on the stack of the suspended fetch call, so the GC owns it. */
+struct xfer {
+  http *h;
+  CURL *easy;
+  struct curl_slist *headers;
+  lasync__task *task;
+  xfer *next, *prev;
+  buffer body, head;
+  curl_off_t max_body;
+  CURLcode result;
+  int attached;  /* in h->multi */
+  int too_large; /* the body (or the headers) outgrew their limit */
+  int no_memory;
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+/* ---- buffers ---- */
+
+static int buffer_add(buffer *b, const char *p, size_t n) {
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 4096;
+    char *data;
+    while (cap < b->len + n) cap *= 2;
+    data = (char *)realloc(b->data, cap);
+    if (data == NULL) return -1;
+    b->data = data;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+static void buffer_free(buffer *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+/* ---- transfers in the multi ---- */
+
+static void link_xfer(http *h, xfer *x) {
+  x->prev = NULL;
+  x->next = h->transfers;
+  if (h->transfers) h->transfers->prev = x;
+  h->transfers = x;
+  x->attached = 1;
+}
+
+/* Takes the transfer out of the multi, so curl never calls back for it again. Must not be
+ * called from inside a curl callback. */
+static void detach(xfer *x) {
+  http *h = x->h;
+  if (!x->attached) return;
+  x->attached = 0;
+  if (x->prev)
+    x->prev->next = x->next;
+  else
+    h->transfers = x->next;
+  if (x->next) x->next->prev = x->prev;
+  x->next = x->prev = NULL;
+  curl_multi_remove_handle(h->multi, x->easy);
+}
+
+/* Frees everything but the userdata itself; __gc and a finished fetch share it. */
+static void release(xfer *x) {
+  detach(x);
+  if (x->easy) curl_easy_cleanup(x->easy);
+  x->easy = NULL;
+  curl_slist_free_all(x->headers);
+  x->headers = NULL;
+  buffer_free(&x->body);
+  buffer_free(&x->head);
+}
+
+static int xfer_gc(lua_State *L) {
+  release((xfer *)lua_touserdata(L, 1));
+  return 0;
+}
+
+/* ---- the multi, driven by libuv ---- */
+
+/* Reads the finished transfers; runs after curl_multi_socket_action, outside curl callbacks. */
+static void check_multi_info(http *h) {
+  CURLMsg *msg;
+  int pending;
+  while ((msg = curl_multi_info_read(h->multi, &pending)) != NULL) {
+    xfer *x = NULL;
+    if (msg->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    x->result = msg->data.result; /* msg dies with the handle's removal */
+    detach(x);
+    lasync__wake(x->task);
+  }
+}
+
+/* libuv calls this when a watched socket is ready. */
+static void on_poll(uv_poll_t *handle, int status, int events) {
+  sock *s = (sock *)handle->data;
+  http *h = s->h;
+  int running, flags = 0;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  curl_multi_socket_action(h->multi, s->fd, flags, &running); /* may close s */
+  check_multi_info(h);
+}
+
+/* libuv calls this when curl's timeout is due. */
+static void on_timeout(uv_timer_t *handle) {
+  http *h = (http *)handle->data;
+  int running;
+  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_multi_info(h);
+}
+
+static void on_sock_closed(uv_handle_t *handle) { free(handle->data); }
+
+static void close_sock(http *h, sock *s) {
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    h->socks = s->next;
+  if (s->next) s->next->prev = s->prev;
+  uv_close((uv_handle_t *)&s->poll, on_sock_closed);
+}
+
+/* curl calls this to say which events to watch on a socket, or to stop watching it. */
+static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp) {
+  http *h = (http *)userp;
+  sock *s = (sock *)socketp;
+  int events = 0;
+  (void)easy;
+  if (action == CURL_POLL_REMOVE) {
+    if (s) {
+      close_sock(h, s);
+      curl_multi_assign(h->multi, fd, NULL);
+    }
+    return 0;
+  }
+  if (s == NULL) {
+    s = (sock *)calloc(1, sizeof *s);
+    if (s == NULL) return -1;
+    if (uv_poll_init_socket(h->rt->loop, &s->poll, fd) != 0) {
+      free(s);
+      return -1;
+    }
+    s->fd = fd;
+    s->h = h;
+    s->poll.data = s;
+    s->next = h->socks;
+    if (h->socks) h->socks->prev = s;
+    h->socks = s;
+    curl_multi_assign(h->multi, fd, s);
+  }
+  if (action != CURL_POLL_OUT) events |= UV_READABLE;
+  if (action != CURL_POLL_IN) events |= UV_WRITABLE;
+  uv_poll_start(&s->poll, events, on_poll);
+  return 0;
+}
+
+/* curl calls this to (re)arm or stop its one timer. */
+static int cb_timer(CURLM *multi, long timeout_ms, void *userp) {
+  http *h = (http *)userp;
+  (void)multi;
+  if (timeout_ms < 0)
+    uv_timer_stop(&h->timer);
+  else
+    uv_timer_start(&h->timer, on_timeout, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+static void on_http_closed(uv_handle_t *handle) { free(handle->data); }
+
+/* The runtime's shutdown hook: no transfer is in flight any more once it returns. */
+static void http_close(lasync__runtime *rt) {
+  http *h = (http *)rt->http;
+  if (h == NULL) return;
+  rt->http = NULL;
+  while (h->transfers) detach(h->transfers);
+  curl_multi_cleanup(h->multi); /* closes the idle connections; may call cb_socket */
+  while (h->socks) close_sock(h, h->socks);
+  uv_close((uv_handle_t *)&h->timer, on_http_closed);
+}
+
+static http *get_http(lua_State *L, lasync__runtime *rt) {
+  static int curl_ready = 0;
+  http *h = (http *)rt->http;
+  if (h) return h;
+  if (!curl_ready) {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+      luaL_error(L, "async.fetch: cannot initialise libcurl");
+    curl_ready = 1;
+  }
+  h = (http *)calloc(1, sizeof *h);
+  if (h == NULL) luaL_error(L, "async.fetch: not enough memory");
+  h->rt = rt;
+  h->multi = curl_multi_init();
+  if (h->multi == NULL) {
+    free(h);
+    luaL_error(L, "async.fetch: cannot create a curl multi handle");
+  }
+  uv_timer_init(rt->loop, &h->timer);
+  h->timer.data = h;
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, cb_socket);
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, cb_timer);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+  rt->http = h;
+  rt->http_close = http_close;
+  return h;
+}
+
+/* ---- the easy handle's callbacks (curl calls them; they only touch C buffers) ---- */
+
+static size_t cb_write(char *p, size_t size, size_t n, void *userp) {
+  xfer *x = (xfer *)userp;
+  n *= size;
+  /* The callback sees decoded data, so this also bounds what a compressed body expands to. */
+  if ((curl_off_t)(x->body.len + n) > x->max_body) {
+    x->too_large = 1;
+    return 0;
+  }
+  if (buffer_add(&x->body, p, n) != 0) {
+    x->no_memory = 1;
+    return 0;
+  }
+  return n;
+}
+
+static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
+  xfer *x = (xfer *)userp;
+  n *= size;
+  /* A status line starts a new response (a redirect, a 100 Continue): forget the last one's
+   * headers. */
+  if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) x->head.len = 0;
+  if (x->head.len + n > MAX_HEADER_BYTES) {
+    x->too_large = 1;
+    return 0;
+  }
+  if (buffer_add(&x->head, p, n) != 0) {
+    x->no_memory = 1;
+    return 0;
+  }
+  return n;
+}
+
+/* ---- errors ---- */
+
+static const char *error_kind(CURLcode code) {
+  switch (code) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+      return "dns";
+    case CURLE_COULDNT_CONNECT:
+      return "connect";
+    case CURLE_OPERATION_TIMEDOUT:
+      return "timeout";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_USE_SSL_FAILED:
+      return "tls";
+    case CURLE_FILESIZE_EXCEEDED:
+      return "too_large";
+    case CURLE_URL_MALFORMAT:
+    case CURLE_BAD_FUNCTION_ARGUMENT:
+      return "invalid";
+    default:
+      /* Unsupported protocol, too many redirects, weird reply, partial file, receive
+       * errors, bad content encoding, HTTP/2 framing...: the server's answer was unusable. */
+      return "protocol";
+  }
+}
+
+/* Raises the error object of a failed transfer. */
+static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
+  const char *kind = x->too_large ? "too_large" : error_kind(x->result);
+  const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result);
+  if (x->no_memory) return luaL_error(L, "async.fetch: not enough memory for the response");
+  if (x->too_large) detail = "the response exceeds max_body";
+  lua_pushfstring(L, "async.fetch %s: %s", url, detail);
+  lasync__push_error(L, kind, lua_tostring(L, -1));
+  lua_pushstring(L, url);
+  lua_setfield(L, -2, "url");
+  lua_pushinteger(L, (lua_Integer)x->result);
+  lua_setfield(L, -2, "curl_code");
+  return lua_error(L);
+}
+
+/* ---- building the raw response ---- */
+
+static void set_seconds(lua_State *L, CURL *easy, CURLINFO info, const char *field) {
+  curl_off_t us = 0;
+  curl_easy_getinfo(easy, info, &us);
+  lua_pushnumber(L, (lua_Number)us / 1e6);
+  lua_setfield(L, -2, field);
+}
+
+/* Pushes {{name, value}, ...} from the last response's header lines. */
+static void push_header_list(lua_State *L, const buffer *head) {
+  const char *p = head->data, *end = head->data + head->len;
+  int n = 0;
+  lua_newtable(L);
+  while (p && p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    const char *line_end = eol ? eol : end, *colon, *v, *ve;
+    if (line_end > p && line_end[-1] == '\r') line_end--;
+    colon = memchr(p, ':', (size_t)(line_end - p));
+    if (colon && colon > p && memcmp(p, "HTTP/", 5) != 0) {
+      v = colon + 1;
+      ve = line_end;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      lua_createtable(L, 2, 0);
+      lua_pushlstring(L, p, (size_t)(colon - p));
+      lua_rawseti(L, -2, 1);
+      lua_pushlstring(L, v, (size_t)(ve - v));
+      lua_rawseti(L, -2, 2);
+      lua_rawseti(L, -2, ++n);
+    }
+    p = eol ? eol + 1 : end;
+  }
+}
+
+static const char *version_name(long v) {
+  switch (v) {
+    case CURL_HTTP_VERSION_1_0: return "1.0";
+    case CURL_HTTP_VERSION_1_1: return "1.1";
+    case CURL_HTTP_VERSION_2_0: return "2";
+    case CURL_HTTP_VERSION_3: return "3";
+    default: return "unknown";
+  }
+}
+
+/* Runs in the task once its transfer is over: the raw response, or the error. */
+static int fetch_finish(lua_State *L, lasync__task *t, void *data) {
+  xfer *x = (xfer *)data;
+  CURL *easy = x->easy;
+  const char *url = NULL;
+  long status = 0, redirects = 0, version = 0;
+  (void)t;
+  curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &url);
+  lua_pushstring(L, url ? url : "");
+  url = lua_tostring(L, -1);
+  if (x->result != CURLE_OK || x->too_large || x->no_memory)
+    return raise_transfer_error(L, x, url);
+  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(easy, CURLINFO_REDIRECT_COUNT, &redirects);
+  curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
+  lua_createtable(L, 0, 8);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "url");
+  lua_pushinteger(L, status);
+  lua_setfield(L, -2, "status");
+  lua_pushinteger(L, redirects);
+  lua_setfield(L, -2, "redirects");
+  lua_pushstring(L, version_name(version));
+  lua_setfield(L, -2, "http_version");
+  lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
+  lua_setfield(L, -2, "body");
+  push_header_list(L, &x->head);
+  lua_setfield(L, -2, "headers_list");
+  lua_createtable(L, 0, 5);
+  set_seconds(L, easy, CURLINFO_NAMELOOKUP_TIME_T, "dns");
+  set_seconds(L, easy, CURLINFO_CONNECT_TIME_T, "connect");
+  set_seconds(L, easy, CURLINFO_APPCONNECT_TIME_T, "tls");
+  set_seconds(L, easy, CURLINFO_STARTTRANSFER_TIME_T, "first_byte");
+  set_seconds(L, easy, CURLINFO_TOTAL_TIME_T, "total");
+  lua_setfield(L, -2, "timings");
+  release(x); /* the memory goes now rather than at the next collection */
+  return 1;
+}
+
+/* The task was cancelled while its transfer ran: take it out of the multi, so nothing calls
+ * back later. The scheduler calls this outside curl callbacks. */
+static void fetch_cancel(lasync__task *t, void *data) {
+  (void)t;
+  detach((xfer *)data);
+}
+
+static const lasync__awaitable_ops FETCH_OPS = {"fetch", fetch_cancel, fetch_finish};
+
+/* ---- core._fetch(url, opts) ---- */
+
+static const char *opt_string(lua_State *L, const char *field) {
+  const char *s;
+  lua_getfield(L, 2, field);
+  s = lua_tostring(L, -1); /* the options table anchors it */
+  lua_pop(L, 1);
+  return s;
+}
+
+static lua_Integer opt_integer(lua_State *L, const char *field, lua_Integer dflt) {
+  lua_Integer v;
+  int isnum;
+  lua_getfield(L, 2, field);
+  v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  return isnum ? v : dflt;
+}
+
+static long opt_ms(lua_State *L, const char *field) {
+  lua_Number s;
+  lua_getfield(L, 2, field);
+  s = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return s > 0 ? (long)(s * 1000 + 0.5) : 0;
+}
+
+static int opt_bool(lua_State *L, const char *field) {
+  int b;
+  lua_getfield(L, 2, field);
+  b = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return b;
+}
+
+/* Sets the easy handle's options from the table that lua/http.lua normalised. */
+static int setup(lua_State *L, xfer *x, const char *url) {
+  CURL *e = x->easy;
+  const char *method = opt_string(L, "method"), *s;
+  size_t body_len = 0;
+  const char *body;
+  int i, n;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, cb_write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, cb_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  /* Method and body. */
+  lua_getfield(L, 2, "body");
+  body = lua_tolstring(L, -1, &body_len);
+  lua_pop(L, 1);
+  if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (body || strcmp(method, "POST") == 0) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body ? body : "");
+    if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  } else if (strcmp(method, "GET") != 0) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  }
+  /* Headers: already "Name: value" lines, checked for CR, LF and NUL. */
+  lua_getfield(L, 2, "headers");
+  n = (int)luaL_len(L, -1);
+  for (i = 1; i <= n; i++) {
+    struct curl_slist *l;
+    lua_rawgeti(L, -1, i);
+    l = curl_slist_append(x->headers, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (l == NULL) return -1;
+    x->headers = l;
+  }
+  lua_pop(L, 1);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+  /* Limits. */
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, opt_ms(L, "timeout"));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, opt_ms(L, "connect_timeout"));
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, (long)opt_integer(L, "low_speed_limit", 0));
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)opt_integer(L, "low_speed_time", 0));
+  x->max_body = (curl_off_t)opt_integer(L, "max_body", 64 * 1024 * 1024);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)opt_bool(L, "follow_redirects"));
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)opt_integer(L, "max_redirects", 10));
+  /* TLS. */
+  if (!opt_bool(L, "verify_tls")) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if ((s = opt_string(L, "ca_file")) != NULL) curl_easy_setopt(e, CURLOPT_CAINFO, s);
+  /* No proxy unless asked for: "" also ignores the *_proxy environment variables. */
+  s = opt_string(L, "proxy");
+  curl_easy_setopt(e, CURLOPT_PROXY, s ? s : "");
+  if ((s = opt_string(L, "http_version")) != NULL)
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                     strcmp(s, "1.1") == 0 ? (long)CURL_HTTP_VERSION_1_1
+                                           : (long)CURL_HTTP_VERSION_2TLS);
+  if (opt_bool(L, "decompress")) curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  if ((s = opt_string(L, "user_agent")) != NULL) curl_easy_setopt(e, CURLOPT_USERAGENT, s);
+  return 0;
+}
+
+/* core._fetch(url, opts) -> raw response table. opts has been checked by lua/http.lua. */
+static int l_fetch(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  lasync__task *t;
+  http *h;
+  xfer *x;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  t = lasync__check_task(L, "async.fetch");
+  if (t->rt->closing) return luaL_error(L, "async.fetch: the runtime is closing");
+  h = get_http(L, t->rt);
+  lua_settop(L, 2);
+  /* Closed state first, so the __gc is safe whatever fails next. */
+  x = (xfer *)lua_newuserdatauv(L, sizeof *x, 0); /* [url, opts, x]: kept across the yield */
+  memset(x, 0, sizeof *x);
+  x->h = h;
+  x->task = t;
+  luaL_setmetatable(L, XFER_MT);
+  x->easy = curl_easy_init();
+  if (x->easy == NULL || setup(L, x, url) != 0)
+    return luaL_error(L, "async.fetch: not enough memory for a transfer");
+  if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)
+    return luaL_error(L, "async.fetch: cannot start the transfer");
+  link_xfer(h, x); /* curl's timer callback starts it from the loop */
+  return lasync__suspend(L, t, &FETCH_OPS, x);
+}
+
+void lasync__open_http(lua_State *L) {
+  luaL_newmetatable(L, XFER_MT);
+  lua_pushcfunction(L, xfer_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_fetch);
+  lua_setfield(L, -2, "_fetch");
+}

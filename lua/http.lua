@@ -1,0 +1,331 @@
+-- async.fetch and async.http.client: options are checked and normalised here, before any I/O,
+-- and the C side (bindings/http.c) only drives curl. A Response is built here from the raw
+-- table the C side returns.
+local core, async = ...
+
+local error, ipairs, pairs, pcall, rawget, require = error, ipairs, pairs, pcall, rawget, require
+local setmetatable, tonumber, tostring, type = setmetatable, tonumber, tostring, type
+local format, lower, concat, sort = string.format, string.lower, table.concat, table.sort
+local raw_fetch, new_error = core._fetch, core.error
+
+local DEFAULTS = {
+  method = "GET",
+  timeout = 30,
+  connect_timeout = 10,
+  low_speed_limit = 0,
+  low_speed_time = 0,
+  follow_redirects = true,
+  max_redirects = 10,
+  max_body = 64 * 1024 * 1024,
+  verify_tls = true,
+  decompress = true,
+  user_agent = "lasync/" .. core.version,
+}
+
+local cjson
+local function json_module()
+  cjson = cjson or require "cjson"
+  return cjson
+end
+
+local function invalid(fname, url, option, why)
+  error(new_error("invalid", format("%s: bad option '%s' (%s)", fname, option, why),
+    { url = url, option = option }), 0)
+end
+
+local function has_bad_chars(s) return s:find("[\r\n%z]") ~= nil end
+
+local function check_type(fname, url, opts, name, want)
+  local v = opts[name]
+  if v ~= nil and type(v) ~= want then
+    invalid(fname, url, name, format("%s expected, got %s", want, type(v)))
+  end
+  return v
+end
+
+local function check_seconds(fname, url, opts, name)
+  local v = check_type(fname, url, opts, name, "number")
+  if v ~= nil and not (v >= 0) then invalid(fname, url, name, "seconds must be >= 0") end
+  return v
+end
+
+local function check_count(fname, url, opts, name)
+  local v = check_type(fname, url, opts, name, "number")
+  if v ~= nil and (v < 0 or v ~= v // 1) then
+    invalid(fname, url, name, "a whole number >= 0 expected")
+  end
+  return v
+end
+
+local function url_encode(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c) return format("%%%02X", c:byte()) end))
+end
+
+-- Appends the query table (name -> value, or name -> list of values) in name order, so the
+-- URL is the same from run to run.
+local function add_query(fname, url, query)
+  local names, parts = {}, {}
+  for k in pairs(query) do
+    if type(k) ~= "string" and type(k) ~= "number" then
+      invalid(fname, url, "query", "names must be strings")
+    end
+    names[#names + 1] = tostring(k)
+  end
+  sort(names)
+  for _, k in ipairs(names) do
+    local v = query[k]
+    if v == nil then v = query[tonumber(k)] end
+    local list = type(v) == "table" and v or { v }
+    for _, item in ipairs(list) do
+      local t = type(item)
+      if t ~= "string" and t ~= "number" and t ~= "boolean" then
+        invalid(fname, url, "query", format("value of '%s' must be a string or number", k))
+      end
+      parts[#parts + 1] = url_encode(k) .. "=" .. url_encode(item)
+    end
+  end
+  if #parts == 0 then return url end
+  local base, fragment = url:match("^([^#]*)(#.*)$")
+  base, fragment = base or url, fragment or ""
+  local sep = base:find("?", 1, true) and (base:sub(-1) == "?" and "" or "&") or "?"
+  return base .. sep .. concat(parts, "&") .. fragment
+end
+
+local KNOWN = {
+  method = true, headers = true, body = true, json = true, query = true, timeout = true,
+  connect_timeout = true, low_speed_limit = true, low_speed_time = true,
+  follow_redirects = true, max_redirects = true, max_body = true, verify_tls = true,
+  ca_file = true, proxy = true, http_version = true, decompress = true, user_agent = true,
+  stream = true,
+}
+
+-- Checks the options and returns the final URL and the table bindings/http.c reads.
+local function normalise(fname, url, opts)
+  if type(url) ~= "string" then
+    error(format("%s: bad argument #1 (URL string expected, got %s)", fname, type(url)), 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(format("%s: bad argument #2 (options table expected, got %s)", fname, type(opts)), 3)
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not KNOWN[k] then invalid(fname, url, tostring(k), "unknown option") end
+  end
+  if has_bad_chars(url) or url:find("[%s]") then
+    invalid(fname, url, "url", "control characters or spaces in the URL")
+  end
+  if not url:find("^%a[%w+.-]*://") then invalid(fname, url, "url", "absolute URL expected") end
+  if opts.stream then invalid(fname, url, "stream", "streaming is not supported yet") end
+
+  local n = {}
+  for k, v in pairs(DEFAULTS) do n[k] = v end
+  local method = check_type(fname, url, opts, "method", "string")
+  if method then
+    if method == "" or not method:find("^[%w!#$%%&'*+.^_`|~-]+$") then
+      invalid(fname, url, "method", "an HTTP token expected")
+    end
+    n.method = method:upper()
+  end
+  for _, k in ipairs { "timeout", "connect_timeout", "low_speed_time" } do
+    local v = check_seconds(fname, url, opts, k)
+    if v ~= nil then n[k] = v end
+  end
+  for _, k in ipairs { "low_speed_limit", "max_redirects", "max_body" } do
+    local v = check_count(fname, url, opts, k)
+    if v ~= nil then n[k] = v end
+  end
+  for _, k in ipairs { "follow_redirects", "verify_tls", "decompress" } do
+    local v = check_type(fname, url, opts, k, "boolean")
+    if v ~= nil then n[k] = v end
+  end
+  for _, k in ipairs { "ca_file", "proxy", "user_agent" } do
+    local v = check_type(fname, url, opts, k, "string")
+    if v ~= nil then
+      if has_bad_chars(v) then invalid(fname, url, k, "CR, LF or NUL in the value") end
+      n[k] = v
+    end
+  end
+  local version = opts.http_version
+  if version ~= nil then
+    version = tostring(version)
+    if version == "2.0" then version = "2" end
+    if version ~= "1.1" and version ~= "2" then
+      invalid(fname, url, "http_version", "\"1.1\" or \"2\" expected")
+    end
+    n.http_version = version
+  end
+
+  -- Headers become "Name: value" lines; CR, LF and NUL could smuggle a second header or request.
+  local lines, has = {}, {}
+  local headers = check_type(fname, url, opts, "headers", "table")
+  if headers then
+    local names = {}
+    for k in pairs(headers) do names[#names + 1] = k end
+    sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    for _, k in ipairs(names) do
+      local v = headers[k]
+      if type(k) ~= "string" or not k:find("^[%w!#$%%&'*+.^_`|~-]+$") then
+        invalid(fname, url, "headers", format("bad header name %q", tostring(k)))
+      end
+      if type(v) == "number" then v = tostring(v) end
+      if type(v) ~= "string" then
+        invalid(fname, url, "headers", format("value of '%s' must be a string", k))
+      end
+      if has_bad_chars(v) then
+        invalid(fname, url, "headers", format("CR, LF or NUL in the value of '%s'", k))
+      end
+      has[lower(k)] = true
+      -- curl sends "Name;" as a header with an empty value ("Name:" would remove it).
+      lines[#lines + 1] = v == "" and (k .. ";") or (k .. ": " .. v)
+    end
+  end
+
+  local body = opts.body
+  if body ~= nil and type(body) ~= "string" then
+    invalid(fname, url, "body", format("string expected, got %s", type(body)))
+  end
+  if opts.json ~= nil then
+    if body ~= nil then invalid(fname, url, "json", "body and json are exclusive") end
+    local ok, encoded = pcall(json_module().encode, opts.json)
+    if not ok then invalid(fname, url, "json", tostring(encoded)) end
+    body = encoded
+    if not has["content-type"] then lines[#lines + 1] = "Content-Type: application/json" end
+  end
+  n.body = body
+  n.headers = lines
+
+  local query = check_type(fname, url, opts, "query", "table")
+  if query then url = add_query(fname, url, query) end
+  return url, n
+end
+
+-- ---- responses ----
+
+-- Header lookup ignores case: the table is keyed by lower-case names.
+local header_mt = {
+  __index = function(t, k)
+    if type(k) == "string" then return rawget(t, lower(k)) end
+  end,
+}
+
+local Response = {}
+Response.__index = Response
+Response.__name = "lasync.Response"
+
+function Response:text() return self.body end
+
+function Response:json()
+  local ok, value = pcall(json_module().decode, self.body)
+  if not ok then
+    error(new_error("json", format("res:json(): invalid JSON from %s: %s", self.url,
+      tostring(value)), { url = self.url }), 2)
+  end
+  return value
+end
+
+--- All the values of a header, in the order received (an empty list when absent).
+function Response:header_values(name)
+  local want, values = lower(name), {}
+  for _, h in ipairs(self.headers_list) do
+    if lower(h[1]) == want then values[#values + 1] = h[2] end
+  end
+  return values
+end
+
+function Response:__tostring()
+  return format("Response (%d %s)", self.status, self.url)
+end
+
+local function make_response(raw)
+  local headers = setmetatable({}, header_mt)
+  for _, h in ipairs(raw.headers_list) do
+    h.name, h.value = h[1], h[2]
+    headers[lower(h[1])] = h[2] -- a repeated header: the last value wins here
+  end
+  raw.headers = headers
+  raw.ok = raw.status >= 200 and raw.status <= 299
+  return setmetatable(raw, Response)
+end
+
+--- async.fetch(url [, opts]) -> Response. Suspends the calling task until the transfer ends.
+function async.fetch(url, opts)
+  local final_url, normalised = normalise("async.fetch", url, opts)
+  return make_response(raw_fetch(final_url, normalised))
+end
+
+-- ---- clients: their own defaults ----
+
+local Client = {}
+Client.__index = Client
+
+local function merge(defaults, opts)
+  local out = {}
+  for k, v in pairs(defaults) do out[k] = v end
+  if opts then
+    for k, v in pairs(opts) do
+      if k == "headers" and out.headers then
+        local h, seen = {}, {}
+        for name, value in pairs(v) do
+          h[name] = value
+          seen[type(name) == "string" and lower(name) or name] = true
+        end
+        for name, value in pairs(out.headers) do
+          if not seen[type(name) == "string" and lower(name) or name] then h[name] = value end
+        end
+        out.headers = h
+      else
+        out[k] = v
+      end
+    end
+  end
+  return out
+end
+
+function Client:fetch(url, opts)
+  if type(url) ~= "string" then
+    error(format("client:fetch: bad argument #1 (URL string expected, got %s)", type(url)), 2)
+  end
+  if self.base_url and not url:find("^%a[%w+.-]*://") then
+    url = self.base_url:gsub("/+$", "") .. "/" .. url:gsub("^/+", "")
+  end
+  local final_url, normalised = normalise("async.fetch", url, merge(self.defaults, opts))
+  return make_response(raw_fetch(final_url, normalised))
+end
+
+local function with_method(method)
+  return function(self, url, opts)
+    opts = merge({}, opts)
+    opts.method = method
+    return self:fetch(url, opts)
+  end
+end
+
+Client.get = with_method("GET")
+Client.post = with_method("POST")
+Client.put = with_method("PUT")
+Client.patch = with_method("PATCH")
+Client.delete = with_method("DELETE")
+Client.head = with_method("HEAD")
+
+local http = {}
+
+--- async.http.client{base_url=, headers=, timeout=, ...}: a client with its own defaults.
+function http.client(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(format("async.http.client: bad argument #1 (table expected, got %s)", type(opts)), 2)
+  end
+  local defaults = {}
+  for k, v in pairs(opts or {}) do
+    if k ~= "base_url" then defaults[k] = v end
+  end
+  local base_url = opts and opts.base_url
+  if base_url ~= nil and type(base_url) ~= "string" then
+    error("async.http.client: base_url must be a string", 2)
+  end
+  -- Checked now, so a bad default fails where the client is made.
+  normalise("async.http.client", "http://127.0.0.1/", defaults)
+  return setmetatable({ base_url = base_url, defaults = defaults }, Client)
+end
+
+http.Response = Response
+async.http = http
