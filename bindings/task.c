@@ -500,6 +500,12 @@ static int l_in_task(lua_State *L) {
   return 1;
 }
 
+/* core._is_task(v): lua/lasync.lua's argument check for async.wait_for. */
+static int l_is_task(lua_State *L) {
+  lua_pushboolean(L, luaL_testudata(L, 1, LASYNC_TASK_MT) != NULL);
+  return 1;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
   return 1;
@@ -553,6 +559,7 @@ void lasync__open_task(lua_State *L) {
                                    {"await", l_await},           {"current", l_current},
                                    {"now", l_now},               {"_in_task", l_in_task},
                                    {"_run_until", l_run_until},  {"_debug_counts", l_debug_counts},
+                                   {"_is_task", l_is_task},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);
   luaL_newlib(L, methods);
