@@ -9,10 +9,9 @@
  * Options are checked and normalised in lua/http.lua; this file only turns the normalised
  * table into easy-handle options and a finished transfer into a raw response table.
  */
+#include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <curl/curl.h>
 
 #include "private.h"
 
@@ -34,7 +33,7 @@ struct http {
   lasync__runtime *rt;
   CURLM *multi;
   uv_timer_t timer;
-  xfer *transfers; /* attached to the multi, in flight */
+  xfer *transfers;    /* attached to the multi, in flight */
   struct sock *socks; /* watched sockets */
 };
 
@@ -383,11 +382,16 @@ static void push_header_list(lua_State *L, const buffer *head) {
 
 static const char *version_name(long v) {
   switch (v) {
-    case CURL_HTTP_VERSION_1_0: return "1.0";
-    case CURL_HTTP_VERSION_1_1: return "1.1";
-    case CURL_HTTP_VERSION_2_0: return "2";
-    case CURL_HTTP_VERSION_3: return "3";
-    default: return "unknown";
+    case CURL_HTTP_VERSION_1_0:
+      return "1.0";
+    case CURL_HTTP_VERSION_1_1:
+      return "1.1";
+    case CURL_HTTP_VERSION_2_0:
+      return "2";
+    case CURL_HTTP_VERSION_3:
+      return "3";
+    default:
+      return "unknown";
   }
 }
 
@@ -401,8 +405,7 @@ static int fetch_finish(lua_State *L, lasync__task *t, void *data) {
   curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &url);
   lua_pushstring(L, url ? url : "");
   url = lua_tostring(L, -1);
-  if (x->result != CURLE_OK || x->too_large || x->no_memory)
-    return raise_transfer_error(L, x, url);
+  if (x->result != CURLE_OK || x->too_large || x->no_memory) return raise_transfer_error(L, x, url);
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_getinfo(easy, CURLINFO_REDIRECT_COUNT, &redirects);
   curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
@@ -536,9 +539,9 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   s = opt_string(L, "proxy");
   curl_easy_setopt(e, CURLOPT_PROXY, s ? s : "");
   if ((s = opt_string(L, "http_version")) != NULL)
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                     strcmp(s, "1.1") == 0 ? (long)CURL_HTTP_VERSION_1_1
-                                           : (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(
+        e, CURLOPT_HTTP_VERSION,
+        strcmp(s, "1.1") == 0 ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
   if (opt_bool(L, "decompress")) curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   if ((s = opt_string(L, "user_agent")) != NULL) curl_easy_setopt(e, CURLOPT_USERAGENT, s);
   return 0;
