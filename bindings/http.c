@@ -201,9 +201,12 @@ static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void
     h->socks = s;
     curl_multi_assign(h->multi, fd, s);
   }
-  if (action != CURL_POLL_OUT) events |= UV_READABLE;
-  if (action != CURL_POLL_IN) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, on_poll);
+  if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) events |= UV_READABLE;
+  if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) events |= UV_WRITABLE;
+  if (events)
+    uv_poll_start(&s->poll, events, on_poll);
+  else
+    uv_poll_stop(&s->poll); /* CURL_POLL_NONE: known, but nothing to wait for now */
   return 0;
 }
 
