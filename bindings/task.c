@@ -450,6 +450,21 @@ static int l_await(lua_State *L) {
                     luaL_typename(L, 1));
 }
 
+static const lasync__awaitable_ops YIELD_OPS = {"yield", NULL, NULL};
+
+/* coroutine.yield, made task-aware: in a task's own coroutine a bare yield is a suspension
+ * point like sleep(0), where cancellation arrives too; in any other coroutine it is exactly
+ * Lua's own yield. */
+static int l_yield(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lasync__task *t = rt ? rt->current : NULL;
+  if (t == NULL || t->co != L) return lua_yield(L, lua_gettop(L));
+  t = lasync__check_task(L, "coroutine.yield");
+  lua_settop(L, 0);
+  lasync__enqueue(t, LASYNC__WAKE_VALUE);
+  return lasync__suspend(L, t, &YIELD_OPS, NULL);
+}
+
 static int task_cancel(lua_State *L) {
   lasync__task *t = check_task_arg(L, 1, "task:cancel");
   if (!lua_isnoneornil(L, 2) && !lua_isstring(L, 2))
@@ -570,4 +585,9 @@ void lasync__open_task(lua_State *L) {
   lua_setfield(L, -2, "__name");
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
+  if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
+    lua_pushcfunction(L, l_yield);
+    lua_setfield(L, -2, "yield");
+  }
+  lua_pop(L, 1);
 }

@@ -24,10 +24,24 @@ local async = {
 local spawn, in_task, deadline = core.spawn, core._in_task, core._deadline
 local is_cancelled = core.is_cancelled
 
+-- The checks below run before any C call, so a misuse is reported at the caller's line, not
+-- at a line of this file.
 local function check_function(fname, n, fn)
   if type(fn) ~= "function" then
     error(format("%s: bad argument #%d (function expected, got %s)", fname, n, type(fn)), 3)
   end
+end
+
+local function check_seconds(fname, n, s)
+  if type(s) ~= "number" then
+    error(format("%s: bad argument #%d (number of seconds expected, got %s)", fname, n, type(s)), 3)
+  elseif s ~= s or s < 0 then
+    error(format("%s: bad argument #%d (seconds must be a number >= 0, got %s)", fname, n, s), 3)
+  end
+end
+
+local function check_in_task(fname)
+  if not in_task() then error(fname .. " must be called inside a task", 3) end
 end
 
 local function timeout_error(fname, seconds)
@@ -47,12 +61,10 @@ end
 
 --- Runs fn(...) in the calling task with a deadline of `seconds`.
 function async.timeout(seconds, fn, ...)
-  local scope = deadline(seconds, "async.timeout")
-  if type(fn) ~= "function" then
-    scope:close()
-    check_function("async.timeout", 2, fn)
-  end
-  return finish_timeout(scope, seconds, pcall(fn, ...))
+  check_seconds("async.timeout", 1, seconds)
+  check_function("async.timeout", 2, fn)
+  check_in_task("async.timeout")
+  return finish_timeout(deadline(seconds, "async.timeout"), seconds, pcall(fn, ...))
 end
 
 local function finish_wait_for(scope, task, seconds, ok, ...)
@@ -74,8 +86,9 @@ function async.wait_for(task, seconds)
   if not core._is_task(task) then
     error(format("async.wait_for: bad argument #1 (task expected, got %s)", type(task)), 2)
   end
-  local scope = deadline(seconds, "async.wait_for")
-  return finish_wait_for(scope, task, seconds, pcall(task.await, task))
+  check_seconds("async.wait_for", 2, seconds)
+  check_in_task("async.wait_for")
+  return finish_wait_for(deadline(seconds, "async.wait_for"), task, seconds, pcall(task.await, task))
 end
 
 --- Runs fn(...) as a task until it finishes. Outside the loop (stock lua, embedding) it drives
