@@ -1,0 +1,320 @@
+package.path = "spec/support/?.lua;" .. package.path
+local async = require "lasync"
+local assert_clean = require "clean"
+
+-- The `lasync` command line, run as a child process. CTest sets LASYNC to the executable.
+local LASYNC = assert(os.getenv("LASYNC"), "LASYNC must name the lasync executable")
+
+local temps = {}
+
+local function tmpfile(contents)
+  local path = os.tmpname()
+  temps[#temps + 1] = path
+  if contents then
+    local f = assert(io.open(path, "w"))
+    f:write(contents)
+    f:close()
+  end
+  return path
+end
+
+local function slurp(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- Runs `lasync <args>` (args already shell-quoted), with optional stdin text; returns
+-- stdout, stderr, exit code. A `timeout` guards against hangs.
+local function run(args, stdin)
+  local err = tmpfile()
+  local cmd = "timeout 30 " .. q(LASYNC) .. " " .. args .. " 2>" .. q(err)
+  if stdin then cmd = cmd .. " <" .. q(tmpfile(stdin)) else cmd = cmd .. " </dev/null" end
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("a")
+  local _, _, code = p:close()
+  return out, slurp(err), code
+end
+
+local function run_script(source, args)
+  return run(q(tmpfile(source)) .. " " .. (args or ""))
+end
+
+local function count(haystack, needle)
+  local n, i = 0, 1
+  while true do
+    local s, e = haystack:find(needle, i, true)
+    if not s then return n end
+    n, i = n + 1, e + 1
+  end
+end
+
+describe("the lasync command", function()
+  after_each(function()
+    for _, p in ipairs(temps) do os.remove(p) end
+    temps = {}
+    assert_clean()
+  end)
+
+  describe("arguments", function()
+    it("builds the arg table as lua does: arg[0] the script, arg[1..] its arguments, arg[-1] the interpreter", function()
+      local script = tmpfile([[
+        print(arg[-1], arg[0], arg[1], arg[2], #arg)
+        print(select("#", ...), ...)
+      ]])
+      local out, err, code = run(q(script) .. " one 'two words'")
+      assert.are.equal(0, code, err)
+      assert.are.equal(LASYNC .. "\t" .. script .. "\tone\ttwo words\t2\n2\tone\ttwo words\n", out)
+    end)
+
+    it("puts options before the script at negative indices", function()
+      local script = tmpfile("print(arg[-3], arg[-2], arg[-1], arg[0], arg[1])")
+      local out, err, code = run("-e 'x=1' " .. q(script) .. " a")
+      assert.are.equal(0, code, err)
+      assert.are.equal(LASYNC .. "\t-e\tx=1\t" .. script .. "\ta\n", out)
+    end)
+
+    it("runs -e code, in order, before the script", function()
+      local script = tmpfile("print('script', x)")
+      local out, err, code = run("-e 'x = 41' -e 'x = x + 1; print(\"e\", x)' " .. q(script))
+      assert.are.equal(0, code, err)
+      assert.are.equal("e\t42\nscript\t42\n", out)
+    end)
+
+    it("with -l mod requires a module into a global", function()
+      local out, err, code = run("-l cjson -e 'print(cjson.encode({1, 2}))'")
+      assert.are.equal(0, code, err)
+      assert.are.equal("[1,2]\n", out)
+    end)
+
+    it("with -l g=mod requires a module into the global g", function()
+      local out, err, code = run("-l J=cjson -e 'print(J.encode({true}))'")
+      assert.are.equal(0, code, err)
+      assert.are.equal("[true]\n", out)
+    end)
+
+    it("with -v prints the version and exits 0", function()
+      local out, _, code = run("-v")
+      assert.are.equal(0, code)
+      assert.matches("^lasync %d+%.%d+", out)
+      assert.matches("Lua 5.4", out, 1, true)
+    end)
+
+    it("with -h prints the usage on stdout and exits 0", function()
+      local out, _, code = run("-h")
+      assert.are.equal(0, code)
+      assert.matches("usage:", out, 1, true)
+      assert.matches("-e stat", out, 1, true)
+    end)
+
+    it("with an unknown option prints the usage on stderr and exits 1", function()
+      local out, err, code = run("-Z")
+      assert.are.equal(1, code)
+      assert.matches("unrecognized option '-Z'", err, 1, true)
+      assert.matches("usage:", err, 1, true)
+      assert.are.equal("", out)
+    end)
+
+    it("with - runs stdin as the script, with arguments", function()
+      local out, err, code = run("- a b", "print('stdin', arg[0], ...)")
+      assert.are.equal(0, code, err)
+      assert.are.equal("stdin\t-\ta\tb\n", out)
+    end)
+
+    it("runs stdin when given no script and stdin is not a terminal", function()
+      local out, err, code = run("", "print('from stdin')")
+      assert.are.equal(0, code, err)
+      assert.are.equal("from stdin\n", out)
+    end)
+
+    it("with -- stops handling options, so a script may look like an option", function()
+      local script = tmpfile("print('ran', ...)")
+      local out, err, code = run("-- " .. q(script) .. " -e -v")
+      assert.are.equal(0, code, err)
+      assert.are.equal("ran\t-e\t-v\n", out)
+    end)
+  end)
+
+  describe("the main chunk", function()
+    it("runs as a task: async.sleep works at top level", function()
+      local out, err, code = run_script([[
+        local async = require "lasync"
+        local t0 = async.now()
+        async.sleep(0.1)
+        print(async.now() - t0 >= 0.1, async.current() ~= nil)
+      ]])
+      assert.are.equal(0, code, err)
+      assert.are.equal("true\ttrue\n", out)
+    end)
+
+    it("finds C modules on package.cpath and Lua modules on package.path (cjson loads)", function()
+      local out, err, code = run_script([[
+        local cjson = require "cjson"
+        print(cjson.encode({ a = 1 }))
+      ]])
+      assert.are.equal(0, code, err)
+      assert.are.equal('{"a":1}\n', out)
+    end)
+
+    it("makes the process wait for background tasks spawned at top level", function()
+      local out, err, code = run_script([[
+        local async = require "lasync"
+        async.spawn(function() async.sleep(0.2); print("background done") end)
+        print("main done")
+      ]])
+      assert.are.equal(0, code, err)
+      assert.are.equal("main done\nbackground done\n", out)
+    end)
+  end)
+
+  describe("errors", function()
+    it("an uncaught error in the main task prints the message and a traceback and exits 1", function()
+      local _, err, code = run_script([[
+        local function f() error("main went wrong") end
+        f()
+      ]])
+      assert.are.equal(1, code)
+      assert.matches("main went wrong", err, 1, true)
+      assert.matches("stack traceback", err, 1, true)
+      assert.matches("task spawned at", err, 1, true)
+    end)
+
+    it("a failing task nobody awaits is reported on stderr once and makes the exit status 1", function()
+      local out, err, code = run_script([[
+        local async = require "lasync"
+        async.spawn(function() async.sleep(0.05); error("unwatched failure") end)
+        print("main done")
+      ]])
+      assert.are.equal(1, code)
+      assert.are.equal("main done\n", out)
+      assert.are.equal(1, count(err, "unwatched failure"), err)
+      assert.matches("task spawned at", err, 1, true)
+    end)
+
+    it("a failing task nobody awaits is reported even if the main task ended long before", function()
+      local _, err, code = run_script([[
+        local async = require "lasync"
+        local t = async.spawn(function() error("dropped failure") end)
+        t = nil
+        collectgarbage(); collectgarbage()
+        async.sleep(0.05)
+        collectgarbage(); collectgarbage()
+      ]])
+      assert.are.equal(1, code)
+      assert.are.equal(1, count(err, "dropped failure"), err)
+    end)
+
+    it("a task that fails and is awaited is not reported twice", function()
+      local _, err, code = run_script([[
+        local async = require "lasync"
+        local t = async.spawn(function() async.sleep(0.05); error("awaited failure") end)
+        t:await()
+      ]])
+      assert.are.equal(1, code)
+      assert.are.equal(1, count(err, "awaited failure"), err)
+    end)
+
+    it("a task that fails, is awaited and whose error is handled is not reported at all", function()
+      local out, err, code = run_script([[
+        local async = require "lasync"
+        local t = async.spawn(function() error("handled failure") end)
+        print(pcall(t.await, t))
+      ]])
+      assert.are.equal(0, code, err)
+      assert.matches("handled failure", out, 1, true)
+      assert.are.equal(0, count(err, "handled failure"), err)
+    end)
+
+    it("a cancelled task is not reported as a failure", function()
+      local _, err, code = run_script([[
+        local async = require "lasync"
+        local t = async.spawn(function() async.sleep(10) end)
+        async.sleep(0)
+        t:cancel()
+      ]])
+      assert.are.equal(0, code, err)
+      assert.are.equal("", err)
+    end)
+
+    it("reports a deadlock and exits non-zero instead of hanging", function()
+      local t0 = async.now()
+      local _, err, code = run_script([[
+        local async = require "lasync"
+        local f = async.future()
+        f:await()
+      ]])
+      assert.is_true(async.now() - t0 < 10, "the deadlocked process hung")
+      assert.are_not.equal(0, code)
+      assert.are_not.equal(124, code) -- killed by `timeout`
+      assert.matches("deadlock", err, 1, true)
+    end)
+  end)
+
+  describe("SIGINT", function()
+    local function interrupt(source)
+      local script, out, err, ready = tmpfile(source), tmpfile(), tmpfile(), tmpfile()
+      os.remove(ready)
+      -- Start lasync in the background, wait until the script says it is ready, send SIGINT.
+      local sh = table.concat({
+        q(LASYNC) .. " " .. q(script) .. " " .. q(ready) .. " >" .. q(out) .. " 2>" .. q(err) .. " & pid=$!",
+        "i=0; while [ ! -e " .. q(ready) .. " ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done",
+        "sleep 0.1; kill -INT $pid",
+        "i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done",
+        "kill -0 $pid 2>/dev/null && { kill -KILL $pid; echo hung; }",
+        "wait $pid; echo $?",
+      }, "\n")
+      local p = assert(io.popen("sh -c " .. q(sh), "r"))
+      local status = p:read("a")
+      p:close()
+      return tonumber(status:match("(%d+)%s*$")), slurp(out), slurp(err), status
+    end
+
+    local READY = [[
+      local async = require "lasync"
+      local function ready() io.open(arg[1], "w"):close() end
+    ]]
+
+    it("cancels the main task, runs <close> cleanup and exits 130", function()
+      local code, out, err, status = interrupt(READY .. [[
+        local guard <close> = setmetatable({}, { __close = function(_, e)
+          print("closed", async.is_cancelled(e)); io.stdout:flush()
+        end })
+        ready()
+        async.sleep(10)
+        print("not reached")
+      ]])
+      assert.are.equal(130, code, status .. err)
+      assert.are.equal("closed\ttrue\n", out)
+    end)
+
+    it("lets pcall cleanup run before exiting 130", function()
+      local code, out, err, status = interrupt(READY .. [[
+        ready()
+        local ok, e = pcall(async.sleep, 10)
+        print("cleanup", ok, async.is_cancelled(e)); io.stdout:flush()
+        error(e, 0)
+      ]])
+      assert.are.equal(130, code, status .. err)
+      assert.are.equal("cleanup\tfalse\ttrue\n", out)
+    end)
+
+    it("cancels background tasks too, running their cleanup", function()
+      local code, out, err, status = interrupt(READY .. [[
+        async.spawn(function()
+          local ok, e = pcall(async.sleep, 10)
+          print("background cleanup", async.is_cancelled(e)); io.stdout:flush()
+          error(e, 0)
+        end)
+        async.sleep(0)
+        ready()
+        async.sleep(10)
+      ]])
+      assert.are.equal(130, code, status .. err)
+      assert.matches("background cleanup\ttrue\n", out, 1, true)
+    end)
+  end)
+end)

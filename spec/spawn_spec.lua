@@ -1,0 +1,93 @@
+package.path = "spec/support/?.lua;" .. package.path
+local async = require "lasync"
+local assert_clean = require "clean"
+
+describe("async.spawn", function()
+  after_each(assert_clean)
+
+  it("returns a Task", function()
+    local t = async.spawn(function() end)
+    assert.are.equal("userdata", type(t))
+    assert.are.equal("function", type(t.await))
+    assert.are.equal("function", type(t.cancel))
+    t:await()
+  end)
+
+  it("does not run the function inside spawn, but on a later loop turn", function()
+    local ran = false
+    local t = async.spawn(function() ran = true end)
+    assert.is_false(ran)
+    assert.are.equal("pending", t:status())
+    async.sleep(0)
+    assert.is_true(ran)
+    t:await()
+  end)
+
+  it("passes the extra arguments to the function, nils included", function()
+    local t = async.spawn(function(...) return select("#", ...), ... end, 1, nil, "x", nil)
+    local n, a, b, c, d = t:await()
+    assert.are.equal(4, n)
+    assert.are.equal(1, a)
+    assert.is_nil(b)
+    assert.are.equal("x", c)
+    assert.is_nil(d)
+  end)
+
+  it("runs tasks in the order they were spawned", function()
+    local log = {}
+    local ts = {}
+    for i = 1, 5 do ts[i] = async.spawn(function() log[#log + 1] = i end) end
+    for i = 1, 5 do ts[i]:await() end
+    assert.are.same({ 1, 2, 3, 4, 5 }, log)
+  end)
+
+  it("accepts any callable, such as a table with __call", function()
+    local callable = setmetatable({}, { __call = function(self, x) return x * 2 end })
+    assert.are.equal(42, async.spawn(callable, 21):await())
+  end)
+
+  it("is also available as async.create_task", function()
+    assert.are.equal("function", type(async.create_task))
+    local t = async.create_task(function(a, b) return a + b end, 2, 3)
+    assert.are.equal(5, t:await())
+  end)
+
+  it("lets tasks spawn tasks", function()
+    local t = async.spawn(function()
+      local inner = async.spawn(function() async.sleep(0.01); return "inner" end)
+      return "outer", inner:await()
+    end)
+    local a, b = t:await()
+    assert.are.equal("outer", a)
+    assert.are.equal("inner", b)
+  end)
+
+  it("handles many tasks at once", function()
+    local ts = {}
+    for i = 1, 1000 do ts[i] = async.spawn(function() async.sleep(0.01); return i end) end
+    local sum = 0
+    for i = 1, 1000 do sum = sum + ts[i]:await() end
+    assert.are.equal(500500, sum)
+  end)
+end)
+
+describe("async.current", function()
+  after_each(assert_clean)
+
+  it("returns the running task", function()
+    local t
+    t = async.spawn(function() return async.current() end)
+    assert.are.equal(t, t:await())
+  end)
+
+  it("returns the main task in the top-level chunk (busted runs inside it)", function()
+    local cur = async.current()
+    assert.is_not_nil(cur)
+    assert.are.equal("running", cur:status())
+  end)
+
+  it("returns nil inside a coroutine of your own, even within a task", function()
+    local inside = coroutine.wrap(function() return async.current() end)()
+    assert.is_nil(inside)
+  end)
+end)
