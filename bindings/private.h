@@ -109,6 +109,7 @@ struct lasync__task {
   uint32_t spawned_ms;        /* loop time at spawn, for its age */
   uint16_t cancel_level;      /* outermost cancelled scope, or LASYNC__NO_CANCEL */
   uint16_t scope_depth;       /* 0 is the task itself; each async.timeout adds one */
+  uint16_t shield_floor;      /* cancellations of scopes below this depth wait (async.shield) */
   uint8_t status;
   uint8_t wake;               /* why it was queued */
   uint8_t suspended;          /* linked into an awaitable, waiting for wake or cancel */
@@ -167,6 +168,10 @@ lasync__task *lasync__totask(lua_State *L, int idx);
 int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data);
 void lasync__wake(lasync__task *t);
 int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx);
+/* Whether a cancellation must be delivered at the task's next suspension point. */
+int lasync__cancel_active(const lasync__task *t);
+/* Raises the pending Cancelled error in the running task, if any. */
+void lasync__checkpoint(lua_State *L, lasync__task *t);
 lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs);
 void lasync__task_start(lasync__runtime *rt, lasync__task *t);
 void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int nres);

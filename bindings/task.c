@@ -55,7 +55,9 @@ void lasync__waitlist_settle(lasync__waitlist *list) {
 
 int lasync__task_finished(const lasync__task *t) { return t->status >= LASYNC__DONE; }
 
-static int cancel_active(const lasync__task *t) { return t->cancel_level <= t->scope_depth; }
+int lasync__cancel_active(const lasync__task *t) {
+  return t->cancel_level <= t->scope_depth && t->cancel_level >= t->shield_floor;
+}
 
 static void push_extra(lua_State *L, int task_idx) {
   task_idx = lua_absindex(L, task_idx);
@@ -94,8 +96,12 @@ lasync__task *lasync__check_task(lua_State *L, const char *fname) {
     luaL_error(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
                   "(a table.sort comparator, a string.gsub callback, require, a __gc ...)",
                fname);
-  if (cancel_active(t)) raise_cancelled(L, t);
+  if (lasync__cancel_active(t)) raise_cancelled(L, t);
   return t;
+}
+
+void lasync__checkpoint(lua_State *L, lasync__task *t) {
+  if (lasync__cancel_active(t)) raise_cancelled(L, t);
 }
 
 static int on_resume(lua_State *L, int status, lua_KContext ctx) {
@@ -106,7 +112,7 @@ static int on_resume(lua_State *L, int status, lua_KContext ctx) {
   t->wait_ops = NULL;
   t->wait_data = NULL;
   t->wake = LASYNC__WAKE_NONE;
-  if (cancel_active(t)) return raise_cancelled(L, t);
+  if (lasync__cancel_active(t)) return raise_cancelled(L, t);
   return ops->finish ? ops->finish(L, t, data) : 0;
 }
 
@@ -133,7 +139,7 @@ int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx) {
   }
   if (level < t->cancel_level) t->cancel_level = level;
   if (t->status == LASYNC__PENDING) return 1; /* it is queued and will finish unstarted */
-  if (t->suspended && cancel_active(t)) {
+  if (t->suspended && lasync__cancel_active(t)) {
     if (t->wait_ops->cancel) t->wait_ops->cancel(t, t->wait_data);
     t->suspended = 0;
     lasync__enqueue(t, LASYNC__WAKE_CANCEL);

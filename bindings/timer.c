@@ -152,6 +152,8 @@ typedef struct {
   lasync__task *task;
   int depth;
   int open;
+  int shield;       /* a shield scope: cancellations from outside wait until it closes */
+  int saved_floor;  /* the task's shield floor before this scope */
 } deadline;
 
 static void on_deadline_due(lasync__timer *timer) {
@@ -159,8 +161,9 @@ static void on_deadline_due(lasync__timer *timer) {
   lasync__cancel(d->rt->L, d->task, d->depth, 0);
 }
 
-/* core._deadline(seconds, fname): opens a cancel scope in the running task that cancels the
- * code inside it when the time is up. */
+/* core._deadline(seconds, fname [, shield]): opens a cancel scope in the running task that
+ * cancels the code inside it when the time is up. A shield scope also holds back cancellations
+ * of the scopes outside it (the task's own included) until it closes. */
 static int l_deadline(lua_State *L) {
   const char *fname = luaL_optstring(L, 2, "async.timeout");
   double s = check_seconds(L, 1, fname);
@@ -173,6 +176,9 @@ static int l_deadline(lua_State *L) {
   d->task = t;
   d->depth = ++t->scope_depth;
   d->open = 1;
+  d->shield = lua_toboolean(L, 3);
+  d->saved_floor = t->shield_floor;
+  if (d->shield) t->shield_floor = (uint16_t)d->depth;
   luaL_setmetatable(L, SCOPE_MT);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
   lua_setiuservalue(L, -2, 1);
@@ -192,8 +198,15 @@ static int deadline_close(lua_State *L) {
   mine = t->cancel_level == d->depth;
   if (t->cancel_level >= d->depth) t->cancel_level = LASYNC__NO_CANCEL;
   t->scope_depth--;
+  if (d->shield) t->shield_floor = (uint16_t)d->saved_floor;
   lua_pushboolean(L, mine);
   return 1;
+}
+
+/* core._checkpoint(): raises a pending cancellation now, e.g. as a shield closes. */
+static int l_checkpoint(lua_State *L) {
+  lasync__checkpoint(L, lasync__check_task(L, "async.shield"));
+  return 0;
 }
 
 static int deadline_gc(lua_State *L) {
@@ -203,7 +216,8 @@ static int deadline_gc(lua_State *L) {
 }
 
 void lasync__open_timer(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"sleep", l_sleep}, {"_deadline", l_deadline}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"sleep", l_sleep}, {"_deadline", l_deadline},
+                                   {"_checkpoint", l_checkpoint}, {NULL, NULL}};
   luaL_newmetatable(L, SCOPE_MT);
   lua_pushcfunction(L, deadline_close);
   lua_setfield(L, -2, "close");

@@ -81,6 +81,21 @@ local function finish_wait_for(scope, task, seconds, ok, ...)
   error(err, 0)
 end
 
+local function finish_shield(scope, ok, ...)
+  scope:close()
+  core._checkpoint() -- a cancellation held back while fn ran is delivered now
+  if ok then return ... end
+  error((...), 0)
+end
+
+--- Runs fn(...) in the calling task so that a cancellation of the task waits for fn to finish
+--- (cleanup that must complete), then is delivered. Deadlines inside fn still apply.
+function async.shield(fn, ...)
+  check_function("async.shield", 1, fn)
+  check_in_task("async.shield")
+  return finish_shield(deadline(math.huge, "async.shield", true), pcall(fn, ...))
+end
+
 --- Awaits `task` for at most `seconds`; on expiry cancels it and raises a Timeout.
 function async.wait_for(task, seconds)
   if not core._is_task(task) then
