@@ -166,6 +166,7 @@ static void on_deadline_due(lasync__timer *timer) {
  * of the scopes outside it (the task's own included) until it closes. */
 static int l_deadline(lua_State *L) {
   const char *fname = luaL_optstring(L, 2, "async.timeout");
+  int shield = lua_toboolean(L, 3); /* read before anything is pushed */
   double s = check_seconds(L, 1, fname);
   lasync__task *t = lasync__check_task(L, fname);
   /* The user value anchors the task: an armed deadline must never outlive what it cancels. */
@@ -176,7 +177,7 @@ static int l_deadline(lua_State *L) {
   d->task = t;
   d->depth = ++t->scope_depth;
   d->open = 1;
-  d->shield = lua_toboolean(L, 3);
+  d->shield = shield;
   d->saved_floor = t->shield_floor;
   if (d->shield) t->shield_floor = (uint16_t)d->depth;
   luaL_setmetatable(L, SCOPE_MT);
