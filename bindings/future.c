@@ -1,38 +1,55 @@
 /* Futures: one-shot awaitables that Lua or C code settles. The C awaitables of the embedding
- * API build on the same wait list. */
+ * API (host/embed.c) are the same objects, held by C through a pin until they settle. */
 #include "private.h"
-
-enum { FUTURE_PENDING, FUTURE_DONE, FUTURE_FAILED };
-
-typedef struct {
-  lasync__waitlist waiters;
-  int state;
-  int nvalues;
-} future;
 
 #define TASK_OF_WAITER(p) ((lasync__task *)((char *)(p)-offsetof(lasync__task, waiter)))
 
-static future *check_future(lua_State *L, const char *fname) {
-  future *f = (future *)luaL_testudata(L, 1, LASYNC_FUTURE_MT);
+static lasync_future *check_future(lua_State *L, const char *fname) {
+  lasync_future *f = (lasync_future *)luaL_testudata(L, 1, LASYNC_FUTURE_MT);
   if (f == NULL)
     luaL_error(L, "%s: bad argument #1 (future expected, got %s)", fname, luaL_typename(L, 1));
   return f;
 }
 
-static int l_future(lua_State *L) {
-  future *f = (future *)lua_newuserdatauv(L, sizeof *f, 1);
+lasync_future *lasync__future_new(lua_State *L) {
+  lasync_future *f = (lasync_future *)lua_newuserdatauv(L, sizeof *f, 1);
   f->waiters.head = NULL;
-  f->state = FUTURE_PENDING;
+  f->state = LASYNC__FUTURE_PENDING;
   f->nvalues = 0;
+  f->rt = lasync__runtime_get(L);
+  f->ref = LUA_NOREF;
+  f->prev = f->next = NULL;
   luaL_setmetatable(L, LASYNC_FUTURE_MT);
+  return f;
+}
+
+static int l_future(lua_State *L) {
+  lasync__future_new(L);
   return 1;
+}
+
+/* Settles a future held by C with the n values on top of L (popped): its values, or one
+ * error. The pin is what makes the future reachable here. */
+void lasync__future_settle(lua_State *L, lasync_future *f, int state, int n) {
+  int i;
+  lua_createtable(L, n, 0);
+  lua_insert(L, -n - 1);                   /* [t, v1..vn] */
+  for (i = n; i >= 1; i--) lua_rawseti(L, -1 - i, i);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, f->ref);
+  lua_insert(L, -2);                       /* [future, t] */
+  lua_setiuservalue(L, -2, 1);
+  lua_pop(L, 1);
+  f->state = state;
+  f->nvalues = n;
+  lasync__future_release(f);
+  lasync__waitlist_settle(&f->waiters);
 }
 
 /* Stores values 2..top (or the error) and wakes the waiters in the order they came. */
 static int settle(lua_State *L, int state, const char *fname) {
-  future *f = check_future(L, fname);
+  lasync_future *f = check_future(L, fname);
   int i, n = lua_gettop(L) - 1;
-  if (f->state != FUTURE_PENDING)
+  if (f->state != LASYNC__FUTURE_PENDING)
     return luaL_error(L, "%s: the future is already settled", fname);
   lua_createtable(L, n, 0);
   for (i = 1; i <= n; i++) {
@@ -42,21 +59,23 @@ static int settle(lua_State *L, int state, const char *fname) {
   lua_setiuservalue(L, 1, 1);
   f->state = state;
   f->nvalues = n;
+  lasync__future_release(f);
   lasync__waitlist_settle(&f->waiters);
   return 0;
 }
 
-static int future_set(lua_State *L) { return settle(L, FUTURE_DONE, "future:set"); }
+static int future_set(lua_State *L) { return settle(L, LASYNC__FUTURE_DONE, "future:set"); }
 
 static int future_fail(lua_State *L) {
   lua_settop(L, 2);
-  return settle(L, FUTURE_FAILED, "future:fail");
+  return settle(L, LASYNC__FUTURE_FAILED, "future:fail");
 }
 
-static int push_outcome(lua_State *L, future *f) {
+/* Pushes the settled future's values, or raises its error; the future is at idx. */
+static int push_outcome(lua_State *L, lasync_future *f, int idx) {
   int i;
-  lua_getiuservalue(L, 1, 1);
-  if (f->state == FUTURE_FAILED) {
+  lua_getiuservalue(L, idx, 1);
+  if (f->state == LASYNC__FUTURE_FAILED) {
     lua_rawgeti(L, -1, 1);
     return lua_error(L);
   }
@@ -68,28 +87,34 @@ static int push_outcome(lua_State *L, future *f) {
 static void on_settled(lasync__waiter *w) { lasync__wake(TASK_OF_WAITER(w)); }
 
 static void await_cancel(lasync__task *t, void *data) {
-  lasync__waitlist_remove(&((future *)data)->waiters, &t->waiter);
+  lasync__waitlist_remove(&((lasync_future *)data)->waiters, &t->waiter);
 }
 
 static int await_finish(lua_State *L, lasync__task *t, void *data) {
   (void)t;
-  return push_outcome(L, (future *)data);
+  return push_outcome(L, (lasync_future *)data, lua_gettop(L));
 }
 
 static const lasync__awaitable_ops AWAIT_FUTURE_OPS = {"future", await_cancel, await_finish};
 
-static int future_await(lua_State *L) {
-  future *f = check_future(L, "future:await");
-  lasync__task *t = lasync__check_task(L, "future:await");
-  lua_settop(L, 1);
-  if (f->state != FUTURE_PENDING) return push_outcome(L, f);
+/* Suspends the running task on the future at the top of L's stack, which stays there (and so
+ * stays alive) while the task waits. */
+int lasync__future_await(lua_State *L, lasync_future *f, const char *fname) {
+  lasync__task *t = lasync__check_task(L, fname);
+  if (f->state != LASYNC__FUTURE_PENDING) return push_outcome(L, f, lua_gettop(L));
   t->waiter.on_settle = on_settled;
   lasync__waitlist_add(&f->waiters, &t->waiter);
   return lasync__suspend(L, t, &AWAIT_FUTURE_OPS, f);
 }
 
+static int future_await(lua_State *L) {
+  lasync_future *f = check_future(L, "future:await");
+  lua_settop(L, 1);
+  return lasync__future_await(L, f, "future:await");
+}
+
 static int future_done(lua_State *L) {
-  lua_pushboolean(L, check_future(L, "future:done")->state != FUTURE_PENDING);
+  lua_pushboolean(L, check_future(L, "future:done")->state != LASYNC__FUTURE_PENDING);
   return 1;
 }
 

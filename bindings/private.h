@@ -115,6 +115,7 @@ struct lasync__task {
   uint8_t suspended;          /* linked into an awaitable, waiting for wake or cancel */
   uint8_t queued;
   uint8_t observed;           /* its outcome was retrieved or is awaited */
+  uint8_t report_now;         /* started from C with nobody to await it: report a failure */
 };
 
 struct lasync__runtime {
@@ -136,6 +137,7 @@ struct lasync__runtime {
   int entry_ref;    /* {xpcall, handler}: what every task body runs under */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
+  int open_handles; /* of the runtime's own, while they close */
   int sites_ref;    /* array of the source names that spawned tasks, see task.c */
   uint32_t nsites, last_site;
   char last_site_src[LUA_IDSIZE];
@@ -148,12 +150,19 @@ struct lasync__runtime {
    * handles at shutdown, before the runtime closes its own. */
   void *http;
   void (*http_close)(lasync__runtime *rt);
+  /* Embedding state (host/embed.c): futures held by C, the cross-thread queue, the error
+   * callback. embed_close runs at shutdown, before the handles close. */
+  void *embed;
+  void (*embed_close)(lasync__runtime *rt);
+  void (*on_error)(lasync__runtime *rt, const char *report, void *data);
+  uint64_t step_deadline; /* lasync_step: drain stops once uv_hrtime() passes it; 0: no limit */
 };
 
 /* runtime.c */
 lasync__runtime *lasync__runtime_get(lua_State *L);
 lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop);
 void lasync__runtime_close(lasync__runtime *rt);
+void lasync__runtime_detach(lasync__runtime *rt);
 int lasync__pin(lasync__runtime *rt, lua_State *L);
 void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref);
 void lasync__enqueue(lasync__task *t, int wake);
@@ -179,6 +188,7 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx);
 /* Marks the outcome as seen, so a failure is not reported again when the task is collected. */
 void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx);
 void lasync__push_failure_report(lua_State *L, lasync__task *t);
+void lasync__report(lasync__runtime *rt, const char *report);
 int lasync__task_finished(const lasync__task *t);
 int lasync__trace_handler(lua_State *L);
 void lasync__open_task(lua_State *L);
@@ -188,6 +198,23 @@ void lasync__push_error(lua_State *L, const char *kind, const char *message);
 int lasync__is_error_kind(lua_State *L, int idx, const char *kind);
 const char *lasync__describe(lua_State *L, int idx);
 void lasync__open_errors(lua_State *L);
+
+/* future.c. A future held by C (lasync_future_new) is pinned and linked in the runtime's list
+ * until it settles; lasync__future_release unpins it (a no-op for Lua-only futures). */
+enum { LASYNC__FUTURE_PENDING, LASYNC__FUTURE_DONE, LASYNC__FUTURE_FAILED };
+struct lasync_future {
+  lasync__waitlist waiters;
+  int state;
+  int nvalues;
+  lasync__runtime *rt;
+  int ref;                          /* pinned while C holds it, else LUA_NOREF */
+  struct lasync_future *prev, *next; /* the runtime's held futures */
+};
+typedef struct lasync_future lasync_future;
+lasync_future *lasync__future_new(lua_State *L);
+void lasync__future_settle(lua_State *L, lasync_future *f, int state, int n);
+int lasync__future_await(lua_State *L, lasync_future *f, const char *fname);
+void lasync__future_release(lasync_future *f); /* embed.c */
 
 /* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
 void lasync__open_timer(lua_State *L);

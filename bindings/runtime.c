@@ -226,6 +226,7 @@ void lasync__drain(lasync__runtime *rt) {
     rt->ready_len--;
     t->queued = 0;
     resume_task(rt, t);
+    if (rt->step_deadline && uv_hrtime() >= rt->step_deadline) break; /* lasync_step's budget */
   }
   if (rt->ready_len == 0) uv_idle_stop(&rt->idle);
 }
@@ -332,7 +333,7 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   return rt;
 }
 
-static void on_close_noop(uv_handle_t *h) { (void)h; }
+static void on_own_handle_closed(uv_handle_t *h) { ((lasync__runtime *)h->data)->open_handles--; }
 
 /* Shutdown in one order: refuse new work, cancel what is left and let its cleanup run, close
  * the runtime's handles, then close the loop if it is ours. Leaves lua_close to the owner. */
@@ -344,19 +345,36 @@ void lasync__runtime_close(lasync__runtime *rt) {
   }
   rt->closing = 1;
   if (rt->http_close) rt->http_close(rt); /* its transfers end before the handles close */
+  if (rt->embed_close) rt->embed_close(rt);
   free(rt->ready);
   rt->ready = NULL;
   rt->ready_len = rt->ready_cap = 0;
   free(rt->heap);
   rt->heap = NULL;
   rt->heap_len = rt->heap_cap = 0;
-  uv_close((uv_handle_t *)&rt->idle, on_close_noop);
-  uv_close((uv_handle_t *)&rt->check, on_close_noop);
-  uv_close((uv_handle_t *)&rt->timer, on_close_noop);
+  rt->open_handles = 3;
+  uv_close((uv_handle_t *)&rt->idle, on_own_handle_closed);
+  uv_close((uv_handle_t *)&rt->check, on_own_handle_closed);
+  uv_close((uv_handle_t *)&rt->timer, on_own_handle_closed);
   /* Running the loop from inside one of its callbacks (os.exit(n, true) in a task) is not
-   * allowed; the process is about to exit then, so the loop is left as it is. */
+   * allowed; the process is about to exit then, so the loop is left as it is. A shared loop is
+   * only turned until our own handles are closed: the rest of it belongs to the embedder. */
   if (rt->in_callback == 0) {
-    uv_run(rt->loop, UV_RUN_DEFAULT);
-    if (rt->owns_loop) uv_loop_close(rt->loop);
+    if (rt->owns_loop) {
+      uv_run(rt->loop, UV_RUN_DEFAULT);
+      uv_loop_close(rt->loop);
+    } else {
+      while (rt->open_handles > 0) uv_run(rt->loop, UV_RUN_NOWAIT);
+    }
   }
+}
+
+/* For a runtime attached to a state that outlives it: forgets it in that state. */
+void lasync__runtime_detach(lasync__runtime *rt) {
+  lua_State *L = rt->L;
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
 }

@@ -162,8 +162,7 @@ static int sentinel_gc(lua_State *L) {
     s->observed = 1;
     s->rt->unhandled_failures++;
     lua_getiuservalue(L, 1, 1);
-    fprintf(stderr, "lasync: a task failed and nobody awaited it:\n%s\n", lua_tostring(L, -1));
-    fflush(stderr);
+    lasync__report(s->rt, lua_tostring(L, -1));
   }
   return 0;
 }
@@ -195,11 +194,29 @@ static void attach_sentinel(lasync__runtime *rt, lasync__task *t) {
   lua_pop(L, 1);
 }
 
+/* Hands a failure nobody saw to the embedder's callback, or to stderr. */
+void lasync__report(lasync__runtime *rt, const char *report) {
+  if (rt->on_error) {
+    rt->on_error(rt, report, rt->data);
+  } else {
+    fprintf(stderr, "lasync: a task failed and nobody awaited it:\n%s\n", report);
+    fflush(stderr);
+  }
+}
+
 void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int nres) {
   t->status = (uint8_t)status;
   t->nargs = nres;
   t->wait_ops = NULL;
   if (t->waiters.head) t->observed = 1;
+  if (status == LASYNC__FAILED && !t->observed && t->report_now) {
+    /* Started from C with nobody to await it: the embedder hears of it at once. */
+    t->observed = 1;
+    rt->unhandled_failures++;
+    lasync__push_failure_report(rt->L, t);
+    lasync__report(rt, lua_tostring(rt->L, -1));
+    lua_pop(rt->L, 1);
+  }
   if (status == LASYNC__FAILED && !t->observed) attach_sentinel(rt, t);
   lasync__waitlist_settle(&t->waiters);
   rt->live_tasks--;

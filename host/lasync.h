@@ -1,0 +1,143 @@
+/* lasync.h: embedding lasync, asyncio-style tasks for Lua 5.4 on a libuv loop.
+ *
+ * A host keeps its own main loop and calls lasync_step() once per frame, or hands the thread
+ * to lasync_run(). Its C code can offer awaitable operations to Lua: a C function exposed to
+ * Lua creates a future, starts native work, and returns lasync_await(); the work later
+ * resolves the future, from the loop's thread or, with lasync_future_resolve_async(), from any
+ * thread. To Lua it is one more suspending call: `local tex = game.load_texture("hero.png")`.
+ *
+ * Every call returns 0 (LASYNC_OK) or a negative error code unless it says otherwise;
+ * lasync_strerror() turns a code into a message. Nothing here calls exit(). Only the thread
+ * that created a runtime may call into it, except lasync_future_resolve_async() and
+ * lasync_future_reject_async().
+ */
+#ifndef LASYNC_H
+#define LASYNC_H
+
+#include <lua.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LASYNC_VERSION_MAJOR 0
+#define LASYNC_VERSION_MINOR 1
+#define LASYNC_VERSION_PATCH 0
+
+/* Error codes. */
+#define LASYNC_OK 0
+#define LASYNC_EINVAL (-1)  /* a bad argument */
+#define LASYNC_ENOMEM (-2)  /* out of memory */
+#define LASYNC_ELUA (-3)    /* a Lua error: loading a chunk failed, or the task failed */
+#define LASYNC_EBUSY (-4)   /* not allowed now: from inside a task, or while the loop runs */
+#define LASYNC_ESTATE (-5)  /* the object is in the wrong state (a future already settled) */
+#define LASYNC_ELOOP (-6)   /* libuv failed; the runtime cannot continue */
+#define LASYNC_EPENDING (-7) /* the task has not finished yet */
+
+typedef struct lasync__runtime lasync_runtime; /* a loop, a Lua state, and their tasks */
+typedef struct lasync__task lasync_task;       /* a task held by C: see lasync_task_release */
+typedef struct lasync_future lasync_future;    /* a one-shot awaitable completed by C */
+
+/* Task states, as lasync_task_status() returns them. */
+typedef enum {
+  LASYNC_TASK_PENDING,
+  LASYNC_TASK_RUNNING,
+  LASYNC_TASK_DONE,
+  LASYNC_TASK_FAILED,
+  LASYNC_TASK_CANCELLED
+} lasync_task_status_t;
+
+/* Called with the message and traceback of a task that failed with nobody to see it: a task
+ * started from C, or one whose outcome nobody awaited. The default prints to stderr. */
+typedef void (*lasync_error_cb)(lasync_runtime *rt, const char *report, void *data);
+
+/* Options for lasync_new(); zero them, then set what you need. */
+typedef struct {
+  lua_State *L;          /* attach to this state (not closed by lasync_destroy); NULL: own one */
+  uv_loop_t *loop;       /* share this loop (not closed by lasync_destroy); NULL: own one */
+  lasync_error_cb on_error;
+  void *data;            /* for the embedder: lasync_get_data() returns it */
+} lasync_options;
+
+/* Returns a message for an error code. Never NULL. */
+const char *lasync_strerror(int err);
+
+/* Creates a runtime. opts may be NULL. With no state given it opens one with the standard
+ * libraries; either way `require "lasync"` then works in it. */
+int lasync_new(lasync_runtime **out, const lasync_options *opts);
+
+/* Cancels the tasks still pending, lets their cleanup run, closes the runtime's handles, and
+ * frees it; closes the Lua state and the loop if it made them. Not from inside a task. */
+int lasync_destroy(lasync_runtime *rt);
+
+/* The runtime's Lua state (its main thread) and loop. */
+lua_State *lasync_lua(lasync_runtime *rt);
+uv_loop_t *lasync_loop(lasync_runtime *rt);
+
+/* The embedder's pointer from lasync_options.data, and a setter. */
+void *lasync_get_data(lasync_runtime *rt);
+void lasync_set_data(lasync_runtime *rt, void *data);
+
+/* Starts a Lua file, a string or a function as a new task. The function and its nargs
+ * arguments are on top of lasync_lua(rt)'s stack and are popped. If out is not NULL it gets
+ * the task, which C then holds until lasync_task_release(); if out is NULL and the task fails,
+ * the error callback gets its report. A chunk that does not compile gives LASYNC_ELUA, with
+ * the message on top of the stack. */
+int lasync_spawn_file(lasync_runtime *rt, const char *path, lasync_task **out);
+int lasync_spawn_string(lasync_runtime *rt, const char *code, const char *name,
+                        lasync_task **out);
+int lasync_spawn_call(lasync_runtime *rt, int nargs, lasync_task **out);
+
+/* A held task's state. */
+lasync_task_status_t lasync_task_status(const lasync_task *t);
+
+/* Pushes a finished task's results on L (a thread of the runtime's state) and returns how many,
+ * or pushes its error and returns LASYNC_ELUA, or returns LASYNC_EPENDING. */
+int lasync_task_result(lasync_task *t, lua_State *L);
+
+/* Requests cancellation, as task:cancel() does. Returns 1 if the task had not finished. */
+int lasync_task_cancel(lasync_task *t);
+
+/* Lets go of a task returned by a spawn call. */
+void lasync_task_release(lasync_task *t);
+
+/* Runs the loop until no task is left. Returns LASYNC_EBUSY if tasks remain that nothing can
+ * wake (they wait on futures nobody will settle). */
+int lasync_run(lasync_runtime *rt);
+
+/* Resumes ready tasks and polls I/O without blocking, for at most budget_ms milliseconds
+ * (tasks still ready then run at the next step). The call a game makes once per frame.
+ * Returns the number of tasks still alive. */
+int lasync_step(lasync_runtime *rt, double budget_ms);
+
+/* For hosts with their own poller: the loop's backend descriptor, and how long the host may
+ * sleep before the next lasync_step() (0 when tasks are ready, -1 when nothing is scheduled). */
+int lasync_backend_fd(lasync_runtime *rt);
+int lasync_backend_timeout(lasync_runtime *rt);
+
+/* Creates a future on the runtime of L (a state or thread where lasync is loaded). C holds it
+ * until it is settled. */
+lasync_future *lasync_future_new(lua_State *L);
+
+/* From a lua_CFunction running in a task: `return lasync_await(L, f);` suspends the task until
+ * f settles, then returns f's values to Lua (or raises its error). Outside a task it raises
+ * "... must be called inside a task". */
+int lasync_await(lua_State *L, lasync_future *f);
+
+/* Settles f on the loop's thread: with the nvalues values on top of L (popped), or with the
+ * error value on top of L (popped). LASYNC_ESTATE if f was already settled. */
+int lasync_future_resolve(lasync_future *f, lua_State *L, int nvalues);
+int lasync_future_reject(lasync_future *f, lua_State *L);
+
+/* Thread-safe settling, from any thread: on the loop's next turn, push(L, arg) is called on the
+ * loop's thread to push the values (it returns how many), or for a rejection a message is
+ * raised as a string error. push may be NULL (no values). */
+typedef int (*lasync_push_cb)(lua_State *L, void *arg);
+int lasync_future_resolve_async(lasync_future *f, lasync_push_cb push, void *arg);
+int lasync_future_reject_async(lasync_future *f, const char *message);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,257 @@
+/* C tests of the embedding API (host/lasync.h), run by CTest; each also under ASan. */
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lasync.h"
+
+static int failures;
+static int tests_failed, tests_run;
+
+/* Runs one test and counts it as failed if any of its checks failed. */
+#define RUN(test)                       \
+  do {                                  \
+    int before = failures;              \
+    test();                             \
+    tests_run++;                        \
+    if (failures != before) {           \
+      tests_failed++;                   \
+      fprintf(stderr, "FAILED: %s\n", #test); \
+    }                                   \
+  } while (0)
+
+#define CHECK(cond)                                                        \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                          \
+    }                                                                      \
+  } while (0)
+
+static double now_ms(void) { return (double)uv_hrtime() / 1e6; }
+
+/* Runs code as a task, drives the loop to the end, and returns its first result as a string
+ * (static buffer), or the error message prefixed with "error: ". */
+static const char *run_string(lasync_runtime *rt, const char *code) {
+  static char out[256];
+  lasync_task *t;
+  lua_State *L = lasync_lua(rt);
+  int n;
+  if (lasync_spawn_string(rt, code, "=test", &t) != LASYNC_OK) {
+    snprintf(out, sizeof out, "load error: %s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return out;
+  }
+  CHECK(lasync_run(rt) == LASYNC_OK);
+  n = lasync_task_result(t, L);
+  if (n == LASYNC_ELUA)
+    snprintf(out, sizeof out, "error: %s", luaL_tolstring(L, -1, NULL)), lua_pop(L, 2);
+  else if (n >= 1)
+    snprintf(out, sizeof out, "%s", luaL_tolstring(L, -n, NULL)), lua_pop(L, n + 1);
+  else
+    snprintf(out, sizeof out, "(%d)", n);
+  lasync_task_release(t);
+  return out;
+}
+
+/* ---- a C awaitable: wait_value(), settled by the test from C ---- */
+
+static lasync_future *last_future;
+
+static int l_wait_value(lua_State *L) {
+  last_future = lasync_future_new(L);
+  return lasync_await(L, last_future);
+}
+
+static int push_answer(lua_State *L, void *arg) {
+  lua_pushinteger(L, *(int *)arg);
+  lua_pushliteral(L, "from a thread");
+  return 2;
+}
+
+static void resolve_later(void *arg) {
+  uv_sleep(20);
+  CHECK(lasync_future_resolve_async(last_future, push_answer, arg) == LASYNC_OK);
+}
+
+static void reject_later(void *arg) {
+  (void)arg;
+  uv_sleep(20);
+  CHECK(lasync_future_reject_async(last_future, "the worker gave up") == LASYNC_OK);
+}
+
+static void register_game(lasync_runtime *rt) {
+  lua_State *L = lasync_lua(rt);
+  lua_pushcfunction(L, l_wait_value);
+  lua_setglobal(L, "wait_value");
+}
+
+static void test_own_state_and_loop(void) {
+  lasync_runtime *rt;
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  CHECK(strcmp(run_string(rt, "local async = require 'lasync'\n"
+                                "local r = async.gather(function() async.sleep(0.02) return 1 end,\n"
+                                "                       function() async.sleep(0.02) return 2 end)\n"
+                                "return r[1] + r[2]"), "3") == 0);
+  CHECK(strncmp(run_string(rt, "error('boom', 0)"), "error: boom", 11) == 0);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+}
+
+static void test_attach_to_state_and_loop(void) {
+  lua_State *L = luaL_newstate();
+  uv_loop_t loop;
+  lasync_runtime *rt;
+  lasync_options opts;
+  luaL_openlibs(L);
+  uv_loop_init(&loop);
+  memset(&opts, 0, sizeof opts);
+  opts.L = L;
+  opts.loop = &loop;
+  CHECK(lasync_new(&rt, &opts) == LASYNC_OK);
+  CHECK(lasync_lua(rt) == L && lasync_loop(rt) == &loop);
+  CHECK(strcmp(run_string(rt, "local a = require 'lasync'; a.sleep(0.01); return 'ok'"), "ok") == 0);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+  /* Both outlive the runtime and stay usable. */
+  CHECK(luaL_dostring(L, "return 6 * 7") == LUA_OK && lua_tointeger(L, -1) == 42);
+  lua_close(L);
+  CHECK(uv_loop_close(&loop) == 0);
+}
+
+static void test_step_budget(void) {
+  lasync_runtime *rt;
+  double worst = 0;
+  int frames = 0, alive;
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  /* 200 tasks that each burn ~0.2 ms between yields: far more work than one frame allows. */
+  CHECK(lasync_spawn_string(rt,
+                            "local async = require 'lasync'\n"
+                            "local function busy() local t = async.now() + 0.0002\n"
+                            "  while async.now() < t do end end\n"
+                            "for i = 1, 200 do async.spawn(function()\n"
+                            "  for j = 1, 5 do busy(); async.sleep(0) end end) end",
+                            "=budget", NULL) == LASYNC_OK);
+  do {
+    double t0 = now_ms(), dt;
+    alive = lasync_step(rt, 2);
+    dt = now_ms() - t0;
+    if (dt > worst) worst = dt;
+    frames++;
+  } while (alive > 0 && frames < 10000);
+  CHECK(alive == 0);
+  CHECK(frames > 10);   /* the work was spread over many frames */
+  CHECK(worst < 2 + 5); /* each step stopped near its budget (one task's slice over at most) */
+  printf("step budget: %d frames, worst step %.2f ms for a 2 ms budget\n", frames, worst);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+}
+
+static void test_futures_from_loop_and_threads(void) {
+  lasync_runtime *rt;
+  lasync_task *t;
+  lua_State *L;
+  uv_thread_t thread;
+  int answer = 42, n;
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  register_game(rt);
+  L = lasync_lua(rt);
+
+  /* Resolved on the loop's thread, between steps. */
+  CHECK(lasync_spawn_string(rt, "local a, b = wait_value(); return a .. '/' .. b", "=f1", &t) == 0);
+  lasync_step(rt, 1);
+  CHECK(last_future != NULL && lasync_task_status(t) == LASYNC_TASK_RUNNING);
+  lua_pushinteger(L, 7);
+  lua_pushliteral(L, "seven");
+  CHECK(lasync_future_resolve(last_future, L, 2) == LASYNC_OK);
+  lua_pushinteger(L, 8);
+  CHECK(lasync_future_resolve(last_future, L, 1) == LASYNC_ESTATE); /* settled already */
+  lua_pop(L, 1);
+  CHECK(lasync_run(rt) == LASYNC_OK);
+  n = lasync_task_result(t, L);
+  CHECK(n == 1 && strcmp(lua_tostring(L, -1), "7/seven") == 0);
+  lua_pop(L, n > 0 ? n : 0);
+  lasync_task_release(t);
+
+  /* Rejected on the loop's thread: the task sees the error value. */
+  CHECK(lasync_spawn_string(rt, "return select(2, pcall(wait_value))", "=f2", &t) == 0);
+  lasync_step(rt, 1);
+  lua_pushliteral(L, "no such texture");
+  CHECK(lasync_future_reject(last_future, L) == LASYNC_OK);
+  CHECK(lasync_run(rt) == LASYNC_OK);
+  n = lasync_task_result(t, L);
+  CHECK(n == 1 && strcmp(lua_tostring(L, -1), "no such texture") == 0);
+  lua_pop(L, n > 0 ? n : 0);
+  lasync_task_release(t);
+
+  /* Resolved from another thread: lasync_run waits for it, since C holds the future. */
+  CHECK(lasync_spawn_string(rt, "local a, b = wait_value(); return a .. ' ' .. b", "=f3", &t) == 0);
+  lasync_step(rt, 1);
+  uv_thread_create(&thread, resolve_later, &answer);
+  CHECK(lasync_run(rt) == LASYNC_OK);
+  uv_thread_join(&thread);
+  n = lasync_task_result(t, L);
+  CHECK(n == 1 && strcmp(lua_tostring(L, -1), "42 from a thread") == 0);
+  lua_pop(L, n > 0 ? n : 0);
+  lasync_task_release(t);
+
+  /* Rejected from another thread. */
+  CHECK(lasync_spawn_string(rt, "return select(2, pcall(wait_value))", "=f4", &t) == 0);
+  lasync_step(rt, 1);
+  uv_thread_create(&thread, reject_later, NULL);
+  CHECK(lasync_run(rt) == LASYNC_OK);
+  uv_thread_join(&thread);
+  n = lasync_task_result(t, L);
+  CHECK(n == 1 && strcmp(lua_tostring(L, -1), "the worker gave up") == 0);
+  lua_pop(L, n > 0 ? n : 0);
+  lasync_task_release(t);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+}
+
+static int cleanup_ran;
+static int l_cleanup(lua_State *L) {
+  (void)L;
+  cleanup_ran++;
+  return 0;
+}
+
+static char last_report[512];
+static void on_error(lasync_runtime *rt, const char *report, void *data) {
+  (void)rt;
+  (*(int *)data)++;
+  snprintf(last_report, sizeof last_report, "%s", report);
+}
+
+static void test_destroy_with_pending_tasks_and_errors(void) {
+  lasync_runtime *rt;
+  lasync_options opts;
+  int reports = 0;
+  memset(&opts, 0, sizeof opts);
+  opts.on_error = on_error;
+  opts.data = &reports;
+  CHECK(lasync_new(&rt, &opts) == LASYNC_OK);
+  register_game(rt);
+  lua_pushcfunction(lasync_lua(rt), l_cleanup);
+  lua_setglobal(lasync_lua(rt), "cleanup");
+  CHECK(lasync_spawn_string(rt,
+                            "local async = require 'lasync'\n"
+                            "local guard <close> = setmetatable({}, {__close = cleanup})\n"
+                            "async.sleep(100)", "=sleeper", NULL) == 0);
+  CHECK(lasync_spawn_string(rt, "local ok = pcall(wait_value); cleanup()", "=waiter", NULL) == 0);
+  CHECK(lasync_spawn_string(rt, "error('script failed')", "=failing", NULL) == 0);
+  CHECK(lasync_spawn_string(rt, "this is not lua", "=broken", NULL) == LASYNC_ELUA);
+  lua_pop(lasync_lua(rt), 1);
+  CHECK(lasync_step(rt, 5) == 2); /* the failing task is done; two wait */
+  CHECK(reports == 1 && strstr(last_report, "script failed") != NULL);
+  CHECK(lasync_destroy(rt) == LASYNC_OK); /* cancels both; their cleanup runs */
+  CHECK(cleanup_ran == 2);
+}
+
+int main(void) {
+  RUN(test_own_state_and_loop);
+  RUN(test_attach_to_state_and_loop);
+  RUN(test_step_budget);
+  RUN(test_futures_from_loop_and_threads);
+  RUN(test_destroy_with_pending_tasks_and_errors);
+  printf("%d passed, %d failed\n", tests_run - tests_failed, tests_failed);
+  return tests_failed ? 1 : 0;
+}
