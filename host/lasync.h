@@ -132,7 +132,8 @@ int lasync_future_reject(lasync_future *f, lua_State *L);
 
 /* Thread-safe settling, from any thread: on the loop's next turn, push(L, arg) is called on the
  * loop's thread to push the values (it returns how many), or for a rejection a message is
- * raised as a string error. push may be NULL (no values). */
+ * raised as a string error. push may be NULL (no values). Both must happen before
+ * lasync_destroy(); a worker that may outlive the runtime must be joined first. */
 typedef int (*lasync_push_cb)(lua_State *L, void *arg);
 int lasync_future_resolve_async(lasync_future *f, lasync_push_cb push, void *arg);
 int lasync_future_reject_async(lasync_future *f, const char *message);
