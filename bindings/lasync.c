@@ -28,6 +28,15 @@ static lasync__runtime *open_module_runtime(lua_State *L) {
   return *slot;
 }
 
+/* Runs an embedded chunk of lua/ with (core, async), below them on the stack; it adds its calls
+ * to the module table. */
+static void add_lua_calls(lua_State *L, const char *chunk, unsigned long len) {
+  if (luaL_loadbuffer(L, chunk, len, LASYNC__LIB_CHUNK) != LUA_OK) lua_error(L);
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -3);
+  lua_call(L, 2, 0);
+}
+
 int luaopen_lasync(lua_State *L) {
   if (lasync__runtime_get(L) == NULL) open_module_runtime(L);
   lua_newtable(L); /* the C core, handed to lua/lasync.lua */
@@ -49,5 +58,9 @@ int luaopen_lasync(lua_State *L) {
   lua_pushvalue(L, -3);
   lua_pushvalue(L, -3);
   lua_call(L, 2, 0);
+  /* lua/sync.lua (semaphore, lock, event, queue), then lua/scope.lua (scopes, wait, map, retry),
+   * which builds on it, add their calls the same way. */
+  add_lua_calls(L, lasync__lua_sync, lasync__lua_sync_len);
+  add_lua_calls(L, lasync__lua_scope, lasync__lua_scope_len);
   return 1;
 }

@@ -173,6 +173,9 @@ int lasync__count_handles(lasync__runtime *rt);
 
 /* task.c */
 lasync__task *lasync__check_task(lua_State *L, const char *fname);
+/* The same checks, without delivering a pending cancellation: async.shield opens even after
+ * one has arrived, since running cleanup then is what it is for. */
+lasync__task *lasync__check_suspendable(lua_State *L, const char *fname);
 lasync__task *lasync__totask(lua_State *L, int idx);
 int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data);
 void lasync__wake(lasync__task *t);
@@ -229,5 +232,9 @@ extern const char lasync__lua_host[];
 extern const unsigned long lasync__lua_host_len;
 extern const char lasync__lua_http[];
 extern const unsigned long lasync__lua_http_len;
+extern const char lasync__lua_sync[];
+extern const unsigned long lasync__lua_sync_len;
+extern const char lasync__lua_scope[];
+extern const unsigned long lasync__lua_scope_len;
 
 #endif

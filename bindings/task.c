@@ -88,6 +88,12 @@ static int raise_cancelled(lua_State *L, lasync__task *t) {
 }
 
 lasync__task *lasync__check_task(lua_State *L, const char *fname) {
+  lasync__task *t = lasync__check_suspendable(L, fname);
+  if (lasync__cancel_active(t)) raise_cancelled(L, t);
+  return t;
+}
+
+lasync__task *lasync__check_suspendable(lua_State *L, const char *fname) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lasync__task *t = rt ? rt->current : NULL;
   if (t == NULL || t->co != L)
@@ -96,7 +102,6 @@ lasync__task *lasync__check_task(lua_State *L, const char *fname) {
     luaL_error(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
                   "(a table.sort comparator, a string.gsub callback, require, a __gc ...)",
                fname);
-  if (lasync__cancel_active(t)) raise_cancelled(L, t);
   return t;
 }
 

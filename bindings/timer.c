@@ -168,7 +168,7 @@ static int l_deadline(lua_State *L) {
   const char *fname = luaL_optstring(L, 2, "async.timeout");
   int shield = lua_toboolean(L, 3); /* read before anything is pushed */
   double s = check_seconds(L, 1, fname);
-  lasync__task *t = lasync__check_task(L, fname);
+  lasync__task *t = shield ? lasync__check_suspendable(L, fname) : lasync__check_task(L, fname);
   /* The user value anchors the task: an armed deadline must never outlive what it cancels. */
   deadline *d = (deadline *)lua_newuserdatauv(L, sizeof *d, 1);
   d->timer.index = LASYNC__UNARMED;
@@ -204,6 +204,14 @@ static int deadline_close(lua_State *L) {
   return 1;
 }
 
+/* deadline:cancel(): cancels the code inside the scope now, as its expiry would; a no-op once
+ * it is closed. async.scope uses it to stop its body when a child fails. */
+static int deadline_cancel(lua_State *L) {
+  deadline *d = (deadline *)luaL_checkudata(L, 1, SCOPE_MT);
+  if (d->open) lasync__cancel(d->rt->L, d->task, d->depth, 0);
+  return 0;
+}
+
 /* core._checkpoint(): raises a pending cancellation now, e.g. as a shield closes. */
 static int l_checkpoint(lua_State *L) {
   lasync__checkpoint(L, lasync__check_task(L, "async.shield"));
@@ -222,6 +230,8 @@ void lasync__open_timer(lua_State *L) {
   luaL_newmetatable(L, SCOPE_MT);
   lua_pushcfunction(L, deadline_close);
   lua_setfield(L, -2, "close");
+  lua_pushcfunction(L, deadline_cancel);
+  lua_setfield(L, -2, "cancel");
   lua_pushvalue(L, -1);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, deadline_gc);
