@@ -68,13 +68,20 @@ end
 local Scope = { __name = "lasync.Scope" }
 Scope.__index = Scope
 
+-- Cancels the unfinished children in the order they were spawned, so they also wake (and any
+-- errors of their cleanup arrive) in that order.
+local function cancel_children(s, except)
+  s.cancelling = true
+  local live = s.children
+  for _, t in ipairs(s.order) do
+    if live[t] and t ~= except then t:cancel() end
+  end
+end
+
 -- Cancels the children, and the body too unless it has already returned.
 local function cancel_all(s, except)
-  s.cancelling = true
   if not s.body_done then s.deadline:cancel() end
-  for t in pairs(s.children) do
-    if t ~= except then t:cancel() end
-  end
+  cancel_children(s, except)
 end
 
 local function record_failure(s, err, task)
@@ -110,7 +117,16 @@ function Scope:spawn(fn, ...)
   check_callable("scope:spawn", 1, fn)
   if not self.open then error("scope:spawn: the scope has already finished", 2) end
   local t = spawn(run_child, self, fn, ...)
+  local order = self.order
+  if #order >= 2 * self.pruned_at + 32 then -- forget the children that have finished
+    local kept = {}
+    for _, c in ipairs(order) do
+      if self.children[c] then kept[#kept + 1] = c end
+    end
+    self.order, self.pruned_at, order = kept, #kept, kept
+  end
   self.children[t] = true
+  order[#order + 1] = t
   if self.cancelling then t:cancel() end
   return t
 end
@@ -144,8 +160,7 @@ local function finish_scope(s, ok, ...)
   if not ok then
     local err = ...
     if is_cancelled(err) then
-      s.cancelling = true
-      for t in pairs(s.children) do t:cancel() end
+      cancel_children(s)
     else
       record_failure(s, err, nil)
     end
@@ -154,8 +169,7 @@ local function finish_scope(s, ok, ...)
   if not waited then
     -- The task is cancelled: cancel the children and wait for their cleanup regardless. The
     -- shield re-raises the cancellation as it closes; it is raised again below.
-    s.cancelling = true
-    for t in pairs(s.children) do t:cancel() end
+    cancel_children(s)
     pcall(async.shield, wait_children, s)
   end
   s.open = false
@@ -178,7 +192,7 @@ end
 function async.scope(body, ...)
   check_callable("async.scope", 1, body)
   check_in_task("async.scope")
-  local s = setmetatable({ children = {}, errors = {}, failed = {}, open = true }, Scope)
+  local s = setmetatable({ children = {}, order = {}, pruned_at = 0, errors = {}, failed = {}, open = true }, Scope)
   s.deadline = deadline(math.huge, "async.scope")
   return finish_scope(s, pcall(body, s, ...))
 end
@@ -413,6 +427,7 @@ function async.map(fn, items, opts)
   local results = { n = total }
   if total == 0 then return results end
   local bar <close> = progress == true and terminal() and new_bar(total) or nil
+  local report = progress ~= true and progress or nil
   local taken, finished = 0, 0
   local function worker()
     while taken < total do
@@ -424,7 +439,7 @@ function async.map(fn, items, opts)
         results[i] = (fn(items[i], i))
       end
       finished = finished + 1
-      if bar then bar:draw(finished) elseif progress then progress(finished, total) end
+      if bar then bar:draw(finished) elseif report then report(finished, total) end
     end
   end
   async.scope(function(s)
