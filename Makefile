@@ -17,8 +17,11 @@ build: deps
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# The seed tutorial's lessons: first without network, then against the local test server.
 demo: build
 	$(BUILD)/lasync examples/seed.lua
+	examples/with_server.sh $(BUILD)/lasync examples/fetch_seq_vs_gather.lua
+	examples/with_server.sh $(BUILD)/lasync examples/fetch_json_posts.lua
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, leak detection on.
 sanitize: deps
