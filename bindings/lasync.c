@@ -45,6 +45,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_timer(L);
   lasync__open_future(L);
   lasync__open_gather(L);
+  lasync__open_diag(L);
   lasync__open_http(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");

@@ -156,6 +156,9 @@ struct lasync__runtime {
   void (*embed_close)(lasync__runtime *rt);
   void (*on_error)(lasync__runtime *rt, const char *report, void *data);
   uint64_t step_deadline; /* lasync_step: drain stops once uv_hrtime() passes it; 0: no limit */
+  int debug;               /* debug mode: slow steps are reported, parents recorded */
+  uint64_t slow_step_ns;   /* what counts as a slow step in debug mode */
+  int parents_ref;         /* debug mode: weak table task -> the task that spawned it */
 };
 
 /* runtime.c */
@@ -192,6 +195,13 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx);
 void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx);
 void lasync__push_failure_report(lua_State *L, lasync__task *t);
 void lasync__report(lasync__runtime *rt, const char *report);
+void lasync__push_extra(lua_State *L, int task_idx);  /* the task's extras table, made on demand */
+void lasync__push_spawn_site(lua_State *L, int task_idx); /* "file:line" */
+
+/* diag.c: names, async.tasks(), debug mode. */
+void lasync__open_diag(lua_State *L);
+void lasync__debug_spawned(lua_State *L, lasync__runtime *rt, lasync__task *parent);
+void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, int finished);
 int lasync__task_finished(const lasync__task *t);
 int lasync__trace_handler(lua_State *L);
 void lasync__open_task(lua_State *L);

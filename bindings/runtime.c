@@ -204,7 +204,14 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     nargs = start_task(rt, t);
   }
   rt->current = t;
-  status = lua_resume(t->co, rt->L, nargs, &nres);
+  if (rt->debug) {
+    uint64_t start = uv_hrtime(), spent;
+    status = lua_resume(t->co, rt->L, nargs, &nres);
+    spent = uv_hrtime() - start;
+    if (spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, status != LUA_YIELD);
+  } else {
+    status = lua_resume(t->co, rt->L, nargs, &nres);
+  }
   rt->current = NULL;
   if (status == LUA_YIELD) {
     lua_pop(t->co, nres);
@@ -317,6 +324,8 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   uv_unref((uv_handle_t *)&rt->check);
   rt->pool_ref = LUA_NOREF;
   rt->entry_ref = LUA_NOREF;
+  rt->parents_ref = LUA_NOREF;
+  rt->slow_step_ns = 100000000; /* 100 ms, as asyncio's debug mode */
   lua_newtable(L);
   rt->sites_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushlightuserdata(L, rt);

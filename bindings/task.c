@@ -59,7 +59,7 @@ int lasync__cancel_active(const lasync__task *t) {
   return t->cancel_level <= t->scope_depth && t->cancel_level >= t->shield_floor;
 }
 
-static void push_extra(lua_State *L, int task_idx) {
+void lasync__push_extra(lua_State *L, int task_idx) {
   task_idx = lua_absindex(L, task_idx);
   if (lua_getiuservalue(L, task_idx, LASYNC__UV_EXTRA) != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -137,7 +137,7 @@ int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx) {
   if (lasync__task_finished(t)) return 0;
   if (level == 0 && msg_idx && lua_isstring(L, msg_idx) && t->cancel_level > 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-    push_extra(L, -1);
+    lasync__push_extra(L, -1);
     lua_pushvalue(L, msg_idx);
     lua_setfield(L, -2, "cancel_message");
     lua_pop(L, 2);
@@ -250,7 +250,7 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
     lasync__task *cur = rt->current;
     if (cur && cur->co == L) {
       lua_rawgeti(L, LUA_REGISTRYINDEX, cur->ref);
-      push_extra(L, -1);
+      lasync__push_extra(L, -1);
       lua_pushvalue(L, task_idx);
       lua_setfield(L, -2, "cause");
       lua_pop(L, 2);
@@ -260,7 +260,7 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
   return lua_error(L);
 }
 
-static void push_spawn_site(lua_State *L, int task_idx) {
+void lasync__push_spawn_site(lua_State *L, int task_idx) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
   if (t->site == 0) {
     lua_pushliteral(L, "(the host)");
@@ -283,7 +283,7 @@ int lasync__trace_handler(lua_State *L) {
   lua_settop(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                    /* 2: task */
   luaL_traceback(L, L, NULL, 1);                   /* 3: traceback */
-  push_spawn_site(L, 2);                           /* 4: file:line */
+  lasync__push_spawn_site(L, 2);                           /* 4: file:line */
   lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
   lua_replace(L, 4);
   lua_pushliteral(L, "");                          /* 5: the awaited task's story, if any */
@@ -396,6 +396,7 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
       break;
     }
   }
+  if (rt->debug) lasync__debug_spawned(L, rt, rt->current);
   lua_pushvalue(L, -1);
   t->ref = lasync__pin(rt, L);
   rt->live_tasks++;
@@ -411,11 +412,27 @@ static void check_callable(lua_State *L, int idx, const char *fname) {
                luaL_typename(L, idx));
 }
 
+/* async.spawn([opts,] fn, ...): opts is a table such as {name = "fetcher"}. */
 static int l_spawn(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
-  check_callable(L, 1, "async.spawn");
+  int fn = 1;
+  if (lua_type(L, 1) == LUA_TTABLE && !is_callable(L, 1) && is_callable(L, 2)) {
+    int type = lua_getfield(L, 1, "name");
+    if (type != LUA_TNIL && type != LUA_TSTRING)
+      return luaL_error(L, "async.spawn: bad option 'name' (string expected, got %s)",
+                        luaL_typename(L, -1));
+    lua_pop(L, 1);
+    fn = 2;
+  }
+  check_callable(L, fn, "async.spawn");
   if (rt->closing) return luaL_error(L, "async.spawn: the runtime is shutting down");
-  lasync__spawn(L, 1, lua_gettop(L) - 1);
+  lasync__spawn(L, fn, lua_gettop(L) - fn); /* [opts?, task] */
+  if (fn == 2 && lua_getfield(L, 1, "name") == LUA_TSTRING) {
+    lasync__push_extra(L, 2);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "name");
+  }
+  lua_settop(L, fn);
   return 1;
 }
 

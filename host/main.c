@@ -16,7 +16,15 @@ int luaopen_lasync(lua_State *L);
 static const char *progname = "lasync";
 
 /* What collect_args found on the command line. */
-enum { HAS_ERROR = 1, HAS_I = 2, HAS_V = 4, HAS_E = 8, HAS_LOWER_E = 16, HAS_HELP = 32 };
+enum {
+  HAS_ERROR = 1,
+  HAS_I = 2,
+  HAS_V = 4,
+  HAS_E = 8,
+  HAS_LOWER_E = 16,
+  HAS_HELP = 32,
+  HAS_DEBUG = 64
+};
 
 static lasync__runtime *runtime;
 static lasync__task *main_task;
@@ -40,6 +48,7 @@ static void print_usage(const char *badoption) {
           "  -E             ignore environment variables\n"
           "  -W             turn warnings on\n"
           "  -h, --help     show this help\n"
+          "  --debug        debug mode: report task steps that hold the loop > 100 ms\n"
           "  --             stop handling options\n"
           "  -              stop handling options and execute stdin\n"
           "The script's main chunk runs as the main task: async calls work at top level.\n",
@@ -59,6 +68,10 @@ static int collect_args(int argc, char **argv, int *flags) {
     if (a[0] != '-') return i;
     if (strcmp(a, "--version") == 0) {
       *flags |= HAS_V;
+      continue;
+    }
+    if (strcmp(a, "--debug") == 0) {
+      *flags |= HAS_DEBUG;
       continue;
     }
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -210,6 +223,19 @@ static void on_sigint(uv_signal_t *handle, int signum) {
 
 static void on_signal_closed(uv_handle_t *handle) { (void)handle; }
 
+/* libuv calls this on SIGQUIT (Ctrl-\\): prints the live tasks, as async.dump() does. */
+static void on_sigquit(uv_signal_t *handle, int signum) {
+  lua_State *L = runtime->L;
+  (void)handle;
+  (void)signum;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lasync");
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_getfield(L, -1, "dump") == LUA_TFUNCTION) {
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
+  }
+  lua_settop(L, 0);
+}
+
 /* Runs the loop until no task is left; a task that waits on something nothing can complete is
  * cancelled so its cleanup runs, and reported. */
 static int run_to_completion(lasync__runtime *rt) {
@@ -229,7 +255,7 @@ static int run_to_completion(lasync__runtime *rt) {
 
 int main(int argc, char **argv) {
   lua_State *L;
-  uv_signal_t sigint;
+  uv_signal_t sigint, sigquit;
   int flags = 0, script, status = 0, deadlocked;
   int main_ref;
   if (argv[0] && argv[0][0]) progname = argv[0];
@@ -264,6 +290,11 @@ int main(int argc, char **argv) {
   }
   /* Loaded before the main task exists, since the module registers the Task type. */
   luaL_requiref(L, "lasync", luaopen_lasync, 0);
+  if (flags & HAS_DEBUG) {
+    lua_getfield(L, -1, "debug");
+    lua_pushboolean(L, 1);
+    lua_call(L, 1, 0);
+  }
   lua_pop(L, 1);
   create_arg_table(L, argv, argc, script);
 
@@ -273,11 +304,18 @@ int main(int argc, char **argv) {
   }
   build_plan(L, argv, argc, script, flags);
   main_task = lasync__spawn(L, -2, 1);
+  lasync__push_extra(L, -1); /* it shows as 'main' in async.tasks() and tracebacks' labels */
+  lua_pushliteral(L, "main");
+  lua_setfield(L, -2, "name");
+  lua_pop(L, 1);
   main_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the host looks at it after it finishes */
 
   uv_signal_init(runtime->loop, &sigint);
   uv_signal_start(&sigint, on_sigint, SIGINT);
   uv_unref((uv_handle_t *)&sigint);
+  uv_signal_init(runtime->loop, &sigquit);
+  uv_signal_start(&sigquit, on_sigquit, SIGQUIT);
+  uv_unref((uv_handle_t *)&sigquit);
 
   deadlocked = run_to_completion(runtime);
 
@@ -301,6 +339,7 @@ int main(int argc, char **argv) {
   luaL_unref(L, LUA_REGISTRYINDEX, main_ref);
 
   uv_close((uv_handle_t *)&sigint, on_signal_closed);
+  uv_close((uv_handle_t *)&sigquit, on_signal_closed);
   lasync__runtime_close(runtime);
   lua_close(L);
   if (runtime->unhandled_failures && status == 0) status = 1;

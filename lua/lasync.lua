@@ -121,5 +121,40 @@ end
 
 async._debug = { counts = core._debug_counts }
 
+-- Diagnostics ---------------------------------------------------------------------------------
+
+async.tasks = core.tasks
+async.debug = core.debug
+
+--- Prints the live tasks to `out` (default stderr): a tree by who spawned whom in debug mode,
+--- else a list, oldest first, each with its status, age, spawn site and what it waits on.
+function async.dump(out)
+  out = out or io.stderr
+  local list = core.tasks()
+  table.sort(list, function(a, b) return a.age > b.age end)
+  local children, roots, known = {}, {}, {}
+  for _, info in ipairs(list) do known[info.task] = true end
+  for _, info in ipairs(list) do
+    local parent = info.parent
+    if parent and known[parent] then
+      children[parent] = children[parent] or {}
+      table.insert(children[parent], info)
+    else
+      roots[#roots + 1] = info
+    end
+  end
+  out:write(format("lasync: %d live task(s)\n", #list))
+  local function show(info, depth)
+    out:write(format("%s- %s [%s, %.2f s] spawned at %s, waiting on %s\n", ("  "):rep(depth),
+      info.name and ("'" .. info.name .. "'") or tostring(info.task), info.status, info.age,
+      info.site, info.waiting_on))
+    for _, child in ipairs(children[info.task] or {}) do show(child, depth + 1) end
+  end
+  for _, info in ipairs(roots) do show(info, 1) end
+  out:flush()
+end
+
+if os.getenv("LASYNC_DEBUG") == "1" then core.debug(true) end
+
 
 return async

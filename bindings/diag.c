@@ -1,0 +1,181 @@
+/* Diagnostics: task names, async.tasks(), and debug mode (slow steps, spawn parents).
+ *
+ * Debug mode costs a clock read per resume and a table entry per spawn, so it is off unless
+ * asked for: `lasync --debug`, LASYNC_DEBUG=1, or async.debug(true).
+ */
+#include <stdio.h>
+
+#include "private.h"
+
+static const char *const STATUS_NAMES[] = {"pending", "running", "done", "failed", "cancelled"};
+
+static lasync__task *check_task(lua_State *L, int idx, const char *fname) {
+  lasync__task *t = lasync__totask(L, idx);
+  if (t == NULL)
+    luaL_error(L, "%s: bad argument #%d (task expected, got %s)", fname, idx,
+               luaL_typename(L, idx));
+  return t;
+}
+
+/* Pushes the task's name, or nil. */
+static int push_name(lua_State *L, int task_idx) {
+  if (lua_getiuservalue(L, task_idx, LASYNC__UV_EXTRA) == LUA_TTABLE) {
+    lua_getfield(L, -1, "name");
+    lua_remove(L, -2);
+  }
+  return lua_type(L, -1) == LUA_TSTRING;
+}
+
+static int task_name(lua_State *L) {
+  check_task(L, 1, "task:name");
+  if (!push_name(L, 1)) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+static int task_set_name(lua_State *L) {
+  check_task(L, 1, "task:set_name");
+  if (!lua_isstring(L, 2))
+    return luaL_error(L, "task:set_name: bad argument #1 (string expected, got %s)",
+                      luaL_typename(L, 2));
+  lasync__push_extra(L, 1);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "name");
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* A short label for messages: the name, else where it was spawned. */
+static void push_label(lua_State *L, int task_idx) {
+  task_idx = lua_absindex(L, task_idx);
+  if (push_name(L, task_idx)) {
+    lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
+  } else {
+    lua_pop(L, 1);
+    lasync__push_spawn_site(L, task_idx);
+    lua_pushfstring(L, "task spawned at %s", lua_tostring(L, -1));
+  }
+  lua_remove(L, -2);
+}
+
+/* The live tasks: each pinned in the registry from spawn until it settles. */
+static int l_tasks(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  double now = (double)uv_now(rt->loop);
+  lua_Integer n = 0;
+  lua_newtable(L);           /* the list */
+  lua_newtable(L);           /* seen: a task may be in the registry twice (the host holds one) */
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {
+    lasync__task *t = (lasync__task *)luaL_testudata(L, -1, LASYNC_TASK_MT);
+    if (t && !lasync__task_finished(t) && lua_rawgetp(L, -3, t) == LUA_TNIL) {
+      int task = lua_gettop(L) - 1;
+      lua_pop(L, 1);
+      lua_pushboolean(L, 1);
+      lua_rawsetp(L, -4, t);
+      lua_createtable(L, 0, 7);
+      lua_pushvalue(L, task);
+      lua_setfield(L, -2, "task");
+      if (push_name(L, task))
+        lua_setfield(L, -2, "name");
+      else
+        lua_pop(L, 1);
+      lua_pushstring(L, STATUS_NAMES[t->status]);
+      lua_setfield(L, -2, "status");
+      lua_pushnumber(L, (now - (double)t->spawned_ms) / 1000.0);
+      lua_setfield(L, -2, "age");
+      lasync__push_spawn_site(L, task);
+      lua_setfield(L, -2, "site");
+      if (t->wait_ops && t->suspended)
+        lua_pushstring(L, t->wait_ops->name);
+      else
+        lua_pushstring(L, t == rt->current ? "running now" : t->queued ? "ready" : "nothing");
+      lua_setfield(L, -2, "waiting_on");
+      if (rt->parents_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->parents_ref);
+        lua_pushvalue(L, task);
+        lua_rawget(L, -2);
+        lua_setfield(L, -3, "parent");
+        lua_pop(L, 1);
+      }
+      lua_rawseti(L, -5, ++n);
+    } else if (t && !lasync__task_finished(t)) {
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* async.debug([on [, slow_seconds]]) -> whether debug mode was on. */
+static int l_debug(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  int was = rt->debug;
+  if (!lua_isnone(L, 1)) rt->debug = lua_toboolean(L, 1);
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number s = luaL_checknumber(L, 2);
+    if (!(s >= 0)) return luaL_error(L, "async.debug: bad argument #2 (seconds must be >= 0)");
+    rt->slow_step_ns = (uint64_t)(s * 1e9);
+  }
+  if (rt->debug && rt->parents_ref == LUA_NOREF) {
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    rt->parents_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_pushboolean(L, was);
+  return 1;
+}
+
+/* Debug mode: remembers who spawned the task on top of the stack, for async.dump's tree. */
+void lasync__debug_spawned(lua_State *L, lasync__runtime *rt, lasync__task *parent) {
+  if (parent == NULL || rt->parents_ref == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->parents_ref);
+  lua_pushvalue(L, -2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, parent->ref);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Debug mode: one step of a task held the loop too long (a blocking call, a CPU loop). Names
+ * the task and the line where it suspended or finished. */
+void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, int finished) {
+  lua_State *L = rt->L;
+  lua_Debug ar;
+  int top = lua_gettop(L);
+  const char *where = "(unknown)";
+  int level;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  push_label(L, -1);
+  if (!finished && t->co) {
+    for (level = 0; lua_getstack(t->co, level, &ar); level++) {
+      lua_getinfo(t->co, "Sl", &ar);
+      if (ar.currentline > 0) {
+        lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+        where = lua_tostring(L, -1);
+        break;
+      }
+    }
+  }
+  fprintf(stderr, "lasync: %s held the loop for %.0f ms before it %s %s\n", lua_tostring(L, top + 2),
+          (double)ns / 1e6, finished ? "finished" : "suspended at", finished ? "" : where);
+  fflush(stderr);
+  lua_settop(L, top);
+}
+
+void lasync__open_diag(lua_State *L) {
+  static const luaL_Reg funcs[] = {{"tasks", l_tasks}, {"debug", l_debug}, {NULL, NULL}};
+  luaL_getmetatable(L, LASYNC_TASK_MT);
+  lua_getfield(L, -1, "__index");
+  lua_pushcfunction(L, task_name);
+  lua_setfield(L, -2, "name");
+  lua_pushcfunction(L, task_set_name);
+  lua_setfield(L, -2, "set_name");
+  lua_pop(L, 2);
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,146 @@
+-- Diagnostics: task names, async.tasks(), async.dump(), debug mode's slow-step warning.
+package.path = "spec/support/?.lua;" .. package.path
+local async = require "lasync"
+local assert_clean = require "clean"
+
+local LASYNC = os.getenv("LASYNC") or "build/lasync"
+
+-- Runs a script with the host; returns its exit code and stderr.
+local function run_script(code, env, flags)
+  local script, errfile = os.tmpname(), os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(code)
+  f:close()
+  local _, _, status = io.popen(("%s %s %s %s 2>%s"):format(env or "", LASYNC, flags or "", script,
+    errfile)):close()
+  local err = assert(io.open(errfile)):read("a")
+  os.remove(script)
+  os.remove(errfile)
+  return status, err
+end
+
+describe("task names", function()
+  after_each(assert_clean)
+
+  it("are given with spawn's options table and read with task:name()", function()
+    local t = async.spawn({ name = "fetcher" }, function(a, b) return a + b end, 1, 2)
+    assert.are.equal("fetcher", t:name())
+    assert.are.equal(3, t:await())
+  end)
+
+  it("can be set later with task:set_name, and are nil by default", function()
+    local t = async.spawn(function() end)
+    assert.is_nil(t:name())
+    assert.are.equal(t, t:set_name("late"))
+    assert.are.equal("late", t:name())
+    t:await()
+  end)
+
+  it("must be strings", function()
+    local ok, err = pcall(async.spawn, { name = 42 }, function() end)
+    assert.is_false(ok)
+    assert.matches("async.spawn: bad option 'name'", err)
+  end)
+end)
+
+describe("async.tasks", function()
+  after_each(assert_clean)
+
+  it("lists live tasks with name, status, age, spawn site and what each waits on", function()
+    local t = async.spawn({ name = "sleeper" }, async.sleep, 5)
+    async.sleep(0.05)
+    local found
+    for _, info in ipairs(async.tasks()) do
+      if info.task == t then found = info end
+    end
+    assert.is_table(found)
+    assert.are.equal("sleeper", found.name)
+    assert.are.equal("running", found.status)
+    assert.are.equal("sleep", found.waiting_on)
+    assert.is_true(found.age >= 0.04)
+    assert.matches("diag_spec.lua:%d+", found.site)
+    t:cancel()
+    pcall(t.await, t)
+    for _, info in ipairs(async.tasks()) do assert.are_not.equal(t, info.task) end
+  end)
+end)
+
+describe("async.dump", function()
+  after_each(assert_clean)
+
+  it("prints every live task with its name and what it waits on", function()
+    local t = async.spawn({ name = "dumped" }, async.sleep, 5)
+    async.sleep(0.01)
+    local path = os.tmpname()
+    local out = assert(io.open(path, "w"))
+    async.dump(out)
+    out:close()
+    local text = assert(io.open(path)):read("a")
+    os.remove(path)
+    assert.matches("live task%(s%)", text)
+    assert.matches("'dumped' %[running, [%d.]+ s%] spawned at [^\n]*waiting on sleep", text)
+    t:cancel()
+    pcall(t.await, t)
+  end)
+end)
+
+describe("debug mode", function()
+  local blocking = [[
+    local async = require "lasync"
+    async.spawn({name = "blocker"}, function() os.execute("sleep 0.2"); async.sleep(0) end)
+  ]]
+
+  it("is off by default", function()
+    local status, err = run_script(blocking)
+    assert.are.equal(0, status)
+    assert.are.equal("", err)
+  end)
+
+  it("names the task and line of a step that held the loop (lasync --debug)", function()
+    local status, err = run_script(blocking, nil, "--debug")
+    assert.are.equal(0, status)
+    assert.matches("task 'blocker' held the loop for %d+ ms before it suspended at [^\n]*:2", err)
+  end)
+
+  it("is also switched on by LASYNC_DEBUG=1", function()
+    local status, err = run_script(blocking, "LASYNC_DEBUG=1")
+    assert.are.equal(0, status)
+    assert.matches("task 'blocker' held the loop", err)
+  end)
+
+  it("can be switched on from Lua with async.debug(true, seconds)", function()
+    local status, err = run_script([[
+      local async = require "lasync"
+      assert(async.debug(true, 0.05) == false)
+      local t = async.spawn(function() local t0 = os.clock() while os.clock() - t0 < 0.1 do end end)
+      t:await()
+    ]])
+    assert.are.equal(0, status)
+    assert.matches("held the loop for %d+ ms before it finished", err)
+  end)
+end)
+
+describe("SIGQUIT", function()
+  it("makes the host print the task tree", function()
+    local script, errfile, ready = os.tmpname(), os.tmpname(), os.tmpname()
+    os.remove(ready)
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      local async = require "lasync"
+      async.spawn({name = "quitter"}, async.sleep, 0.6)
+      io.open(%q, "w"):close()
+    ]]):format(ready))
+    f:close()
+    local pid = io.popen(("%s %s 2>%s & echo $!"):format(LASYNC, script, errfile)):read("l")
+    for _ = 1, 100 do
+      if io.open(ready) then break end
+      async.sleep(0.01)
+    end
+    os.execute("kill -QUIT " .. pid)
+    async.sleep(0.8)
+    local err = assert(io.open(errfile)):read("a")
+    os.remove(script); os.remove(errfile); os.remove(ready)
+    assert.matches("live task%(s%)", err)
+    assert.matches("'quitter'", err)
+  end)
+end)
