@@ -142,6 +142,32 @@ void lasync__debug_spawned(lua_State *L, lasync__runtime *rt, lasync__task *pare
   lua_pop(L, 1);
 }
 
+/* Debug mode: pushes the chain of the task's spawners as one string, a line each, nearest
+ * first: "\n\t(spawned by task 'main')". */
+void lasync__push_spawn_chain(lua_State *L, int task_idx) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  int top = lua_gettop(L), n = 0;
+  task_idx = lua_absindex(L, task_idx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->parents_ref); /* top+1: parents */
+  lua_pushvalue(L, task_idx);                         /* top+2: the task walked so far */
+  while (n < 32) {
+    lua_pushvalue(L, top + 2);
+    if (lua_rawget(L, top + 1) != LUA_TUSERDATA) {
+      lua_pop(L, 1);
+      break;
+    }
+    lua_replace(L, top + 2);
+    push_label(L, top + 2);
+    lua_pushfstring(L, "\n\t(spawned by %s)", lua_tostring(L, -1));
+    lua_remove(L, -2);
+    n++;
+  }
+  if (n == 0) lua_pushliteral(L, "");
+  lua_concat(L, n > 0 ? n : 1);
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+}
+
 /* Debug mode: one step of a task held the loop too long (a blocking call, a CPU loop). Names
  * the task and the line where it suspended or finished. */
 void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, int finished) {

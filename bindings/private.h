@@ -201,6 +201,7 @@ void lasync__push_spawn_site(lua_State *L, int task_idx); /* "file:line" */
 /* diag.c: names, async.tasks(), debug mode. */
 void lasync__open_diag(lua_State *L);
 void lasync__debug_spawned(lua_State *L, lasync__runtime *rt, lasync__task *parent);
+void lasync__push_spawn_chain(lua_State *L, int task_idx);
 void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, int finished);
 int lasync__task_finished(const lasync__task *t);
 int lasync__trace_handler(lua_State *L);

@@ -283,9 +283,13 @@ int lasync__trace_handler(lua_State *L) {
   lua_settop(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                    /* 2: task */
   luaL_traceback(L, L, NULL, 1);                   /* 3: traceback */
-  lasync__push_spawn_site(L, 2);                           /* 4: file:line */
+  lasync__push_spawn_site(L, 2);                   /* 4: file:line */
   lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
   lua_replace(L, 4);
+  if (rt->parents_ref != LUA_NOREF) { /* debug mode: the chain of spawners too */
+    lasync__push_spawn_chain(L, 2);
+    lua_concat(L, 2);
+  }
   lua_pushliteral(L, "");                          /* 5: the awaited task's story, if any */
   if (lua_getiuservalue(L, 2, LASYNC__UV_EXTRA) == LUA_TTABLE &&
       lua_getfield(L, 6, "cause") == LUA_TUSERDATA) {

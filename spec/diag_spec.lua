@@ -108,6 +108,18 @@ describe("debug mode", function()
     assert.matches("task 'blocker' held the loop", err)
   end)
 
+  it("adds the chain of spawners to a failed task's traceback", function()
+    local status, err = run_script([[
+      local async = require "lasync"
+      async.spawn({name = "supervisor"}, function()
+        async.spawn({name = "worker"}, function() error("worker broke") end)
+      end)
+    ]], nil, "--debug")
+    assert.are.equal(1, status)
+    assert.matches("worker broke", err)
+    assert.matches("%(spawned by task 'supervisor'%)\n\t%(spawned by task 'main'%)", err)
+  end)
+
   it("can be switched on from Lua with async.debug(true, seconds)", function()
     local status, err = run_script([[
       local async = require "lasync"
