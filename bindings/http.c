@@ -8,15 +8,24 @@
  *
  * Options are checked and normalised in lua/http.lua; this file only turns the normalised
  * table into easy-handle options and a finished transfer into a raw response table.
+ *
+ * Streaming (opts.stream) and request bodies made by a Lua function (opts.body_fn) need tasks
+ * woken in the middle of a transfer: the curl callbacks only buffer and queue the transfer on
+ * the notify list (notify), and after_curl wakes the waiting tasks once curl has returned.
+ * Backpressure uses curl's own pause: the write callback returns CURL_WRITEFUNC_PAUSE when the
+ * unread data passes the bound, the read callback CURL_READFUNC_PAUSE when no chunk is
+ * buffered, and the Lua calls that drain or fill the buffers unpause with curl_easy_pause.
  */
 #include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "private.h"
 
 #define XFER_MT "lasync.Transfer"
 #define MAX_HEADER_BYTES (1024 * 1024) /* all the header lines of one response */
+#define DEFAULT_STREAM_BUFFER (1024 * 1024)
 
 typedef struct http http;
 typedef struct xfer xfer;
@@ -35,6 +44,7 @@ struct http {
   uv_timer_t timer;
   xfer *transfers;    /* attached to the multi, in flight */
   struct sock *socks; /* watched sockets */
+  xfer *notify;       /* transfers whose waiting tasks a curl callback wants woken */
 };
 
 /* A socket curl asked us to watch. Allocated apart from everything else and freed in its
@@ -46,19 +56,43 @@ typedef struct sock {
   struct sock *next, *prev;
 } sock;
 
-/* One transfer: a userdata left on the stack of the suspended fetch call, so the GC owns it. */
+/* One transfer: a userdata left on the stack of the suspended fetch call, so the GC owns it;
+ * a streamed response holds it afterwards. Its one user value keeps the error raised by a
+ * request-body function. */
 struct xfer {
   http *h;
   CURL *easy;
   struct curl_slist *headers;
+  /* The task suspended in fetch or in res:read, and the body feeder suspended in
+   * core._send_wait. Set only while suspended: cleared when woken or cancelled. */
   lasync__task *task;
+  lasync__task *feeder;
   xfer *next, *prev;
+  xfer *notify_next;
   buffer body, head;
+  buffer send; /* request body chunks from the Lua function, not yet taken by curl */
+  size_t send_pos;
   curl_off_t max_body;
+  curl_off_t received;  /* body bytes accepted, for max_body on streams */
+  size_t stream_buffer; /* unread bytes past which the transfer is paused */
   CURLcode result;
-  int attached;  /* in h->multi */
-  int too_large; /* the body (or the headers) outgrew their limit */
-  int no_memory;
+  int status; /* of the response whose headers are coming in */
+  unsigned attached : 1;  /* in h->multi */
+  unsigned too_large : 1; /* the body (or the headers) outgrew their limit */
+  unsigned no_memory : 1;
+  unsigned notify_queued : 1;
+  unsigned follow : 1;        /* follow_redirects */
+  unsigned has_location : 1;  /* the response coming in has a Location header */
+  unsigned stream : 1;        /* fetch returns at the headers, res:read() takes the body */
+  unsigned headers_done : 1;  /* the final response's headers are in */
+  unsigned done : 1;          /* finished, failed or aborted: curl will not call back again */
+  unsigned aborted : 1;       /* taken out before curl finished it */
+  unsigned closed : 1;        /* res:close() */
+  unsigned lua_failed : 1;    /* the body function raised; its error is the user value */
+  unsigned recv_paused : 1;   /* the write callback returned CURL_WRITEFUNC_PAUSE */
+  unsigned send_paused : 1;   /* the read callback returned CURL_READFUNC_PAUSE */
+  unsigned send_eof : 1;      /* the body function returned nil */
+  unsigned reading : 1;       /* x->task is in res:read(), not in fetch */
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -95,12 +129,31 @@ static void link_xfer(http *h, xfer *x) {
   x->attached = 1;
 }
 
+/* Queues the transfer so after_curl wakes its waiting tasks; curl callbacks call this. */
+static void notify(xfer *x) {
+  if (x->notify_queued) return;
+  x->notify_queued = 1;
+  x->notify_next = x->h->notify;
+  x->h->notify = x;
+}
+
+static void unnotify(xfer *x) {
+  xfer **p = &x->h->notify;
+  if (!x->notify_queued) return;
+  while (*p != x) p = &(*p)->notify_next;
+  *p = x->notify_next;
+  x->notify_next = NULL;
+  x->notify_queued = 0;
+}
+
 /* Takes the transfer out of the multi, so curl never calls back for it again. Must not be
  * called from inside a curl callback. */
 static void detach(xfer *x) {
   http *h = x->h;
   if (!x->attached) return;
   x->attached = 0;
+  x->done = 1;
+  unnotify(x);
   if (x->prev)
     x->prev->next = x->next;
   else
@@ -119,6 +172,7 @@ static void release(xfer *x) {
   x->headers = NULL;
   buffer_free(&x->body);
   buffer_free(&x->head);
+  buffer_free(&x->send);
 }
 
 static int xfer_gc(lua_State *L) {
@@ -126,20 +180,62 @@ static int xfer_gc(lua_State *L) {
   return 0;
 }
 
+/* Wakes the tasks waiting on the transfer whose wait is over; each re-checks when it runs. */
+static void wake_waiters(xfer *x) {
+  lasync__task *t = x->task;
+  int ready = x->done || (x->reading ? x->body.len > 0 : x->stream && x->headers_done);
+  if (t && ready) {
+    x->task = NULL;
+    lasync__wake(t);
+  }
+  t = x->feeder;
+  if (t && (x->done || x->send.len == 0)) {
+    x->feeder = NULL;
+    lasync__wake(t);
+  }
+}
+
+/* Ends the transfer before curl has: a cancelled fetch or read, res:close(), a failed body
+ * function. Must not be called from inside a curl callback. */
+static void abort_xfer(xfer *x) {
+  if (!x->done) x->aborted = 1;
+  detach(x);
+  x->done = 1;
+  wake_waiters(x);
+}
+
 /* ---- the multi, driven by libuv ---- */
 
-/* Reads the finished transfers; runs after curl_multi_socket_action, outside curl callbacks. */
-static void check_multi_info(http *h) {
+/* Reads the finished transfers, then wakes the tasks the callbacks queued. Runs after every
+ * call that can run curl callbacks (curl_multi_socket_action, curl_easy_pause), outside them. */
+static void after_curl(http *h) {
   CURLMsg *msg;
+  xfer *x;
   int pending;
   while ((msg = curl_multi_info_read(h->multi, &pending)) != NULL) {
-    xfer *x = NULL;
+    x = NULL;
     if (msg->msg != CURLMSG_DONE) continue;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
     x->result = msg->data.result; /* msg dies with the handle's removal */
     detach(x);
-    lasync__wake(x->task);
+    wake_waiters(x);
   }
+  while ((x = h->notify) != NULL) {
+    h->notify = x->notify_next;
+    x->notify_next = NULL;
+    x->notify_queued = 0;
+    wake_waiters(x);
+  }
+}
+
+/* Sets the transfer's pause state from its two flags; may call the write and read callbacks
+ * at once, which only buffer, so after_curl follows. Called from Lua calls, never from inside a
+ * curl callback. */
+static void update_pause(xfer *x) {
+  int mask = (x->recv_paused ? CURLPAUSE_RECV : 0) | (x->send_paused ? CURLPAUSE_SEND : 0);
+  if (!x->attached) return;
+  curl_easy_pause(x->easy, mask);
+  after_curl(x->h);
 }
 
 /* libuv calls this when a watched socket is ready. */
@@ -151,7 +247,7 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   curl_multi_socket_action(h->multi, s->fd, flags, &running); /* may close s */
-  check_multi_info(h);
+  after_curl(h);
 }
 
 /* libuv calls this when curl's timeout is due. */
@@ -159,7 +255,7 @@ static void on_timeout(uv_timer_t *handle) {
   http *h = (http *)handle->data;
   int running;
   curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  check_multi_info(h);
+  after_curl(h);
 }
 
 static void on_sock_closed(uv_handle_t *handle) { free(handle->data); }
@@ -228,7 +324,7 @@ static void http_close(lasync__runtime *rt) {
   http *h = (http *)rt->http;
   if (h == NULL) return;
   rt->http = NULL;
-  while (h->transfers) detach(h->transfers);
+  while (h->transfers) abort_xfer(h->transfers);
   curl_multi_cleanup(h->multi); /* closes the idle connections; may call cb_socket */
   while (h->socks) close_sock(h, h->socks);
   uv_close((uv_handle_t *)&h->timer, on_http_closed);
@@ -264,11 +360,26 @@ static http *get_http(lua_State *L, lasync__runtime *rt) {
 
 /* ---- the easy handle's callbacks (curl calls them; they only touch C buffers) ---- */
 
+/* The final response's headers are in: a streaming fetch can return. */
+static void headers_in(xfer *x) {
+  x->headers_done = 1;
+  if (x->task) notify(x);
+}
+
 static size_t cb_write(char *p, size_t size, size_t n, void *userp) {
   xfer *x = (xfer *)userp;
   n *= size;
+  if (x->stream) {
+    /* Bodies of redirects and interim responses never reach this callback. */
+    if (!x->headers_done) headers_in(x);
+    /* The reader is behind: curl keeps this chunk and delivers it again once unpaused. */
+    if (x->body.len >= x->stream_buffer) {
+      x->recv_paused = 1;
+      return CURL_WRITEFUNC_PAUSE;
+    }
+  }
   /* The callback sees decoded data, so this also bounds what a compressed body expands to. */
-  if ((curl_off_t)(x->body.len + n) > x->max_body) {
+  if (x->received + (curl_off_t)n > x->max_body) {
     x->too_large = 1;
     return 0;
   }
@@ -276,7 +387,21 @@ static size_t cb_write(char *p, size_t size, size_t n, void *userp) {
     x->no_memory = 1;
     return 0;
   }
+  x->received += (curl_off_t)n;
+  if (x->task && x->headers_done) notify(x);
   return n;
+}
+
+/* The status code of a status line ("HTTP/1.1 200 OK", "HTTP/2 301"), or 0. */
+static int status_of(const char *p, size_t n) {
+  const char *end = p + n, *sp = memchr(p, ' ', n);
+  int code = 0, i;
+  if (sp == NULL || end - sp < 4) return 0;
+  for (i = 1; i <= 3; i++) {
+    if (sp[i] < '0' || sp[i] > '9') return 0;
+    code = code * 10 + (sp[i] - '0');
+  }
+  return code;
 }
 
 static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
@@ -284,7 +409,19 @@ static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
   n *= size;
   /* A status line starts a new response (a redirect, a 100 Continue): forget the last one's
    * headers. */
-  if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) x->head.len = 0;
+  if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+    x->head.len = 0;
+    x->status = status_of(p, n);
+    x->has_location = 0;
+  } else if (n >= 9 && strncasecmp(p, "location:", 9) == 0) {
+    x->has_location = 1;
+  } else if (x->stream && !x->headers_done && (n == 2 || n == 1) && p[n - 1] == '\n') {
+    /* The blank line after the headers. Interim responses (1xx) and redirects that curl is
+     * about to follow are not the final response. */
+    int redirect = x->follow && x->has_location && x->status >= 300 && x->status <= 399 &&
+                   x->status != 304;
+    if (x->status >= 200 && !redirect) headers_in(x);
+  }
   if (x->head.len + n > MAX_HEADER_BYTES) {
     x->too_large = 1;
     return 0;
@@ -295,6 +432,7 @@ static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
   }
   return n;
 }
+
 
 /* ---- errors ---- */
 
@@ -398,17 +536,47 @@ static const char *version_name(long v) {
   }
 }
 
-/* Runs in the task once its transfer is over: the raw response, or the error. */
+static int fetch_step(lua_State *L, lasync__task *t, xfer *x);
+
 static int fetch_finish(lua_State *L, lasync__task *t, void *data) {
+  return fetch_step(L, t, (xfer *)data);
+}
+
+/* The task was cancelled while its transfer ran: take it out of the multi, so nothing calls
+ * back later. The scheduler calls this outside curl callbacks. */
+static void fetch_cancel(lasync__task *t, void *data) {
   xfer *x = (xfer *)data;
+  (void)t;
+  x->task = NULL;
+  abort_xfer(x);
+}
+
+static const lasync__awaitable_ops FETCH_OPS = {"fetch", fetch_cancel, fetch_finish};
+
+static int raise_aborted(lua_State *L, const char *fname) {
+  lasync__push_error(L, "cancelled", lua_pushfstring(L, "%s: the transfer was aborted", fname));
+  return lua_error(L);
+}
+
+/* The fetch call, each time its task runs: suspends until the transfer is over (or, when
+ * streaming, until the final headers are in), then pushes the raw response or raises the
+ * error. The stack is [url, opts, x]. */
+static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
   CURL *easy = x->easy;
   const char *url = NULL;
   long status = 0, redirects = 0, version = 0;
-  (void)t;
+  if (x->aborted) return raise_aborted(L, "async.fetch");
+  if (!x->done && !(x->stream && x->headers_done)) {
+    x->task = t;
+    return lasync__suspend(L, t, &FETCH_OPS, x);
+  }
   curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &url);
   lua_pushstring(L, url ? url : "");
   url = lua_tostring(L, -1);
-  if (x->result != CURLE_OK || x->too_large || x->no_memory) return raise_transfer_error(L, x, url);
+  /* A stream that failed after its headers raises from res:read(), once the data is read. */
+  if (x->done && !(x->stream && x->headers_done) &&
+      (x->result != CURLE_OK || x->too_large || x->no_memory))
+    return raise_transfer_error(L, x, url);
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_getinfo(easy, CURLINFO_REDIRECT_COUNT, &redirects);
   curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
@@ -421,8 +589,13 @@ static int fetch_finish(lua_State *L, lasync__task *t, void *data) {
   lua_setfield(L, -2, "redirects");
   lua_pushstring(L, version_name(version));
   lua_setfield(L, -2, "http_version");
-  lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
-  lua_setfield(L, -2, "body");
+  if (x->stream) {
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "_stream"); /* the response owns the transfer from now on */
+  } else {
+    lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
+    lua_setfield(L, -2, "body");
+  }
   push_header_list(L, &x->head);
   lua_setfield(L, -2, "headers_list");
   lua_createtable(L, 0, 5);
@@ -432,18 +605,87 @@ static int fetch_finish(lua_State *L, lasync__task *t, void *data) {
   set_seconds(L, easy, CURLINFO_STARTTRANSFER_TIME_T, "first_byte");
   set_seconds(L, easy, CURLINFO_TOTAL_TIME_T, "total");
   lua_setfield(L, -2, "timings");
-  release(x); /* the memory goes now rather than at the next collection */
+  if (!x->stream) release(x); /* the memory goes now rather than at the next collection */
   return 1;
 }
 
-/* The task was cancelled while its transfer ran: take it out of the multi, so nothing calls
- * back later. The scheduler calls this outside curl callbacks. */
-static void fetch_cancel(lasync__task *t, void *data) {
-  (void)t;
-  detach((xfer *)data);
+/* ---- streamed responses: core._read, core._close, core._buffered ---- */
+
+static xfer *check_xfer(lua_State *L) { return (xfer *)luaL_checkudata(L, 1, XFER_MT); }
+
+static int read_step(lua_State *L, lasync__task *t, xfer *x);
+
+static int read_finish(lua_State *L, lasync__task *t, void *data) {
+  xfer *x = (xfer *)data;
+  x->reading = 0;
+  return read_step(L, t, x);
 }
 
-static const lasync__awaitable_ops FETCH_OPS = {"fetch", fetch_cancel, fetch_finish};
+/* Cancelling the reader aborts the transfer: nobody else is expected to read it. */
+static void read_cancel(lasync__task *t, void *data) {
+  xfer *x = (xfer *)data;
+  (void)t;
+  x->task = NULL;
+  x->reading = 0;
+  abort_xfer(x);
+}
+
+static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish};
+
+/* res:read(), each time its task runs; the stack is [x]. */
+static int read_step(lua_State *L, lasync__task *t, xfer *x) {
+  if (x->closed) return luaL_error(L, "res:read: the response is closed");
+  if (x->body.len > 0) {
+    lua_pushlstring(L, x->body.data, x->body.len);
+    x->body.len = 0;
+    /* Below the bound again: let curl deliver what it held back (maybe at once, into the
+     * buffer just emptied). */
+    if (x->recv_paused) {
+      x->recv_paused = 0;
+      update_pause(x);
+    }
+    return 1;
+  }
+  if (!x->done) {
+    x->task = t;
+    x->reading = 1;
+    return lasync__suspend(L, t, &READ_OPS, x);
+  }
+  if (x->aborted) return raise_aborted(L, "res:read");
+  if (x->result != CURLE_OK || x->too_large || x->no_memory) {
+    const char *url = NULL;
+    curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
+    return raise_transfer_error(L, x, lua_pushstring(L, url ? url : ""));
+  }
+  buffer_free(&x->body);
+  lua_pushnil(L);
+  return 1;
+}
+
+/* core._read(x) -> the next chunk, or nil at the end. */
+static int l_read(lua_State *L) {
+  xfer *x = check_xfer(L);
+  lasync__task *t = lasync__check_task(L, "res:read");
+  lua_settop(L, 1);
+  if (x->task) return luaL_error(L, "res:read: another task is already reading this response");
+  return read_step(L, t, x);
+}
+
+/* core._close(x): aborts the transfer if it still runs and frees it; __gc does the same. */
+static int l_close(lua_State *L) {
+  xfer *x = check_xfer(L);
+  if (x->closed) return 0;
+  x->closed = 1;
+  abort_xfer(x); /* wakes a reader, which then finds the response closed */
+  release(x);
+  return 0;
+}
+
+/* core._buffered(x) -> bytes received and not read yet. */
+static int l_buffered(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_xfer(L)->body.len);
+  return 1;
+}
 
 /* ---- core._fetch(url, opts) ---- */
 
@@ -497,6 +739,11 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, cb_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  /* A proxy's "200 Connection established" must not pass for the final response's headers. */
+  curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  x->stream = opt_bool(L, "stream");
+  x->stream_buffer = (size_t)opt_integer(L, "stream_buffer", DEFAULT_STREAM_BUFFER);
+  if (x->stream_buffer == 0) x->stream_buffer = 1;
   /* Method and body. */
   lua_getfield(L, 2, "body");
   body = lua_tolstring(L, -1, &body_len);
@@ -530,7 +777,8 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)opt_integer(L, "low_speed_time", 0));
   x->max_body = (curl_off_t)opt_integer(L, "max_body", 64 * 1024 * 1024);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)opt_bool(L, "follow_redirects"));
+  x->follow = opt_bool(L, "follow_redirects");
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)x->follow);
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)opt_integer(L, "max_redirects", 10));
   /* TLS. */
   if (!opt_bool(L, "verify_tls")) {
@@ -562,10 +810,9 @@ static int l_fetch(lua_State *L) {
   h = get_http(L, t->rt);
   lua_settop(L, 2);
   /* Closed state first, so the __gc is safe whatever fails next. */
-  x = (xfer *)lua_newuserdatauv(L, sizeof *x, 0); /* [url, opts, x]: kept across the yield */
+  x = (xfer *)lua_newuserdatauv(L, sizeof *x, 1); /* [url, opts, x]: kept across the yield */
   memset(x, 0, sizeof *x);
   x->h = h;
-  x->task = t;
   luaL_setmetatable(L, XFER_MT);
   x->easy = curl_easy_init();
   if (x->easy == NULL || setup(L, x, url) != 0)
@@ -573,14 +820,17 @@ static int l_fetch(lua_State *L) {
   if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)
     return luaL_error(L, "async.fetch: cannot start the transfer");
   link_xfer(h, x); /* curl's timer callback starts it from the loop */
-  return lasync__suspend(L, t, &FETCH_OPS, x);
+  return fetch_step(L, t, x);
 }
+
 
 void lasync__open_http(lua_State *L) {
   luaL_newmetatable(L, XFER_MT);
   lua_pushcfunction(L, xfer_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_fetch);
-  lua_setfield(L, -2, "_fetch");
+  static const luaL_Reg fns[] = {{"_fetch", l_fetch},   {"_read", l_read},
+                                 {"_close", l_close},   {"_buffered", l_buffered},
+                                 {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
 }

@@ -4,9 +4,11 @@
 local core, async = ...
 
 local error, ipairs, pairs, pcall, rawget, require = error, ipairs, pairs, pcall, rawget, require
-local setmetatable, tonumber, tostring, type = setmetatable, tonumber, tostring, type
+local getmetatable, setmetatable = getmetatable, setmetatable
+local tonumber, tostring, type = tonumber, tostring, type
 local format, lower, concat, sort = string.format, string.lower, table.concat, table.sort
 local raw_fetch, new_error = core._fetch, core.error
+local stream_read, stream_close, stream_buffered = core._read, core._close, core._buffered
 
 local DEFAULTS = {
   method = "GET",
@@ -96,7 +98,7 @@ local KNOWN = {
   connect_timeout = true, low_speed_limit = true, low_speed_time = true,
   follow_redirects = true, max_redirects = true, max_body = true, verify_tls = true,
   ca_file = true, proxy = true, http_version = true, decompress = true, user_agent = true,
-  stream = true,
+  stream = true, stream_buffer = true,
 }
 
 -- Checks the options and returns the final URL and the table bindings/http.c reads.
@@ -115,7 +117,6 @@ local function normalise(fname, url, opts)
     invalid(fname, url, "url", "control characters or spaces in the URL")
   end
   if not url:find("^%a[%w+.-]*://") then invalid(fname, url, "url", "absolute URL expected") end
-  if opts.stream then invalid(fname, url, "stream", "streaming is not supported yet") end
 
   local n = {}
   for k, v in pairs(DEFAULTS) do n[k] = v end
@@ -130,11 +131,11 @@ local function normalise(fname, url, opts)
     local v = check_seconds(fname, url, opts, k)
     if v ~= nil then n[k] = v end
   end
-  for _, k in ipairs { "low_speed_limit", "max_redirects", "max_body" } do
+  for _, k in ipairs { "low_speed_limit", "max_redirects", "max_body", "stream_buffer" } do
     local v = check_count(fname, url, opts, k)
     if v ~= nil then n[k] = v end
   end
-  for _, k in ipairs { "follow_redirects", "verify_tls", "decompress" } do
+  for _, k in ipairs { "follow_redirects", "verify_tls", "decompress", "stream" } do
     local v = check_type(fname, url, opts, k, "boolean")
     if v ~= nil then n[k] = v end
   end
@@ -209,8 +210,16 @@ local header_mt = {
 }
 
 local Response = {}
-Response.__index = Response
 Response.__name = "lasync.Response"
+
+-- res.buffered: bytes of a streamed body received and not read yet (0 otherwise).
+function Response.__index(self, k)
+  if k == "buffered" then
+    local x = rawget(self, "_stream")
+    return x and stream_buffered(x) or 0
+  end
+  return Response[k]
+end
 
 function Response:text() return self.body end
 
@@ -236,6 +245,52 @@ function Response:__tostring()
   return format("Response (%d %s)", self.status, self.url)
 end
 
+-- Hands a client's connection permit back once, when a streamed body ends or is closed.
+local function release_permit(self)
+  local permit = rawget(self, "_permit")
+  if permit then
+    self._permit = nil
+    permit()
+  end
+end
+
+--- res:read() -> the next chunk of a streamed body, or nil at its end. Suspends while nothing
+--- is buffered; raises the transfer's error if it failed mid-body.
+function Response:read()
+  local x = rawget(self, "_stream")
+  if not x then
+    if type(self) ~= "table" or getmetatable(self) ~= Response then
+      error("res:read: bad self (Response expected)", 2)
+    end
+    -- A whole body reads as one chunk, then the end.
+    if self._read_done then return nil end
+    self._read_done = true
+    return self.body ~= "" and self.body or nil
+  end
+  local ok, chunk = pcall(stream_read, x)
+  if not ok then
+    release_permit(self)
+    error(chunk, 0)
+  end
+  if chunk == nil then release_permit(self) end
+  return chunk
+end
+
+--- for chunk in res:chunks() do ... end
+function Response:chunks()
+  return Response.read, self
+end
+
+--- res:close(): aborts a streamed transfer that still runs and frees it. Idempotent; also
+--- `local res <close> = async.fetch(url, { stream = true })`.
+function Response:close()
+  local x = rawget(self, "_stream")
+  if x then stream_close(x) end
+  release_permit(self)
+end
+
+Response.__close = Response.close
+
 local function make_response(raw)
   local headers = setmetatable({}, header_mt)
   for _, h in ipairs(raw.headers_list) do
@@ -247,7 +302,8 @@ local function make_response(raw)
   return setmetatable(raw, Response)
 end
 
---- async.fetch(url [, opts]) -> Response. Suspends the calling task until the transfer ends.
+--- async.fetch(url [, opts]) -> Response. Suspends the calling task until the transfer ends
+--- (with opts.stream, until the final response's headers are in).
 function async.fetch(url, opts)
   local final_url, normalised = normalise("async.fetch", url, opts)
   return make_response(raw_fetch(final_url, normalised))

@@ -1,0 +1,188 @@
+-- Streamed responses (opts.stream, res:read, res:chunks, backpressure), against
+-- spec/support/server.py on 127.0.0.1.
+package.path = "spec/support/?.lua;" .. package.path
+local async = require "lasync"
+local assert_clean = require "clean"
+
+local server, base
+
+local function start_server()
+  server = io.popen("exec python3 spec/support/server.py")
+  local line = server:read("l")
+  local http = (line or ""):match("^READY http=(%d+)")
+  assert(http, "the test server did not start: " .. tostring(line))
+  base = "http://127.0.0.1:" .. http
+end
+
+-- Reads a streamed response to its end: the body and the number of chunks.
+local function read_all(res)
+  local parts = {}
+  for chunk in res:chunks() do parts[#parts + 1] = chunk end
+  return table.concat(parts), #parts
+end
+
+local function read_error(res)
+  local ok, err = pcall(read_all, res)
+  assert.is_false(ok, "expected read() to raise")
+  return err
+end
+
+local function fetch_error(url, opts)
+  local ok, err = pcall(async.fetch, url, opts)
+  assert.is_false(ok, "expected an error from " .. url)
+  return err
+end
+
+describe("async.fetch streaming", function()
+  setup(start_server)
+  teardown(function()
+    if server then server:close() end
+  end)
+  after_each(function()
+    collectgarbage()
+    assert_clean()
+  end)
+
+  describe("responses", function()
+    it("reads a large body in chunks that add up to the whole", function()
+      local res = async.fetch(base .. "/bytes/3000000", { stream = true })
+      assert.are.equal(200, res.status)
+      assert.are.equal("3000000", res.headers["content-length"])
+      assert.is_nil(res.body)
+      local body, n = read_all(res)
+      assert.is_true(n > 1, "one chunk only")
+      assert.are.equal(async.fetch(base .. "/bytes/3000000").body, body)
+    end)
+
+    it("returns at the headers and delivers a drip chunk by chunk", function()
+      local t0 = async.now()
+      local res = async.fetch(base .. "/drip?n=5&delay=0.1", { stream = true })
+      local at_headers = async.now() - t0
+      local body, n = read_all(res)
+      assert.is_true(at_headers < 0.3, "fetch waited for the body")
+      assert.is_true(async.now() - t0 >= 0.45)
+      assert.are.equal(5, #body)
+      assert.is_true(n >= 3, "only " .. n .. " chunks")
+    end)
+
+    it("returns the final response's headers after redirects", function()
+      local res = async.fetch(base .. "/redirect/2", { stream = true })
+      assert.are.equal(200, res.status)
+      assert.are.equal(2, res.redirects)
+      assert.are.equal(base .. "/get", res.url)
+      assert.are.equal('{"ok":true}', read_all(res))
+    end)
+
+    it("returns nil at the end, and again after it", function()
+      local res = async.fetch(base .. "/get", { stream = true })
+      assert.are.equal('{"ok":true}', res:read())
+      assert.is_nil(res:read())
+      assert.is_nil(res:read())
+      local head = async.fetch(base .. "/bytes/100", { method = "HEAD", stream = true })
+      assert.are.equal(200, head.status)
+      assert.is_nil(head:read())
+    end)
+
+    it("pauses the transfer while the reader is behind", function()
+      local bound = 256 * 1024
+      local res = async.fetch(base .. "/bytes/50000000", { stream = true, stream_buffer = bound })
+      local total, peak = 0, 0
+      while true do
+        async.sleep(0.001) -- a slow reader: the transfer fills the buffer meanwhile
+        peak = math.max(peak, res.buffered)
+        local chunk = res:read()
+        if not chunk then break end
+        total = total + #chunk
+      end
+      assert.are.equal(50000000, total)
+      assert.is_true(peak >= bound, "the buffer never filled: " .. peak)
+      assert.is_true(peak <= 2 * bound, "buffered " .. peak .. " bytes, bound " .. bound)
+      assert.are.equal(0, res.buffered)
+    end)
+  end)
+
+  describe("failures", function()
+    it("raises a cut-off body's protocol error from read()", function()
+      local res = async.fetch(base .. "/cut?n=1000&send=100", { stream = true })
+      assert.are.equal(200, res.status)
+      assert.are.equal(100, #res:read()) -- what came before the cut
+      local ok, err = pcall(res.read, res)
+      assert.is_false(ok)
+      assert.are.equal("protocol", err.kind)
+      assert.are.equal(base .. "/cut?n=1000&send=100", err.url)
+    end)
+
+    it("enforces max_body on streams", function()
+      assert.are.equal("too_large",
+        fetch_error(base .. "/bytes/10000", { stream = true, max_body = 1000 }).kind)
+      local res = async.fetch(base .. "/stream-bytes/10000", { stream = true, max_body = 1000 })
+      assert.are.equal("too_large", read_error(res).kind)
+    end)
+
+    it("times out mid-body", function()
+      local res = async.fetch(base .. "/drip?n=20&delay=0.1", { stream = true, timeout = 0.5 })
+      local err = read_error(res)
+      assert.are.equal("timeout", err.kind)
+      assert.is_true(async.is_timeout(err))
+    end)
+
+    it("refuses a second reader at the same time", function()
+      local res = async.fetch(base .. "/drip?n=3&delay=0.1", { stream = true })
+      local reader = async.spawn(read_all, res)
+      async.sleep(0)
+      assert.has_error(function() res:read() end,
+        "res:read: another task is already reading this response")
+      assert.are.equal(3, #reader:await())
+    end)
+  end)
+
+  describe("aborting", function()
+    it("aborts the transfer when the reading task is cancelled", function()
+      local res = async.fetch(base .. "/endless?delay=0.05", { stream = true })
+      local reader = async.spawn(read_all, res)
+      async.sleep(0.2)
+      assert.is_true(async._debug.counts().handles > 0)
+      reader:cancel()
+      local ok, err = pcall(reader.await, reader)
+      assert.is_false(ok)
+      assert.is_true(async.is_cancelled(err))
+      assert.are.equal(0, async._debug.counts().handles)
+      local ok2, err2 = pcall(res.read, res)
+      assert.is_false(ok2)
+      assert.are.equal("cancelled", err2.kind)
+    end)
+
+    it("aborts the transfer when the fetching task is cancelled before the headers", function()
+      local t0 = async.now()
+      local task = async.spawn(async.fetch, base .. "/delay?s=5", { stream = true })
+      async.sleep(0.1)
+      task:cancel()
+      assert.is_false(pcall(task.await, task))
+      assert.is_true(async.now() - t0 < 1)
+    end)
+
+    it("aborts the transfer at the end of a <close> scope", function()
+      do
+        local res <close> = async.fetch(base .. "/endless", { stream = true })
+        assert.is_string(res:read())
+        assert.is_true(async._debug.counts().handles > 0)
+      end
+      assert.are.equal(0, async._debug.counts().handles)
+    end)
+
+    it("closes idempotently, and refuses reads after", function()
+      local res = async.fetch(base .. "/endless", { stream = true })
+      res:close()
+      res:close()
+      assert.are.equal(0, async._debug.counts().handles)
+      assert.has_error(function() res:read() end, "res:read: the response is closed")
+    end)
+
+    it("aborts the transfer of a response that is collected unread", function()
+      async.fetch(base .. "/endless", { stream = true })
+      collectgarbage()
+      collectgarbage()
+      assert.are.equal(0, async._debug.counts().handles)
+    end)
+  end)
+end)
