@@ -433,6 +433,26 @@ static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
   return n;
 }
 
+/* Hands curl the next piece of the request body that the feeder task buffered; pauses the
+ * upload when there is none yet, until core._send resumes it. */
+static size_t cb_read(char *p, size_t size, size_t n, void *userp) {
+  xfer *x = (xfer *)userp;
+  size_t avail = x->send.len - x->send_pos;
+  n *= size;
+  if (avail > 0) {
+    if (n > avail) n = avail;
+    memcpy(p, x->send.data + x->send_pos, n);
+    x->send_pos += n;
+    if (x->send_pos == x->send.len) {
+      x->send.len = x->send_pos = 0;
+      if (x->feeder) notify(x);
+    }
+    return n;
+  }
+  if (x->send_eof) return 0;
+  x->send_paused = 1;
+  return CURL_READFUNC_PAUSE;
+}
 
 /* ---- errors ---- */
 
@@ -553,6 +573,12 @@ static void fetch_cancel(lasync__task *t, void *data) {
 
 static const lasync__awaitable_ops FETCH_OPS = {"fetch", fetch_cancel, fetch_finish};
 
+/* Raises the error a body function raised (the transfer's user value). x is at xi. */
+static int raise_body_error(lua_State *L, int xi) {
+  lua_getiuservalue(L, xi, 1);
+  return lua_error(L);
+}
+
 static int raise_aborted(lua_State *L, const char *fname) {
   lasync__push_error(L, "cancelled", lua_pushfstring(L, "%s: the transfer was aborted", fname));
   return lua_error(L);
@@ -565,6 +591,7 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
   CURL *easy = x->easy;
   const char *url = NULL;
   long status = 0, redirects = 0, version = 0;
+  if (x->lua_failed) return raise_body_error(L, 3);
   if (x->aborted) return raise_aborted(L, "async.fetch");
   if (!x->done && !(x->stream && x->headers_done)) {
     x->task = t;
@@ -651,6 +678,7 @@ static int read_step(lua_State *L, lasync__task *t, xfer *x) {
     x->reading = 1;
     return lasync__suspend(L, t, &READ_OPS, x);
   }
+  if (x->lua_failed) return raise_body_error(L, 1);
   if (x->aborted) return raise_aborted(L, "res:read");
   if (x->result != CURLE_OK || x->too_large || x->no_memory) {
     const char *url = NULL;
@@ -685,6 +713,75 @@ static int l_close(lua_State *L) {
 static int l_buffered(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)check_xfer(L)->body.len);
   return 1;
+}
+
+/* ---- request bodies from a Lua function: core._send_wait, core._send, core._fail ----
+ *
+ * lua/http.lua runs the function in a feeder task: it waits until curl has taken the last
+ * chunk (send_wait), calls the function, and hands its chunk over (send). */
+
+static int send_step(lua_State *L, lasync__task *t, xfer *x);
+
+static int send_finish(lua_State *L, lasync__task *t, void *data) {
+  return send_step(L, t, (xfer *)data);
+}
+
+static void send_cancel(lasync__task *t, void *data) {
+  (void)t;
+  ((xfer *)data)->feeder = NULL;
+}
+
+static const lasync__awaitable_ops SEND_OPS = {"fetch body", send_cancel, send_finish};
+
+static int send_step(lua_State *L, lasync__task *t, xfer *x) {
+  if (x->done || x->send_eof) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (x->send.len == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  x->feeder = t;
+  return lasync__suspend(L, t, &SEND_OPS, x);
+}
+
+/* core._send_wait(x) -> true when curl wants the next chunk, false once the transfer is over. */
+static int l_send_wait(lua_State *L) {
+  xfer *x = check_xfer(L);
+  lasync__task *t = lasync__check_task(L, "async.fetch (body function)");
+  lua_settop(L, 1);
+  return send_step(L, t, x);
+}
+
+/* core._send(x, chunk or nil): buffers the chunk (nil: the end of the body) and resumes the
+ * upload. */
+static int l_send(lua_State *L) {
+  xfer *x = check_xfer(L);
+  size_t n = 0;
+  const char *p = lua_isnil(L, 2) ? NULL : luaL_checklstring(L, 2, &n);
+  if (x->done) return 0;
+  if (p == NULL)
+    x->send_eof = 1;
+  else if (buffer_add(&x->send, p, n) != 0)
+    return luaL_error(L, "async.fetch: not enough memory for the request body");
+  if (x->send_paused) {
+    x->send_paused = 0;
+    update_pause(x);
+  }
+  return 0;
+}
+
+/* core._fail(x, err): the body function raised err; the transfer ends and fetch raises it. */
+static int l_fail(lua_State *L) {
+  xfer *x = check_xfer(L);
+  luaL_checkany(L, 2);
+  if (x->done) return 0;
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, 1);
+  x->lua_failed = 1;
+  abort_xfer(x);
+  return 0;
 }
 
 /* ---- core._fetch(url, opts) ---- */
@@ -750,6 +847,14 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   lua_pop(L, 1);
   if (strcmp(method, "HEAD") == 0) {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (opt_bool(L, "body_fn")) {
+    /* Chunks come from the feeder task through cb_read; without a known length, HTTP/1.1
+     * sends them with chunked transfer encoding. */
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, cb_read);
+    curl_easy_setopt(e, CURLOPT_READDATA, x);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)opt_integer(L, "body_length", -1));
+    if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   } else if (body || strcmp(method, "POST") == 0) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body ? body : "");
@@ -820,17 +925,31 @@ static int l_fetch(lua_State *L) {
   if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)
     return luaL_error(L, "async.fetch: cannot start the transfer");
   link_xfer(h, x); /* curl's timer callback starts it from the loop */
+  if (opt_bool(L, "start_only")) return 1; /* a body feeder needs x before fetch waits */
   return fetch_step(L, t, x);
 }
 
+/* core._fetch_wait(url, opts, x): waits for a transfer started with opts.start_only. */
+static int l_fetch_wait(lua_State *L) {
+  lasync__task *t;
+  xfer *x;
+  luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  x = (xfer *)luaL_checkudata(L, 3, XFER_MT);
+  t = lasync__check_task(L, "async.fetch");
+  lua_settop(L, 3);
+  return fetch_step(L, t, x);
+}
 
 void lasync__open_http(lua_State *L) {
   luaL_newmetatable(L, XFER_MT);
   lua_pushcfunction(L, xfer_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"_fetch", l_fetch},   {"_read", l_read},
-                                 {"_close", l_close},   {"_buffered", l_buffered},
+  static const luaL_Reg fns[] = {{"_fetch", l_fetch},       {"_fetch_wait", l_fetch_wait},
+                                 {"_read", l_read},         {"_close", l_close},
+                                 {"_buffered", l_buffered}, {"_send_wait", l_send_wait},
+                                 {"_send", l_send},         {"_fail", l_fail},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -7,8 +7,10 @@ local error, ipairs, pairs, pcall, rawget, require = error, ipairs, pairs, pcall
 local getmetatable, setmetatable = getmetatable, setmetatable
 local tonumber, tostring, type = tonumber, tostring, type
 local format, lower, concat, sort = string.format, string.lower, table.concat, table.sort
-local raw_fetch, new_error = core._fetch, core.error
+local raw_fetch, fetch_wait, new_error = core._fetch, core._fetch_wait, core.error
 local stream_read, stream_close, stream_buffered = core._read, core._close, core._buffered
+local send_wait, send, send_fail = core._send_wait, core._send, core._fail
+local spawn = core.spawn
 
 local DEFAULTS = {
   method = "GET",
@@ -157,7 +159,7 @@ local function normalise(fname, url, opts)
   end
 
   -- Headers become "Name: value" lines; CR, LF and NUL could smuggle a second header or request.
-  local lines, has = {}, {}
+  local lines, has, content_length = {}, {}, nil
   local headers = check_type(fname, url, opts, "headers", "table")
   if headers then
     local names = {}
@@ -176,14 +178,25 @@ local function normalise(fname, url, opts)
         invalid(fname, url, "headers", format("CR, LF or NUL in the value of '%s'", k))
       end
       has[lower(k)] = true
-      -- curl sends "Name;" as a header with an empty value ("Name:" would remove it).
-      lines[#lines + 1] = v == "" and (k .. ";") or (k .. ": " .. v)
+      if lower(k) == "content-length" and type(opts.body) == "function" then
+        -- The length of a body function's chunks: curl sends it instead of chunking.
+        content_length = v:find("^%d+$") and tonumber(v)
+        if not content_length then invalid(fname, url, "headers", "bad Content-Length") end
+      else
+        -- curl sends "Name;" as a header with an empty value ("Name:" would remove it).
+        lines[#lines + 1] = v == "" and (k .. ";") or (k .. ": " .. v)
+      end
     end
   end
 
   local body = opts.body
-  if body ~= nil and type(body) ~= "string" then
-    invalid(fname, url, "body", format("string expected, got %s", type(body)))
+  if type(body) == "function" then
+    if opts.json ~= nil then invalid(fname, url, "json", "body and json are exclusive") end
+    n.body_fn, n.body_length, body = body, content_length, nil
+    -- Without "Expect: 100-continue" the first chunk need not wait for the server's go-ahead.
+    if not has.expect then lines[#lines + 1] = "Expect:" end
+  elseif body ~= nil and type(body) ~= "string" then
+    invalid(fname, url, "body", format("string or function expected, got %s", type(body)))
   end
   if opts.json ~= nil then
     if body ~= nil then invalid(fname, url, "json", "body and json are exclusive") end
@@ -286,6 +299,11 @@ end
 function Response:close()
   local x = rawget(self, "_stream")
   if x then stream_close(x) end
+  local feeder = rawget(self, "_feeder")
+  if feeder then
+    self._feeder = nil
+    feeder:cancel()
+  end
   release_permit(self)
 end
 
@@ -302,11 +320,47 @@ local function make_response(raw)
   return setmetatable(raw, Response)
 end
 
+-- The feeder task of a body function: each chunk goes to curl once it took the last one.
+local function feed(x, fn)
+  while send_wait(x) do
+    local ok, chunk = pcall(fn)
+    if not ok then return send_fail(x, chunk) end
+    if chunk ~= nil and type(chunk) ~= "string" then
+      return send_fail(x, new_error("invalid", format(
+        "async.fetch: the body function returned a %s (string or nil expected)", type(chunk)),
+        { option = "body" }))
+    end
+    send(x, chunk)
+    if chunk == nil then return end
+  end
+end
+
+local function finish_fetch(feeder, ok, raw, ...)
+  if not ok or not raw._stream then
+    -- The transfer is over (or failed, or the caller was cancelled): so is its body.
+    if not feeder:done() then feeder:cancel() end
+    if not ok then error(raw, 0) end
+  elseif not feeder:done() then
+    raw._feeder = feeder -- the server answered before the whole body went out
+  end
+  return raw
+end
+
+-- Runs the normalised request; returns the raw response table.
+local function run(final_url, n)
+  local fn = n.body_fn
+  if not fn then return raw_fetch(final_url, n) end
+  n.body_fn, n.start_only = true, true
+  local x = raw_fetch(final_url, n)
+  local feeder = spawn(feed, x, fn)
+  return finish_fetch(feeder, pcall(fetch_wait, final_url, n, x))
+end
+
 --- async.fetch(url [, opts]) -> Response. Suspends the calling task until the transfer ends
 --- (with opts.stream, until the final response's headers are in).
 function async.fetch(url, opts)
   local final_url, normalised = normalise("async.fetch", url, opts)
-  return make_response(raw_fetch(final_url, normalised))
+  return make_response(run(final_url, normalised))
 end
 
 -- ---- clients: their own defaults ----
@@ -345,7 +399,7 @@ function Client:fetch(url, opts)
     url = self.base_url:gsub("/+$", "") .. "/" .. url:gsub("^/+", "")
   end
   local final_url, normalised = normalise("async.fetch", url, merge(self.defaults, opts))
-  return make_response(raw_fetch(final_url, normalised))
+  return make_response(run(final_url, normalised))
 end
 
 local function with_method(method)

@@ -1,5 +1,5 @@
--- Streamed responses (opts.stream, res:read, res:chunks, backpressure), against
--- spec/support/server.py on 127.0.0.1.
+-- Streamed responses (opts.stream, res:read, res:chunks, backpressure), request bodies made by
+-- a function, and per-client connection limits, against spec/support/server.py on 127.0.0.1.
 package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
@@ -184,5 +184,98 @@ describe("async.fetch streaming", function()
       collectgarbage()
       assert.are.equal(0, async._debug.counts().handles)
     end)
+  end)
+end)
+
+describe("async.fetch with a body function", function()
+  setup(start_server)
+  teardown(function()
+    if server then server:close() end
+  end)
+  after_each(function()
+    collectgarbage()
+    assert_clean()
+  end)
+
+  -- A body function that yields the given chunks, sleeping before each.
+  local function chunks_of(list, pause)
+    local i = 0
+    return function()
+      i = i + 1
+      if list[i] == nil then return nil end
+      if pause then async.sleep(pause) end
+      return list[i]
+    end
+  end
+
+  it("sends the chunks in order, chunked, even when the function suspends", function()
+    local list = {}
+    for i = 1, 20 do list[i] = string.rep(string.char(64 + i), i * 100) end
+    local echo = async.fetch(base .. "/echo", { method = "PUT", body = chunks_of(list, 0.01) }):json()
+    assert.are.equal("PUT", echo.method)
+    assert.are.equal(table.concat(list), echo.body)
+    assert.are.equal(21000, echo.body_length)
+    assert.is_true(echo.chunked)
+    assert.is_nil(echo.headers.expect)
+  end)
+
+  it("sends a large body", function()
+    local block, n = string.rep("x", 65536), 0
+    local echo = async.fetch(base .. "/echo", { method = "POST", body = function()
+      n = n + 1
+      if n <= 64 then return block end
+    end }):json()
+    assert.are.equal(64 * 65536, echo.body_length)
+  end)
+
+  it("sends a Content-Length instead of chunks when one is given", function()
+    local echo = async.fetch(base .. "/echo", {
+      method = "POST", headers = { ["Content-Length"] = 10 }, body = chunks_of { "01234", "56789" },
+    }):json()
+    assert.are.equal("0123456789", echo.body)
+    assert.is_false(echo.chunked)
+    assert.are.equal("10", echo.headers["content-length"])
+  end)
+
+  it("sends an empty body", function()
+    local echo = async.fetch(base .. "/echo", { method = "POST", body = function() end }):json()
+    assert.are.equal(0, echo.body_length)
+  end)
+
+  it("raises what the function raised, and ends the transfer", function()
+    local n = 0
+    local ok, err = pcall(async.fetch, base .. "/echo", { method = "POST", body = function()
+      n = n + 1
+      if n == 3 then error("no more data", 0) end
+      return "x"
+    end })
+    assert.is_false(ok)
+    assert.are.equal("no more data", err)
+  end)
+
+  it("refuses a chunk that is not a string", function()
+    local err = fetch_error(base .. "/echo", { method = "POST", body = function() return 1 end })
+    assert.are.equal("invalid", err.kind)
+    assert.are.equal("body", err.option)
+  end)
+
+  it("stops the function when the fetching task is cancelled", function()
+    local calls = 0
+    local task = async.spawn(async.fetch, base .. "/echo", { method = "POST", body = function()
+      calls = calls + 1
+      async.sleep(10)
+      return "x"
+    end })
+    async.sleep(0.1)
+    task:cancel()
+    assert.is_false(pcall(task.await, task))
+    assert.are.equal(1, calls)
+  end)
+
+  it("works with a streamed response", function()
+    local res = async.fetch(base .. "/echo", {
+      method = "POST", stream = true, body = chunks_of({ "a", "b", "c" }, 0.01),
+    })
+    assert.are.equal("abc", require("cjson").decode((read_all(res))).body)
   end)
 end)
