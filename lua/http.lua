@@ -10,7 +10,7 @@ local format, lower, concat, sort = string.format, string.lower, table.concat, t
 local raw_fetch, fetch_wait, new_error = core._fetch, core._fetch_wait, core.error
 local stream_read, stream_close, stream_buffered = core._read, core._close, core._buffered
 local send_wait, send, send_fail = core._send_wait, core._send, core._fail
-local spawn = core.spawn
+local spawn, future = core.spawn, core.future
 
 local DEFAULTS = {
   method = "GET",
@@ -368,6 +368,100 @@ end
 local Client = {}
 Client.__index = Client
 
+-- ---- per-client limits: counting permits, first come first served ----
+--
+-- There is one curl multi per runtime, so a client's max_connections and max_per_host are
+-- counted here, as transfers in flight (each holds a connection for its whole run). A waiter is
+-- a future in a FIFO queue; release hands the permit to the oldest waiter still waiting. A
+-- cancelled waiter settles its own future to leave the queue, or, if the permit reached it at
+-- the same moment, passes the permit on, so none is ever lost.
+
+local function new_limit(n) return { free = n, max = n, queue = {}, head = 1, tail = 0 } end
+
+local function release(limit)
+  local queue = limit.queue
+  while limit.head <= limit.tail do
+    local f = queue[limit.head]
+    queue[limit.head] = nil
+    limit.head = limit.head + 1
+    if not f:done() then return f:set() end -- the permit goes straight to the waiter
+  end
+  limit.free = limit.free + 1
+end
+
+local function acquire(limit)
+  local queue = limit.queue
+  while limit.head <= limit.tail and queue[limit.head]:done() do -- waiters that left
+    queue[limit.head] = nil
+    limit.head = limit.head + 1
+  end
+  if limit.free > 0 and limit.head > limit.tail then
+    limit.free = limit.free - 1
+    return
+  end
+  local f = future()
+  limit.tail = limit.tail + 1
+  queue[limit.tail] = f
+  local ok, err = pcall(f.await, f)
+  if not ok then
+    if f:done() then
+      release(limit) -- the permit came with the cancellation: pass it on
+    else
+      f:set() -- leaves the queue: release skips settled futures
+    end
+    error(err, 0)
+  end
+end
+
+-- "scheme://host:port" of an absolute URL, lower-cased, with the default port made explicit.
+local function origin(url)
+  local scheme, authority = url:match("^(%a[%w+.-]*)://([^/?#]*)")
+  scheme, authority = lower(scheme or ""), lower((authority or ""):gsub("^.*@", ""))
+  if not authority:find(":%d+$") then
+    authority = authority .. (scheme == "https" and ":443" or ":80")
+  end
+  return scheme .. "://" .. authority
+end
+
+-- Waits for the client's permits for url; returns the function that gives them back (once).
+local function take_permit(limits, url)
+  local host_limit
+  if limits.per_host then
+    local key = origin(url)
+    host_limit = limits.hosts[key]
+    if not host_limit then
+      host_limit = new_limit(limits.per_host)
+      limits.hosts[key] = host_limit
+    end
+    acquire(host_limit)
+  end
+  if limits.total then
+    local ok, err = pcall(acquire, limits.total)
+    if not ok then
+      if host_limit then release(host_limit) end
+      error(err, 0)
+    end
+  end
+  local held = true
+  return function()
+    if not held then return end
+    held = false
+    if limits.total then release(limits.total) end
+    if host_limit then
+      release(host_limit)
+      -- An idle host's entry goes, so a client that saw many hosts does not keep them all.
+      if host_limit.free == host_limit.max and limits.hosts[origin(url)] == host_limit then
+        limits.hosts[origin(url)] = nil
+      end
+    end
+  end
+end
+
+-- Gives a streamed response's permit back if it is collected before its end or close.
+local permit_guard_mt = {
+  __gc = function(guard) pcall(guard.release) end,
+}
+
 local function merge(defaults, opts)
   local out = {}
   for k, v in pairs(defaults) do out[k] = v end
@@ -399,7 +493,18 @@ function Client:fetch(url, opts)
     url = self.base_url:gsub("/+$", "") .. "/" .. url:gsub("^/+", "")
   end
   local final_url, normalised = normalise("async.fetch", url, merge(self.defaults, opts))
-  return make_response(run(final_url, normalised))
+  if not self.limits then return make_response(run(final_url, normalised)) end
+  local permit = take_permit(self.limits, final_url)
+  local ok, raw = pcall(run, final_url, normalised)
+  if ok and raw._stream then
+    -- A streamed body holds its connection until it ends or is closed.
+    raw._permit = permit
+    raw._permit_guard = setmetatable({ release = permit }, permit_guard_mt)
+  else
+    permit()
+    if not ok then error(raw, 0) end
+  end
+  return make_response(raw)
 end
 
 local function with_method(method)
@@ -419,22 +524,37 @@ Client.head = with_method("HEAD")
 
 local http = {}
 
---- async.http.client{base_url=, headers=, timeout=, ...}: a client with its own defaults.
+local CLIENT_ONLY = { base_url = true, max_connections = true, max_per_host = true }
+
+--- async.http.client{base_url=, headers=, timeout=, max_connections=, max_per_host=, ...}: a
+--- client with its own defaults and limits.
 function http.client(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error(format("async.http.client: bad argument #1 (table expected, got %s)", type(opts)), 2)
   end
   local defaults = {}
   for k, v in pairs(opts or {}) do
-    if k ~= "base_url" then defaults[k] = v end
+    if not CLIENT_ONLY[k] then defaults[k] = v end
   end
+  local limits
+  for _, k in ipairs { "max_connections", "max_per_host" } do
+    local v = opts and opts[k]
+    if v ~= nil then
+      if math.type(v) ~= "integer" or v < 1 then
+        invalid("async.http.client", nil, k, "an integer >= 1 expected")
+      end
+      limits = limits or { hosts = {} }
+      limits[k == "max_connections" and "total" or "per_host"] = v
+    end
+  end
+  if limits and limits.total then limits.total = new_limit(limits.total) end
   local base_url = opts and opts.base_url
   if base_url ~= nil and type(base_url) ~= "string" then
     error("async.http.client: base_url must be a string", 2)
   end
   -- Checked now, so a bad default fails where the client is made.
   normalise("async.http.client", "http://127.0.0.1/", defaults)
-  return setmetatable({ base_url = base_url, defaults = defaults }, Client)
+  return setmetatable({ base_url = base_url, defaults = defaults, limits = limits }, Client)
 end
 
 http.Response = Response

@@ -279,3 +279,100 @@ describe("async.fetch with a body function", function()
     assert.are.equal("abc", require("cjson").decode((read_all(res))).body)
   end)
 end)
+
+describe("async.http.client limits", function()
+  setup(start_server)
+  teardown(function()
+    if server then server:close() end
+  end)
+  after_each(function()
+    collectgarbage()
+    assert_clean()
+  end)
+
+  -- Runs n GETs of path through client side by side; returns the seconds they took.
+  local function timed_batch(client, n, path)
+    local fns = {}
+    for i = 1, n do fns[i] = function() return client:get(path).status end end
+    local t0 = async.now()
+    local results = async.gather(table.unpack(fns))
+    for i = 1, n do assert.are.equal(200, results[i]) end
+    return async.now() - t0
+  end
+
+  it("run at most max_per_host transfers to one host at a time", function()
+    local client = async.http.client { base_url = base, max_per_host = 2 }
+    local took = timed_batch(client, 6, "/delay?s=0.3")
+    assert.is_true(took >= 0.85 and took < 1.5, "took " .. took)
+    local free = async.http.client { base_url = base }
+    took = timed_batch(free, 6, "/delay?s=0.3")
+    assert.is_true(took < 0.6, "took " .. took)
+  end)
+
+  it("run at most max_connections transfers in all", function()
+    local client = async.http.client { max_connections = 3 }
+    local fns = {}
+    for i = 1, 6 do
+      -- Two host names for the same server: max_connections counts them together.
+      local host = i % 2 == 0 and base or base:gsub("127.0.0.1", "localhost")
+      fns[i] = function() return client:get(host .. "/delay?s=0.3").status end
+    end
+    local t0 = async.now()
+    async.gather(table.unpack(fns))
+    local took = async.now() - t0
+    assert.is_true(took >= 0.55 and took < 1.2, "took " .. took)
+  end)
+
+  it("let waiters in first come, first served", function()
+    local client = async.http.client { base_url = base, max_per_host = 1 }
+    local order, tasks = {}, {}
+    for i = 1, 4 do
+      tasks[i] = async.spawn(function()
+        client:get("/delay?s=0.05")
+        order[#order + 1] = i
+      end)
+    end
+    for i = 1, 4 do tasks[i]:await() end
+    assert.are.same({ 1, 2, 3, 4 }, order)
+  end)
+
+  it("lose no permit when a waiter is cancelled", function()
+    local client = async.http.client { base_url = base, max_per_host = 1 }
+    local first = async.spawn(client.get, client, "/delay?s=0.2")
+    local waiter = async.spawn(client.get, client, "/delay?s=0.2")
+    async.sleep(0.05)
+    waiter:cancel()
+    assert.is_false(pcall(waiter.await, waiter))
+    local t0 = async.now()
+    assert.are.equal(200, client:get("/get").status) -- after first, not after the cancelled one
+    assert.is_true(async.now() - t0 < 0.3)
+    first:await()
+    -- Both permits back: two more in a row without waiting on anything.
+    t0 = async.now()
+    client:get("/get")
+    client:get("/get")
+    assert.is_true(async.now() - t0 < 0.2)
+  end)
+
+  it("keep a permit while a streamed body is read, until it ends or is closed", function()
+    local client = async.http.client { base_url = base, max_per_host = 1 }
+    local res = client:get("/endless", { stream = true })
+    local other = async.spawn(client.get, client, "/get")
+    async.sleep(0.1)
+    assert.is_false(other:done())
+    res:close()
+    assert.are.equal(200, other:await().status)
+    res = client:get("/bytes/1000", { stream = true })
+    assert.are.equal(1000, #read_all(res))
+    assert.are.equal(200, client:get("/get").status)
+  end)
+
+  it("check their limits when made", function()
+    for _, opts in ipairs { { max_per_host = 0 }, { max_connections = 1.5 }, { max_per_host = "2" } } do
+      local ok, err = pcall(async.http.client, opts)
+      assert.is_false(ok)
+      assert.are.equal("invalid", err.kind)
+      assert.is_string(err.option)
+    end
+  end)
+end)
