@@ -76,23 +76,23 @@ struct xfer {
   curl_off_t received;  /* body bytes accepted, for max_body on streams */
   size_t stream_buffer; /* unread bytes past which the transfer is paused */
   CURLcode result;
-  int status; /* of the response whose headers are coming in */
+  int status;             /* of the response whose headers are coming in */
   unsigned attached : 1;  /* in h->multi */
   unsigned too_large : 1; /* the body (or the headers) outgrew their limit */
   unsigned no_memory : 1;
   unsigned notify_queued : 1;
-  unsigned follow : 1;        /* follow_redirects */
-  unsigned has_location : 1;  /* the response coming in has a Location header */
-  unsigned stream : 1;        /* fetch returns at the headers, res:read() takes the body */
-  unsigned headers_done : 1;  /* the final response's headers are in */
-  unsigned done : 1;          /* finished, failed or aborted: curl will not call back again */
-  unsigned aborted : 1;       /* taken out before curl finished it */
-  unsigned closed : 1;        /* res:close() */
-  unsigned lua_failed : 1;    /* the body function raised; its error is the user value */
-  unsigned recv_paused : 1;   /* the write callback returned CURL_WRITEFUNC_PAUSE */
-  unsigned send_paused : 1;   /* the read callback returned CURL_READFUNC_PAUSE */
-  unsigned send_eof : 1;      /* the body function returned nil */
-  unsigned reading : 1;       /* x->task is in res:read(), not in fetch */
+  unsigned follow : 1;       /* follow_redirects */
+  unsigned has_location : 1; /* the response coming in has a Location header */
+  unsigned stream : 1;       /* fetch returns at the headers, res:read() takes the body */
+  unsigned headers_done : 1; /* the final response's headers are in */
+  unsigned done : 1;         /* finished, failed or aborted: curl will not call back again */
+  unsigned aborted : 1;      /* taken out before curl finished it */
+  unsigned closed : 1;       /* res:close() */
+  unsigned lua_failed : 1;   /* the body function raised; its error is the user value */
+  unsigned recv_paused : 1;  /* the write callback returned CURL_WRITEFUNC_PAUSE */
+  unsigned send_paused : 1;  /* the read callback returned CURL_READFUNC_PAUSE */
+  unsigned send_eof : 1;     /* the body function returned nil */
+  unsigned reading : 1;      /* x->task is in res:read(), not in fetch */
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -324,7 +324,8 @@ static void http_close(lasync__runtime *rt) {
   http *h = (http *)rt->http;
   if (h == NULL) return;
   rt->http = NULL;
-  while (h->transfers) abort_xfer(h->transfers);
+  /* Their tasks were cancelled before this runs, so no one is left to wake. */
+  while (h->transfers) detach(h->transfers);
   curl_multi_cleanup(h->multi); /* closes the idle connections; may call cb_socket */
   while (h->socks) close_sock(h, h->socks);
   uv_close((uv_handle_t *)&h->timer, on_http_closed);
@@ -418,8 +419,8 @@ static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
   } else if (x->stream && !x->headers_done && (n == 2 || n == 1) && p[n - 1] == '\n') {
     /* The blank line after the headers. Interim responses (1xx) and redirects that curl is
      * about to follow are not the final response. */
-    int redirect = x->follow && x->has_location && x->status >= 300 && x->status <= 399 &&
-                   x->status != 304;
+    int redirect =
+        x->follow && x->has_location && x->status >= 300 && x->status <= 399 && x->status != 304;
     if (x->status >= 200 && !redirect) headers_in(x);
   }
   if (x->head.len + n > MAX_HEADER_BYTES) {
@@ -924,7 +925,7 @@ static int l_fetch(lua_State *L) {
     return luaL_error(L, "async.fetch: not enough memory for a transfer");
   if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)
     return luaL_error(L, "async.fetch: cannot start the transfer");
-  link_xfer(h, x); /* curl's timer callback starts it from the loop */
+  link_xfer(h, x);                         /* curl's timer callback starts it from the loop */
   if (opt_bool(L, "start_only")) return 1; /* a body feeder needs x before fetch waits */
   return fetch_step(L, t, x);
 }
@@ -946,10 +947,14 @@ void lasync__open_http(lua_State *L) {
   lua_pushcfunction(L, xfer_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"_fetch", l_fetch},       {"_fetch_wait", l_fetch_wait},
-                                 {"_read", l_read},         {"_close", l_close},
-                                 {"_buffered", l_buffered}, {"_send_wait", l_send_wait},
-                                 {"_send", l_send},         {"_fail", l_fail},
+  static const luaL_Reg fns[] = {{"_fetch", l_fetch},
+                                 {"_fetch_wait", l_fetch_wait},
+                                 {"_read", l_read},
+                                 {"_close", l_close},
+                                 {"_buffered", l_buffered},
+                                 {"_send_wait", l_send_wait},
+                                 {"_send", l_send},
+                                 {"_fail", l_fail},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }
