@@ -239,10 +239,17 @@ static void update_pause(xfer *x) {
 }
 
 /* libuv calls this when a watched socket is ready. */
+/* lasync_step's budget is spent: I/O waits for the next step. A poll is level-triggered, so the
+ * socket is reported again; curl's timer is re-armed for the next turn. */
+static int over_budget(const lasync__runtime *rt) {
+  return rt->step_deadline && uv_hrtime() >= rt->step_deadline;
+}
+
 static void on_poll(uv_poll_t *handle, int status, int events) {
   sock *s = (sock *)handle->data;
   http *h = s->h;
   int running, flags = 0;
+  if (over_budget(h->rt)) return;
   if (status < 0) flags = CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
@@ -254,6 +261,10 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
 static void on_timeout(uv_timer_t *handle) {
   http *h = (http *)handle->data;
   int running;
+  if (over_budget(h->rt)) {
+    uv_timer_start(&h->timer, on_timeout, 1, 0);
+    return;
+  }
   curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   after_curl(h);
 }
