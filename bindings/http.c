@@ -528,31 +528,6 @@ static void set_seconds(lua_State *L, CURL *easy, CURLINFO info, const char *fie
 }
 
 /* Pushes {{name, value}, ...} from the last response's header lines. */
-static void push_header_list(lua_State *L, const buffer *head) {
-  const char *p = head->data, *end = head->data + head->len;
-  int n = 0;
-  lua_newtable(L);
-  while (p && p < end) {
-    const char *eol = memchr(p, '\n', (size_t)(end - p));
-    const char *line_end = eol ? eol : end, *colon, *v, *ve;
-    if (line_end > p && line_end[-1] == '\r') line_end--;
-    colon = memchr(p, ':', (size_t)(line_end - p));
-    if (colon && colon > p && memcmp(p, "HTTP/", 5) != 0) {
-      v = colon + 1;
-      ve = line_end;
-      while (v < ve && (*v == ' ' || *v == '\t')) v++;
-      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-      lua_createtable(L, 2, 0);
-      lua_pushlstring(L, p, (size_t)(colon - p));
-      lua_rawseti(L, -2, 1);
-      lua_pushlstring(L, v, (size_t)(ve - v));
-      lua_rawseti(L, -2, 2);
-      lua_rawseti(L, -2, ++n);
-    }
-    p = eol ? eol + 1 : end;
-  }
-}
-
 static const char *version_name(long v) {
   switch (v) {
     case CURL_HTTP_VERSION_1_0:
@@ -635,8 +610,9 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
     lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
     lua_setfield(L, -2, "body");
   }
-  push_header_list(L, &x->head);
-  lua_setfield(L, -2, "headers_list");
+  /* The final response's header block, parsed in lua/http.lua when first used. */
+  lua_pushlstring(L, x->head.data ? x->head.data : "", x->head.len);
+  lua_setfield(L, -2, "_head");
   lua_createtable(L, 0, 5);
   set_seconds(L, easy, CURLINFO_NAMELOOKUP_TIME_T, "dns");
   set_seconds(L, easy, CURLINFO_CONNECT_TIME_T, "connect");

@@ -3,7 +3,8 @@
 -- table the C side returns.
 local core, async = ...
 
-local error, ipairs, pairs, pcall, rawget, require = error, ipairs, pairs, pcall, rawget, require
+local error, ipairs, pairs, pcall, rawget, rawset, require = error, ipairs, pairs, pcall, rawget,
+  rawset, require
 local getmetatable, setmetatable = getmetatable, setmetatable
 local tonumber, tostring, type = tonumber, tostring, type
 local format, lower, concat, sort = string.format, string.lower, table.concat, table.sort
@@ -103,6 +104,15 @@ local KNOWN = {
   stream = true, stream_buffer = true,
 }
 
+-- The normalised options: only what differs from DEFAULTS is stored (bindings/http.c reads
+-- fields with lua_getfield, which sees through __index).
+local DEFAULTS_MT = { __index = DEFAULTS }
+local PLAIN = setmetatable({ headers = {} }, DEFAULTS_MT) -- a fetch with no options
+local SECONDS_OPTS = { "timeout", "connect_timeout", "low_speed_time" }
+local COUNT_OPTS = { "low_speed_limit", "max_redirects", "max_body", "stream_buffer" }
+local BOOLEAN_OPTS = { "follow_redirects", "verify_tls", "decompress", "stream" }
+local STRING_OPTS = { "ca_file", "proxy", "user_agent" }
+
 -- Checks the options and returns the final URL and the table bindings/http.c reads.
 local function normalise(fname, url, opts)
   if type(url) ~= "string" then
@@ -111,17 +121,16 @@ local function normalise(fname, url, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error(format("%s: bad argument #2 (options table expected, got %s)", fname, type(opts)), 3)
   end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not KNOWN[k] then invalid(fname, url, tostring(k), "unknown option") end
-  end
   if has_bad_chars(url) or url:find("[%s]") then
     invalid(fname, url, "url", "control characters or spaces in the URL")
   end
   if not url:find("^%a[%w+.-]*://") then invalid(fname, url, "url", "absolute URL expected") end
+  if opts == nil then return url, PLAIN end
+  for k in pairs(opts) do
+    if not KNOWN[k] then invalid(fname, url, tostring(k), "unknown option") end
+  end
 
-  local n = {}
-  for k, v in pairs(DEFAULTS) do n[k] = v end
+  local n = setmetatable({}, DEFAULTS_MT)
   local method = check_type(fname, url, opts, "method", "string")
   if method then
     if method == "" or not method:find("^[%w!#$%%&'*+.^_`|~-]+$") then
@@ -129,19 +138,19 @@ local function normalise(fname, url, opts)
     end
     n.method = method:upper()
   end
-  for _, k in ipairs { "timeout", "connect_timeout", "low_speed_time" } do
+  for _, k in ipairs(SECONDS_OPTS) do
     local v = check_seconds(fname, url, opts, k)
     if v ~= nil then n[k] = v end
   end
-  for _, k in ipairs { "low_speed_limit", "max_redirects", "max_body", "stream_buffer" } do
+  for _, k in ipairs(COUNT_OPTS) do
     local v = check_count(fname, url, opts, k)
     if v ~= nil then n[k] = v end
   end
-  for _, k in ipairs { "follow_redirects", "verify_tls", "decompress", "stream" } do
+  for _, k in ipairs(BOOLEAN_OPTS) do
     local v = check_type(fname, url, opts, k, "boolean")
     if v ~= nil then n[k] = v end
   end
-  for _, k in ipairs { "ca_file", "proxy", "user_agent" } do
+  for _, k in ipairs(STRING_OPTS) do
     local v = check_type(fname, url, opts, k, "string")
     if v ~= nil then
       if has_bad_chars(v) then invalid(fname, url, k, "CR, LF or NUL in the value") end
@@ -226,7 +235,27 @@ local Response = {}
 Response.__name = "lasync.Response"
 
 -- res.buffered: bytes of a streamed body received and not read yet (0 otherwise).
+-- The header block arrives as one string (_head) and is parsed on first use: most callers
+-- never look at the headers, and a table per header is the costliest part of a response.
+local function parse_head(self)
+  local list, map = {}, setmetatable({}, header_mt)
+  for line in (rawget(self, "_head") or ""):gmatch("[^\r\n]+") do
+    local name, value = line:match("^([^:]+):[ \t]*(.-)[ \t]*$")
+    if name and not line:find("^HTTP/") then
+      list[#list + 1] = { name, value, name = name, value = value }
+      map[lower(name)] = value -- a repeated header: the last value wins here
+    end
+  end
+  rawset(self, "headers_list", list)
+  rawset(self, "headers", map)
+  rawset(self, "_head", nil)
+end
+
 function Response.__index(self, k)
+  if k == "headers" or k == "headers_list" then
+    parse_head(self)
+    return rawget(self, k)
+  end
   if k == "buffered" then
     local x = rawget(self, "_stream")
     return x and stream_buffered(x) or 0
@@ -310,12 +339,6 @@ end
 Response.__close = Response.close
 
 local function make_response(raw)
-  local headers = setmetatable({}, header_mt)
-  for _, h in ipairs(raw.headers_list) do
-    h.name, h.value = h[1], h[2]
-    headers[lower(h[1])] = h[2] -- a repeated header: the last value wins here
-  end
-  raw.headers = headers
   raw.ok = raw.status >= 200 and raw.status <= 299
   return setmetatable(raw, Response)
 end
