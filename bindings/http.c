@@ -24,6 +24,7 @@
 #include "private.h"
 
 #define XFER_MT "lasync.Transfer"
+#define EASY_POOL_MAX 64
 #define MAX_HEADER_BYTES (1024 * 1024) /* all the header lines of one response */
 #define DEFAULT_STREAM_BUFFER (1024 * 1024)
 
@@ -45,6 +46,10 @@ struct http {
   xfer *transfers;    /* attached to the multi, in flight */
   struct sock *socks; /* watched sockets */
   xfer *notify;       /* transfers whose waiting tasks a curl callback wants woken */
+  /* Easy handles of finished transfers, reset and reused: creating one costs more than all
+   * the options set on it. */
+  CURL *easy_pool[EASY_POOL_MAX];
+  int easy_pooled;
 };
 
 /* A socket curl asked us to watch. Allocated apart from everything else and freed in its
@@ -163,10 +168,16 @@ static void detach(xfer *x) {
   curl_multi_remove_handle(h->multi, x->easy);
 }
 
-/* Frees everything but the userdata itself; __gc and a finished fetch share it. */
-static void release(xfer *x) {
+/* Frees everything but the userdata itself; __gc and a finished fetch share it. A finished
+ * fetch passes its (live) http state, to which the easy handle returns for reuse. */
+static void release_to(xfer *x, http *pool) {
   detach(x);
-  if (x->easy) curl_easy_cleanup(x->easy);
+  if (x->easy && pool && pool->easy_pooled < EASY_POOL_MAX) {
+    curl_easy_reset(x->easy);
+    pool->easy_pool[pool->easy_pooled++] = x->easy;
+  } else if (x->easy) {
+    curl_easy_cleanup(x->easy);
+  }
   x->easy = NULL;
   curl_slist_free_all(x->headers);
   x->headers = NULL;
@@ -174,6 +185,8 @@ static void release(xfer *x) {
   buffer_free(&x->head);
   buffer_free(&x->send);
 }
+
+static void release(xfer *x) { release_to(x, NULL); }
 
 static int xfer_gc(lua_State *L) {
   release((xfer *)lua_touserdata(L, 1));
@@ -337,6 +350,7 @@ static void http_close(lasync__runtime *rt) {
   rt->http = NULL;
   /* Their tasks were cancelled before this runs, so no one is left to wake. */
   while (h->transfers) detach(h->transfers);
+  while (h->easy_pooled > 0) curl_easy_cleanup(h->easy_pool[--h->easy_pooled]);
   curl_multi_cleanup(h->multi); /* closes the idle connections; may call cb_socket */
   while (h->socks) close_sock(h, h->socks);
   uv_close((uv_handle_t *)&h->timer, on_http_closed);
@@ -520,14 +534,14 @@ static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
 
 /* ---- building the raw response ---- */
 
-static void set_seconds(lua_State *L, CURL *easy, CURLINFO info, const char *field) {
+/* Stores curl's counter as raw[i], seconds: lua/http.lua makes `timings` of them when read. */
+static void set_seconds(lua_State *L, CURL *easy, CURLINFO info, int i) {
   curl_off_t us = 0;
   curl_easy_getinfo(easy, info, &us);
   lua_pushnumber(L, (lua_Number)us / 1e6);
-  lua_setfield(L, -2, field);
+  lua_rawseti(L, -2, i);
 }
 
-/* Pushes {{name, value}, ...} from the last response's header lines. */
 static const char *version_name(long v) {
   switch (v) {
     case CURL_HTTP_VERSION_1_0:
@@ -594,7 +608,7 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_getinfo(easy, CURLINFO_REDIRECT_COUNT, &redirects);
   curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 5, 8);
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, "url");
   lua_pushinteger(L, status);
@@ -613,14 +627,12 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
   /* The final response's header block, parsed in lua/http.lua when first used. */
   lua_pushlstring(L, x->head.data ? x->head.data : "", x->head.len);
   lua_setfield(L, -2, "_head");
-  lua_createtable(L, 0, 5);
-  set_seconds(L, easy, CURLINFO_NAMELOOKUP_TIME_T, "dns");
-  set_seconds(L, easy, CURLINFO_CONNECT_TIME_T, "connect");
-  set_seconds(L, easy, CURLINFO_APPCONNECT_TIME_T, "tls");
-  set_seconds(L, easy, CURLINFO_STARTTRANSFER_TIME_T, "first_byte");
-  set_seconds(L, easy, CURLINFO_TOTAL_TIME_T, "total");
-  lua_setfield(L, -2, "timings");
-  if (!x->stream) release(x); /* the memory goes now rather than at the next collection */
+  set_seconds(L, easy, CURLINFO_NAMELOOKUP_TIME_T, 1);
+  set_seconds(L, easy, CURLINFO_CONNECT_TIME_T, 2);
+  set_seconds(L, easy, CURLINFO_APPCONNECT_TIME_T, 3);
+  set_seconds(L, easy, CURLINFO_STARTTRANSFER_TIME_T, 4);
+  set_seconds(L, easy, CURLINFO_TOTAL_TIME_T, 5);
+  if (!x->stream) release_to(x, x->h); /* the memory goes now, the easy handle to the pool */
   return 1;
 }
 
@@ -907,7 +919,7 @@ static int l_fetch(lua_State *L) {
   memset(x, 0, sizeof *x);
   x->h = h;
   luaL_setmetatable(L, XFER_MT);
-  x->easy = curl_easy_init();
+  x->easy = h->easy_pooled > 0 ? h->easy_pool[--h->easy_pooled] : curl_easy_init();
   if (x->easy == NULL || setup(L, x, url) != 0)
     return luaL_error(L, "async.fetch: not enough memory for a transfer");
   if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)

@@ -256,6 +256,13 @@ function Response.__index(self, k)
     parse_head(self)
     return rawget(self, k)
   end
+  if k == "timings" then -- curl's counters, kept as raw[1..5] until asked for
+    local t = { dns = rawget(self, 1), connect = rawget(self, 2), tls = rawget(self, 3),
+      first_byte = rawget(self, 4), total = rawget(self, 5) }
+    for i = 1, 5 do rawset(self, i, nil) end
+    rawset(self, "timings", t)
+    return t
+  end
   if k == "buffered" then
     local x = rawget(self, "_stream")
     return x and stream_buffered(x) or 0
