@@ -101,8 +101,81 @@ local KNOWN = {
   connect_timeout = true, low_speed_limit = true, low_speed_time = true,
   follow_redirects = true, max_redirects = true, max_body = true, verify_tls = true,
   ca_file = true, proxy = true, http_version = true, decompress = true, user_agent = true,
-  stream = true, stream_buffer = true,
+  stream = true, stream_buffer = true, retry = true,
 }
+
+-- ---- retries: opts.retry = {attempts, backoff, max_delay, jitter, retry_if} ----
+
+local RETRY_KNOWN = { attempts = true, backoff = true, max_delay = true, jitter = true,
+  retry_if = true }
+-- Failures worth another attempt: the network's, not the caller's (invalid, too_large, tls).
+local RETRY_KINDS = { dns = true, connect = true, timeout = true, protocol = true }
+local RETRY_STATUS = { [429] = true, [502] = true, [503] = true, [504] = true }
+
+local function check_retry(fname, url, r)
+  if r == nil then return nil end
+  for k in pairs(r) do
+    if not RETRY_KNOWN[k] then invalid(fname, url, "retry", "unknown field '" .. tostring(k) .. "'") end
+  end
+  local function number(k, dflt, least)
+    local v = r[k]
+    if v == nil then return dflt end
+    if type(v) ~= "number" or v ~= v or v < least then
+      invalid(fname, url, "retry", format("'%s' must be a number >= %s", k, least))
+    end
+    return v
+  end
+  local retry_if = r.retry_if
+  if retry_if ~= nil and type(retry_if) ~= "function" then
+    invalid(fname, url, "retry", "'retry_if' must be a function")
+  end
+  return { attempts = math.floor(number("attempts", 3, 1)), backoff = number("backoff", 0.1, 0),
+    max_delay = number("max_delay", 30, 0), jitter = r.jitter ~= false, retry_if = retry_if }
+end
+
+-- Retry-After: delay-seconds or an HTTP-date (RFC 9110), as seconds from now.
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9,
+  Oct = 10, Nov = 11, Dec = 12 }
+local function retry_after(res)
+  local v = res.headers["retry-after"]
+  if not v then return nil end
+  local n = tonumber(v)
+  if n then return n >= 0 and n or nil end
+  local d, mon, y, hh, mm, ss = v:match("^%a+, (%d+) (%a+) (%d+) (%d+):(%d+):(%d+) GMT$")
+  if not d or not MONTHS[mon] then return nil end
+  local utc = { year = tonumber(y), month = MONTHS[mon], day = tonumber(d), hour = tonumber(hh),
+    min = tonumber(mm), sec = tonumber(ss) }
+  -- os.time reads a local time: correct by the offset between local and UTC now.
+  local now = os.time()
+  local offset = os.time(os.date("!*t", now)) - now
+  return math.max(0, os.time(utc) - offset - now)
+end
+
+-- Runs once(url, n) until it succeeds, with exponential backoff and jitter between attempts. A
+-- 429/502/503/504 response is retried too (honouring Retry-After), and returned as it is after
+-- the last attempt; errors of the caller's making, and cancellation, are raised at once.
+local function with_retries(url, n, once)
+  local r = n.retry
+  for attempt = 1, r.attempts do
+    local ok, res = pcall(once, url, n)
+    local last, delay = attempt == r.attempts, nil
+    if ok then
+      if last or not RETRY_STATUS[res.status] or (r.retry_if and not r.retry_if(res, attempt)) then
+        return res
+      end
+      delay = retry_after(res)
+      res:close()
+    elseif last or type(res) ~= "table" or not RETRY_KINDS[res.kind]
+        or (r.retry_if and not r.retry_if(res, attempt)) then
+      error(res, 0)
+    end
+    if not delay then
+      delay = r.backoff * 2 ^ (attempt - 1)
+      if r.jitter then delay = delay * (0.5 + 0.5 * math.random()) end
+    end
+    async.sleep(math.min(delay, r.max_delay))
+  end
+end
 
 -- The normalised options: only what differs from DEFAULTS is stored (bindings/http.c reads
 -- fields with lua_getfield, which sees through __index).
@@ -219,6 +292,7 @@ local function normalise(fname, url, opts)
 
   local query = check_type(fname, url, opts, "query", "table")
   if query then url = add_query(fname, url, query) end
+  n.retry = check_retry(fname, url, check_type(fname, url, opts, "retry", "table"))
   return url, n
 end
 
@@ -388,9 +462,14 @@ end
 
 --- async.fetch(url [, opts]) -> Response. Suspends the calling task until the transfer ends
 --- (with opts.stream, until the final response's headers are in).
+local function fetch_once(final_url, normalised)
+  return make_response(run(final_url, normalised))
+end
+
 function async.fetch(url, opts)
   local final_url, normalised = normalise("async.fetch", url, opts)
-  return make_response(run(final_url, normalised))
+  if normalised.retry then return with_retries(final_url, normalised, fetch_once) end
+  return fetch_once(final_url, normalised)
 end
 
 -- ---- clients: their own defaults ----
@@ -515,15 +594,8 @@ local function merge(defaults, opts)
   return out
 end
 
-function Client:fetch(url, opts)
-  if type(url) ~= "string" then
-    error(format("client:fetch: bad argument #1 (URL string expected, got %s)", type(url)), 2)
-  end
-  if self.base_url and not url:find("^%a[%w+.-]*://") then
-    url = self.base_url:gsub("/+$", "") .. "/" .. url:gsub("^/+", "")
-  end
-  local final_url, normalised = normalise("async.fetch", url, merge(self.defaults, opts))
-  if not self.limits then return make_response(run(final_url, normalised)) end
+-- One attempt under the client's connection limits.
+local function limited_once(self, final_url, normalised)
   local permit = take_permit(self.limits, final_url)
   local ok, raw = pcall(run, final_url, normalised)
   if ok and raw._stream then
@@ -536,6 +608,21 @@ function Client:fetch(url, opts)
   end
   return make_response(raw)
 end
+
+function Client:fetch(url, opts)
+  if type(url) ~= "string" then
+    error(format("client:fetch: bad argument #1 (URL string expected, got %s)", type(url)), 2)
+  end
+  if self.base_url and not url:find("^%a[%w+.-]*://") then
+    url = self.base_url:gsub("/+$", "") .. "/" .. url:gsub("^/+", "")
+  end
+  local final_url, normalised = normalise("async.fetch", url, merge(self.defaults, opts))
+  local once = fetch_once
+  if self.limits then once = function(u, n) return limited_once(self, u, n) end end
+  if normalised.retry then return with_retries(final_url, normalised, once) end
+  return once(final_url, normalised)
+end
+
 
 local function with_method(method)
   return function(self, url, opts)

@@ -559,6 +559,22 @@ class Handler(BaseHTTPRequestHandler):
         self.respond(status, "retry after %s\n" % after,
                      headers=[("Retry-After", after)])
 
+    def ep_flaky(self):
+        # /flaky?key=K&fail=N&status=503&after=S: the first N requests with key K get the status
+        # (with Retry-After: S when given), later ones 200 "recovered after N".
+        key = self.qstr("key", "")
+        fail = self.qint("fail", 1)
+        status = self.qint("status", 503)
+        with FLAKY_LOCK:
+            seen = FLAKY.get(key, 0) + 1
+            FLAKY[key] = seen
+        if seen <= fail:
+            after = self.qstr("after", "")
+            self.respond(status, "failing %d/%d\n" % (seen, fail),
+                         headers=[("Retry-After", after)] if after else [])
+        else:
+            self.respond(200, "recovered after %d\n" % fail)
+
     def ep_count(self):
         requests, connections = STATS.snapshot()
         self.respond_json(200, {"requests": requests, "connections": connections,
@@ -567,6 +583,9 @@ class Handler(BaseHTTPRequestHandler):
     def ep_cert(self):
         self.respond(200, CERT_PEM, "application/x-pem-file")
 
+
+FLAKY = {}
+FLAKY_LOCK = threading.Lock()
 
 ROUTES = {
     "get": Handler.ep_get,
@@ -593,6 +612,7 @@ ROUTES = {
     "headers-multi": Handler.ep_headers_multi,
     "retry-after": Handler.ep_retry_after,
     "count": Handler.ep_count,
+    "flaky": Handler.ep_flaky,
     "cert.pem": Handler.ep_cert,
 }
 ROUTES_WITH_ARG = {"status", "redirect", "bytes", "stream-bytes"}
