@@ -50,6 +50,10 @@ struct http {
    * the options set on it. */
   CURL *easy_pool[EASY_POOL_MAX];
   int easy_pooled;
+  /* The watched socket of each descriptor, so a descriptor never has two polls: if curl reuses
+   * a number whose old socket we still watch, the old poll is closed first. */
+  struct sock **by_fd;
+  size_t by_fd_len;
 };
 
 /* A socket curl asked us to watch. Allocated apart from everything else and freed in its
@@ -57,6 +61,8 @@ struct http {
 typedef struct sock {
   uv_poll_t poll;
   curl_socket_t fd;
+  int events;  /* what curl asked us to watch */
+  int closing; /* uv_close called; freed in its close callback */
   http *h;
   struct sock *next, *prev;
 } sock;
@@ -264,11 +270,20 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
   sock *s = (sock *)handle->data;
   http *h = s->h;
   int running, flags = 0;
-  if (over_budget(h->rt)) return;
-  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (status >= 0 && over_budget(h->rt)) return; /* an error stopped the poll: handle it now */
+  if (status < 0) {
+    /* POLLERR: libuv reports EBADF and stops the poll. Rather than CURL_CSELECT_ERR (which
+     * fails the transfer with "select/poll returned error"), let curl read or write and meet
+     * the real error: on a reused keep-alive connection the server closed, curl then retries
+     * on a fresh connection instead of failing. */
+    events = s->events;
+  }
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   curl_multi_socket_action(h->multi, s->fd, flags, &running); /* may close s */
+  /* After an error the poll is stopped; if curl still wants the socket watched, watch again. */
+  if (status < 0 && !s->closing && s->events && !uv_is_active((uv_handle_t *)&s->poll))
+    uv_poll_start(&s->poll, s->events, on_poll);
   after_curl(h);
 }
 
@@ -287,6 +302,8 @@ static void on_timeout(uv_timer_t *handle) {
 static void on_sock_closed(uv_handle_t *handle) { free(handle->data); }
 
 static void close_sock(http *h, sock *s) {
+  s->closing = 1;
+  if ((size_t)s->fd < h->by_fd_len && h->by_fd[s->fd] == s) h->by_fd[s->fd] = NULL;
   if (s->prev)
     s->prev->next = s->next;
   else
@@ -309,6 +326,18 @@ static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void
     return 0;
   }
   if (s == NULL) {
+    if (fd < 0) return -1;
+    if ((size_t)fd >= h->by_fd_len) {
+      size_t len = h->by_fd_len ? h->by_fd_len : 256;
+      sock **by_fd;
+      while (len <= (size_t)fd) len *= 2;
+      by_fd = (sock **)realloc(h->by_fd, len * sizeof *by_fd);
+      if (by_fd == NULL) return -1;
+      memset(by_fd + h->by_fd_len, 0, (len - h->by_fd_len) * sizeof *by_fd);
+      h->by_fd = by_fd;
+      h->by_fd_len = len;
+    }
+    if (h->by_fd[fd]) close_sock(h, h->by_fd[fd]); /* a stale watch of a closed socket */
     s = (sock *)calloc(1, sizeof *s);
     if (s == NULL) return -1;
     if (uv_poll_init_socket(h->rt->loop, &s->poll, fd) != 0) {
@@ -321,10 +350,12 @@ static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void
     s->next = h->socks;
     if (h->socks) h->socks->prev = s;
     h->socks = s;
+    h->by_fd[fd] = s;
     curl_multi_assign(h->multi, fd, s);
   }
   if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) events |= UV_READABLE;
   if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) events |= UV_WRITABLE;
+  s->events = events;
   if (events)
     uv_poll_start(&s->poll, events, on_poll);
   else
@@ -355,6 +386,9 @@ static void http_close(lasync__runtime *rt) {
   while (h->easy_pooled > 0) curl_easy_cleanup(h->easy_pool[--h->easy_pooled]);
   curl_multi_cleanup(h->multi); /* closes the idle connections; may call cb_socket */
   while (h->socks) close_sock(h, h->socks);
+  free(h->by_fd);
+  h->by_fd = NULL;
+  h->by_fd_len = 0;
   uv_close((uv_handle_t *)&h->timer, on_http_closed);
 }
 

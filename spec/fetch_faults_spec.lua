@@ -1,0 +1,74 @@
+-- Faults around fetch that need volume or timing: descriptors reused under heavy keep-alive
+-- churn, bodies that drip, cancellation at each stage of a transfer. Against
+-- spec/support/server.py on 127.0.0.1.
+package.path = "spec/support/?.lua;" .. package.path
+local async = require "lasync"
+local assert_clean = require "clean"
+
+local server, base, tls_base
+
+describe("fetch under faults", function()
+  setup(function()
+    server = io.popen("exec python3 spec/support/server.py")
+    local http, https = (server:read("l") or ""):match("^READY http=(%d+) https=(%d+)")
+    assert(http, "the test server did not start")
+    base, tls_base = "http://127.0.0.1:" .. http, "https://127.0.0.1:" .. https
+  end)
+  teardown(function() if server then server:close() end end)
+  after_each(assert_clean)
+
+  it("survives heavy keep-alive churn: sockets closed and their descriptors reused", function()
+    -- Half the requests ask the server to close the connection, so curl keeps closing sockets
+    -- and opening new ones that get the same descriptor numbers while others are polled.
+    local n, ok = 600, 0
+    local next_i = 0
+    local function worker()
+      while next_i < n do
+        next_i = next_i + 1
+        local close = next_i % 2 == 0
+        local res = async.fetch(base .. "/bytes/64",
+          { headers = close and { Connection = "close" } or nil })
+        if res.status == 200 and #res.body == 64 then ok = ok + 1 end
+      end
+    end
+    local workers = {}
+    for i = 1, 30 do workers[i] = worker end
+    async.gather(workers)
+    assert.are.equal(n, ok)
+    assert.are.equal(0, async._debug.counts().handles)
+  end)
+
+  it("gives a body that drips one byte at a time exactly as a normal one", function()
+    local dripped = async.fetch(base .. "/drip?n=40&delay=0.005")
+    assert.are.equal(200, dripped.status)
+    assert.are.equal(40, #dripped.body)
+  end)
+
+  it("can cancel a transfer while it connects, during the TLS handshake and mid-body", function()
+    -- During connect and handshake: the TLS endpoint is slow to be served under load; cancel
+    -- right after the request has started.
+    for _, url in ipairs({ tls_base .. "/get", base .. "/slow-headers?s=2",
+                           base .. "/drip?n=50&delay=0.05" }) do
+      local t = async.spawn(async.fetch, url, { verify_tls = false })
+      async.sleep(url:find("drip") and 0.2 or 0)
+      t:cancel()
+      local ok, err = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_true(async.is_cancelled(err), tostring(err))
+    end
+    -- The runtime is intact: a fetch after all that works.
+    assert.are.equal(200, async.fetch(base .. "/get").status)
+  end)
+
+  it("keeps other tasks running while a transfer fails", function()
+    local ticks = 0
+    local ticker = async.spawn(function()
+      for _ = 1, 10 do async.sleep(0.01); ticks = ticks + 1 end
+    end)
+    local ok, err = pcall(async.fetch, base .. "/cut?n=1000&send=100")
+    assert.is_false(ok)
+    assert.are.equal("protocol", err.kind)
+    ticker:await()
+    assert.are.equal(10, ticks)
+  end)
+end)
