@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# fuzz/build.sh [OUT_DIR]   (default build-fuzz)
+#
+# Builds the libFuzzer targets (fuzz/fuzz_*.c) with Debian's clang: the lasync sources
+# (bindings/*.c, host/embed.c and lua/*.lua embedded the way CMake embeds them) compiled with
+# -fsanitize=fuzzer-no-link,address,undefined, and each target linked with -fsanitize=fuzzer.
+# Needs clang and libclang-rt-14-dev (`make fuzz` installs them through .ci/deps).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${1:-$ROOT/build-fuzz}
+CC=${FUZZ_CC:-clang}
+mkdir -p "$OUT/obj"
+OUT=$(cd "$OUT" && pwd)
+command -v "$CC" >/dev/null || { echo "fuzz/build.sh: $CC not found (apt-get install clang libclang-rt-14-dev)" >&2; exit 2; }
+
+SAN=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+CFLAGS=(-g -O1 -std=gnu11 -Wall -Wno-unused-parameter "${SAN[@]}")
+# shellcheck disable=SC2207 # word lists from pkg-config
+PKG_CFLAGS=($(pkg-config --cflags lua5.4 libuv libcurl))
+# shellcheck disable=SC2207
+PKG_LIBS=($(pkg-config --libs lua5.4 libuv libcurl))
+
+# lua/*.lua as C arrays, with the same script the CMake build runs.
+LUA_SOURCES=$(printf '%s|' "$ROOT"/lua/lasync.lua "$ROOT"/lua/host.lua "$ROOT"/lua/http.lua \
+  "$ROOT"/lua/sync.lua "$ROOT"/lua/scope.lua)
+cmake -DOUT="$OUT/embedded.c" "-DSOURCES=${LUA_SOURCES%|}" -P "$ROOT/cmake/embed.cmake"
+
+objs=()
+for src in "$ROOT"/bindings/*.c "$ROOT"/host/embed.c "$OUT/embedded.c"; do
+  obj=$OUT/obj/$(basename "${src%.c}").o
+  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$ROOT/bindings/private.h" -nt "$obj" ] ||
+    [ "$ROOT/host/lasync.h" -nt "$obj" ]; then
+    "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer-no-link "${PKG_CFLAGS[@]}" -I"$ROOT/bindings" -I"$ROOT/host" \
+      -c "$src" -o "$obj" &
+  fi
+  objs+=("$obj")
+done
+wait
+
+for target in "$ROOT"/fuzz/fuzz_*.c; do
+  name=$(basename "${target%.c}")
+  "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer "${PKG_CFLAGS[@]}" -I"$ROOT/host" "$target" "${objs[@]}" \
+    "${PKG_LIBS[@]}" -lm -lpthread -o "$OUT/$name"
+  echo "fuzz/build.sh: built $OUT/$name"
+done
