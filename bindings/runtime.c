@@ -71,8 +71,14 @@ void lasync__enqueue(lasync__task *t, int wake) {
   if (rt->ready_len++ == 0) uv_idle_start(&rt->idle, on_idle);
 }
 
+static int new_thread(lua_State *L) {
+  lua_newthread(L);
+  return 1;
+}
+
 /* A coroutine for a new task: an idle one from the pool, else a fresh thread. Leaves it on the
- * main thread's stack. */
+ * main thread's stack, or returns NULL with the memory error there: this runs in a libuv
+ * callback, outside any protected call, so a fresh thread is made under lua_pcall. */
 static lua_State *acquire_coroutine(lasync__runtime *rt) {
   lua_State *L = rt->L;
   lua_State *co;
@@ -84,7 +90,9 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
     lua_remove(L, -2);
     return lua_tothread(L, -1);
   }
-  co = lua_newthread(L);
+  lua_pushcfunction(L, new_thread);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) return NULL;
+  co = lua_tothread(L, -1);
   return co;
 }
 
@@ -108,6 +116,11 @@ static int start_task(lasync__runtime *rt, lasync__task *t) {
   lua_checkstack(L, nargs + 6);
   lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);                      /* [task] */
   co = acquire_coroutine(rt);                         /* [task, co] */
+  if (co == NULL) {                                  /* [task, error]: fail it, unstarted */
+    lua_setiuservalue(L, -2, LASYNC__UV_FN);
+    lua_pop(L, 1);
+    return -1;
+  }
   lua_setiuservalue(L, -2, LASYNC__UV_CO);           /* [task] */
   t->co = co;
   t->status = LASYNC__RUNNING;
@@ -202,6 +215,10 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
       return;
     }
     nargs = start_task(rt, t);
+    if (nargs < 0) {
+      lasync__task_settle(rt, t, LASYNC__FAILED, 0);
+      return;
+    }
   }
   rt->current = t;
   if (rt->debug) {
@@ -330,7 +347,9 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   rt->sites_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushlightuserdata(L, rt);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
-  lua_newtable(L);
+  /* Sized for POOL_MAX up front, so putting a coroutine back never allocates (it happens in a
+   * libuv callback, where a memory error would have no protected call to land in). */
+  lua_createtable(L, POOL_MAX, 0);
   rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* The entry every task body runs through: xpcall with the traceback handler. */
   lua_createtable(L, 2, 0);

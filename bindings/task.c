@@ -157,17 +157,25 @@ int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx) {
 /* The sentinel of a failed task that nobody has looked at yet: if it is collected first, the
  * failure is reported then, so no error is silently dropped. */
 typedef struct {
-  lasync__runtime *rt;
   int observed;
 } sentinel;
 
+/* The runtime is looked up, not remembered: an embedder's state outlives lasync_destroy(), and a
+ * sentinel collected after it must not touch the freed runtime (the allocation-failure sweep
+ * found that use after free). Detached, the report goes to stderr. */
 static int sentinel_gc(lua_State *L) {
   sentinel *s = (sentinel *)lua_touserdata(L, 1);
   if (!s->observed) {
+    lasync__runtime *rt = lasync__runtime_get(L);
     s->observed = 1;
-    s->rt->unhandled_failures++;
     lua_getiuservalue(L, 1, 1);
-    lasync__report(s->rt, lua_tostring(L, -1));
+    if (rt) {
+      rt->unhandled_failures++;
+      lasync__report(rt, lua_tostring(L, -1));
+    } else {
+      fprintf(stderr, "lasync: a task failed and nobody awaited it:\n%s\n", lua_tostring(L, -1));
+      fflush(stderr);
+    }
   }
   return 0;
 }
@@ -186,7 +194,6 @@ static void attach_sentinel(lasync__runtime *rt, lasync__task *t) {
   sentinel *s;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                         /* [task] */
   s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 1);   /* [task, s] */
-  s->rt = rt;
   s->observed = 0;
   lasync__push_failure_report(L, t);
   lua_setiuservalue(L, -2, 1);

@@ -282,7 +282,9 @@ int lasync_destroy(lasync_runtime *rt) {
   if (owns_state) {
     lua_close(L);
   } else {
-    /* The state lives on: forget the runtime so nothing in it points here any more. */
+    /* The state lives on: forget the runtime so nothing in it points here any more. Failed
+     * tasks nobody looked at and nobody holds are reported to on_error now, while it exists. */
+    lua_gc(L, LUA_GCCOLLECT);
     lua_pushnil(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
     lasync__runtime_detach(rt);
@@ -298,26 +300,45 @@ void lasync_set_data(lasync_runtime *rt, void *data) { rt->data = data; }
 
 /* ---- tasks ---- */
 
+/* Under lua_pcall: [hold, fn, args...] -> [task, light(task)]. Making the task and holding it
+ * both allocate, and the embedder's call is not a protected one. */
+static int spawn_protected(lua_State *L) {
+  int hold = lua_toboolean(L, 1);
+  lasync__task *t = lasync__spawn(L, 2, lua_gettop(L) - 2); /* [..., task] */
+  if (hold) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
+    lua_pushvalue(L, -2);
+    lua_rawsetp(L, -2, t);
+    lua_pop(L, 1);
+  } else {
+    t->report_now = 1;
+  }
+  lua_pushlightuserdata(L, t);
+  return 2;
+}
+
 /* Spawns the function below nargs arguments on the main thread's stack. */
 static int spawn(lasync_runtime *rt, int nargs, lasync_task **out) {
   lua_State *L = rt->L;
-  lasync__task *t;
+  int base = lua_gettop(L) - nargs; /* the function */
   if (out) *out = NULL;
   if (rt->closing) {
     lua_pop(L, nargs + 1);
     return LASYNC_EBUSY;
   }
-  t = lasync__spawn(L, lua_gettop(L) - nargs, nargs); /* [task] */
-  if (out) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
-    lua_pushvalue(L, -2);
-    lua_rawsetp(L, -2, t);
-    lua_pop(L, 1);
-    *out = t;
-  } else {
-    t->report_now = 1;
+  if (!lua_checkstack(L, 2)) {
+    lua_pop(L, nargs + 1);
+    return LASYNC_ENOMEM;
   }
-  lua_pop(L, 1);
+  lua_pushcfunction(L, spawn_protected);
+  lua_pushboolean(L, out != NULL);
+  lua_rotate(L, base, 2); /* [spawn_protected, hold, fn, args...] */
+  if (lua_pcall(L, nargs + 2, 2, 0) != LUA_OK) {
+    lua_pop(L, 1); /* a memory error: nothing was spawned */
+    return LASYNC_ENOMEM;
+  }
+  if (out) *out = (lasync__task *)lua_touserdata(L, -1);
+  lua_pop(L, 2);
   return LASYNC_OK;
 }
 
@@ -409,5 +430,9 @@ int lasync_step(lasync_runtime *rt, double budget_ms) {
 int lasync_backend_fd(lasync_runtime *rt) { return uv_backend_fd(rt->loop); }
 
 int lasync_backend_timeout(lasync_runtime *rt) {
-  return rt->ready_len > 0 ? 0 : uv_backend_timeout(rt->loop);
+  if (rt->ready_len > 0) return 0;
+  /* uv_backend_timeout() answers 0, not -1, for a loop with nothing active: a host following
+   * lasync.h would spin instead of seeing that nothing is scheduled. */
+  if (!uv_loop_alive(rt->loop)) return -1;
+  return uv_backend_timeout(rt->loop);
 }
