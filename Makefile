@@ -3,7 +3,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test demo sanitize bench clean
+.PHONY: all deps build test demo sanitize bench soak fuzz clean
 
 all: build
 
@@ -35,6 +35,15 @@ sanitize: deps
 bench: build
 	@.ci/deps time
 	bench/run $(BUILD)
+
+# Long checks, not in CI (issue 6; soak/README.md, fuzz/README.md).
+soak: build
+	@.ci/deps time
+	soak/run $(BUILD)
+
+fuzz: deps
+	@.ci/deps clang libclang-rt-14-dev
+	fuzz/run
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
