@@ -7,16 +7,6 @@
 
 #include "private.h"
 
-static const char *const STATUS_NAMES[] = {"pending", "running", "done", "failed", "cancelled"};
-
-static lasync__task *check_task(lua_State *L, int idx, const char *fname) {
-  lasync__task *t = lasync__totask(L, idx);
-  if (t == NULL)
-    luaL_error(L, "%s: bad argument #%d (task expected, got %s)", fname, idx,
-               luaL_typename(L, idx));
-  return t;
-}
-
 /* Pushes the task's name, or nil. */
 static int push_name(lua_State *L, int task_idx) {
   if (lua_getiuservalue(L, task_idx, LASYNC__UV_EXTRA) == LUA_TTABLE) {
@@ -27,7 +17,7 @@ static int push_name(lua_State *L, int task_idx) {
 }
 
 static int task_name(lua_State *L) {
-  check_task(L, 1, "task:name");
+  lasync__check_task_arg(L, 1, "task:name");
   if (!push_name(L, 1)) {
     lua_pop(L, 1);
     lua_pushnil(L);
@@ -36,7 +26,7 @@ static int task_name(lua_State *L) {
 }
 
 static int task_set_name(lua_State *L) {
-  check_task(L, 1, "task:set_name");
+  lasync__check_task_arg(L, 1, "task:set_name");
   if (!lua_isstring(L, 2))
     return luaL_error(L, "task:set_name: bad argument #1 (string expected, got %s)",
                       luaL_typename(L, 2));
@@ -82,7 +72,7 @@ static int l_tasks(lua_State *L) {
         lua_setfield(L, -2, "name");
       else
         lua_pop(L, 1);
-      lua_pushstring(L, STATUS_NAMES[t->status]);
+      lua_pushstring(L, lasync__status_names[t->status]);
       lua_setfield(L, -2, "status");
       lua_pushnumber(L, (now - (double)t->spawned_ms) / 1000.0);
       lua_setfield(L, -2, "age");

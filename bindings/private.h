@@ -180,6 +180,9 @@ lasync__task *lasync__check_task(lua_State *L, const char *fname);
  * one has arrived, since running cleanup then is what it is for. */
 lasync__task *lasync__check_suspendable(lua_State *L, const char *fname);
 lasync__task *lasync__totask(lua_State *L, int idx);
+/* The task at idx, or raises "<fname>: bad argument #idx (task expected, got ...)". */
+lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname);
+extern const char *const lasync__status_names[]; /* indexed by enum lasync__status */
 int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data);
 void lasync__wake(lasync__task *t);
 int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx);

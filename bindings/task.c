@@ -8,7 +8,7 @@
 
 #include "private.h"
 
-static const char *const STATUS_NAMES[] = {"pending", "running", "done", "failed", "cancelled"};
+const char *const lasync__status_names[] = {"pending", "running", "done", "failed", "cancelled"};
 
 #define TASK_OF(ptr, field) ((lasync__task *)((char *)(ptr)-offsetof(lasync__task, field)))
 
@@ -449,7 +449,7 @@ static int l_spawn(lua_State *L) {
 
 /* ---- Task methods ---- */
 
-static lasync__task *check_task_arg(lua_State *L, int idx, const char *fname) {
+lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname) {
   lasync__task *t = lasync__totask(L, idx);
   if (t == NULL)
     luaL_error(L, "%s: bad argument #%d (task expected, got %s)", fname, idx,
@@ -481,7 +481,7 @@ static int await_task(lua_State *L, lasync__task *a, const char *fname) {
 }
 
 static int task_await(lua_State *L) {
-  return await_task(L, check_task_arg(L, 1, "task:await"), "task:await");
+  return await_task(L, lasync__check_task_arg(L, 1, "task:await"), "task:await");
 }
 
 static int return_all(lua_State *L, int status, lua_KContext ctx) {
@@ -522,7 +522,7 @@ static int l_yield(lua_State *L) {
 }
 
 static int task_cancel(lua_State *L) {
-  lasync__task *t = check_task_arg(L, 1, "task:cancel");
+  lasync__task *t = lasync__check_task_arg(L, 1, "task:cancel");
   if (!lua_isnoneornil(L, 2) && !lua_isstring(L, 2))
     return luaL_error(L, "task:cancel: bad argument #1 (string expected, got %s)",
                       luaL_typename(L, 2));
@@ -531,26 +531,26 @@ static int task_cancel(lua_State *L) {
 }
 
 static int task_done(lua_State *L) {
-  lua_pushboolean(L, lasync__task_finished(check_task_arg(L, 1, "task:done")));
+  lua_pushboolean(L, lasync__task_finished(lasync__check_task_arg(L, 1, "task:done")));
   return 1;
 }
 
 static int task_status(lua_State *L) {
-  lua_pushstring(L, STATUS_NAMES[check_task_arg(L, 1, "task:status")->status]);
+  lua_pushstring(L, lasync__status_names[lasync__check_task_arg(L, 1, "task:status")->status]);
   return 1;
 }
 
 static int task_result(lua_State *L) {
-  lasync__task *t = check_task_arg(L, 1, "task:result");
+  lasync__task *t = lasync__check_task_arg(L, 1, "task:result");
   if (!lasync__task_finished(t))
     return luaL_error(L, "task:result: the task has not finished (status: %s)",
-                      STATUS_NAMES[t->status]);
+                      lasync__status_names[t->status]);
   return lasync__push_outcome(L, t, 1);
 }
 
 static int task_tostring(lua_State *L) {
-  lasync__task *t = check_task_arg(L, 1, "tostring");
-  lua_pushfstring(L, "Task: %p (%s)", (void *)t, STATUS_NAMES[t->status]);
+  lasync__task *t = lasync__check_task_arg(L, 1, "tostring");
+  lua_pushfstring(L, "Task: %p (%s)", (void *)t, lasync__status_names[t->status]);
   return 1;
 }
 
@@ -585,7 +585,7 @@ static int l_now(lua_State *L) {
 /* Runs the loop until the task finishes: async.run outside a task, and the host. */
 static int l_run_until(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
-  lasync__task *t = check_task_arg(L, 1, "async.run");
+  lasync__task *t = lasync__check_task_arg(L, 1, "async.run");
   if (rt->in_callback)
     return luaL_error(L, "async.run cannot start a loop while the loop is running "
                          "(call it from the main chunk, or from inside a task)");
