@@ -25,17 +25,18 @@ LUA_SOURCES=$(printf '%s|' "$ROOT"/lua/lasync.lua "$ROOT"/lua/host.lua "$ROOT"/l
   "$ROOT"/lua/sync.lua "$ROOT"/lua/scope.lua)
 cmake -DOUT="$OUT/embedded.c" "-DSOURCES=${LUA_SOURCES%|}" -P "$ROOT/cmake/embed.cmake"
 
-objs=()
+objs=() pids=()
 for src in "$ROOT"/bindings/*.c "$ROOT"/host/embed.c "$OUT/embedded.c"; do
   obj=$OUT/obj/$(basename "${src%.c}").o
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$ROOT/bindings/private.h" -nt "$obj" ] ||
     [ "$ROOT/host/lasync.h" -nt "$obj" ]; then
     "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer-no-link "${PKG_CFLAGS[@]}" -I"$ROOT/bindings" -I"$ROOT/host" \
       -c "$src" -o "$obj" &
+    pids+=($!)
   fi
   objs+=("$obj")
 done
-wait
+for pid in "${pids[@]}"; do wait "$pid" || { echo "fuzz/build.sh: a compile failed" >&2; exit 1; }; done
 
 for target in "$ROOT"/fuzz/fuzz_*.c; do
   name=$(basename "${target%.c}")
