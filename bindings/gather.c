@@ -102,33 +102,38 @@ static int gather_finish(lua_State *L, lasync__task *t, void *data) {
 
 static const lasync__awaitable_ops GATHER_OPS = {"gather", gather_cancel, gather_finish};
 
-/* Leaves at index 1 an array of tasks made from the arguments: tasks as they are, callables
- * spawned; a single plain table is taken as the list. */
-static int normalise(lua_State *L, const char *fname) {
-  int i, n = lua_gettop(L);
+/* Leaves at index 1 a new array of tasks made from the arguments: tasks as they are, functions
+ * spawned; a single plain table is taken as the list (and left as it was). Every argument is
+ * checked before any function is spawned, so misuse starts no task. */
+static int normalise(lua_State *L, lasync__task *self, const char *fname) {
+  int i, list, n = lua_gettop(L);
   int from_list = n == 1 && lua_istable(L, 1) && !lasync__totask(L, 1) && !lua_getmetatable(L, 1);
-  if (from_list) {
-    n = (int)luaL_len(L, 1);
-  } else {
-    lua_createtable(L, n, 0);
-    lua_insert(L, 1);
-  }
+  if (from_list) n = (int)luaL_len(L, 1);
   for (i = 1; i <= n; i++) {
-    int type;
-    if (from_list) {
-      type = lua_rawgeti(L, 1, i);
-    } else {
-      lua_pushvalue(L, i + 1);
-      type = lua_type(L, -1);
-    }
-    if (!lasync__totask(L, -1)) {
-      if (type != LUA_TFUNCTION)
-        return luaL_error(L, "%s: bad argument #%d (task or function expected, got %s)", fname,
-                          i, luaL_typename(L, -1));
-      lasync__spawn(L, lua_gettop(L), 0);
-    }
-    lua_rawseti(L, 1, i);
+    lasync__task *child;
+    if (from_list)
+      lua_rawgeti(L, 1, i);
+    else
+      lua_pushvalue(L, i);
+    child = lasync__totask(L, -1);
+    if (child == NULL && lua_type(L, -1) != LUA_TFUNCTION)
+      return luaL_error(L, "%s: bad argument #%d (task or function expected, got %s)", fname, i,
+                        luaL_typename(L, -1));
+    if (child != NULL && child == self)
+      return luaL_error(L, "%s: a task cannot gather itself", fname);
+    lua_pop(L, 1);
   }
+  lua_createtable(L, n, 0);
+  list = lua_gettop(L);
+  for (i = 1; i <= n; i++) {
+    if (from_list)
+      lua_rawgeti(L, 1, i);
+    else
+      lua_pushvalue(L, i);
+    if (!lasync__totask(L, -1)) lasync__spawn(L, lua_gettop(L), 0);
+    lua_rawseti(L, list, i);
+  }
+  lua_insert(L, 1);
   lua_settop(L, 1);
   return n;
 }
@@ -139,7 +144,7 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
   int i, n = lua_gettop(L);
   /* Check before spawning anything, so misuse starts no task. */
   if (n > 0) t = lasync__check_task(L, fname);
-  n = normalise(L, fname);
+  n = normalise(L, t, fname);
   g = (group *)lua_newuserdatauv(L, sizeof *g + (n > 0 ? n - 1 : 0) * sizeof(member), 0);
   memset(g, 0, sizeof *g);
   g->owner = t;
@@ -153,8 +158,6 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
     m->group = g;
     m->waiter.on_settle = on_child_settled;
     m->waiter.prev = m->waiter.next = NULL;
-    if (m->child == t)
-      return luaL_error(L, "%s: a task cannot gather itself", fname);
     if (lasync__task_finished(m->child)) {
       if (!settled_mode && m->child->status != LASYNC__DONE && !g->first_failure)
         g->first_failure = i + 1;

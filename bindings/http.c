@@ -543,9 +543,10 @@ static const char *error_kind(CURLcode code) {
       return "tls";
     case CURLE_FILESIZE_EXCEEDED:
       return "too_large";
-    case CURLE_URL_MALFORMAT:
     case CURLE_BAD_FUNCTION_ARGUMENT:
       return "invalid";
+    /* The caller's URL was checked before any I/O (lua/http.lua), so a malformed one here came
+     * from the server: a bad Location. Falls through to "protocol". */
     default:
       /* Unsupported protocol, too many redirects, weird reply, partial file, receive
        * errors, bad content encoding, HTTP/2 framing...: the server's answer was unusable. */
@@ -844,7 +845,10 @@ static long opt_ms(lua_State *L, const char *field) {
   lua_getfield(L, 2, field);
   s = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  return s > 0 ? (long)(s * 1000 + 0.5) : 0;
+  /* 0 is curl's "no limit"; so is anything past a year, and clamping keeps the cast defined
+   * (math.huge or 1e300 would overflow a long). */
+  if (!(s > 0) || s > 365.0 * 24 * 3600) return 0;
+  return (long)(s * 1000 + 0.5);
 }
 
 static int opt_bool(lua_State *L, const char *field) {

@@ -10,6 +10,9 @@
 #include "private.h"
 
 #define SCOPE_MT "lasync.Deadline"
+/* Seconds from which a wait is treated as endless: 3e9 s (a century) still fits the heap's
+ * nanosecond clock, while 2e10 s would overflow it and expire at once. */
+#define LASYNC__FOREVER 3e9
 #define TASK_OF_TIMER(p) ((lasync__task *)((char *)(p)-offsetof(lasync__task, timer)))
 
 /* ---- the heap ---- */
@@ -137,7 +140,7 @@ static int l_sleep(lua_State *L) {
   t->timer.index = LASYNC__UNARMED;
   if (s == 0) {
     lasync__enqueue(t, LASYNC__WAKE_VALUE); /* behind every task that is ready now */
-  } else if (isfinite(s)) {
+  } else if (s < LASYNC__FOREVER) {
     t->timer.on_due = on_sleep_due;
     lasync__timer_start(t->rt, &t->timer, s);
   } /* else: sleeps until cancelled */
@@ -183,7 +186,7 @@ static int l_deadline(lua_State *L) {
   luaL_setmetatable(L, SCOPE_MT);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
   lua_setiuservalue(L, -2, 1);
-  if (isfinite(s)) lasync__timer_start(t->rt, &d->timer, s);
+  if (s < LASYNC__FOREVER) lasync__timer_start(t->rt, &d->timer, s);
   return 1;
 }
 

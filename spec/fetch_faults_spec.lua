@@ -71,4 +71,15 @@ describe("fetch under faults", function()
     ticker:await()
     assert.are.equal(10, ticks)
   end)
+
+  it("reports a malformed Location from the server as a protocol error, not invalid", function()
+    local ok, err = pcall(async.fetch, base .. "/redirect-to?url=http%3A%2F%2F%5Bbad")
+    assert.is_false(ok)
+    assert.are.equal("protocol", err.kind)
+  end)
+
+  it("takes an endless timeout as no limit", function()
+    assert.are.equal(200, async.fetch(base .. "/get", { timeout = math.huge,
+      connect_timeout = 1e300 }).status)
+  end)
 end)

@@ -216,4 +216,22 @@ describe("async.gather_settled", function()
     assert.are.equal("cancelled", children[1]:status())
     assert.are.equal("cancelled", children[2]:status())
   end)
+
+  it("starts no task when an argument is bad", function()
+    local ran = false
+    local function f() ran = true end
+    assert.is_false(pcall(async.gather, f, 42))
+    assert.is_false(pcall(async.gather, { f, "not a task" }))
+    assert.is_false(pcall(async.gather, f, async.current()))
+    async.sleep(0.01)
+    assert.is_false(ran)
+  end)
+
+  it("leaves the caller's list as it was", function()
+    local list = { function() return 1 end, function() return 2 end }
+    local first = list[1]
+    local r = async.gather(list)
+    assert.are.equal(2, r[2])
+    assert.are.equal(first, list[1])
+  end)
 end)

@@ -115,4 +115,17 @@ describe("async.now", function()
     assert.is_true(c - a >= 0.05)
     assert.is_true(c - a < 1)
   end)
+
+  it("treats an enormous finite sleep like math.huge: it lasts until cancelled", function()
+    for _, s in ipairs({ 2e10, 2 ^ 53, 1e308 }) do
+      local t = async.spawn(async.sleep, s)
+      async.sleep(0.02)
+      assert.is_false(t:done(), "sleep(" .. s .. ") ended at once")
+      t:cancel()
+      pcall(t.await, t)
+    end
+    local ok, v = pcall(async.timeout, 2e10, function() async.sleep(0.01) return "in time" end)
+    assert.is_true(ok)
+    assert.are.equal("in time", v)
+  end)
 end)
