@@ -106,7 +106,7 @@ static const lasync__awaitable_ops GATHER_OPS = {"gather", gather_cancel, gather
  * spawned; a single plain table is taken as the list (and left as it was). Every argument is
  * checked before any function is spawned, so misuse starts no task. */
 static int normalise(lua_State *L, lasync__task *self, const char *fname) {
-  int i, list, n = lua_gettop(L);
+  int i, list, n = lua_gettop(L), to_spawn = 0;
   int from_list = n == 1 && lua_istable(L, 1) && !lasync__totask(L, 1) && !lua_getmetatable(L, 1);
   if (from_list) n = (int)luaL_len(L, 1);
   for (i = 1; i <= n; i++) {
@@ -121,8 +121,12 @@ static int normalise(lua_State *L, lasync__task *self, const char *fname) {
                         luaL_typename(L, -1));
     if (child != NULL && child == self)
       return luaL_error(L, "%s: a task cannot gather itself", fname);
+    to_spawn += child == NULL;
     lua_pop(L, 1);
   }
+  /* A list of tasks only is used as it is: nothing is written into it, and a million-task
+   * gather makes no copy. */
+  if (from_list && to_spawn == 0) return n;
   lua_createtable(L, n, 0);
   list = lua_gettop(L);
   for (i = 1; i <= n; i++) {
