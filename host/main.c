@@ -27,7 +27,35 @@ enum {
 };
 
 static lasync__runtime *runtime;
-static lasync__task *main_task;
+
+/* LASYNC_MAX_MEMORY=<MiB>: a cap on the Lua heap. An allocation past it fails, which Lua turns
+ * into a "not enough memory" error in the task that asked; the host and other tasks go on. */
+static size_t heap_used, heap_cap;
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  size_t old = ptr ? osize : 0;
+  (void)ud;
+  if (nsize == 0) {
+    heap_used -= old;
+    free(ptr);
+    return NULL;
+  }
+  if (nsize > old && heap_used - old + nsize > heap_cap) return NULL;
+  ptr = realloc(ptr, nsize);
+  if (ptr) heap_used = heap_used - old + nsize;
+  return ptr;
+}
+
+static lua_State *new_state(void) {
+  const char *cap = getenv("LASYNC_MAX_MEMORY");
+  lua_State *L = luaL_newstate();
+  if (L == NULL || cap == NULL || atof(cap) <= 0) return L;
+  /* Switch allocators, counting what the state already holds as used. */
+  heap_cap = (size_t)(atof(cap) * 1024 * 1024);
+  heap_used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+  lua_setallocf(L, capped_alloc, NULL);
+  return L;
+}static lasync__task *main_task;
 static int interrupted;
 
 /* Prints the usage, to stdout when asked for (badoption NULL), else to stderr after the error. */
@@ -271,7 +299,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (flags & HAS_V) print_version();
-  L = luaL_newstate();
+  L = new_state();
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
     return 1;
