@@ -24,12 +24,22 @@ typedef struct pending {
 typedef struct {
   lasync_runtime *rt;
   int owns_state;
+  uv_thread_t owner; /* the thread that created the runtime: the only one allowed in */
   uv_async_t async;   /* wakes the loop for the queue; ref'd while C holds futures */
   uv_mutex_t lock;
   pending *head, *tail;
   lasync_future *held; /* futures C holds, so shutdown can let go of them */
   long nheld;
 } embed;
+
+/* Whether the calling thread may use rt: the one that created it (or, for a runtime the module
+ * form made, any: it has no embedding state to say). Cross-thread work goes through
+ * lasync_future_resolve_async / reject_async only. */
+static int foreign_thread(const lasync_runtime *rt) {
+  uv_thread_t self = uv_thread_self();
+  const embed *e = (const embed *)rt->embed;
+  return e != NULL && !uv_thread_equal(&e->owner, &self);
+}
 
 const char *lasync_strerror(int err) {
   switch (err) {
@@ -41,6 +51,7 @@ const char *lasync_strerror(int err) {
     case LASYNC_ESTATE: return "the object is in the wrong state";
     case LASYNC_ELOOP: return "the event loop failed";
     case LASYNC_EPENDING: return "the task has not finished";
+    case LASYNC_ETHREAD: return "called from a thread that does not own the runtime";
     default: return "unknown error";
   }
 }
@@ -147,6 +158,7 @@ static embed *embed_of(lasync_runtime *rt) {
   e = (embed *)calloc(1, sizeof *e);
   if (e == NULL) return NULL;
   e->rt = rt;
+  e->owner = uv_thread_self();
   if (uv_mutex_init(&e->lock) != 0 || uv_async_init(rt->loop, &e->async, on_async) != 0) {
     free(e);
     return NULL;
@@ -184,6 +196,7 @@ int lasync_await(lua_State *L, lasync_future *f) {
 
 static int settle_now(lasync_future *f, lua_State *L, int state, int n) {
   if (f == NULL || L == NULL || n < 0 || lua_gettop(L) < n) return LASYNC_EINVAL;
+  if (foreign_thread(f->rt)) return LASYNC_ETHREAD;
   if (f->state != LASYNC__FUTURE_PENDING || f->ref == LUA_NOREF) return LASYNC_ESTATE;
   lasync__future_settle(L, f, state, n);
   return LASYNC_OK;
@@ -275,6 +288,7 @@ int lasync_destroy(lasync_runtime *rt) {
   lua_State *L;
   int owns_state;
   if (rt == NULL) return LASYNC_EINVAL;
+  if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
   L = rt->L;
   owns_state = rt->embed ? ((embed *)rt->embed)->owns_state : 0;
@@ -343,19 +357,23 @@ static int spawn(lasync_runtime *rt, int nargs, lasync_task **out) {
 }
 
 int lasync_spawn_call(lasync_runtime *rt, int nargs, lasync_task **out) {
-  if (rt == NULL || nargs < 0 || lua_gettop(rt->L) < nargs + 1) return LASYNC_EINVAL;
+  if (rt == NULL || nargs < 0) return LASYNC_EINVAL;
+  if (foreign_thread(rt)) return LASYNC_ETHREAD;
+  if (lua_gettop(rt->L) < nargs + 1) return LASYNC_EINVAL;
   return spawn(rt, nargs, out);
 }
 
 int lasync_spawn_string(lasync_runtime *rt, const char *code, const char *name,
                         lasync_task **out) {
   if (rt == NULL || code == NULL) return LASYNC_EINVAL;
+  if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (luaL_loadbuffer(rt->L, code, strlen(code), name ? name : code) != LUA_OK) return LASYNC_ELUA;
   return spawn(rt, 0, out);
 }
 
 int lasync_spawn_file(lasync_runtime *rt, const char *path, lasync_task **out) {
   if (rt == NULL || path == NULL) return LASYNC_EINVAL;
+  if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (luaL_loadfile(rt->L, path) != LUA_OK) return LASYNC_ELUA;
   return spawn(rt, 0, out);
 }
@@ -392,7 +410,9 @@ int lasync_task_result(lasync_task *t, lua_State *L) {
 }
 
 int lasync_task_cancel(lasync_task *t) {
-  return t ? lasync__cancel(t->rt->L, t, 0, 0) : LASYNC_EINVAL;
+  if (t == NULL) return LASYNC_EINVAL;
+  if (foreign_thread(t->rt)) return LASYNC_ETHREAD;
+  return lasync__cancel(t->rt->L, t, 0, 0);
 }
 
 void lasync_task_release(lasync_task *t) {
@@ -409,6 +429,7 @@ void lasync_task_release(lasync_task *t) {
 
 int lasync_run(lasync_runtime *rt) {
   if (rt == NULL) return LASYNC_EINVAL;
+  if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
   return lasync__run_until_done(rt, NULL) == 0 ? LASYNC_OK : LASYNC_EBUSY;
 }
@@ -416,6 +437,7 @@ int lasync_run(lasync_runtime *rt) {
 int lasync_step(lasync_runtime *rt, double budget_ms) {
   uint64_t start = uv_hrtime();
   if (rt == NULL || budget_ms < 0) return LASYNC_EINVAL;
+  if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
   rt->step_deadline = start + (uint64_t)(budget_ms * 1e6);
   rt->in_callback++;

@@ -9,7 +9,7 @@
  * Every call returns 0 (LASYNC_OK) or a negative error code unless it says otherwise;
  * lasync_strerror() turns a code into a message. Nothing here calls exit(). Only the thread
  * that created a runtime may call into it, except lasync_future_resolve_async() and
- * lasync_future_reject_async().
+ * lasync_future_reject_async(); the others return LASYNC_ETHREAD from any other thread.
  */
 #ifndef LASYNC_H
 #define LASYNC_H
@@ -34,6 +34,7 @@ extern "C" {
 #define LASYNC_ESTATE (-5)  /* the object is in the wrong state (a future already settled) */
 #define LASYNC_ELOOP (-6)   /* libuv failed; the runtime cannot continue */
 #define LASYNC_EPENDING (-7) /* the task has not finished yet */
+#define LASYNC_ETHREAD (-8)  /* called from a thread that does not own the runtime */
 
 typedef struct lasync__runtime lasync_runtime; /* a loop, a Lua state, and their tasks */
 typedef struct lasync__task lasync_task;       /* a task held by C: see lasync_task_release */

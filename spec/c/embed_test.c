@@ -249,12 +249,61 @@ static void test_destroy_with_pending_tasks_and_errors(void) {
   CHECK(cleanup_ran == 2);
 }
 
+/* ---- misuse: refused where it can be detected ---- */
+
+static lasync_runtime *misuse_rt;
+static int from_thread_step, from_thread_spawn, from_thread_resolve, destroy_inside;
+
+static void call_from_other_thread(void *arg) {
+  lua_State *L = lasync_lua(misuse_rt);
+  (void)arg;
+  from_thread_step = lasync_step(misuse_rt, 1);
+  from_thread_spawn = lasync_spawn_string(misuse_rt, "return 1", "=x", NULL);
+  from_thread_resolve = lasync_future_resolve(last_future, L, 0);
+}
+
+static int l_destroy_me(lua_State *L) {
+  (void)L;
+  destroy_inside = lasync_destroy(misuse_rt);
+  return 0;
+}
+
+static void test_misuse_is_refused(void) {
+  uv_thread_t thread;
+  lasync_task *t;
+  lua_State *L;
+  CHECK(lasync_new(&misuse_rt, NULL) == LASYNC_OK);
+  register_game(misuse_rt);
+  L = lasync_lua(misuse_rt);
+  lua_pushcfunction(L, l_destroy_me);
+  lua_setglobal(L, "destroy_me");
+  /* From inside a task: destroying the runtime that runs it is refused. */
+  CHECK(lasync_spawn_string(misuse_rt, "destroy_me(); return wait_value()", "=m", &t) == 0);
+  lasync_step(misuse_rt, 5);
+  CHECK(destroy_inside == LASYNC_EBUSY);
+  /* From another thread: only the _async settlements are allowed. */
+  uv_thread_create(&thread, call_from_other_thread, NULL);
+  uv_thread_join(&thread);
+  CHECK(from_thread_step == LASYNC_ETHREAD);
+  CHECK(from_thread_spawn == LASYNC_ETHREAD);
+  CHECK(from_thread_resolve == LASYNC_ETHREAD);
+  CHECK(strcmp(lasync_strerror(LASYNC_ETHREAD), "unknown error") != 0);
+  /* The runtime is unharmed: the waiting task still completes. */
+  lua_pushinteger(L, 5);
+  CHECK(lasync_future_resolve(last_future, L, 1) == LASYNC_OK);
+  CHECK(lasync_run(misuse_rt) == LASYNC_OK);
+  CHECK(lasync_task_status(t) == LASYNC_TASK_DONE);
+  lasync_task_release(t);
+  CHECK(lasync_destroy(misuse_rt) == LASYNC_OK);
+}
+
 int main(void) {
   RUN(test_own_state_and_loop);
   RUN(test_attach_to_state_and_loop);
   RUN(test_step_budget);
   RUN(test_futures_from_loop_and_threads);
   RUN(test_destroy_with_pending_tasks_and_errors);
+  RUN(test_misuse_is_refused);
   printf("%d passed, %d failed\n", tests_run - tests_failed, tests_failed);
   return tests_failed ? 1 : 0;
 }
