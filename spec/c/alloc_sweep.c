@@ -21,9 +21,13 @@
  *   ALLOC_SWEEP_VERBOSE=1       name each N whose task waited for ever and was cancelled (the
  *                               failure hit another task, e.g. the one that was to set a future)
  */
+#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <netinet/in.h>
 #include <setjmp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +93,54 @@ static int on_panic(lua_State *L) {
   return 0;
 }
 
+/* ---- a tiny HTTP server on 127.0.0.1 for the fetch scenario ---- */
+
+static int listener = -1;
+static char server_url[64];
+
+static void serve(void *arg) {
+  static const char reply[] =
+      "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+  (void)arg;
+  for (;;) {
+    char buf[4096];
+    size_t got = 0;
+    int c = accept(listener, NULL, NULL);
+    if (c < 0) return; /* the listener was shut down: the sweep is over */
+    while (got < sizeof buf - 1) { /* read the request head */
+      ssize_t r = recv(c, buf + got, sizeof buf - 1 - got, 0);
+      if (r <= 0) break;
+      got += (size_t)r;
+      buf[got] = '\0';
+      if (strstr(buf, "\r\n\r\n")) break;
+    }
+    if (send(c, reply, sizeof reply - 1, MSG_NOSIGNAL) < 0) { /* the client gave up */ }
+    close(c);
+  }
+}
+
+static void start_server(uv_thread_t *thread) {
+  struct sockaddr_in addr;
+  socklen_t len = sizeof addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  listener = socket(AF_INET, SOCK_STREAM, 0);
+  if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) != 0 ||
+      listen(listener, 64) != 0 || getsockname(listener, (struct sockaddr *)&addr, &len) != 0) {
+    perror("alloc_sweep: local server");
+    exit(2);
+  }
+  snprintf(server_url, sizeof server_url, "http://127.0.0.1:%d/", ntohs(addr.sin_port));
+  uv_thread_create(thread, serve, NULL);
+}
+
+static void stop_server(uv_thread_t *thread) {
+  shutdown(listener, SHUT_RDWR);
+  close(listener);
+  uv_thread_join(thread);
+}
+
 /* ---- scenarios ---- */
 
 typedef struct {
@@ -123,6 +175,11 @@ static const scenario SCENARIOS[] = {
     "setter:await()\n"
     "return a .. b",
     "late2" },
+  { "fetch",
+    "local async = require 'lasync'\n"
+    "local res = async.fetch(URL, { timeout = 5 })\n"
+    "return res.body .. res.status",
+    "hello200" },
   { "cancel",
     "local async = require 'lasync'\n"
     "local t = async.spawn(function() async.sleep(10) end)\n"
@@ -187,6 +244,8 @@ static enum outcome run_once(const scenario *s, long n, int *hit) {
     fprintf(stderr, "lasync_new failed unarmed\n");
     exit(2);
   }
+  lua_pushstring(L, server_url);
+  lua_setglobal(L, "URL");
 
   if (setjmp(panic_jmp)) { /* only with ALLOC_SWEEP_KEEP_GOING: abandon this state */
     disarm();
@@ -286,12 +345,15 @@ static int sweep(const scenario *s, long only) {
 
 int main(int argc, char **argv) {
   size_t i;
+  uv_thread_t server;
   keep_going = getenv("ALLOC_SWEEP_KEEP_GOING") != NULL;
   setvbuf(stdout, NULL, _IOLBF, 0);
+  start_server(&server);
   for (i = 0; i < sizeof SCENARIOS / sizeof *SCENARIOS; i++) {
     if (argc > 1 && strcmp(argv[1], SCENARIOS[i].name) != 0) continue;
     sweep(&SCENARIOS[i], argc > 2 ? atol(argv[2]) : 0);
   }
+  stop_server(&server);
   if (failures) fprintf(stderr, "%d bad runs\n", failures);
   return failures ? 1 : 0;
 }
