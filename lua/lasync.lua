@@ -109,9 +109,23 @@ end
 --- Runs fn(...) as a task until it finishes. Outside the loop (stock lua, embedding) it drives
 --- the loop, then cancels and awaits whatever fn left behind, like asyncio.run. Inside a task
 --- it simply runs fn as a child task and awaits it, so the same script works in both.
+-- The child of an async.run called inside a task belongs to the caller: if the caller stops
+-- waiting (it is cancelled, or times out), the child is cancelled and its cleanup awaited.
+local function finish_child(child, ok, ...)
+  if ok then return ... end
+  if not child:done() then
+    child:cancel()
+    async.shield(pcall, child.await, child)
+  end
+  error((...), 0)
+end
+
 function async.run(fn, ...)
   check_function("async.run", 1, fn)
-  if in_task() then return spawn(fn, ...):await() end
+  if in_task() then
+    local child = spawn(fn, ...)
+    return finish_child(child, pcall(child.await, child))
+  end
   local task = spawn(fn, ...)
   if not core._run_until(task, true) then
     error("async.run: deadlock: the main task waits on something that nothing can complete", 2)
