@@ -25,6 +25,7 @@
 
 #define XFER_MT "lasync.Transfer"
 #define EASY_POOL_MAX 64
+#define ADMIT_PER_STEP 8
 #define MAX_HEADER_BYTES (1024 * 1024) /* all the header lines of one response */
 #define DEFAULT_STREAM_BUFFER (1024 * 1024)
 
@@ -54,6 +55,12 @@ struct http {
    * a number whose old socket we still watch, the old poll is closed first. */
   struct sock **by_fd;
   size_t by_fd_len;
+  /* Under lasync_step, at most ADMIT_PER_STEP new transfers enter the multi per step: curl
+   * connects every new transfer inside one call, which no budget can interrupt, so a burst of
+   * a thousand fetches would stall one frame. The rest wait here, first come first served. */
+  xfer *admission_head, *admission_tail;
+  uint64_t admission_step; /* the step admitted counts */
+  unsigned admitted;
 };
 
 /* A socket curl asked us to watch. Allocated apart from everything else and freed in its
@@ -89,6 +96,7 @@ struct xfer {
   CURLcode result;
   int status;             /* of the response whose headers are coming in */
   unsigned attached : 1;  /* in h->multi */
+  unsigned admitting : 1; /* in h->admission, waiting for a later step to enter the multi */
   unsigned too_large : 1; /* the body (or the headers) outgrew their limit */
   unsigned no_memory : 1;
   unsigned notify_queued : 1;
@@ -163,6 +171,14 @@ static void unnotify(xfer *x) {
  * called from inside a curl callback. */
 static void detach(xfer *x) {
   http *h = x->h;
+  if (x->admitting) { /* never reached curl: just leave the line */
+    x->admitting = 0;
+    x->done = 1;
+    if (x->prev) x->prev->next = x->next; else h->admission_head = x->next;
+    if (x->next) x->next->prev = x->prev; else h->admission_tail = x->prev;
+    x->next = x->prev = NULL;
+    return;
+  }
   if (!x->attached) return;
   x->attached = 0;
   x->done = 1;
@@ -382,6 +398,8 @@ static void http_close(lasync__runtime *rt) {
   if (h == NULL) return;
   rt->http = NULL;
   /* Their tasks were cancelled before this runs, so no one is left to wake. */
+  rt->on_turn = NULL;
+  while (h->admission_head) detach(h->admission_head);
   while (h->transfers) detach(h->transfers);
   while (h->easy_pooled > 0) curl_easy_cleanup(h->easy_pool[--h->easy_pooled]);
   curl_multi_cleanup(h->multi); /* closes the idle connections; may call cb_socket */
@@ -391,6 +409,8 @@ static void http_close(lasync__runtime *rt) {
   h->by_fd_len = 0;
   uv_close((uv_handle_t *)&h->timer, on_http_closed);
 }
+
+static void on_turn(lasync__runtime *rt);
 
 static http *get_http(lua_State *L, lasync__runtime *rt) {
   static int curl_ready = 0;
@@ -417,6 +437,7 @@ static http *get_http(lua_State *L, lasync__runtime *rt) {
   curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
   rt->http = h;
   rt->http_close = http_close;
+  rt->on_turn = on_turn;
   return h;
 }
 
@@ -944,6 +965,59 @@ static int setup(lua_State *L, xfer *x, const char *url) {
 }
 
 /* core._fetch(url, opts) -> raw response table. opts has been checked by lua/http.lua. */
+/* Hands the transfer to curl; curl's timer callback starts it from the loop. */
+static int admit(http *h, xfer *x) {
+  if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) return -1;
+  link_xfer(h, x);
+  h->admitted++;
+  return 0;
+}
+
+/* Whether this step's quota of new transfers is spent (never outside lasync_step). */
+static int must_wait_admission(http *h) {
+  lasync__runtime *rt = h->rt;
+  if (rt->step_deadline == 0) return h->admission_head != NULL; /* keep the line's order */
+  if (h->admission_step != rt->step_seq) {
+    h->admission_step = rt->step_seq;
+    h->admitted = 0;
+  }
+  return h->admitted >= ADMIT_PER_STEP || h->admission_head != NULL;
+}
+
+static void queue_admission(http *h, xfer *x) {
+  x->admitting = 1;
+  x->next = NULL;
+  x->prev = h->admission_tail;
+  if (h->admission_tail) h->admission_tail->next = x; else h->admission_head = x;
+  h->admission_tail = x;
+}
+
+/* Each loop turn: admits the waiting transfers this step's quota allows (all of them outside
+ * lasync_step). A transfer curl refuses fails like any other. */
+static void on_turn(lasync__runtime *rt) {
+  http *h = (http *)rt->http;
+  if (h == NULL) return;
+  while (h->admission_head) {
+    xfer *x = h->admission_head;
+    if (rt->step_deadline) {
+      if (h->admission_step != rt->step_seq) {
+        h->admission_step = rt->step_seq;
+        h->admitted = 0;
+      }
+      if (h->admitted >= ADMIT_PER_STEP) break;
+    }
+    h->admission_head = x->next;
+    if (h->admission_head) h->admission_head->prev = NULL; else h->admission_tail = NULL;
+    x->next = x->prev = NULL;
+    x->admitting = 0;
+    if (admit(h, x) != 0) {
+      x->result = CURLE_OUT_OF_MEMORY;
+      x->done = 1;
+      wake_waiters(x);
+    }
+  }
+}
+
 static int l_fetch(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   lasync__task *t;
@@ -962,9 +1036,11 @@ static int l_fetch(lua_State *L) {
   x->easy = h->easy_pooled > 0 ? h->easy_pool[--h->easy_pooled] : curl_easy_init();
   if (x->easy == NULL || setup(L, x, url) != 0)
     return luaL_error(L, "async.fetch: not enough memory for a transfer");
-  if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)
+  if (must_wait_admission(h)) {
+    queue_admission(h, x);
+  } else if (admit(h, x) != 0) {
     return luaL_error(L, "async.fetch: cannot start the transfer");
-  link_xfer(h, x);                         /* curl's timer callback starts it from the loop */
+  }
   if (opt_bool(L, "start_only")) return 1; /* a body feeder needs x before fetch waits */
   return fetch_step(L, t, x);
 }

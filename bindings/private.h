@@ -156,6 +156,8 @@ struct lasync__runtime {
   void (*embed_close)(lasync__runtime *rt);
   void (*on_error)(lasync__runtime *rt, const char *report, void *data);
   uint64_t step_deadline; /* lasync_step: drain stops once uv_hrtime() passes it; 0: no limit */
+  uint64_t step_seq;       /* counts lasync_step calls, for quotas per step */
+  void (*on_turn)(lasync__runtime *rt); /* http.c: called as each drain begins */
   int debug;               /* debug mode: slow steps are reported, parents recorded */
   uint64_t slow_step_ns;   /* what counts as a slow step in debug mode */
   int parents_ref;         /* debug mode: weak table task -> the task that spawned it */

@@ -243,7 +243,9 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
 }
 
 void lasync__drain(lasync__runtime *rt) {
-  uint32_t n = rt->ready_len; /* only those ready now; later arrivals wait for the next turn */
+  uint32_t n;
+  if (rt->on_turn) rt->on_turn(rt); /* may make tasks ready */
+  n = rt->ready_len; /* only those ready now; later arrivals wait for the next turn */
   while (n-- > 0) {
     lasync__task *t = rt->ready[rt->ready_head];
     rt->ready_head = (rt->ready_head + 1) & (rt->ready_cap - 1);
@@ -265,7 +267,11 @@ static void on_check(uv_check_t *handle) {
 int lasync__run_until_done(lasync__runtime *rt, lasync__task *t) {
   int alive = 1;
   while (t ? !lasync__task_finished(t) : rt->live_tasks > 0) {
-    if (!alive && rt->ready_len == 0) return -1; /* nothing left can wake the tasks */
+    if (!alive && rt->ready_len == 0) {
+      /* Transfers held back by a step's quota are admitted here, outside any step. */
+      if (rt->on_turn) rt->on_turn(rt);
+      if (!uv_loop_alive(rt->loop) && rt->ready_len == 0) return -1; /* nothing can wake them */
+    }
     rt->in_callback++;
     alive = uv_run(rt->loop, UV_RUN_ONCE);
     rt->in_callback--;

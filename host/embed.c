@@ -440,6 +440,7 @@ int lasync_step(lasync_runtime *rt, double budget_ms) {
   if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
   rt->step_deadline = start + (uint64_t)(budget_ms * 1e6);
+  rt->step_seq++;
   rt->in_callback++;
   do {
     uv_run(rt->loop, UV_RUN_NOWAIT);
