@@ -3,19 +3,16 @@ package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
 
-local LASYNC = os.getenv("LASYNC") or "build/lasync"
+local sub = require "subprocess"
+sub.LASYNC = sub.LASYNC or "build/lasync"
+local LASYNC = sub.LASYNC
 
--- Runs a script with the host; returns its exit code and stderr.
+-- Runs a script with the host, with an environment variable and flags; returns its exit
+-- code and stderr.
 local function run_script(code, env, flags)
-  local script, errfile = os.tmpname(), os.tmpname()
-  local f = assert(io.open(script, "w"))
-  f:write(code)
-  f:close()
-  local _, _, status = io.popen(("%s %s %s %s 2>%s"):format(env or "", LASYNC, flags or "", script,
-    errfile)):close()
-  local err = assert(io.open(errfile)):read("a")
-  os.remove(script)
-  os.remove(errfile)
+  local _, err, status = sub.run(((flags or "") .. " " .. sub.q(sub.tmpfile(code))),
+    { prefix = env and ("export " .. env .. "; ") or nil })
+  sub.cleanup()
   return status, err
 end
 

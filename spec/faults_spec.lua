@@ -10,41 +10,13 @@ package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
 
-local LASYNC = os.getenv("LASYNC")
+local sub = require "subprocess"
+local LASYNC = sub.LASYNC
+local tmpfile, slurp, q = sub.tmpfile, sub.slurp, sub.q
 
-local temps = {}
-
-local function tmpfile(contents)
-  local path = os.tmpname()
-  temps[#temps + 1] = path
-  if contents then
-    local f = assert(io.open(path, "w"))
-    f:write(contents)
-    f:close()
-  end
-  return path
-end
-
-local function slurp(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
--- Runs `sh -c <prefix> exec lasync <script> <args>`; returns stdout, stderr, exit status.
--- A status above 128 is a signal (sh reports 128 + n); `timeout` turns a hang into 124.
+-- Runs `lasync <script> <args>` after a shell prefix (e.g. a ulimit); stdout, stderr, status.
 local function run_script(source, args, prefix)
-  local err = tmpfile()
-  local cmd = (prefix or "") .. "exec timeout 60 " .. q(LASYNC) .. " " .. q(tmpfile(source)) ..
-      " " .. (args or "") .. " 2>" .. q(err) .. " </dev/null"
-  local p = assert(io.popen("sh -c " .. q(cmd), "r"))
-  local out = p:read("a")
-  local _, _, code = p:close()
-  return out, slurp(err), code
+  return sub.run_script(source, args, { prefix = prefix, timeout = 60 })
 end
 
 -- A subprocess scenario: pending under stock lua5.4 (no executable to run).
@@ -75,8 +47,7 @@ teardown(function()
 end)
 
 local function cleanup()
-  for _, p in ipairs(temps) do os.remove(p) end
-  temps = {}
+  sub.cleanup()
   assert_clean()
 end
 

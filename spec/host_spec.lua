@@ -2,47 +2,13 @@ package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
 
--- The `lasync` command line, run as a child process. CTest sets LASYNC to the executable.
-local LASYNC = assert(os.getenv("LASYNC"), "LASYNC must name the lasync executable")
+-- The `lasync` command line, run as a child process (spec/support/subprocess.lua).
+local sub = require "subprocess"
+local LASYNC = assert(sub.LASYNC, "LASYNC must name the lasync executable")
+local tmpfile, slurp, q = sub.tmpfile, sub.slurp, sub.q
 
-local temps = {}
-
-local function tmpfile(contents)
-  local path = os.tmpname()
-  temps[#temps + 1] = path
-  if contents then
-    local f = assert(io.open(path, "w"))
-    f:write(contents)
-    f:close()
-  end
-  return path
-end
-
-local function slurp(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
--- Runs `lasync <args>` (args already shell-quoted), with optional stdin text; returns
--- stdout, stderr, exit code. A `timeout` guards against hangs.
-local function run(args, stdin)
-  local err = tmpfile()
-  local cmd = "timeout 30 " .. q(LASYNC) .. " " .. args .. " 2>" .. q(err)
-  if stdin then cmd = cmd .. " <" .. q(tmpfile(stdin)) else cmd = cmd .. " </dev/null" end
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local _, _, code = p:close()
-  return out, slurp(err), code
-end
-
-local function run_script(source, args)
-  return run(q(tmpfile(source)) .. " " .. (args or ""))
-end
+local function run(args, stdin) return sub.run(args, { stdin = stdin }) end
+local function run_script(source, args) return sub.run_script(source, args) end
 
 local function count(haystack, needle)
   local n, i = 0, 1
@@ -55,8 +21,7 @@ end
 
 describe("the lasync command", function()
   after_each(function()
-    for _, p in ipairs(temps) do os.remove(p) end
-    temps = {}
+    sub.cleanup()
     assert_clean()
   end)
 
