@@ -2,11 +2,7 @@ package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
 
-local function raises(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local raises = require "raises"
 
 -- The lock is back where it started: unlocked, nobody in line, and usable.
 local function assert_intact(lock)

@@ -2,11 +2,7 @@ package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
 
-local function raises(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local raises = require "raises"
 
 describe("async.retry", function()
   after_each(assert_clean)
