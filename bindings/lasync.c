@@ -1,6 +1,7 @@
 /* luaopen_lasync: the module. The same entry point serves the host (which has already opened
  * a runtime on its own loop) and stock lua5.4 (where the first require opens one). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "private.h"
 
@@ -28,16 +29,35 @@ static lasync__runtime *open_module_runtime(lua_State *L) {
   return *slot;
 }
 
-/* Runs an embedded chunk of lua/ with (core, async), below them on the stack; it adds its calls
+void lasync__load_lua(lua_State *L, const char *name, const char *chunkname) {
+  const lasync__lua_file *f;
+  for (f = lasync__lua_files; f->name; f++) {
+    if (strcmp(f->name, name) != 0) continue;
+    if (luaL_loadbuffer(L, f->source, f->len, chunkname) != LUA_OK) lua_error(L);
+    return;
+  }
+  luaL_error(L, "lasync: no embedded file lua/%s.lua", name);
+}
+
+/* Runs an embedded file of lua/ with (core, async), below them on the stack; it adds its calls
  * to the module table. */
-static void add_lua_calls(lua_State *L, const char *chunk, unsigned long len) {
-  if (luaL_loadbuffer(L, chunk, len, LASYNC__LIB_CHUNK) != LUA_OK) lua_error(L);
+static void add_lua_calls(lua_State *L, const char *name) {
+  lasync__load_lua(L, name, LASYNC__LIB_CHUNK);
   lua_pushvalue(L, -3);
   lua_pushvalue(L, -3);
   lua_call(L, 2, 0);
 }
 
+/* The Lua side of the module, in load order: each file adds its calls to the module table,
+ * and may use what the files before it added. */
+static const char *const LUA_PARTS[] = {
+  "http",  /* async.fetch, async.http */
+  "sync",  /* semaphore, lock, event, queue */
+  "scope", /* scopes, wait, map, retry: builds on sync */
+  NULL};
+
 int luaopen_lasync(lua_State *L) {
+  const char *const *part;
   if (lasync__runtime_get(L) == NULL) open_module_runtime(L);
   lua_newtable(L); /* the C core, handed to lua/lasync.lua */
   lasync__open_errors(L);
@@ -49,19 +69,9 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_http(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");
-  if (luaL_loadbuffer(L, lasync__lua_lasync, lasync__lua_lasync_len, LASYNC__LIB_CHUNK) != LUA_OK)
-    return lua_error(L);
+  lasync__load_lua(L, "lasync", LASYNC__LIB_CHUNK);
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1); /* [core, async] */
-  /* lua/http.lua adds async.fetch and async.http to the module table. */
-  if (luaL_loadbuffer(L, lasync__lua_http, lasync__lua_http_len, LASYNC__LIB_CHUNK) != LUA_OK)
-    return lua_error(L);
-  lua_pushvalue(L, -3);
-  lua_pushvalue(L, -3);
-  lua_call(L, 2, 0);
-  /* lua/sync.lua (semaphore, lock, event, queue), then lua/scope.lua (scopes, wait, map, retry),
-   * which builds on it, add their calls the same way. */
-  add_lua_calls(L, lasync__lua_sync, lasync__lua_sync_len);
-  add_lua_calls(L, lasync__lua_scope, lasync__lua_scope_len);
+  for (part = LUA_PARTS; *part; part++) add_lua_calls(L, *part);
   return 1;
 }

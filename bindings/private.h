@@ -27,6 +27,23 @@ typedef struct lasync__runtime lasync__runtime;
 typedef struct lasync__task lasync__task;
 typedef struct lasync__waiter lasync__waiter;
 typedef struct lasync__timer lasync__timer;
+typedef struct lasync__service lasync__service;
+
+/* A part of the runtime with a hook each loop turn or a step at shutdown: curl's multi, the
+ * cross-thread queue, the open handles, a thread pool. It is embedded in the part's own state
+ * and registered once; the runtime calls on_turn as each drain begins (it may make tasks
+ * ready) and close at shutdown, after the tasks have ended and in the reverse order of
+ * registration. Either may be NULL. close unregisters nothing: the runtime has already. */
+typedef struct lasync__service_ops {
+  const char *name;
+  void (*on_turn)(lasync__runtime *rt, lasync__service *s);
+  void (*close)(lasync__runtime *rt, lasync__service *s);
+} lasync__service_ops;
+
+struct lasync__service {
+  const lasync__service_ops *ops;
+  lasync__service *next;
+};
 
 /* A node in the list of those waiting on an awaitable (a task or a future). It is embedded in
  * the waiter, so waiting allocates nothing. on_settle is called once, after the node has been
@@ -66,6 +83,11 @@ typedef struct lasync__awaitable_ops {
   void (*cancel)(lasync__task *t, void *data);
   /* Runs inside the task once it is resumed normally; pushes the call's results. */
   int (*finish)(lua_State *L, lasync__task *t, void *data);
+  /* Runs inside the task instead of finish when it resumes with a cancellation to deliver:
+   * either cancel was called while it waited, or the awaitable had completed and woken it
+   * first. In the second case this releases what the completion produced (a descriptor, a
+   * buffer) before Cancelled is raised. May be NULL. */
+  void (*abandon)(lua_State *L, lasync__task *t, void *data);
 } lasync__awaitable_ops;
 
 enum lasync__status {
@@ -146,18 +168,13 @@ struct lasync__runtime {
   long pinned_refs;
   long unhandled_failures; /* failed tasks nobody looked at, reported on collection */
   void *data;              /* for the embedder */
-  /* HTTP state, made by the first fetch (http.c); its hook ends the transfers and closes its
-   * handles at shutdown, before the runtime closes its own. */
-  void *http;
-  void (*http_close)(lasync__runtime *rt);
-  /* Embedding state (host/embed.c): futures held by C, the cross-thread queue, the error
-   * callback. embed_close runs at shutdown, before the handles close. */
-  void *embed;
-  void (*embed_close)(lasync__runtime *rt);
+  lasync__service *services; /* see service.c; the runtime never names its clients */
+  long live_requests;        /* libuv requests not yet called back (io/req.c) */
+  struct lasync__handle *handles; /* open handles owned by Lua objects (io/handle.c) */
+  long live_handles;
   void (*on_error)(lasync__runtime *rt, const char *report, void *data);
   uint64_t step_deadline; /* lasync_step: drain stops once uv_hrtime() passes it; 0: no limit */
   uint64_t step_seq;       /* counts lasync_step calls, for quotas per step */
-  void (*on_turn)(lasync__runtime *rt); /* http.c: called as each drain begins */
   int debug;               /* debug mode: slow steps are reported, parents recorded */
   uint64_t slow_step_ns;   /* what counts as a slow step in debug mode */
   int parents_ref;         /* debug mode: weak table task -> the task that spawned it */
@@ -175,6 +192,99 @@ void lasync__drain(lasync__runtime *rt);
 int lasync__run_until_done(lasync__runtime *rt, lasync__task *t);
 void lasync__cancel_all(lasync__runtime *rt, const char *msg);
 int lasync__count_handles(lasync__runtime *rt);
+
+/* service.c */
+void lasync__service_add(lasync__runtime *rt, lasync__service *s, const lasync__service_ops *ops);
+void lasync__service_remove(lasync__runtime *rt, lasync__service *s);
+/* The registered service with these ops, or NULL: how a part finds its own state. */
+lasync__service *lasync__service_find(lasync__runtime *rt, const lasync__service_ops *ops);
+void lasync__services_turn(lasync__runtime *rt);
+void lasync__services_close(lasync__runtime *rt);
+
+/* ---- io/: the layers every I/O capability stands on ---- */
+
+/* io/req.c: a libuv request (uv_fs_t, uv_getaddrinfo_t, uv_connect_t, uv_write_t, ...) that one
+ * task waits on. It is a userdata of the binding's own struct, which begins with this header
+ * and embeds the uv request; it is pinned from lasync__req_new until the libuv callback, so it
+ * outlives a waiter that was cancelled, and the callback then discards what it produced. */
+typedef struct lasync__req lasync__req;
+typedef struct lasync__req_ops {
+  const char *name; /* what the task waits on, for diagnostics: "fs.open", "resolve" */
+  /* In the waiting task, after the callback: pushes the results and returns how many, or
+   * pushes an error value and returns -1 to have it raised. */
+  int (*push)(lua_State *L, lasync__req *r);
+  /* The waiter left before the callback (or was cancelled before it resumed): releases what
+   * the request produced, such as an opened descriptor. Runs in the libuv callback or in the
+   * task. May be NULL. */
+  void (*discard)(lasync__req *r);
+  /* Releases the request's own memory in every case, exactly once, after push or discard
+   * (uv_fs_req_cleanup, uv_freeaddrinfo). May be NULL. */
+  void (*cleanup)(lasync__req *r);
+  /* Stops a request whose waiter was cancelled. NULL means uv_cancel, which works for fs,
+   * getaddrinfo and work requests; a connect or write is stopped by closing its handle. Either
+   * way the callback still runs, later, and finds the request orphaned. */
+  void (*cancel)(lasync__req *r);
+} lasync__req_ops;
+
+struct lasync__req {
+  lasync__runtime *rt;
+  const lasync__req_ops *ops;
+  lasync__task *task; /* the waiter; NULL before lasync__req_await and once it has gone */
+  uv_req_t *uv;       /* the embedded libuv request */
+  int ref;            /* pins the userdata until the callback */
+  uint8_t done;       /* the callback has run */
+  uint8_t released;   /* discard/cleanup have run */
+};
+
+/* Pushes a new request of `size` bytes (the binding's struct, zeroed, beginning with
+ * lasync__req) whose uv request is at `uv`'s offset: pass offsetof(my_req, fs). Pins it and
+ * sets uv->data. Raises on a memory error, before anything is started. */
+lasync__req *lasync__req_new(lua_State *L, const lasync__req_ops *ops, size_t size,
+                             size_t uv_offset);
+/* After the uv call started the request: suspends the running task until the callback.
+ * `return lasync__req_await(L, t, r);` from the binding's lua_CFunction. */
+int lasync__req_await(lua_State *L, lasync__task *t, lasync__req *r);
+/* The uv call failed synchronously with err (no callback will come): unpins the request. */
+void lasync__req_abort(lasync__req *r);
+/* From the binding's libuv callback, once it stored what it needs: wakes the waiter or, if
+ * it has gone, discards the results. Never calls Lua. */
+void lasync__req_done(lasync__req *r);
+/* The request of a uv request (its data field). */
+#define LASYNC__REQ_OF(uvreq) ((lasync__req *)((uv_req_t *)(uvreq))->data)
+
+/* io/handle.c: a libuv handle owned by a Lua object. The memory is malloc'd apart from the
+ * userdata (uv_close is asynchronous and the userdata may be collected first) and freed in
+ * the close callback. Every open handle is linked in the runtime, so shutdown closes what Lua
+ * forgot, and counted. The binding's struct begins with this header and embeds the handle. */
+typedef struct lasync__handle lasync__handle;
+struct lasync__handle {
+  lasync__runtime *rt;
+  lasync__handle *prev, *next; /* the runtime's open handles */
+  uv_handle_t *uv;             /* the embedded handle, once initialised */
+  /* Called once when the handle starts closing (by close, __gc or shutdown): the binding wakes
+   * or fails its waiters and drops its Lua references here. May be NULL. */
+  void (*on_close)(lasync__handle *h);
+  /* Called from the close callback, just before the memory is freed. May be NULL. */
+  void (*on_free)(lasync__handle *h);
+  void *owner;    /* the userdata box that points here (see below), or NULL */
+  uint8_t closing;
+};
+
+/* Allocates a zeroed handle struct of `size` bytes and links it; NULL when out of memory.
+ * The binding then initialises the uv handle and calls lasync__handle_init. */
+void *lasync__handle_new(lasync__runtime *rt, size_t size);
+/* Records the initialised uv handle (sets its data field to h). */
+void lasync__handle_init(lasync__handle *h, uv_handle_t *uv);
+/* Idempotent: runs on_close, unlinks, and uv_close()s (frees at once if never initialised). */
+void lasync__handle_close(lasync__handle *h);
+/* The Lua side is a box: a userdata holding the handle pointer, NULL once closed. Its
+ * metatable's __gc and __close should call lasync__handle_box_close. */
+lasync__handle **lasync__handle_box_new(lua_State *L, lasync__handle *h, const char *mt);
+int lasync__handle_box_close(lua_State *L); /* a lua_CFunction: closes the box at index 1 */
+/* The open handle in the box at idx, or raises: a misuse message for a wrong type, an error of
+ * kind "closed" for a closed one. */
+lasync__handle *lasync__handle_check(lua_State *L, int idx, const char *mt, const char *fname);
+#define LASYNC__HANDLE_OF(uvhandle) ((lasync__handle *)((uv_handle_t *)(uvhandle))->data)
 
 /* task.c */
 lasync__task *lasync__check_task(lua_State *L, const char *fname);
@@ -241,16 +351,16 @@ void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);
 
-/* embedded.c, generated from lua/ by CMake */
-extern const char lasync__lua_lasync[];
-extern const unsigned long lasync__lua_lasync_len;
-extern const char lasync__lua_host[];
-extern const unsigned long lasync__lua_host_len;
-extern const char lasync__lua_http[];
-extern const unsigned long lasync__lua_http_len;
-extern const char lasync__lua_sync[];
-extern const unsigned long lasync__lua_sync_len;
-extern const char lasync__lua_scope[];
-extern const unsigned long lasync__lua_scope_len;
+/* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
+ * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */
+typedef struct {
+  const char *name;
+  const char *source;
+  unsigned long len;
+} lasync__lua_file;
+extern const lasync__lua_file lasync__lua_files[];
+/* Loads the embedded file `name` as a chunk (named "=[lasync]", so spawn sites skip it) and
+ * pushes it; raises if there is no such file or it does not compile. */
+void lasync__load_lua(lua_State *L, const char *name, const char *chunkname);
 
 #endif

@@ -1,14 +1,23 @@
-# Writes OUT, a C file holding each of SOURCES ("|"-separated) as `const char lasync__lua_<name>[]` plus its
-# length. Run by CMake at build time (cmake -P), so no xxd or other tool is needed.
+# Writes OUT, a C file holding each of SOURCES ("|"-separated, paths under ROOT/lua) as a byte
+# array, and one table lasync__lua_files[] naming them by their path under lua/ without ".lua"
+# ("lasync", "http/client"): a new file in lua/ needs no line here. Run by CMake at build time
+# (cmake -P), so no xxd or other tool is needed.
 string(REPLACE "|" ";" SOURCES "${SOURCES}")
+list(SORT SOURCES)
 set(body "/* Generated from lua/ by cmake/embed.cmake: do not edit. */\n")
+string(APPEND body "#include \"private.h\"\n")
+set(table "")
+set(i 0)
 foreach(src ${SOURCES})
-  get_filename_component(name ${src} NAME_WE)
+  file(RELATIVE_PATH rel "${ROOT}/lua" "${src}")
+  string(REGEX REPLACE "\\.lua$" "" name "${rel}")
   file(READ ${src} hex HEX)
   string(LENGTH "${hex}" hexlen)
   math(EXPR len "${hexlen} / 2")
   string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
-  string(APPEND body "const char lasync__lua_${name}[] = {${bytes}0};\n")
-  string(APPEND body "const unsigned long lasync__lua_${name}_len = ${len};\n")
+  string(APPEND body "static const char chunk${i}[] = {${bytes}0};\n")
+  string(APPEND table "  {\"${name}\", chunk${i}, ${len}},\n")
+  math(EXPR i "${i} + 1")
 endforeach()
+string(APPEND body "const lasync__lua_file lasync__lua_files[] = {\n${table}  {0, 0, 0}};\n")
 file(WRITE ${OUT} "${body}")

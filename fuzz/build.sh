@@ -2,7 +2,7 @@
 # fuzz/build.sh [OUT_DIR]   (default build-fuzz)
 #
 # Builds the libFuzzer targets (fuzz/fuzz_*.c) with Debian's clang: the lasync sources
-# (bindings/*.c, host/embed.c and lua/*.lua embedded the way CMake embeds them) compiled with
+# (bindings/**/*.c, host/embed.c and lua/*.lua embedded the way CMake embeds them) compiled with
 # -fsanitize=fuzzer-no-link,address,undefined, and each target linked with -fsanitize=fuzzer.
 # Needs clang and libclang-rt-14-dev (`make fuzz` installs them through .ci/deps).
 set -euo pipefail
@@ -21,13 +21,15 @@ PKG_CFLAGS=($(pkg-config --cflags lua5.4 libuv libcurl))
 PKG_LIBS=($(pkg-config --libs lua5.4 libuv libcurl))
 
 # lua/*.lua as C arrays, with the same script the CMake build runs.
-LUA_SOURCES=$(printf '%s|' "$ROOT"/lua/lasync.lua "$ROOT"/lua/host.lua "$ROOT"/lua/http.lua \
-  "$ROOT"/lua/sync.lua "$ROOT"/lua/scope.lua)
-cmake -DOUT="$OUT/embedded.c" "-DSOURCES=${LUA_SOURCES%|}" -P "$ROOT/cmake/embed.cmake"
+LUA_SOURCES=$(find "$ROOT/lua" -name '*.lua' -printf '%p|' | sort)
+cmake -DOUT="$OUT/embedded.c" -DROOT="$ROOT" "-DSOURCES=${LUA_SOURCES%|}" -P "$ROOT/cmake/embed.cmake"
 
 objs=() pids=()
-for src in "$ROOT"/bindings/*.c "$ROOT"/host/embed.c "$OUT/embedded.c"; do
-  obj=$OUT/obj/$(basename "${src%.c}").o
+mapfile -t BINDINGS < <(find "$ROOT/bindings" -name '*.c' | sort)
+for src in "${BINDINGS[@]}" "$ROOT"/host/embed.c "$OUT/embedded.c"; do
+  rel=${src#"$ROOT"/}
+  obj=$OUT/obj/${rel//\//_}
+  obj=${obj%.c}.o
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$ROOT/bindings/private.h" -nt "$obj" ] ||
     [ "$ROOT/host/lasync.h" -nt "$obj" ]; then
     "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer-no-link "${PKG_CFLAGS[@]}" -I"$ROOT/bindings" -I"$ROOT/host" \

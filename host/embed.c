@@ -4,7 +4,7 @@
 
 #include <lualib.h>
 
-#include "../bindings/private.h"
+#include "private.h"
 #include "lasync.h"
 
 int luaopen_lasync(lua_State *L);
@@ -22,6 +22,7 @@ typedef struct pending {
 
 /* What embedding adds to a runtime: the futures C holds, and the queue other threads fill. */
 typedef struct {
+  lasync__service service; /* first: the service is the state */
   lasync_runtime *rt;
   int owns_state;
   uv_thread_t owner; /* the thread that created the runtime: the only one allowed in */
@@ -35,9 +36,16 @@ typedef struct {
 /* Whether the calling thread may use rt: the one that created it (or, for a runtime the module
  * form made, any: it has no embedding state to say). Cross-thread work goes through
  * lasync_future_resolve_async / reject_async only. */
-static int foreign_thread(const lasync_runtime *rt) {
+static void embed_close(lasync_runtime *rt, lasync__service *s);
+static const lasync__service_ops EMBED_SERVICE = {"embed", NULL, embed_close};
+
+static embed *find_embed(lasync_runtime *rt) {
+  return (embed *)lasync__service_find(rt, &EMBED_SERVICE);
+}
+
+static int foreign_thread(lasync_runtime *rt) {
   uv_thread_t self = uv_thread_self();
-  const embed *e = (const embed *)rt->embed;
+  const embed *e = find_embed(rt);
   return e != NULL && !uv_thread_equal(&e->owner, &self);
 }
 
@@ -65,10 +73,7 @@ static void update_async_ref(embed *e) {
     uv_unref((uv_handle_t *)&e->async);
 }
 
-void lasync__future_release(lasync_future *f) {
-  embed *e;
-  if (f->ref == LUA_NOREF) return;
-  e = (embed *)f->rt->embed;
+static void release(embed *e, lasync_future *f) {
   if (f->prev)
     f->prev->next = f->next;
   else
@@ -79,6 +84,10 @@ void lasync__future_release(lasync_future *f) {
   f->ref = LUA_NOREF;
   e->nheld--;
   update_async_ref(e);
+}
+
+void lasync__future_release(lasync_future *f) {
+  if (f->ref != LUA_NOREF) release(find_embed(f->rt), f);
 }
 
 /* A protected call of the embedder's push callback: a Lua error there must not escape a libuv
@@ -133,10 +142,10 @@ static void on_async_closed(uv_handle_t *handle) {
 }
 
 /* Shutdown hook: let go of the held futures and of settlements that came too late. */
-static void embed_close(lasync_runtime *rt) {
-  embed *e = (embed *)rt->embed;
+static void embed_close(lasync_runtime *rt, lasync__service *s) {
+  embed *e = (embed *)s;
   pending *p;
-  while (e->held) lasync__future_release(e->held);
+  while (e->held) release(e, e->held);
   uv_mutex_lock(&e->lock);
   p = e->head;
   e->head = e->tail = NULL;
@@ -147,13 +156,12 @@ static void embed_close(lasync_runtime *rt) {
     free(p);
     p = next;
   }
-  rt->embed = NULL;
-  rt->embed_close = NULL;
+  (void)rt;
   uv_close((uv_handle_t *)&e->async, on_async_closed);
 }
 
 static embed *embed_of(lasync_runtime *rt) {
-  embed *e = (embed *)rt->embed;
+  embed *e = find_embed(rt);
   if (e) return e;
   e = (embed *)calloc(1, sizeof *e);
   if (e == NULL) return NULL;
@@ -165,8 +173,7 @@ static embed *embed_of(lasync_runtime *rt) {
   }
   e->async.data = e;
   uv_unref((uv_handle_t *)&e->async);
-  rt->embed = e;
-  rt->embed_close = embed_close;
+  lasync__service_add(rt, &e->service, &EMBED_SERVICE);
   return e;
 }
 
@@ -214,7 +221,7 @@ static int queue(lasync_future *f, lasync_push_cb push, void *arg, const char *m
   embed *e;
   pending *p;
   if (f == NULL) return LASYNC_EINVAL;
-  e = (embed *)f->rt->embed;
+  e = find_embed(f->rt);
   p = (pending *)calloc(1, sizeof *p);
   if (p == NULL) return LASYNC_ENOMEM;
   p->f = f;
@@ -291,7 +298,7 @@ int lasync_destroy(lasync_runtime *rt) {
   if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
   L = rt->L;
-  owns_state = rt->embed ? ((embed *)rt->embed)->owns_state : 0;
+  owns_state = find_embed(rt) ? find_embed(rt)->owns_state : 0;
   lasync__runtime_close(rt);
   if (owns_state) {
     lua_close(L);

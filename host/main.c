@@ -56,6 +56,12 @@ static lua_State *new_state(void) {
   lua_setallocf(L, capped_alloc, NULL);
   return L;
 }static lasync__task *main_task;
+
+/* Pushes lua/host.lua as a chunk, under lua_pcall. */
+static int load_host(lua_State *L) {
+  lasync__load_lua(L, "host", "=[lasync host]");
+  return 1;
+}
 static int interrupted;
 
 /* Prints the usage, to stdout when asked for (badoption NULL), else to stderr after the error. */
@@ -326,7 +332,8 @@ int main(int argc, char **argv) {
   lua_pop(L, 1);
   create_arg_table(L, argv, argc, script);
 
-  if (luaL_loadbuffer(L, lasync__lua_host, lasync__lua_host_len, "=[lasync host]") != LUA_OK) {
+  lua_pushcfunction(L, load_host);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
     fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
     return 1;
   }

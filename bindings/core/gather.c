@@ -100,7 +100,7 @@ static int gather_finish(lua_State *L, lasync__task *t, void *data) {
   return collect(L, (group *)data);
 }
 
-static const lasync__awaitable_ops GATHER_OPS = {"gather", gather_cancel, gather_finish};
+static const lasync__awaitable_ops GATHER_OPS = {"gather", gather_cancel, gather_finish, NULL};
 
 /* Leaves at index 1 a new array of tasks made from the arguments: tasks as they are, functions
  * spawned; a single plain table is taken as the list (and left as it was). Every argument is

@@ -244,7 +244,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
 
 void lasync__drain(lasync__runtime *rt) {
   uint32_t n;
-  if (rt->on_turn) rt->on_turn(rt); /* may make tasks ready */
+  lasync__services_turn(rt); /* may make tasks ready */
   n = rt->ready_len; /* only those ready now; later arrivals wait for the next turn */
   while (n-- > 0) {
     lasync__task *t = rt->ready[rt->ready_head];
@@ -269,7 +269,7 @@ int lasync__run_until_done(lasync__runtime *rt, lasync__task *t) {
   while (t ? !lasync__task_finished(t) : rt->live_tasks > 0) {
     if (!alive && rt->ready_len == 0) {
       /* Transfers held back by a step's quota are admitted here, outside any step. */
-      if (rt->on_turn) rt->on_turn(rt);
+      lasync__services_turn(rt);
       if (!uv_loop_alive(rt->loop) && rt->ready_len == 0) return -1; /* nothing can wake them */
     }
     rt->in_callback++;
@@ -378,8 +378,7 @@ void lasync__runtime_close(lasync__runtime *rt) {
     lasync__run_until_done(rt, NULL);
   }
   rt->closing = 1;
-  if (rt->http_close) rt->http_close(rt); /* its transfers end before the handles close */
-  if (rt->embed_close) rt->embed_close(rt);
+  lasync__services_close(rt); /* curl's transfers, held futures: before the handles close */
   free(rt->ready);
   rt->ready = NULL;
   rt->ready_len = rt->ready_cap = 0;

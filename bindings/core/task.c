@@ -117,8 +117,11 @@ static int on_resume(lua_State *L, int status, lua_KContext ctx) {
   t->wait_ops = NULL;
   t->wait_data = NULL;
   t->wake = LASYNC__WAKE_NONE;
-  if (lasync__cancel_active(t)) return raise_cancelled(L, t);
-  return ops->finish ? ops->finish(L, t, data) : 0;
+  if (lasync__cancel_active(t)) {
+    if (ops && ops->abandon) ops->abandon(L, t, data);
+    return raise_cancelled(L, t);
+  }
+  return ops && ops->finish ? ops->finish(L, t, data) : 0;
 }
 
 int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data) {
@@ -468,7 +471,7 @@ static int await_finish(lua_State *L, lasync__task *t, void *data) {
   return lasync__push_outcome(L, (lasync__task *)data, 1);
 }
 
-static const lasync__awaitable_ops AWAIT_TASK_OPS = {"task", await_cancel, await_finish};
+static const lasync__awaitable_ops AWAIT_TASK_OPS = {"task", await_cancel, await_finish, NULL};
 
 static int await_task(lua_State *L, lasync__task *a, const char *fname) {
   lasync__task *t = lasync__check_task(L, fname);
@@ -506,7 +509,7 @@ static int l_await(lua_State *L) {
                     luaL_typename(L, 1));
 }
 
-static const lasync__awaitable_ops YIELD_OPS = {"yield", NULL, NULL};
+static const lasync__awaitable_ops YIELD_OPS = {"yield", NULL, NULL, NULL};
 
 /* coroutine.yield, made task-aware: in a task's own coroutine a bare yield is a suspension
  * point like sleep(0), where cancellation arrives too; in any other coroutine it is exactly
@@ -608,7 +611,7 @@ static int l_run_until(lua_State *L) {
 static int l_debug_counts(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   int self = rt->current && rt->current->co == L;
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 7);
   lua_pushinteger(L, rt->live_tasks - self);
   lua_setfield(L, -2, "tasks");
   lua_pushinteger(L, rt->heap_len);
@@ -619,6 +622,10 @@ static int l_debug_counts(lua_State *L) {
   lua_setfield(L, -2, "refs");
   lua_pushinteger(L, rt->pool_len);
   lua_setfield(L, -2, "pooled_coroutines");
+  lua_pushinteger(L, rt->live_requests);
+  lua_setfield(L, -2, "requests");
+  lua_pushinteger(L, rt->live_handles);
+  lua_setfield(L, -2, "owned_handles"); /* io/handle.c's, open or not yet freed */
   return 1;
 }
 

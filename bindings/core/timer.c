@@ -132,7 +132,7 @@ static void sleep_cancel(lasync__task *t, void *data) {
   lasync__timer_stop(t->rt, &t->timer);
 }
 
-static const lasync__awaitable_ops SLEEP_OPS = {"sleep", sleep_cancel, NULL};
+static const lasync__awaitable_ops SLEEP_OPS = {"sleep", sleep_cancel, NULL, NULL};
 
 static int l_sleep(lua_State *L) {
   double s = check_seconds(L, 1, "async.sleep");

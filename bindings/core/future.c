@@ -95,7 +95,7 @@ static int await_finish(lua_State *L, lasync__task *t, void *data) {
   return push_outcome(L, (lasync_future *)data, lua_gettop(L));
 }
 
-static const lasync__awaitable_ops AWAIT_FUTURE_OPS = {"future", await_cancel, await_finish};
+static const lasync__awaitable_ops AWAIT_FUTURE_OPS = {"future", await_cancel, await_finish, NULL};
 
 /* Suspends the running task on the future at the top of L's stack, which stays there (and so
  * stays alive) while the task waits. */

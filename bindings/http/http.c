@@ -41,6 +41,7 @@ typedef struct {
 /* The runtime's HTTP state, made on the first fetch. Freed in the timer's close callback,
  * since uv_close is asynchronous. */
 struct http {
+  lasync__service service; /* first: the service is the state */
   lasync__runtime *rt;
   CURLM *multi;
   uv_timer_t timer;
@@ -393,12 +394,10 @@ static int cb_timer(CURLM *multi, long timeout_ms, void *userp) {
 static void on_http_closed(uv_handle_t *handle) { free(handle->data); }
 
 /* The runtime's shutdown hook: no transfer is in flight any more once it returns. */
-static void http_close(lasync__runtime *rt) {
-  http *h = (http *)rt->http;
-  if (h == NULL) return;
-  rt->http = NULL;
+static void http_close(lasync__runtime *rt, lasync__service *s) {
+  http *h = (http *)s;
+  (void)rt;
   /* Their tasks were cancelled before this runs, so no one is left to wake. */
-  rt->on_turn = NULL;
   while (h->admission_head) detach(h->admission_head);
   while (h->transfers) detach(h->transfers);
   while (h->easy_pooled > 0) curl_easy_cleanup(h->easy_pool[--h->easy_pooled]);
@@ -410,11 +409,13 @@ static void http_close(lasync__runtime *rt) {
   uv_close((uv_handle_t *)&h->timer, on_http_closed);
 }
 
-static void on_turn(lasync__runtime *rt);
+static void on_turn(lasync__runtime *rt, lasync__service *s);
+
+static const lasync__service_ops HTTP_SERVICE = {"http", on_turn, http_close};
 
 static http *get_http(lua_State *L, lasync__runtime *rt) {
   static int curl_ready = 0;
-  http *h = (http *)rt->http;
+  http *h = (http *)lasync__service_find(rt, &HTTP_SERVICE);
   if (h) return h;
   if (!curl_ready) {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
@@ -435,9 +436,7 @@ static http *get_http(lua_State *L, lasync__runtime *rt) {
   curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
   curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, cb_timer);
   curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-  rt->http = h;
-  rt->http_close = http_close;
-  rt->on_turn = on_turn;
+  lasync__service_add(rt, &h->service, &HTTP_SERVICE);
   return h;
 }
 
@@ -630,7 +629,7 @@ static void fetch_cancel(lasync__task *t, void *data) {
   abort_xfer(x);
 }
 
-static const lasync__awaitable_ops FETCH_OPS = {"fetch", fetch_cancel, fetch_finish};
+static const lasync__awaitable_ops FETCH_OPS = {"fetch", fetch_cancel, fetch_finish, NULL};
 
 /* Raises the error a body function raised (the transfer's user value). x is at xi. */
 static int raise_body_error(lua_State *L, int xi) {
@@ -715,7 +714,7 @@ static void read_cancel(lasync__task *t, void *data) {
   abort_xfer(x);
 }
 
-static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish};
+static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish, NULL};
 
 /* res:read(), each time its task runs; the stack is [x]. */
 static int read_step(lua_State *L, lasync__task *t, xfer *x) {
@@ -789,7 +788,7 @@ static void send_cancel(lasync__task *t, void *data) {
   ((xfer *)data)->feeder = NULL;
 }
 
-static const lasync__awaitable_ops SEND_OPS = {"fetch body", send_cancel, send_finish};
+static const lasync__awaitable_ops SEND_OPS = {"fetch body", send_cancel, send_finish, NULL};
 
 static int send_step(lua_State *L, lasync__task *t, xfer *x) {
   if (x->done || x->send_eof) {
@@ -994,9 +993,8 @@ static void queue_admission(http *h, xfer *x) {
 
 /* Each loop turn: admits the waiting transfers this step's quota allows (all of them outside
  * lasync_step). A transfer curl refuses fails like any other. */
-static void on_turn(lasync__runtime *rt) {
-  http *h = (http *)rt->http;
-  if (h == NULL) return;
+static void on_turn(lasync__runtime *rt, lasync__service *s) {
+  http *h = (http *)s;
   while (h->admission_head) {
     xfer *x = h->admission_head;
     if (rt->step_deadline) {
