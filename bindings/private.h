@@ -324,6 +324,17 @@ void lasync__open_task(lua_State *L);
 
 /* errors.c */
 void lasync__push_error(lua_State *L, const char *kind, const char *message);
+/* Pushes an error object for a libuv error: kind, message "ECONNREFUSED: connection refused[,
+ * what]", code ("ECONNREFUSED") and errno (positive). */
+void lasync__push_uv_error(lua_State *L, const char *kind, int err, const char *what);
+/* Misuse, one format everywhere: raises "<fname>: bad argument #<arg> '<argname>' (<expected>
+ * expected, got <type>)" (argname may be NULL), a userdata's type being its __name. */
+int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argname,
+                     const char *expected);
+/* Raises "<fname>: bad option '<opt>' (<expected> expected, got <type of the value at idx>)". */
+int lasync__opterror(lua_State *L, int idx, const char *fname, const char *opt,
+                     const char *expected);
+const char *lasync__typename(lua_State *L, int idx); /* luaL_typename, or a userdata's __name */
 int lasync__is_error_kind(lua_State *L, int idx, const char *kind);
 const char *lasync__describe(lua_State *L, int idx);
 void lasync__open_errors(lua_State *L);

@@ -38,6 +38,44 @@ int lasync__is_error_kind(lua_State *L, int idx, const char *kind) {
   return yes;
 }
 
+/* ---- misuse: one format for every binding ---- */
+
+const char *lasync__typename(lua_State *L, int idx) {
+  const char *name = luaL_typename(L, idx);
+  int type = lua_type(L, idx) == LUA_TUSERDATA ? luaL_getmetafield(L, idx, "__name") : LUA_TNIL;
+  if (type == LUA_TSTRING) name = lua_tostring(L, -1); /* kept alive by the metatable */
+  if (type != LUA_TNIL) lua_pop(L, 1);
+  return name;
+}
+
+int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argname,
+                     const char *expected) {
+  const char *got = lua_isnone(L, arg) ? "no value" : lasync__typename(L, arg);
+  if (argname)
+    return luaL_error(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, arg, argname,
+                      expected, got);
+  return luaL_error(L, "%s: bad argument #%d (%s expected, got %s)", fname, arg, expected, got);
+}
+
+int lasync__opterror(lua_State *L, int idx, const char *fname, const char *opt,
+                     const char *expected) {
+  return luaL_error(L, "%s: bad option '%s' (%s expected, got %s)", fname, opt, expected,
+                    lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
+}
+
+void lasync__push_uv_error(lua_State *L, const char *kind, int err, const char *what) {
+  if (what)
+    lua_pushfstring(L, "%s: %s, %s", uv_err_name(err), uv_strerror(err), what);
+  else
+    lua_pushfstring(L, "%s: %s", uv_err_name(err), uv_strerror(err));
+  lasync__push_error(L, kind, lua_tostring(L, -1));
+  lua_remove(L, -2);
+  lua_pushstring(L, uv_err_name(err));
+  lua_setfield(L, -2, "code");
+  lua_pushinteger(L, -err);
+  lua_setfield(L, -2, "errno");
+}
+
 static int describe_protected(lua_State *L) {
   luaL_tolstring(L, 1, NULL);
   return 1;
