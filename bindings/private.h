@@ -362,6 +362,15 @@ void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);
 
+/* thread/pool.c: C work items on the default thread pool, behind lasync.h's lasync_work. */
+typedef struct lasync__work lasync__work;
+typedef void (*lasync__work_cb)(lasync__work *w, void *arg);
+typedef int (*lasync__work_push_cb)(lua_State *L, void *arg);
+int lasync__work_submit(lua_State *L, lasync__work_cb work, lasync__work_push_cb push, void *arg);
+int lasync__work_cancelled(const lasync__work *w);
+void lasync__work_fail(lasync__work *w, const char *message);
+void lasync__open_thread(lua_State *L);
+
 /* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
  * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */
 typedef struct {
