@@ -366,7 +366,7 @@ int lasync__copy_decode(lua_State *L, const char *data, size_t len, int env_idx)
   int n = 0;
   d.L = L;
   d.p = data;
-  d.end = data + len;
+  d.end = data ? data + len : data; /* no results: no buffer at all */
   d.env = env_idx ? lua_absindex(L, env_idx) : 0;
   d.next = 1;
   lua_newtable(L);

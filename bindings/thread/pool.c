@@ -703,6 +703,7 @@ static int job_push(lua_State *L, lasync__req *r) {
   if (j->cwork) {
     j->pushed = 1;
     if (j->outcome == OUT_ERROR) {
+      j->cpush(NULL, j->carg);
       lasync__push_error(L, "thread", j->message ? j->message : "work failed");
       return -1;
     }
