@@ -1,9 +1,10 @@
 # Thin front end to CMake. Every target installs missing Debian packages first (.ci/deps).
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test demo sanitize bench soak fuzz clean
+.PHONY: all deps build test demo sanitize tsan valgrind bench soak fuzz clean
 
 all: build
 
@@ -42,6 +43,16 @@ valgrind: build
 	$(VALGRIND) $(BUILD)/alloc_sweep
 	$(VALGRIND) $(BUILD)/lasync /usr/bin/busted --output=plainTerminal $(VALGRIND_SPECS)
 
+# ThreadSanitizer over what has threads: the thread specs and the C work-item test.
+TSAN_SPECS = spec/thread_spec.lua
+tsan: deps
+	@.ci/deps clang libclang-rt-14-dev
+	@CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLASYNC_TSAN=ON >/dev/null
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target lasync work_test
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_BUILD)/work_test
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 LASYNC=$(TSAN_BUILD)/lasync \
+	  $(TSAN_BUILD)/lasync /usr/bin/busted --output=plainTerminal $(TSAN_SPECS)
+
 bench: build
 	@.ci/deps time
 	bench/run $(BUILD)
@@ -56,4 +67,4 @@ fuzz: deps
 	fuzz/run
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)

@@ -37,7 +37,7 @@ static const char CANCEL_TAG = 'c';  /* what the hook raises in a cancelled job 
 typedef struct pool pool;
 typedef struct job job;
 
-enum { JOB_QUEUED, JOB_RUNNING, JOB_FINISHED, JOB_COMPLETE };
+enum { JOB_QUEUED, JOB_RUNNING, JOB_FINISHED };
 enum { OUT_OK, OUT_ERROR, OUT_INVALID, OUT_CANCELLED, OUT_CLOSED, OUT_NOMEM };
 
 struct lasync__work { /* what a C work function sees: its job */
@@ -58,6 +58,7 @@ struct job {
   char *message;    /* an error's message and traceback, malloc'd by the worker */
   char *traceback;
   lasync__task *stop_waiter; /* a cancelled task waiting for the worker to stop */
+  uint8_t completed;         /* the loop thread's own view: complete() has run */
   /* A C work item (lasync_work): */
   lasync__work_cb cwork;
   lasync__work_push_cb cpush;
@@ -427,7 +428,7 @@ static void update_ref(pool *p) {
 }
 
 static void complete(pool *p, job *j) {
-  j->state = JOB_COMPLETE;
+  j->completed = 1;
   p->live--;
   if (j->stop_waiter) {
     lasync__task *t = j->stop_waiter;
@@ -939,7 +940,7 @@ static job *check_job(lua_State *L, int idx) {
 static int l_await(lua_State *L) {
   job *j = check_job(L, 1);
   lasync__task *t = lasync__check_task(L, "async.to_thread");
-  if (j->state == JOB_COMPLETE) return luaL_error(L, "lasync: the job was already awaited");
+  if (j->completed) return luaL_error(L, "lasync: the job was already awaited");
   return lasync__req_await(L, t, &j->req);
 }
 
@@ -955,7 +956,7 @@ static const lasync__awaitable_ops STOP_WAIT = {"thread job stopping", stop_canc
 static int l_stopped(lua_State *L) {
   job *j = check_job(L, 1);
   lasync__task *t = lasync__check_suspendable(L, "async.to_thread");
-  if (j->state == JOB_COMPLETE) return 0;
+  if (j->completed) return 0;
   j->stop_waiter = t;
   return lasync__suspend(L, t, &STOP_WAIT, j);
 }
