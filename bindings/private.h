@@ -286,6 +286,33 @@ int lasync__handle_box_close(lua_State *L); /* a lua_CFunction: closes the box a
 lasync__handle *lasync__handle_check(lua_State *L, int idx, const char *mt, const char *fname);
 #define LASYNC__HANDLE_OF(uvhandle) ((lasync__handle *)((uv_handle_t *)(uvhandle))->data)
 
+/* io/buffer.c: a growable byte buffer, appended at the tail and consumed from the head,
+ * touched without Lua (libuv and curl callbacks fill it). A zeroed struct is an empty buffer
+ * with no limit; set max to bound the unread bytes. The calls that can fail return 0,
+ * UV_ENOBUFS (past max) or UV_ENOMEM, and leave the buffer as it was. */
+typedef struct lasync__buffer {
+  char *data;
+  size_t start; /* the first unread byte */
+  size_t len;   /* unread bytes */
+  size_t cap;
+  size_t max;   /* most unread bytes it may hold; 0: no limit */
+} lasync__buffer;
+
+/* Makes room for n more bytes at the tail. */
+int lasync__buffer_reserve(lasync__buffer *b, size_t n);
+/* Appends n bytes (n == 0 is a no-op, p may then be NULL). */
+int lasync__buffer_append(lasync__buffer *b, const char *p, size_t n);
+/* The free room at the tail (after reserve), filled in place and then committed: how a libuv
+ * alloc callback reads straight into the buffer. NULL with *room == 0 before any reserve. */
+char *lasync__buffer_tail(lasync__buffer *b, size_t *room);
+void lasync__buffer_commit(lasync__buffer *b, size_t n);
+/* The unread bytes; never NULL ("" when empty). Valid until the next call that adds. */
+const char *lasync__buffer_peek(const lasync__buffer *b, size_t *len);
+/* Drops the first n unread bytes (all of them if n >= len); keeps the memory. */
+void lasync__buffer_consume(lasync__buffer *b, size_t n);
+/* Frees the memory; the buffer is empty and usable again (max is kept). */
+void lasync__buffer_free(lasync__buffer *b);
+
 /* task.c */
 lasync__task *lasync__check_task(lua_State *L, const char *fname);
 /* The same checks, without delivering a pending cancellation: async.shield opens even after
