@@ -7,8 +7,9 @@
  * finish, so its memory outlives a waiter that was cancelled. Values cross as byte buffers
  * (copy.c); the worker never touches the loop's state and the loop never touches a worker's.
  *
- * Completions travel back through one mutex-protected list and a uv_async, behind post() and
- * on_async(): the one place to swap for the runtime's cross-thread queue.
+ * Finished jobs wait in one mutex-protected list; a worker that finds it empty posts a kick on
+ * the runtime's cross-thread queue (core/xthread.c), and on_kick() completes them all on the
+ * loop's thread. The same kick reports room in the queue and exited workers.
  *
  * Cancellation: a queued job is unlinked and dropped; a running Lua job has its atomic flag
  * set, which the count hook of its worker state checks every HOOK_COUNT instructions and turns
@@ -16,6 +17,7 @@
  * cancelled task wait, shielded, until the worker has really stopped before Cancelled goes on.
  */
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,12 +93,14 @@ struct pool {
   int want_space;  /* tasks wait for room in the queue: workers wake the loop on each take */
   worker *workers; /* size entries, nthreads of them started */
   char *path, *cpath;
-  uv_async_t async;
+  lasync__xqueue *xq; /* the runtime's cross-thread queue, retained */
+  int kicked;         /* under the lock: a kick is posted and has not run yet */
+  atomic_int inflight; /* kicks posted and not yet run or dropped: the pool outlives them */
   /* The loop thread's own: */
-  long live;       /* jobs submitted and not yet complete: the async handle is ref'd meanwhile */
+  long live;       /* jobs submitted and not yet complete: the loop is held meanwhile */
+  int holding;     /* whether this pool holds the cross-thread queue (keeps the loop alive) */
   int closed;      /* refuses new jobs */
-  int joined;      /* threads joined, async closing */
-  int async_closed;
+  int joined;      /* threads joined */
   int boxed;       /* a Lua box points here */
   lasync__waitlist space;   /* tasks waiting for room in the queue */
   lasync__waitlist closers; /* tasks in pool:close() waiting for the workers to exit */
@@ -369,8 +373,24 @@ static void run_job(worker *w, job *j) {
 
 /* ---- the queue between the loop and the workers ---- */
 
-/* From a worker: hands a finished job to the loop thread. The only place completions cross. */
+static void on_kick(void *arg);
+static void on_kick_dropped(void *arg);
+
+/* With the lock held: asks the loop thread to look at the pool, unless it is already asked.
+ * Returns whether the caller must post the kick (after unlocking). */
+static int want_kick(pool *p) {
+  if (p->kicked) return 0;
+  p->kicked = 1;
+  atomic_fetch_add(&p->inflight, 1);
+  return 1;
+}
+
+static void kick(pool *p) { lasync__xqueue_post(p->xq, on_kick, on_kick_dropped, p); }
+
+/* From a worker (or the loop, for a dropped job): hands a finished job to the loop thread. The
+ * only place completions cross. */
 static void post(pool *p, job *j) {
+  int k;
   uv_mutex_lock(&p->lock);
   j->state = JOB_FINISHED;
   j->next = NULL;
@@ -379,13 +399,15 @@ static void post(pool *p, job *j) {
   else
     p->dhead = j;
   p->dtail = j;
+  k = want_kick(p);
   uv_mutex_unlock(&p->lock);
-  uv_async_send(&p->async);
+  if (k) kick(p);
 }
 
 static void worker_main(void *arg) {
   worker *w = (worker *)arg;
   pool *p = w->p;
+  int k;
   uv_mutex_lock(&p->lock);
   for (;;) {
     job *j;
@@ -401,8 +423,9 @@ static void worker_main(void *arg) {
     p->nqueued--;
     j->state = JOB_RUNNING;
     w->current = j;
-    if (p->want_space) uv_async_send(&p->async);
+    k = p->want_space && want_kick(p);
     uv_mutex_unlock(&p->lock);
+    if (k) kick(p);
     run_job(w, j);
     uv_mutex_lock(&p->lock);
     w->current = NULL;
@@ -410,21 +433,22 @@ static void worker_main(void *arg) {
     post(p, j);
     uv_mutex_lock(&p->lock);
   }
-  p->exited++;
-  uv_mutex_unlock(&p->lock);
-  if (w->L) lua_close(w->L);
+  if (w->L) lua_close(w->L); /* under the lock: cheap next to a thread's exit, and ordered */
   w->L = NULL;
-  uv_async_send(&p->async);
+  p->exited++;
+  k = want_kick(p);
+  uv_mutex_unlock(&p->lock);
+  if (k) kick(p);
 }
 
 /* ---- the loop thread's side ---- */
 
 /* The loop stays alive while jobs are out or the workers are exiting. */
 static void update_ref(pool *p) {
-  if (p->live > 0 || (p->closed && !p->joined))
-    uv_ref((uv_handle_t *)&p->async);
-  else
-    uv_unref((uv_handle_t *)&p->async);
+  int want = p->live > 0 || (p->closed && !p->joined);
+  if (want == p->holding) return;
+  p->holding = want;
+  lasync__xqueue_hold(p->xq, want ? 1 : -1);
 }
 
 static void complete(pool *p, job *j) {
@@ -440,11 +464,16 @@ static void complete(pool *p, job *j) {
 
 static void join_threads(pool *p);
 
-static void on_async(uv_async_t *handle) {
-  pool *p = (pool *)handle->data;
+static void maybe_free(pool *p);
+
+/* On the loop's thread, after a worker kicked: completes the finished jobs, wakes the tasks
+ * waiting for room in the queue, joins the workers once all have exited. */
+static void on_kick(void *arg) {
+  pool *p = (pool *)arg;
   job *j;
   int room, all_exited;
   uv_mutex_lock(&p->lock);
+  p->kicked = 0;
   j = p->dhead;
   p->dhead = p->dtail = NULL;
   room = p->max_queue <= 0 || p->nqueued < p->max_queue;
@@ -460,26 +489,39 @@ static void on_async(uv_async_t *handle) {
   p->want_space = p->space.head != NULL;
   uv_mutex_unlock(&p->lock);
   if (all_exited && !p->joined) join_threads(p);
-  update_ref(p);
+  if (!p->joined) update_ref(p);
+  atomic_fetch_sub(&p->inflight, 1);
+  maybe_free(p);
+}
+
+/* The kick will not run: the runtime is closing (on the loop's thread; the pool has joined its
+ * workers and completed their jobs by then, since it closes before the queue), or the post
+ * was out of memory (on a worker: the job waits in the list for the next kick or the close). */
+static void on_kick_dropped(void *arg) {
+  pool *p = (pool *)arg;
+  uv_mutex_lock(&p->lock);
+  p->kicked = 0;
+  uv_mutex_unlock(&p->lock);
+  atomic_fetch_sub(&p->inflight, 1);
 }
 
 static void free_pool(pool *p) {
   uv_mutex_destroy(&p->lock);
   uv_cond_destroy(&p->cond);
+  lasync__xqueue_release(p->xq);
   free(p->workers);
   free(p->path);
   free(p->cpath);
   free(p);
 }
 
-static void on_async_closed(uv_handle_t *h) {
-  pool *p = (pool *)h->data;
-  p->async_closed = 1;
-  if (!p->boxed) free_pool(p);
+/* Loop thread: frees the pool once nothing points at it any more. */
+static void maybe_free(pool *p) {
+  if (!p->boxed && p->joined && atomic_load(&p->inflight) == 0) free_pool(p);
 }
 
 /* Once every worker has exited: joins them (at once), completes what they left, and lets the
- * async handle go. */
+ * loop go. */
 static void join_threads(pool *p) {
   int i;
   job *j;
@@ -496,7 +538,10 @@ static void join_threads(pool *p) {
   }
   lasync__waitlist_settle(&p->closers);
   lasync__waitlist_settle(&p->space); /* they retry and find the pool closed */
-  uv_close((uv_handle_t *)&p->async, on_async_closed);
+  if (p->holding) {
+    p->holding = 0;
+    lasync__xqueue_hold(p->xq, -1);
+  }
 }
 
 /* Refuses new jobs, drops the queued ones (their tasks get an error of kind "closed"), and
@@ -583,15 +628,19 @@ static pool *new_pool(lua_State *L, int size, int max_queue, size_t max_memory) 
     free(p);
     luaL_error(L, "cannot create a condition variable for a thread pool");
   }
-  if (uv_async_init(rt->loop, &p->async, on_async) != 0) {
+  /* Got before the pool registers as a service, so the queue closes after the pool: the
+   * workers are joined before it would drop their kicks. */
+  p->xq = lasync__xqueue_get(rt);
+  if (p->xq == NULL) {
     uv_cond_destroy(&p->cond);
     uv_mutex_destroy(&p->lock);
     free(p->workers);
     free(p);
-    luaL_error(L, "cannot create a thread pool's wake-up handle");
+    luaL_error(L, "cannot make the cross-thread queue for a thread pool");
+    return NULL;
   }
-  p->async.data = p;
-  uv_unref((uv_handle_t *)&p->async);
+  lasync__xqueue_retain(p->xq);
+  atomic_init(&p->inflight, 0);
   p->rt = rt;
   p->size = size;
   p->max_queue = max_queue;
@@ -617,11 +666,8 @@ static int pool_gc(lua_State *L) {
   if (p == NULL) return 0;
   *box = NULL;
   p->boxed = 0;
-  if (p->async_closed) {
-    free_pool(p);
-  } else if (!p->closed) {
-    close_blocking(p, 1);
-  }
+  if (!p->closed) close_blocking(p, 1);
+  maybe_free(p);
   return 0;
 }
 
@@ -781,16 +827,7 @@ static void job_cancel(lasync__req *r) {
   uv_mutex_unlock(&p->lock);
   if (dropped) {
     j->outcome = OUT_CANCELLED;
-    j->next = NULL;
-    uv_mutex_lock(&p->lock);
-    j->state = JOB_FINISHED;
-    if (p->dtail)
-      p->dtail->next = j;
-    else
-      p->dhead = j;
-    p->dtail = j;
-    uv_mutex_unlock(&p->lock);
-    uv_async_send(&p->async); /* completed on the next turn, like every other job */
+    post(p, j); /* completed on the next turn, like every other job */
   }
 }
 
