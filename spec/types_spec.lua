@@ -15,6 +15,7 @@ local TYPES = os.getenv("LASYNC_TYPES") or "types/lasync.lua"
 local INTERNAL = {
   ["lasync.Deadline"] = true, -- core._deadline: timeout/shield/scope's cancel scope
   ["lasync.Transfer"] = true, -- the curl transfer a Response keeps while streaming
+  ["lasync.ThreadBuffer"] = true, -- thread/pool.c: arguments being encoded for a worker
 }
 
 -- Objects some public functions return whose class is found from an instance (any class whose
