@@ -238,6 +238,28 @@ describe("async.to_thread", function()
     assert.are.equal(1, async.to_thread(identity, 1))
   end)
 
+  it("stops a job spinning inside a coroutine of its own", function()
+    local err = raises(async.timeout, 0.1, async.to_thread, function()
+      local spin = coroutine.wrap(function() while true do end end)
+      spin()
+    end)
+    assert.is_true(async.is_timeout(err))
+    err = raises(async.timeout, 0.1, async.to_thread, function()
+      local co = coroutine.create(function() while true do end end)
+      local ok = coroutine.resume(co) -- the job goes on after its coroutine was stopped
+      while true do end
+    end)
+    assert.is_true(async.is_timeout(err))
+    -- coroutines still work as usual in a worker
+    assert.are.same({ 1, 2, 3 }, async.to_thread(function()
+      local out = {}
+      for v in coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end) do
+        out[#out + 1] = v
+      end
+      return out
+    end))
+  end)
+
   it("stops a job under async.timeout and raises the timeout", function()
     local err = raises(async.timeout, 0.1, async.to_thread, spin_forever)
     assert.is_true(async.is_timeout(err))

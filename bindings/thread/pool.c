@@ -12,10 +12,19 @@
  * loop's thread. The same kick reports room in the queue and exited workers.
  *
  * Cancellation: a queued job is unlinked and dropped; a running Lua job has its atomic flag
- * set, which the count hook of its worker state checks every HOOK_COUNT instructions and turns
- * into an error that unwinds the job (its <close> variables run). lua/thread.lua makes the
- * cancelled task wait, shielded, until the worker has really stopped before Cancelled goes on.
+ * set, and its worker is sent CANCEL_SIGNAL. The handler, on the worker's own thread, installs a
+ * count hook on the Lua thread running the job (lua_sethook is made to be called from a signal
+ * handler: lua.c stops a script on Ctrl-C this way); the hook checks the flag and raises an
+ * error that unwinds the job, its <close> variables included. The hook is installed only then:
+ * a count hook in place all the time puts every instruction of every job through
+ * luaG_traceexec, which made CPU jobs 2.7 times slower. lua/thread.lua makes the cancelled task
+ * wait, shielded, until the worker has really stopped before Cancelled goes on.
+ *
+ * Under ThreadSanitizer, which holds signals back until the thread calls an intercepted
+ * function (a `while true do end` never does), the hook stays installed instead.
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,7 +38,18 @@
 
 #define POOL_MT "lasync.ThreadPool"
 #define JOB_MT_NAME "thread job"
-#define HOOK_COUNT 1000 /* instructions between two looks at the cancel flag */
+#define HOOK_COUNT 1000    /* with the hook always in place: instructions between two looks */
+#define REARM_COUNT 100000 /* after raising: room for the job's <close> handlers to run */
+#if defined(__SANITIZE_THREAD__)
+#define HOOK_ALWAYS 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HOOK_ALWAYS 1
+#endif
+#endif
+#ifndef HOOK_ALWAYS
+#define HOOK_ALWAYS 0
+#endif
 #define MAX_POOL_SIZE 1024
 
 static const char DEFAULT_KEY = 'd'; /* registry: the default pool's box */
@@ -51,6 +71,7 @@ struct job {
   uv_work_t uv;    /* never given to libuv: the request layer wants a uv_req_t to point at */
   job *next;       /* in the pool's queue, then in its list of finished jobs */
   pool *p;
+  void *worker;    /* the worker running it, under the pool's lock */
   int state;        /* under the pool's lock until JOB_FINISHED; loop thread after */
   int outcome;      /* written by the worker, read by the loop once finished */
   atomic_int cancel;
@@ -74,7 +95,8 @@ typedef struct {
   uv_thread_t thread;
   lua_State *L; /* made on the first Lua job, in the worker */
   size_t used;  /* bytes its state holds, against the pool's max_memory */
-  job *current;
+  job *current; /* under the pool's lock (the worker itself reads it without) */
+  _Atomic(lua_State *) running; /* the Lua thread running a job: L or one of its coroutines */
   int base_mt;  /* registry ref of {__index = _G}: each job's fresh environment */
 } worker;
 
@@ -147,14 +169,129 @@ static void *worker_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return np;
 }
 
-/* The count hook of every worker state: a cancelled job stops at its next check. */
+static int cancelling(worker *w) {
+  return w->current && atomic_load_explicit(&w->current->cancel, memory_order_relaxed);
+}
+
+/* The count hook: a cancelled job stops here. Installed by the signal handler (or always, under
+ * TSan); a hook left over from a job that has finished removes itself. */
 static void on_count(lua_State *L, lua_Debug *ar) {
   worker *w = *(worker **)lua_getextraspace(L);
   (void)ar;
-  if (w->current && atomic_load_explicit(&w->current->cancel, memory_order_relaxed)) {
+  if (cancelling(w)) {
+    /* Raised again later if the job catches it and goes on, but not at once: unwinding runs
+     * the job's <close> handlers, which are Lua code too. */
+    lua_sethook(L, on_count, LUA_MASKCOUNT, HOOK_ALWAYS ? HOOK_COUNT : REARM_COUNT);
     lua_pushlightuserdata(L, (void *)&CANCEL_TAG);
     lua_error(L);
+  } else if (!HOOK_ALWAYS) {
+    lua_sethook(L, NULL, 0, 0);
   }
+}
+
+/* ---- telling a worker to stop: CANCEL_SIGNAL ---- */
+
+static _Thread_local worker *self_worker; /* the worker running on this thread, if any */
+static int cancel_signal;
+static uv_once_t signal_once = UV_ONCE_INIT;
+
+/* On a worker's thread, interrupting whatever it runs: arms the hook on its running Lua thread. */
+static void on_cancel_signal(int sig) {
+  worker *w = self_worker;
+  lua_State *L;
+  (void)sig;
+  if (w && (L = atomic_load(&w->running)) != NULL) lua_sethook(L, on_count, LUA_MASKCOUNT, 1);
+}
+
+static void install_signal(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_cancel_signal;
+  sa.sa_flags = SA_RESTART; /* a job's blocking read goes on after the handler */
+  sigemptyset(&sa.sa_mask);
+  cancel_signal = SIGRTMIN + 4;
+  if (sigaction(cancel_signal, &sa, NULL) != 0) cancel_signal = 0;
+}
+
+/* Loop thread, with the pool's lock held (so the worker has not been joined): its job's flag
+ * is set; now make it look. */
+static void interrupt(worker *w) {
+  if (HOOK_ALWAYS || cancel_signal == 0) return;
+  pthread_kill((pthread_t)w->thread, cancel_signal);
+}
+
+/* coroutine.resume and coroutine.wrap in worker states, as lcorolib.c's, but keeping track of
+ * the Lua thread that runs, so the signal arms the hook where the job is. */
+static int track_resume(lua_State *L, lua_State *co, int narg) {
+  worker *w = *(worker **)lua_getextraspace(L);
+  lua_State *prev;
+  int status, nres;
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  prev = atomic_load(&w->running);
+  atomic_store(&w->running, co);
+  if (cancelling(w) || HOOK_ALWAYS) lua_sethook(co, on_count, LUA_MASKCOUNT, HOOK_ALWAYS ? HOOK_COUNT : 1);
+  status = lua_resume(co, L, narg, &nres);
+  atomic_store(&w->running, prev);
+  if (cancelling(w)) lua_sethook(L, on_count, LUA_MASKCOUNT, 1); /* the signal may have hit co */
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  return -1;
+}
+
+static int co_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  int r;
+  luaL_argexpected(L, co, 1, "coroutine");
+  r = track_resume(L, co, lua_gettop(L) - 1);
+  if (r < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(r + 1));
+  return r + 1;
+}
+
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int r = track_resume(L, co, lua_gettop(L));
+  if (r < 0) {
+    int stat = lua_status(co);
+    if (stat != LUA_OK && stat != LUA_YIELD) {
+      stat = lua_resetthread(co); /* closes its to-be-closed variables */
+      lua_xmove(co, L, 1);
+    }
+    if (stat != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  return r;
+}
+
+static int co_wrap(lua_State *L) {
+  lua_State *co;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, co_wrapped, 1);
+  return 1;
 }
 
 /* lasync inside a worker: every call raises, since nothing there can suspend. */
@@ -194,6 +331,12 @@ static int setup_state(lua_State *L) {
   lua_pushcfunction(L, open_stub);
   lua_setfield(L, -2, "lasync");
   lua_settop(L, 0);
+  lua_getglobal(L, "coroutine");
+  lua_pushcfunction(L, co_resume);
+  lua_setfield(L, -2, "resume");
+  lua_pushcfunction(L, co_wrap);
+  lua_setfield(L, -2, "wrap");
+  lua_settop(L, 0);
   lua_createtable(L, 0, 1);
   lua_pushglobaltable(L);
   lua_setfield(L, -2, "__index");
@@ -213,7 +356,7 @@ static int ensure_state(worker *w) {
     lua_close(L);
     return -1;
   }
-  lua_sethook(L, on_count, LUA_MASKCOUNT, HOOK_COUNT);
+  if (HOOK_ALWAYS) lua_sethook(L, on_count, LUA_MASKCOUNT, HOOK_COUNT);
   w->L = L;
   return 0;
 }
@@ -324,7 +467,13 @@ static void run_lua_job(worker *w, job *j) {
   lua_settop(L, 0);
   lua_pushcfunction(L, run_protected);
   lua_pushlightuserdata(L, j);
+  /* Published before the flag is looked at: a cancel either is seen here or its signal finds
+   * `running` set. */
+  atomic_store(&w->running, L);
+  if (cancelling(w)) lua_sethook(L, on_count, LUA_MASKCOUNT, 1);
   status = lua_pcall(L, 1, 2, 0);
+  atomic_store(&w->running, NULL);
+  if (!HOOK_ALWAYS) lua_sethook(L, NULL, 0, 0);
   if (status == LUA_OK && lua_toboolean(L, 1)) {
     /* outcome set by run_protected */
   } else if (status == LUA_ERRMEM || (status == LUA_OK && lua_type(L, 2) != LUA_TTABLE)) {
@@ -408,6 +557,13 @@ static void worker_main(void *arg) {
   worker *w = (worker *)arg;
   pool *p = w->p;
   int k;
+  sigset_t set;
+  self_worker = w;
+  if (cancel_signal) {
+    sigemptyset(&set);
+    sigaddset(&set, cancel_signal);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  }
   uv_mutex_lock(&p->lock);
   for (;;) {
     job *j;
@@ -422,6 +578,7 @@ static void worker_main(void *arg) {
     if (p->qhead == NULL) p->qtail = NULL;
     p->nqueued--;
     j->state = JOB_RUNNING;
+    j->worker = w;
     w->current = j;
     k = p->want_space && want_kick(p);
     uv_mutex_unlock(&p->lock);
@@ -560,7 +717,10 @@ static void begin_close(pool *p, int cancel_running) {
   p->stopping = 1;
   if (cancel_running)
     for (i = 0; i < p->nthreads; i++)
-      if (p->workers[i].current) atomic_store(&p->workers[i].current->cancel, 1);
+      if (p->workers[i].current) {
+        atomic_store(&p->workers[i].current->cancel, 1);
+        interrupt(&p->workers[i]);
+      }
   uv_cond_broadcast(&p->cond);
   uv_mutex_unlock(&p->lock);
   while (q) {
@@ -628,6 +788,7 @@ static pool *new_pool(lua_State *L, int size, int max_queue, size_t max_memory) 
     free(p);
     luaL_error(L, "cannot create a condition variable for a thread pool");
   }
+  uv_once(&signal_once, install_signal);
   /* Got before the pool registers as a service, so the queue closes after the pool: the
    * workers are joined before it would drop their kicks. */
   p->xq = lasync__xqueue_get(rt);
@@ -824,6 +985,7 @@ static void job_cancel(lasync__req *r) {
     }
   }
   atomic_store(&j->cancel, 1);
+  if (j->state == JOB_RUNNING && !j->cwork) interrupt((worker *)j->worker);
   uv_mutex_unlock(&p->lock);
   if (dropped) {
     j->outcome = OUT_CANCELLED;
