@@ -52,19 +52,37 @@ static void put(lasync__tbuf *b, const void *p, size_t n) {
 
 static void put_tag(lasync__tbuf *b, char tag) { put(b, &tag, 1); }
 
+/* The path to the value being encoded is not built as the encoder goes (that was a snprintf
+ * per value): the keys being walked are still on the Lua stack, and refuse() reads them. */
 typedef struct {
   lua_State *L;
   lasync__tbuf *b;
-  int seen;      /* stack index of the table: value -> its number */
+  int seen;      /* stack slot of the table value -> its number, made on first need */
+  int has_seen;
   uint32_t next; /* the number the next table or function gets */
-  char path[PATH_MAX_LEN + 40];
-  size_t plen;
+  const char *what;
+  int index;     /* "argument #index" */
+  int depth;
+  int keys[MAX_DEPTH + 1]; /* stack index of the key walked at each depth */
+  uint8_t in_key[MAX_DEPTH + 1]; /* encoding that key itself, not its value */
   char *err;
   size_t errlen;
 } encoder;
 
+static void push_path(encoder *e, int idx, char *path, size_t *plen);
+
 static int refuse(encoder *e, const char *why) {
-  snprintf(e->err, e->errlen, "%s: %s", e->path, why);
+  char path[PATH_MAX_LEN + 40];
+  size_t plen = (size_t)snprintf(path, sizeof path, "%s #%d", e->what, e->index);
+  int d;
+  for (d = 0; d < e->depth; d++) {
+    if (e->in_key[d]) {
+      snprintf(path + plen, sizeof path - plen, " (a key)");
+      break;
+    }
+    push_path(e, e->keys[d], path, &plen);
+  }
+  snprintf(e->err, e->errlen, "%s: %s", path, why);
   return -1;
 }
 
@@ -80,7 +98,7 @@ const char *lasync__copy_bad_upvalue(lua_State *L, int idx) {
 }
 
 /* Appends ".name", "[3]" or "[key]" to the path, for the key at idx. */
-static void push_path(encoder *e, int idx) {
+static void push_path(encoder *e, int idx, char *path, size_t *plen) {
   char part[64];
   lua_State *L = e->L;
   switch (lua_type(L, idx)) {
@@ -106,8 +124,10 @@ static void push_path(encoder *e, int idx) {
     case LUA_TBOOLEAN: snprintf(part, sizeof part, "[%s]", lua_toboolean(L, idx) ? "true" : "false"); break;
     default: snprintf(part, sizeof part, "[%s]", luaL_typename(L, idx)); break;
   }
-  snprintf(e->path + e->plen, sizeof e->path - e->plen, "%s",
-           e->plen + strlen(part) < PATH_MAX_LEN ? part : "...");
+  if (*plen >= PATH_MAX_LEN) return;
+  snprintf(path + *plen, PATH_MAX_LEN + 40 - *plen, "%s",
+           *plen + strlen(part) < PATH_MAX_LEN ? part : "...");
+  *plen = strlen(path);
 }
 
 static int writer(lua_State *L, const void *p, size_t sz, void *ud) {
@@ -120,6 +140,11 @@ static int writer(lua_State *L, const void *p, size_t sz, void *ud) {
 static int seen_before(encoder *e, int idx) {
   lua_State *L = e->L;
   uint32_t id;
+  if (!e->has_seen) { /* into the slot reserved for it, so nothing on the stack moves */
+    lua_createtable(L, 0, 4);
+    lua_replace(L, e->seen);
+    e->has_seen = 1;
+  }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
     id = (uint32_t)lua_tointeger(L, -1);
@@ -189,7 +214,6 @@ static int encode(encoder *e, int idx, int depth) {
     }
     case LUA_TTABLE: {
       uint32_t narr;
-      size_t plen = e->plen;
       if (depth >= MAX_DEPTH) return refuse(e, "tables nested too deeply to be sent to a thread");
       if (seen_before(e, idx)) return 0;
       luaL_checkstack(L, 6, "sending a table to a thread");
@@ -199,18 +223,13 @@ static int encode(encoder *e, int idx, int depth) {
       lua_pushnil(L);
       while (lua_next(L, idx)) {
         int rc;
-        snprintf(e->path + plen, sizeof e->path - plen, " (a key)");
-        e->plen = strlen(e->path);
+        e->keys[depth] = lua_gettop(L) - 1;
+        e->in_key[depth] = 1;
+        e->depth = depth + 1;
         rc = encode(e, -2, depth + 1);
-        e->path[plen] = '\0';
-        e->plen = plen;
-        if (rc == 0) {
-          push_path(e, -2);
-          e->plen = strlen(e->path);
-          rc = encode(e, -1, depth + 1);
-          e->path[plen] = '\0';
-          e->plen = plen;
-        }
+        e->in_key[depth] = 0;
+        if (rc == 0) rc = encode(e, -1, depth + 1);
+        e->depth = depth;
         lua_pop(L, 1);
         if (rc == 0 && b->oom) rc = -2;
         if (rc < 0) {
@@ -232,23 +251,25 @@ static int encode(encoder *e, int idx, int depth) {
 int lasync__copy_encode(lua_State *L, int idx, int n, lasync__tbuf *b, const char *what,
                         int first, char *err, size_t errlen) {
   encoder e;
-  int i, rc = 0;
+  int i, rc = 0, top = lua_gettop(L);
   idx = lua_absindex(L, idx);
-  luaL_checkstack(L, 4, "sending values to a thread");
-  lua_newtable(L);
-  memset(&e, 0, sizeof e);
+  luaL_checkstack(L, 8, "sending values to a thread");
+  lua_pushnil(L);
   e.L = L;
   e.b = b;
   e.seen = lua_gettop(L);
+  e.has_seen = 0;
   e.next = 1;
+  e.what = what;
+  e.depth = 0;
   e.err = err;
   e.errlen = errlen;
   for (i = 0; i < n && rc == 0; i++) {
-    e.plen = (size_t)snprintf(e.path, sizeof e.path, "%s #%d", what, first + i);
+    e.index = first + i;
     rc = encode(&e, idx + i, 0);
     if (rc == 0 && b->oom) rc = -2;
   }
-  lua_settop(L, e.seen - 1);
+  lua_settop(L, top);
   return rc;
 }
 
@@ -260,7 +281,20 @@ typedef struct {
   int refs; /* stack index of the table: number -> value */
   uint32_t next;
   int env;
+  int has_refs;
 } decoder;
+
+/* Numbers the table or function on top, for later 'R' tags. */
+static void remember(decoder *d) {
+  lua_State *L = d->L;
+  if (!d->has_refs) { /* into the slot reserved for it, so nothing on the stack moves */
+    lua_createtable(L, 4, 0);
+    lua_replace(L, d->refs);
+    d->has_refs = 1;
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->refs, d->next++);
+}
 
 static void take(decoder *d, void *out, size_t n) {
   if ((size_t)(d->end - d->p) < n) luaL_error(d->L, "lasync: corrupt thread message");
@@ -313,6 +347,7 @@ static void decode(decoder *d, int depth) {
     case 'R': {
       uint32_t id;
       take(d, &id, sizeof id);
+      if (!d->has_refs) luaL_error(L, "lasync: corrupt thread message");
       lua_rawgeti(L, d->refs, id);
       break;
     }
@@ -331,8 +366,7 @@ static void decode(decoder *d, int depth) {
         lua_pushvalue(L, d->env);
         lua_setupvalue(L, -2, 1);
       }
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, d->refs, d->next++);
+      remember(d);
       break;
     }
     case 'T': {
@@ -341,8 +375,7 @@ static void decode(decoder *d, int depth) {
       if (depth > 250) luaL_error(L, "lasync: corrupt thread message");
       take(d, &narr, sizeof narr);
       lua_createtable(L, narr > (1u << 20) ? 0 : (int)narr, 0);
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, d->refs, d->next++);
+      remember(d);
       for (;;) {
         if (d->p >= d->end) luaL_error(L, "lasync: corrupt thread message");
         next = *d->p;
@@ -369,8 +402,10 @@ int lasync__copy_decode(lua_State *L, const char *data, size_t len, int env_idx)
   d.end = data ? data + len : data; /* no results: no buffer at all */
   d.env = env_idx ? lua_absindex(L, env_idx) : 0;
   d.next = 1;
-  lua_newtable(L);
+  luaL_checkstack(L, 8, "receiving values from a thread");
+  lua_pushnil(L); /* the refs table's slot, filled on the first table or function */
   d.refs = lua_gettop(L);
+  d.has_refs = 0;
   while (d.p < d.end) {
     decode(&d, 0);
     n++;
