@@ -109,6 +109,7 @@ struct pool {
   int nqueued;
   job *dhead, *dtail; /* finished, waiting for the loop thread */
   int size, nthreads, idle, exited;
+  int busy; /* workers running a job */
   int max_queue;
   size_t max_memory;
   int stopping;    /* workers exit once the queue is empty */
@@ -536,11 +537,9 @@ static int want_kick(pool *p) {
 
 static void kick(pool *p) { lasync__xqueue_post(p->xq, on_kick, on_kick_dropped, p); }
 
-/* From a worker (or the loop, for a dropped job): hands a finished job to the loop thread. The
- * only place completions cross. */
-static void post(pool *p, job *j) {
-  int k;
-  uv_mutex_lock(&p->lock);
+/* With the lock held: hands a finished job to the loop thread, the only way completions cross.
+ * Returns whether the caller must kick (after unlocking). */
+static int finish_locked(pool *p, job *j) {
   j->state = JOB_FINISHED;
   j->next = NULL;
   if (p->dtail)
@@ -548,7 +547,14 @@ static void post(pool *p, job *j) {
   else
     p->dhead = j;
   p->dtail = j;
-  k = want_kick(p);
+  return want_kick(p);
+}
+
+/* From the loop, for a dropped job. */
+static void post(pool *p, job *j) {
+  int k;
+  uv_mutex_lock(&p->lock);
+  k = finish_locked(p, j);
   uv_mutex_unlock(&p->lock);
   if (k) kick(p);
 }
@@ -564,10 +570,20 @@ static void worker_main(void *arg) {
     sigaddset(&set, cancel_signal);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
   }
+  /* One lock round per job: handing a job back and taking the next happen together; the kick
+   * they call for is posted once the lock is let go. */
+  k = 0;
   uv_mutex_lock(&p->lock);
   for (;;) {
     job *j;
     while (p->qhead == NULL && !p->stopping) {
+      if (k) {
+        uv_mutex_unlock(&p->lock);
+        kick(p);
+        k = 0;
+        uv_mutex_lock(&p->lock);
+        continue;
+      }
       p->idle++;
       uv_cond_wait(&p->cond, &p->lock);
       p->idle--;
@@ -577,23 +593,24 @@ static void worker_main(void *arg) {
     p->qhead = j->next;
     if (p->qhead == NULL) p->qtail = NULL;
     p->nqueued--;
+    p->busy++;
     j->state = JOB_RUNNING;
     j->worker = w;
     w->current = j;
-    k = p->want_space && want_kick(p);
+    if (p->want_space && want_kick(p)) k = 1;
     uv_mutex_unlock(&p->lock);
     if (k) kick(p);
+    k = 0;
     run_job(w, j);
     uv_mutex_lock(&p->lock);
     w->current = NULL;
-    uv_mutex_unlock(&p->lock);
-    post(p, j);
-    uv_mutex_lock(&p->lock);
+    p->busy--;
+    if (finish_locked(p, j)) k = 1;
   }
   if (w->L) lua_close(w->L); /* under the lock: cheap next to a thread's exit, and ordered */
   w->L = NULL;
   p->exited++;
-  k = want_kick(p);
+  if (want_kick(p)) k = 1;
   uv_mutex_unlock(&p->lock);
   if (k) kick(p);
 }
@@ -1022,7 +1039,9 @@ static void submit(lua_State *L, pool *p, job *j, const char *fname) {
     p->qhead = j;
   p->qtail = j;
   p->nqueued++;
-  uv_cond_signal(&p->cond);
+  /* A worker that is awake and between jobs takes it anyway: waking another costs a context
+   * switch per job, which is most of a short job's cost. */
+  if (p->idle > 0 && p->nqueued > p->nthreads - p->idle - p->busy) uv_cond_signal(&p->cond);
   uv_mutex_unlock(&p->lock);
   p->live++;
   update_ref(p);
