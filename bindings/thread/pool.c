@@ -24,6 +24,7 @@
  * function (a `while true do end` never does), the hook stays installed instead.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -39,6 +40,7 @@
 #define POOL_MT "lasync.ThreadPool"
 #define JOB_MT_NAME "thread job"
 #define HOOK_COUNT 1000    /* with the hook always in place: instructions between two looks */
+#define SPIN_NS 50000 /* how long an idle worker looks for a next job before sleeping */
 #define REARM_COUNT 100000 /* after raising: room for the job's <close> handlers to run */
 #if defined(__SANITIZE_THREAD__)
 #define HOOK_ALWAYS 1
@@ -110,6 +112,7 @@ struct pool {
   job *dhead, *dtail; /* finished, waiting for the loop thread */
   int size, nthreads, idle, exited;
   int busy; /* workers running a job */
+  atomic_int queued_hint; /* nqueued, for workers looking before they sleep, without the lock */
   int max_queue;
   size_t max_memory;
   int stopping;    /* workers exit once the queue is empty */
@@ -562,7 +565,7 @@ static void post(pool *p, job *j) {
 static void worker_main(void *arg) {
   worker *w = (worker *)arg;
   pool *p = w->p;
-  int k;
+  int k, spun = 0;
   sigset_t set;
   self_worker = w;
   if (cancel_signal) {
@@ -584,15 +587,29 @@ static void worker_main(void *arg) {
         uv_mutex_lock(&p->lock);
         continue;
       }
+      if (!spun) {
+        /* Before sleeping, look for a while: the loop's next job is often a few microseconds
+         * away, and a futex sleep and wake-up cost more than the job itself. */
+        uint64_t until = uv_hrtime() + SPIN_NS;
+        spun = 1;
+        uv_mutex_unlock(&p->lock);
+        while (atomic_load_explicit(&p->queued_hint, memory_order_relaxed) == 0 &&
+               uv_hrtime() < until)
+          sched_yield();
+        uv_mutex_lock(&p->lock);
+        continue;
+      }
       p->idle++;
       uv_cond_wait(&p->cond, &p->lock);
       p->idle--;
     }
+    spun = 0;
     if (p->qhead == NULL) break;
     j = p->qhead;
     p->qhead = j->next;
     if (p->qhead == NULL) p->qtail = NULL;
     p->nqueued--;
+    atomic_store_explicit(&p->queued_hint, p->nqueued, memory_order_relaxed);
     p->busy++;
     j->state = JOB_RUNNING;
     j->worker = w;
@@ -731,6 +748,7 @@ static void begin_close(pool *p, int cancel_running) {
   q = p->qhead;
   p->qhead = p->qtail = NULL;
   p->nqueued = 0;
+  atomic_store(&p->queued_hint, 0);
   p->stopping = 1;
   if (cancel_running)
     for (i = 0; i < p->nthreads; i++)
@@ -996,6 +1014,7 @@ static void job_cancel(lasync__req *r) {
           p->qtail = t;
         }
         p->nqueued--;
+        atomic_store(&p->queued_hint, p->nqueued);
         dropped = 1;
         break;
       }
@@ -1039,6 +1058,7 @@ static void submit(lua_State *L, pool *p, job *j, const char *fname) {
     p->qhead = j;
   p->qtail = j;
   p->nqueued++;
+  atomic_store_explicit(&p->queued_hint, p->nqueued, memory_order_relaxed);
   /* A worker that is awake and between jobs takes it anyway: waking another costs a context
    * switch per job, which is most of a short job's cost. */
   if (p->idle > 0 && p->nqueued > p->nthreads - p->idle - p->busy) uv_cond_signal(&p->cond);
