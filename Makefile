@@ -21,6 +21,7 @@ test: build
 # The seed tutorial's lessons: first without network, then against the local test server.
 demo: build
 	$(BUILD)/lasync examples/seed.lua
+	$(BUILD)/lasync examples/threads_ticker.lua
 	examples/with_server.sh $(BUILD)/lasync examples/fetch_seq_vs_gather.lua
 	examples/with_server.sh $(BUILD)/lasync examples/fetch_json_posts.lua
 	examples/with_server.sh $(BUILD)/lasync examples/crawl.lua examples/urls.txt
