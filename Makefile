@@ -34,7 +34,7 @@ sanitize: deps
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
-# Memcheck over the embedding tests, the allocation-failure sweep and a few core specs: invalid
+# Memcheck over the embedding tests, the allocation-failure sweep, the thread pool and a few core specs: invalid
 # accesses, uninitialised reads and definite or possible leaks fail it (a few minutes at most).
 VALGRIND = valgrind -q --error-exitcode=1 --leak-check=full --track-origins=yes
 VALGRIND_SPECS = spec/sleep_spec.lua spec/gather_spec.lua spec/cancel_spec.lua spec/future_spec.lua spec/errors_spec.lua
@@ -42,6 +42,8 @@ valgrind: build
 	@.ci/deps valgrind
 	$(VALGRIND) $(BUILD)/embed_test
 	$(VALGRIND) $(BUILD)/alloc_sweep
+	$(VALGRIND) $(BUILD)/work_test
+	LASYNC=$(BUILD)/lasync $(VALGRIND) $(BUILD)/lasync /usr/bin/busted --output=plainTerminal spec/thread_spec.lua
 	$(VALGRIND) $(BUILD)/lasync /usr/bin/busted --output=plainTerminal $(VALGRIND_SPECS)
 
 # ThreadSanitizer over what has threads: the thread specs and the C work-item test.
