@@ -240,8 +240,15 @@ function async.run(fn, ...) end
 ---| "cancelled" # a cancelled task's suspension point
 ---| "timeout" # async.timeout, async.wait_for, a fetch's timeouts
 ---| "invalid" # a bad option (fetch), raised before any I/O
----| "dns" | "connect" | "tls" | "too_large" | "protocol" | "json" # fetch
----| "queue_full" | "queue_empty" | "queue_closed" # queues
+---| "dns" # fetch: the host name does not resolve
+---| "connect" # fetch: refused or failed
+---| "tls" # fetch: handshake or certificate
+---| "too_large" # fetch: the body outgrew max_body
+---| "protocol" # fetch: bad scheme, redirects, malformed or cut-off response
+---| "json" # res:json(): invalid JSON
+---| "queue_full" # q:put_nowait
+---| "queue_empty" # q:get_nowait
+---| "queue_closed" # a put on a closed queue
 ---| string
 
 ---An error object: a failed operation, recognisable without string matching.
