@@ -305,29 +305,58 @@ describe("types/lasync.lua", function()
     report("option fields that do not exist", problems)
   end)
 
-  it("lists in FetchOptions every option fetch knows", function()
-    -- The set fetch accepts is the table KNOWN among the upvalues of its functions.
-    local known
+  -- Each option table against the set its function checks options against, both ways. The sets
+  -- are found by name among the upvalues of the function (and of the functions it calls).
+  local OPTION_SETS = {
+    { class = "lasync.FetchOptions", set = "KNOWN", from = "fetch" },
+    { class = "lasync.FetchRetry", set = "RETRY_KNOWN", from = "fetch" },
+    { class = "lasync.ClientOptions", set = "CLIENT_ONLY", from = "http.client" },
+  }
+
+  local function find_upvalue(fn, wanted)
     local seen = {}
-    local function find(fn)
-      if seen[fn] then return end
-      seen[fn] = true
+    local function find(f)
+      if seen[f] then return nil end
+      seen[f] = true
       for i = 1, math.huge do
-        local up, v = debug.getupvalue(fn, i)
-        if up == nil then break end
-        if up == "KNOWN" and type(v) == "table" then known = v end
-        if type(v) == "function" then find(v) end
+        local up, v = debug.getupvalue(f, i)
+        if up == nil then return nil end
+        if up == wanted and type(v) == "table" then return v end
+        if type(v) == "function" then
+          local found = find(v)
+          if found then return found end
+        end
       end
     end
-    find(async.fetch)
-    assert.is_table(known, "no upvalue KNOWN (the fetch options) reachable from async.fetch: " ..
-      "update this spec where the option list moved")
+    return find(fn)
+  end
+
+  it("lists in each option table exactly the options its function knows", function()
     local problems = {}
-    for _, field in ipairs(sorted(known)) do
-      if not defs.classes["lasync.FetchOptions"].fields[field] then
-        problems[#problems + 1] = "lasync.FetchOptions has no ---@field " .. field
+    for _, o in ipairs(OPTION_SETS) do
+      local fn = async
+      for part in o.from:gmatch("[^.]+") do fn = fn[part] end
+      local known = find_upvalue(fn, o.set)
+      local def = defs.classes[o.class]
+      if not known then
+        problems[#problems + 1] = string.format("no upvalue %s (the options of %s) reachable " ..
+          "from async.%s: update OPTION_SETS in this spec", o.set, o.class, o.from)
+      elseif not def then
+        problems[#problems + 1] = "no ---@class " .. o.class
+      else
+        for _, field in ipairs(sorted(known)) do
+          if not def.fields[field] then
+            problems[#problems + 1] = string.format("%s has no ---@field %s", o.class, field)
+          end
+        end
+        for _, field in ipairs(sorted(def.fields)) do
+          if not known[field] then
+            problems[#problems + 1] = string.format("line %d: %s.%s is not an option of async.%s",
+              def.fields[field], o.class, field, o.from)
+          end
+        end
       end
     end
-    report("fetch options without a definition", problems)
+    report("option tables out of step", problems)
   end)
 end)
