@@ -16,16 +16,34 @@ local TYPES = os.getenv("LASYNC_TYPES") or "types/lasync.lua"
 -- calls: it needs no entry, and no definition unless its fields are public, as lasync.Error's.)
 local INTERNAL = {
   ["lasync.Deadline"] = true, -- core._deadline: timeout/shield/scope's cancel scope
+  ["lasync.TcpServer"] = true, -- the listening handle inside an async.net.listen Server
 }
 
--- Objects some public functions return whose class is found from an instance (any class whose
--- metatable carries a lasync `__name` is also found by itself, through the registry or through
--- the upvalues of the module's functions). Called outside any task, with no I/O.
+-- Objects of the public API, made once so that every metatable exists: C bindings make theirs
+-- on first use (luaL_newmetatable in the call that returns the first object), so a class is
+-- only in the registry once one of its objects was made. A class whose metatable carries a
+-- lasync `__name` is then found by itself, through the registry or the upvalues of the
+-- module's functions. Runs in a task; `done` closes what needs closing. Add your objects here.
 local INSTANCES = {
   function() return async.http.client() end,
   function() return async.semaphore() end,
   function() return async.future() end,
   function() return async.error("x", "y") end,
+  function(done) -- a server, and a connection to it from both ends (lasync.Stream)
+    local accepted, release = async.future(), async.future()
+    local srv = async.net.listen({ port = 0 }, function(conn)
+      accepted:set(conn)
+      release:await() -- the server closes conn when the handler returns
+    end)
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    local other = accepted:await()
+    done[#done + 1] = function()
+      conn:close()
+      release:set()
+      srv:close({ grace = 5 })
+    end
+    return srv, conn, other
+  end,
 }
 
 -- ---- what the types file defines ----
@@ -93,7 +111,17 @@ local function methods_of(mt)
   end
   add(mt)
   local index = rawget(mt, "__index")
-  if type(index) == "table" then add(index) end
+  if type(index) == "table" then
+    add(index)
+  elseif type(index) == "function" then
+    -- An __index function (methods, then fields) keeps its methods table as an upvalue, as
+    -- lasync.Stream's C closure does.
+    for i = 1, math.huge do
+      local up, v = debug.getupvalue(index, i)
+      if up == nil then break end
+      if type(v) == "table" and v ~= mt then add(v) end
+    end
+  end
   return names
 end
 
@@ -108,6 +136,13 @@ local function foreign_tables()
   end
   skip[async] = nil -- even when a global holds it (as a REPL may)
   return skip
+end
+
+-- The key a metatable has in the registry under a lasync name (luaL_newmetatable's), or nil.
+local function registry_name(mt)
+  for k, v in pairs(debug.getregistry()) do
+    if v == mt and type(k) == "string" and k:match("^lasync%.") then return k end
+  end
 end
 
 -- Walks the module: names (dotted paths) of everything reachable from its table, and every
@@ -162,18 +197,21 @@ local function walk_module()
   end
 
   walk(async, "")
+  local done = {}
+  for _, make in ipairs(INSTANCES) do
+    for _, obj in ipairs(table.pack(make(done))) do
+      local mt = getmetatable(obj)
+      if type(mt) ~= "table" or not (lasync_name(mt) or registry_name(mt)) then
+        error("an object made in INSTANCES has no metatable with a lasync __name: " ..
+          "give its class `__name = \"lasync.<Class>\"`")
+      end
+      if lasync_name(mt) then add_class(mt) end
+    end
+  end
   for k, v in pairs(debug.getregistry()) do
     if type(k) == "string" and k:match("^lasync%.") and type(v) == "table" then add_class(v, k) end
   end
-  for _, make in ipairs(INSTANCES) do
-    local obj = make()
-    local mt = getmetatable(obj)
-    if type(mt) ~= "table" or not lasync_name(mt) then
-      error("an instance made in INSTANCES has no metatable with a lasync __name: " ..
-        "give its class `__name = \"lasync.<Class>\"`")
-    end
-    add_class(mt)
-  end
+  for _, close in ipairs(done) do close() end
   return names, classes
 end
 
@@ -200,8 +238,11 @@ end
 describe("types/lasync.lua", function()
   after_each(assert_clean)
 
-  local defs = parse_types(TYPES)
-  local names, classes = walk_module()
+  local defs, names, classes
+  lazy_setup(function()
+    defs = parse_types(TYPES)
+    names, classes = walk_module()
+  end)
 
   it("is a valid Lua chunk that returns the module's definitions", function()
     local chunk = assert(loadfile(TYPES))
