@@ -15,7 +15,21 @@ local TYPES = os.getenv("LASYNC_TYPES") or "types/lasync.lua"
 local INTERNAL = {
   ["lasync.Deadline"] = true, -- core._deadline: timeout/shield/scope's cancel scope
   ["lasync.Transfer"] = true, -- the curl transfer a Response keeps while streaming
+  -- "lazy": made on first use, so it may not exist yet in this process.
+  ["lasync.Sentinel"] = "lazy", -- reports a failed task nobody looked at, when collected
+  ["lasync.Request"] = true, -- io/req.c: a pending libuv request, pinned until its callback
+  ["lasync.TcpServer"] = true, -- the listening handle behind a lasync.Server (lua/net.lua)
 }
+
+-- Classes whose metatables are made on first use: one loopback round trip makes them exist
+-- (a Stream, the Request of a name lookup) before the module is walked.
+local function warm_up()
+  local srv = async.net.listen({ host = "127.0.0.1", port = 0 }, function(conn) conn:close() end)
+  local conn = async.net.connect("localhost", srv.port)
+  conn:read()
+  conn:close()
+  srv:close()
+end
 
 -- Objects some public functions return whose class is found from an instance (any class whose
 -- metatable carries a lasync `__name` is also found by itself, through the registry or through
@@ -92,7 +106,16 @@ local function methods_of(mt)
   end
   add(mt)
   local index = rawget(mt, "__index")
-  if type(index) == "table" then add(index) end
+  if type(index) == "table" then
+    add(index)
+  elseif type(index) == "function" then
+    -- An __index function (one that also serves fields) keeps its methods in an upvalue.
+    for i = 1, math.huge do
+      local name, up = debug.getupvalue(index, i)
+      if name == nil then break end
+      if type(up) == "table" then add(up) end
+    end
+  end
   return names
 end
 
@@ -156,6 +179,7 @@ local function walk_module()
     end
   end
 
+  warm_up()
   walk(async, "")
   for k, v in pairs(debug.getregistry()) do
     if type(k) == "string" and k:match("^lasync%.") and type(v) == "table" then add_class(v, k) end
@@ -270,8 +294,8 @@ describe("types/lasync.lua", function()
         end
       end
     end
-    for class in pairs(INTERNAL) do
-      if not classes[class] then
+    for class, how in pairs(INTERNAL) do
+      if not classes[class] and how ~= "lazy" then
         problems[#problems + 1] = string.format("INTERNAL lists %s, which does not exist", class)
       end
     end

@@ -596,4 +596,100 @@ function Client:delete(url, opts) end
 ---@return lasync.Response
 function Client:head(url, opts) end
 
+-- ---------------------------------------------------------------------------------------------
+-- TCP: async.net
+
+---A byte stream: a TCP connection (later pipes and terminals). Every call suspends the task
+---and is a cancellation point.
+---@class lasync.Stream
+---@field remote? lasync.Address the peer (TCP)
+---@field local? lasync.Address this end (TCP)
+local Stream = {}
+
+---@class lasync.Address
+---@field host string
+---@field port integer
+
+---Up to `n` bytes (or what is buffered); nil at end of stream.
+---@param n? integer
+---@return string?
+function Stream:read(n) end
+
+---One line without its LF or CRLF; nil at end of stream.
+---@return string?
+function Stream:read_line() end
+
+---Exactly `n` bytes; raises kind "closed" if the stream ends first.
+---@param n integer
+---@return string
+function Stream:read_exactly(n) end
+
+---Iterates over lines, as read_line.
+---@return fun(): string?
+function Stream:lines() end
+
+---Writes strings (or arrays of strings) in one write; suspends while too much is queued.
+---@param ... string|string[]
+function Stream:write(...) end
+
+---Half-closes: the peer reads end of stream, reading here goes on.
+function Stream:shutdown() end
+
+---Closes the stream; idempotent.
+function Stream:close() end
+
+---Whether the stream is closed.
+---@return boolean
+function Stream:closed() end
+
+---Byte counts and buffer state, for diagnostics.
+---@return table
+function Stream:stats() end
+
+---Sets read_max, write_hwm and max_line (bytes).
+---@param limits {read_max?: integer, write_hwm?: integer, max_line?: integer}
+function Stream:set_limits(limits) end
+
+---@class lasync.ConnectOptions
+---@field timeout? number seconds (default 30)
+
+---@class lasync.ListenOptions
+---@field host? string default "127.0.0.1"
+---@field port? integer 0 picks a free port
+---@field backlog? integer default 511
+---@field max_connections? integer accepting pauses at this many live handlers
+
+---@class lasync.CloseOptions
+---@field grace? number seconds to wait for the handlers before cancelling them
+
+---A listening TCP server; each accepted connection runs `handler(conn)` in its own task.
+---@class lasync.Server
+---@field port integer
+---@field host string
+local Server = {}
+
+---Stops accepting; with `grace`, waits for (then cancels) the handlers.
+---@param opts? lasync.CloseOptions
+function Server:close(opts) end
+
+async.net = {}
+
+---Connects to host:port, trying each address; TCP_NODELAY is set.
+---@param host string
+---@param port integer
+---@param opts? lasync.ConnectOptions
+---@return lasync.Stream
+function async.net.connect(host, port, opts) end
+
+---Listens and serves each connection in a task of its own.
+---@param opts lasync.ListenOptions
+---@param handler fun(conn: lasync.Stream)
+---@return lasync.Server
+function async.net.listen(opts, handler) end
+
+---The addresses of a name.
+---@param name string
+---@return string[]
+function async.net.resolve(name) end
+
 return async
