@@ -12,8 +12,9 @@ local TYPES = os.getenv("LASYNC_TYPES") or "types/lasync.lua"
 -- Metatables with a lasync name and methods that are not part of the public API: internal
 -- objects that Lua code outside lasync never holds. A name listed here is still checked to
 -- exist, so the list cannot go stale either. (A metatable with no methods at all, such as
--- lasync.Transfer or lasync.Sentinel, some made only when first needed, is a handle nobody
--- calls: it needs no entry, and no definition unless its fields are public, as lasync.Error's.)
+-- lasync.Transfer, lasync.Request or lasync.Sentinel, some made only when first needed, is
+-- one nobody calls: it needs no entry, and no definition unless its fields are public, as
+-- lasync.Error's.)
 local INTERNAL = {
   ["lasync.Deadline"] = true, -- core._deadline: timeout/shield/scope's cancel scope
   ["lasync.TcpServer"] = true, -- the listening handle inside an async.net.listen Server
@@ -342,7 +343,8 @@ describe("types/lasync.lua", function()
         end
       end
     end
-    assert.is_true(refused_as_unknown("no_such_option"), "the probe no longer tells unknown options")
+    assert.is_true(refused_as_unknown("no_such_option"),
+      "the probe no longer tells unknown options")
     report("option fields that do not exist", problems)
   end)
 

@@ -622,7 +622,7 @@ function async.net.resolve(name) end
 ---@field timeout? number seconds for the whole connect, every address tried (default 30)
 
 ---Connects to `host` port `port`, trying each address in turn under one deadline; raises kind
----`"dns"`, `"connect"` (with `code`, as `"ECONNREFUSED"`) or `"timeout"`.
+---`"dns"`, `"connect"` (with `code`, as `"ECONNREFUSED"`) or `"timeout"`. TCP_NODELAY is set.
 ---@param host string
 ---@param port integer
 ---@param opts? lasync.ConnectOptions
