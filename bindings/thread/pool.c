@@ -34,11 +34,10 @@
 
 #include <lualib.h>
 
-#include "../private.h"
+#include "private.h"
 #include "thread.h"
 
 #define POOL_MT "lasync.ThreadPool"
-#define JOB_MT_NAME "thread job"
 #define HOOK_COUNT 1000    /* with the hook always in place: instructions between two looks */
 #define SPIN_NS 50000 /* how long an idle worker looks for a next job before sleeping */
 #define REARM_COUNT 100000 /* after raising: room for the job's <close> handlers to run */
@@ -1033,7 +1032,7 @@ static const lasync__req_ops JOB_OPS = {"thread job", job_push, job_discard, job
                                         job_cancel};
 
 /* Queues the job (on top of the stack) on p; raises if p is closed or a thread cannot start. */
-static void submit(lua_State *L, pool *p, job *j, const char *fname) {
+static void submit(lua_State *L, pool *p, job *j) {
   int err = 0;
   j->p = p;
   j->state = JOB_QUEUED;
@@ -1065,7 +1064,6 @@ static void submit(lua_State *L, pool *p, job *j, const char *fname) {
   uv_mutex_unlock(&p->lock);
   p->live++;
   update_ref(p);
-  (void)fname;
 }
 
 static int queue_full(pool *p) {
@@ -1132,15 +1130,8 @@ static int l_submit(lua_State *L) {
   luaL_setmetatable(L, "lasync.ThreadBuffer");
   *box = (lasync__tbuf *)calloc(1, sizeof **box);
   if (*box == NULL) return luaL_error(L, "not enough memory");
-  if (lua_type(L, 3) == LUA_TSTRING) {
-    lua_pushvalue(L, 3);
-    rc = lasync__copy_encode(L, -1, 1, *box, "argument", 1, err, sizeof err);
-    lua_pop(L, 1);
-    if (rc == 0)
-      rc = lasync__copy_encode(L, 4, n, *box, "argument", 2, err, sizeof err);
-  } else {
-    rc = lasync__copy_encode(L, 3, n + 1, *box, "argument", 1, err, sizeof err);
-  }
+  /* The function (or its name) first, then the arguments: check_fn has vetted #1. */
+  rc = lasync__copy_encode(L, 3, n + 1, *box, "argument", 1, err, sizeof err);
   if (rc == -1) {
     lasync__push_error(L, "invalid", err);
     return lua_error(L);
@@ -1152,7 +1143,7 @@ static int l_submit(lua_State *L) {
   j->by_name = lua_type(L, 3) == LUA_TSTRING;
   j->handle.j = j;
   atomic_init(&j->cancel, 0);
-  submit(L, p, j, fname);
+  submit(L, p, j);
   return 1;
 }
 
@@ -1167,10 +1158,8 @@ static int buffer_gc(lua_State *L) {
 }
 
 static job *check_job(lua_State *L, int idx) {
-  job *j = (job *)lua_touserdata(L, idx);
-  if (j == NULL || !lua_getmetatable(L, idx)) luaL_error(L, "lasync: a thread job expected");
-  lua_pop(L, 1);
-  if (j->req.ops != &JOB_OPS) luaL_error(L, "lasync: a thread job expected");
+  job *j = (job *)luaL_testudata(L, idx, "lasync.Request"); /* io/req.c's metatable */
+  if (j == NULL || j->req.ops != &JOB_OPS) luaL_error(L, "lasync: a thread job expected");
   return j;
 }
 
@@ -1253,7 +1242,7 @@ static int work_protected(lua_State *L) {
   j->carg = a->arg;
   j->handle.j = j;
   atomic_init(&j->cancel, 0);
-  submit(L, p, j, "lasync_await_work");
+  submit(L, p, j);
   return 1;
 }
 
