@@ -9,7 +9,7 @@
  *
  * The encoding is a flat byte string, one tag per value:
  *   'n' nil, 'f' false, 't' true, 'i' lua_Integer, 'd' lua_Number, 's' size_t + bytes,
- *   'T' uint32 array size hint, then key/value pairs, then 'e';
+ *   'T' uint32 array size hint, uint32 number of pairs, then the key/value pairs, then 'e';
  *   'F' size_t + a lua_dump, then a byte: 1 if it has its _ENV upvalue;
  *   'R' uint32: the table or function seen that many values ago (numbered in order of first
  *   appearance), which keeps cycles and sharing.
@@ -213,16 +213,20 @@ static int encode(encoder *e, int idx, int depth) {
       return 0;
     }
     case LUA_TTABLE: {
-      uint32_t narr;
+      uint32_t narr, npairs = 0;
+      size_t at;
       if (depth >= MAX_DEPTH) return refuse(e, "tables nested too deeply to be sent to a thread");
       if (seen_before(e, idx)) return 0;
       luaL_checkstack(L, 6, "sending a table to a thread");
       narr = (uint32_t)lua_rawlen(L, idx);
       put_tag(b, 'T');
       put(b, &narr, sizeof narr);
+      at = b->len;
+      put(b, &npairs, sizeof npairs); /* filled in below: the receiver sizes the table once */
       lua_pushnil(L);
       while (lua_next(L, idx)) {
         int rc;
+        npairs++;
         e->keys[depth] = lua_gettop(L) - 1;
         e->in_key[depth] = 1;
         e->depth = depth + 1;
@@ -238,6 +242,7 @@ static int encode(encoder *e, int idx, int depth) {
         }
       }
       put_tag(b, 'e');
+      if (!b->oom) memcpy(b->data + at, &npairs, sizeof npairs);
       return 0;
     }
     default: {
@@ -370,11 +375,15 @@ static void decode(decoder *d, int depth) {
       break;
     }
     case 'T': {
-      uint32_t narr;
+      uint32_t narr, npairs, nrec;
       char next;
       if (depth > 250) luaL_error(L, "lasync: corrupt thread message");
       take(d, &narr, sizeof narr);
-      lua_createtable(L, narr > (1u << 20) ? 0 : (int)narr, 0);
+      take(d, &npairs, sizeof npairs);
+      /* Hints only (a bad one costs a rehash, nothing else), bounded by what the message holds. */
+      nrec = npairs > narr ? npairs - narr : 0;
+      if ((size_t)(d->end - d->p) < (size_t)npairs * 2) narr = nrec = 0;
+      lua_createtable(L, (int)narr, (int)nrec);
       remember(d);
       for (;;) {
         if (d->p >= d->end) luaL_error(L, "lasync: corrupt thread message");
