@@ -27,7 +27,10 @@ static long n, submitted, completed;
 static void submit(job *j) {
   pthread_mutex_lock(&lock);
   j->next = NULL;
-  if (qtail) qtail->next = j; else qhead = j;
+  if (qtail)
+    qtail->next = j;
+  else
+    qhead = j;
   qtail = j;
   if (idle) pthread_cond_signal(&cond);
   pthread_mutex_unlock(&lock);

@@ -1,7 +1,7 @@
 /* lasync.h's work items: the public names over bindings/thread/pool.c. Kept apart from
  * embed.c, which is the futures' and runtimes' file. */
-#include "private.h"
 #include "lasync.h"
+#include "private.h"
 
 int lasync_await_work(lua_State *L, lasync_work_cb work, lasync_work_push_cb push, void *arg) {
   return lasync__work_submit(L, work, push, arg);

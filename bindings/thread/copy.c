@@ -14,12 +14,11 @@
  *   'R' uint32: the table or function seen that many values ago (numbered in order of first
  *   appearance), which keeps cycles and sharing.
  */
+#include <lauxlib.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <lauxlib.h>
 
 #include "thread.h"
 
@@ -57,13 +56,13 @@ static void put_tag(lasync__tbuf *b, char tag) { put(b, &tag, 1); }
 typedef struct {
   lua_State *L;
   lasync__tbuf *b;
-  int seen;      /* stack slot of the table value -> its number, made on first need */
+  int seen; /* stack slot of the table value -> its number, made on first need */
   int has_seen;
   uint32_t next; /* the number the next table or function gets */
   const char *what;
-  int index;     /* "argument #index" */
+  int index; /* "argument #index" */
   int depth;
-  int keys[MAX_DEPTH + 1]; /* stack index of the key walked at each depth */
+  int keys[MAX_DEPTH + 1];       /* stack index of the key walked at each depth */
   uint8_t in_key[MAX_DEPTH + 1]; /* encoding that key itself, not its value */
   char *err;
   size_t errlen;
@@ -121,8 +120,12 @@ static void push_path(encoder *e, int idx, char *path, size_t *plen) {
       else
         snprintf(part, sizeof part, "[%.14g]", lua_tonumber(L, idx));
       break;
-    case LUA_TBOOLEAN: snprintf(part, sizeof part, "[%s]", lua_toboolean(L, idx) ? "true" : "false"); break;
-    default: snprintf(part, sizeof part, "[%s]", luaL_typename(L, idx)); break;
+    case LUA_TBOOLEAN:
+      snprintf(part, sizeof part, "[%s]", lua_toboolean(L, idx) ? "true" : "false");
+      break;
+    default:
+      snprintf(part, sizeof part, "[%s]", luaL_typename(L, idx));
+      break;
   }
   if (*plen >= PATH_MAX_LEN) return;
   snprintf(path + *plen, PATH_MAX_LEN + 40 - *plen, "%s",
@@ -165,8 +168,12 @@ static int encode(encoder *e, int idx, int depth) {
   lasync__tbuf *b = e->b;
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
-    case LUA_TNIL: put_tag(b, 'n'); return 0;
-    case LUA_TBOOLEAN: put_tag(b, lua_toboolean(L, idx) ? 't' : 'f'); return 0;
+    case LUA_TNIL:
+      put_tag(b, 'n');
+      return 0;
+    case LUA_TBOOLEAN:
+      put_tag(b, lua_toboolean(L, idx) ? 't' : 'f');
+      return 0;
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) {
         lua_Integer i = lua_tointeger(L, idx);
@@ -253,8 +260,8 @@ static int encode(encoder *e, int idx, int depth) {
   }
 }
 
-int lasync__copy_encode(lua_State *L, int idx, int n, lasync__tbuf *b, const char *what,
-                        int first, char *err, size_t errlen) {
+int lasync__copy_encode(lua_State *L, int idx, int n, lasync__tbuf *b, const char *what, int first,
+                        char *err, size_t errlen) {
   encoder e;
   int i, rc = 0, top = lua_gettop(L);
   idx = lua_absindex(L, idx);
@@ -326,9 +333,15 @@ static void decode(decoder *d, int depth) {
   luaL_checkstack(L, 4, "receiving values from a thread");
   take(d, &tag, 1);
   switch (tag) {
-    case 'n': lua_pushnil(L); break;
-    case 'f': lua_pushboolean(L, 0); break;
-    case 't': lua_pushboolean(L, 1); break;
+    case 'n':
+      lua_pushnil(L);
+      break;
+    case 'f':
+      lua_pushboolean(L, 0);
+      break;
+    case 't':
+      lua_pushboolean(L, 1);
+      break;
     case 'i': {
       lua_Integer i;
       take(d, &i, sizeof i);
@@ -399,7 +412,8 @@ static void decode(decoder *d, int depth) {
       }
       break;
     }
-    default: luaL_error(L, "lasync: corrupt thread message");
+    default:
+      luaL_error(L, "lasync: corrupt thread message");
   }
 }
 

@@ -23,6 +23,7 @@
  * Under ThreadSanitizer, which holds signals back until the thread calls an intercepted
  * function (a `while true do end` never does), the hook stays installed instead.
  */
+#include <lualib.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -32,14 +33,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <lualib.h>
-
 #include "private.h"
 #include "thread.h"
 
 #define POOL_MT "lasync.ThreadPool"
 #define HOOK_COUNT 1000    /* with the hook always in place: instructions between two looks */
-#define SPIN_NS 50000 /* how long an idle worker looks for a next job before sleeping */
+#define SPIN_NS 50000      /* how long an idle worker looks for a next job before sleeping */
 #define REARM_COUNT 100000 /* after raising: room for the job's <close> handlers to run */
 #if defined(__SANITIZE_THREAD__)
 #define HOOK_ALWAYS 1
@@ -72,9 +71,9 @@ struct job {
   uv_work_t uv;    /* never given to libuv: the request layer wants a uv_req_t to point at */
   job *next;       /* in the pool's queue, then in its list of finished jobs */
   pool *p;
-  void *worker;    /* the worker running it, under the pool's lock */
-  int state;        /* under the pool's lock until JOB_FINISHED; loop thread after */
-  int outcome;      /* written by the worker, read by the loop once finished */
+  void *worker; /* the worker running it, under the pool's lock */
+  int state;    /* under the pool's lock until JOB_FINISHED; loop thread after */
+  int outcome;  /* written by the worker, read by the loop once finished */
   atomic_int cancel;
   lasync__tbuf in;  /* the function (or "module.function") and the arguments */
   int by_name;      /* in begins with a string naming the function */
@@ -94,11 +93,11 @@ struct job {
 typedef struct {
   pool *p;
   uv_thread_t thread;
-  lua_State *L; /* made on the first Lua job, in the worker */
-  size_t used;  /* bytes its state holds, against the pool's max_memory */
-  job *current; /* under the pool's lock (the worker itself reads it without) */
+  lua_State *L;                 /* made on the first Lua job, in the worker */
+  size_t used;                  /* bytes its state holds, against the pool's max_memory */
+  job *current;                 /* under the pool's lock (the worker itself reads it without) */
   _Atomic(lua_State *) running; /* the Lua thread running a job: L or one of its coroutines */
-  int base_mt;  /* registry ref of {__index = _G}: each job's fresh environment */
+  int base_mt;                  /* registry ref of {__index = _G}: each job's fresh environment */
 } worker;
 
 struct pool {
@@ -110,7 +109,7 @@ struct pool {
   int nqueued;
   job *dhead, *dtail; /* finished, waiting for the loop thread */
   int size, nthreads, idle, exited;
-  int busy; /* workers running a job */
+  int busy;               /* workers running a job */
   atomic_int queued_hint; /* nqueued, for workers looking before they sleep, without the lock */
   int max_queue;
   size_t max_memory;
@@ -118,15 +117,15 @@ struct pool {
   int want_space;  /* tasks wait for room in the queue: workers wake the loop on each take */
   worker *workers; /* size entries, nthreads of them started */
   char *path, *cpath;
-  lasync__xqueue *xq; /* the runtime's cross-thread queue, retained */
-  int kicked;         /* under the lock: a kick is posted and has not run yet */
+  lasync__xqueue *xq;  /* the runtime's cross-thread queue, retained */
+  int kicked;          /* under the lock: a kick is posted and has not run yet */
   atomic_int inflight; /* kicks posted and not yet run or dropped: the pool outlives them */
   /* The loop thread's own: */
-  long live;       /* jobs submitted and not yet complete: the loop is held meanwhile */
-  int holding;     /* whether this pool holds the cross-thread queue (keeps the loop alive) */
-  int closed;      /* refuses new jobs */
-  int joined;      /* threads joined */
-  int boxed;       /* a Lua box points here */
+  long live;   /* jobs submitted and not yet complete: the loop is held meanwhile */
+  int holding; /* whether this pool holds the cross-thread queue (keeps the loop alive) */
+  int closed;  /* refuses new jobs */
+  int joined;  /* threads joined */
+  int boxed;   /* a Lua box points here */
   lasync__waitlist space;   /* tasks waiting for room in the queue */
   lasync__waitlist closers; /* tasks in pool:close() waiting for the workers to exit */
 };
@@ -236,7 +235,8 @@ static int track_resume(lua_State *L, lua_State *co, int narg) {
   lua_xmove(L, co, narg);
   prev = atomic_load(&w->running);
   atomic_store(&w->running, co);
-  if (cancelling(w) || HOOK_ALWAYS) lua_sethook(co, on_count, LUA_MASKCOUNT, HOOK_ALWAYS ? HOOK_COUNT : 1);
+  if (cancelling(w) || HOOK_ALWAYS)
+    lua_sethook(co, on_count, LUA_MASKCOUNT, HOOK_ALWAYS ? HOOK_COUNT : 1);
   status = lua_resume(co, L, narg, &nres);
   atomic_store(&w->running, prev);
   if (cancelling(w)) lua_sethook(L, on_count, LUA_MASKCOUNT, 1); /* the signal may have hit co */
@@ -426,12 +426,15 @@ static int run_protected(lua_State *L) {
   n = lua_gettop(L) - base;
   lasync__tbuf_free(&j->out);
   switch (lasync__copy_encode(L, base + 1, n, &j->out, "result", 1, err, sizeof err)) {
-    case 0: break;
+    case 0:
+      break;
     case -1:
       j->outcome = OUT_INVALID;
       j->message = dup_string(err);
       break;
-    default: j->outcome = OUT_NOMEM; break;
+    default:
+      j->outcome = OUT_NOMEM;
+      break;
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -480,8 +483,9 @@ static void run_lua_job(worker *w, job *j) {
   if (status == LUA_OK && lua_toboolean(L, 1)) {
     /* outcome set by run_protected */
   } else if (status == LUA_ERRMEM || (status == LUA_OK && lua_type(L, 2) != LUA_TTABLE)) {
-    fail_with(j, OUT_ERROR, w->p->max_memory ? "not enough memory (the worker's max_memory cap)"
-                                             : "not enough memory");
+    fail_with(
+        j, OUT_ERROR,
+        w->p->max_memory ? "not enough memory (the worker's max_memory cap)" : "not enough memory");
   } else if (status != LUA_OK) {
     lua_pushcfunction(L, tostring_protected);
     lua_insert(L, -2);
@@ -899,8 +903,10 @@ static int opt_int(lua_State *L, const char *fname, const char *opt, int min, in
 ok:
   v = (lua_Integer)lua_tonumber(L, -1);
   if (v < min || v > max)
-    luaL_error(L, "%s: bad option '%s' (must be between %d and %d, got %d)", fname, opt, min,
-               max, (int)(v < INT_MIN ? INT_MIN : v > INT_MAX ? INT_MAX : v));
+    luaL_error(L, "%s: bad option '%s' (must be between %d and %d, got %d)", fname, opt, min, max,
+               (int)(v < INT_MIN   ? INT_MIN
+                     : v > INT_MAX ? INT_MAX
+                                   : v));
   lua_pop(L, 1);
   return (int)v;
 }
@@ -957,8 +963,11 @@ static int job_push(lua_State *L, lasync__req *r) {
     return j->cpush(L, j->carg);
   }
   switch (j->outcome) {
-    case OUT_OK: return lasync__copy_decode(L, j->out.data, j->out.len, 0);
-    case OUT_INVALID: lasync__push_error(L, "invalid", j->message); return -1;
+    case OUT_OK:
+      return lasync__copy_decode(L, j->out.data, j->out.len, 0);
+    case OUT_INVALID:
+      lasync__push_error(L, "invalid", j->message);
+      return -1;
     case OUT_CLOSED:
       lasync__push_error(L, "closed", "the thread pool was closed before the job started");
       return -1;
@@ -1081,8 +1090,10 @@ static void check_fn(lua_State *L, int idx, const char *fname) {
   if (lua_type(L, idx) == LUA_TFUNCTION) {
     const char *bad = lasync__copy_bad_upvalue(L, idx);
     if (bad && !*bad)
-      luaL_error(L, "%s: bad argument #1 (a C function cannot run in a worker thread; pass "
-                    "its name as \"module.function\")", fname);
+      luaL_error(L,
+                 "%s: bad argument #1 (a C function cannot run in a worker thread; pass "
+                 "its name as \"module.function\")",
+                 fname);
     if (bad)
       luaL_error(L, "%s: bad argument #1 (function has upvalue '%s'; pass it as an argument)",
                  fname, bad);
@@ -1254,7 +1265,8 @@ static int work_k(lua_State *L, int status, lua_KContext ctx) {
 int lasync__work_submit(lua_State *L, lasync__work_cb work, lasync__work_push_cb push, void *arg) {
   work_args a;
   int base = lua_gettop(L);
-  if (work == NULL || push == NULL) return luaL_error(L, "lasync_await_work: work and push are required");
+  if (work == NULL || push == NULL)
+    return luaL_error(L, "lasync_await_work: work and push are required");
   a.work = work;
   a.push = push;
   a.arg = arg;

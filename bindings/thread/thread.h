@@ -7,9 +7,8 @@
 #ifndef LASYNC_THREAD_H
 #define LASYNC_THREAD_H
 
-#include <stddef.h>
-
 #include <lua.h>
+#include <stddef.h>
 
 typedef struct {
   char *data;
@@ -23,8 +22,8 @@ void lasync__tbuf_free(lasync__tbuf *b);
  * "result"), counting from `first` ("argument #2.conn"). Returns 0, or -1 with a message in
  * err (a value that cannot cross), or -2 when out of C memory. May raise a Lua memory error
  * (it keeps a table of the tables already seen): call it where that is caught. */
-int lasync__copy_encode(lua_State *L, int idx, int n, lasync__tbuf *b, const char *what,
-                        int first, char *err, size_t errlen);
+int lasync__copy_encode(lua_State *L, int idx, int n, lasync__tbuf *b, const char *what, int first,
+                        char *err, size_t errlen);
 
 /* Pushes every value encoded in data[0..len), returns how many. Functions get `env_idx` as
  * their _ENV (0: the globals of L). Raises on a memory error. */

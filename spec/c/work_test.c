@@ -23,10 +23,10 @@ static atomic_int pushes_with_state, pushes_without_state, works_returned, works
 static uv_thread_t loop_thread;
 
 typedef struct {
-  long n;       /* sum 1..n */
+  long n; /* sum 1..n */
   long result;
-  int fail;     /* fail instead */
-  int forever;  /* loop until cancelled */
+  int fail;    /* fail instead */
+  int forever; /* loop until cancelled */
   int on_loop_thread;
 } job;
 
@@ -125,14 +125,16 @@ static const char *run(lasync_runtime *rt, const char *code) {
 static void test_work_runs_on_a_pool_thread(void) {
   lasync_runtime *rt = new_runtime();
   reset();
-  CHECK(strcmp(run(rt, "local s, on_loop = work(1000) "
-                       "assert(not on_loop, 'ran on the loop thread') return s"),
+  CHECK(strcmp(run(rt,
+                   "local s, on_loop = work(1000) "
+                   "assert(not on_loop, 'ran on the loop thread') return s"),
                "500500") == 0);
   /* many at once, each result to its own task */
-  CHECK(strcmp(run(rt, "local async = require 'lasync' local ts = {} "
-                       "for i = 1, 200 do ts[i] = async.spawn(work, i) end "
-                       "for i = 1, 200 do assert(ts[i]:await() == i * (i + 1) // 2) end "
-                       "return 'ok'"),
+  CHECK(strcmp(run(rt,
+                   "local async = require 'lasync' local ts = {} "
+                   "for i = 1, 200 do ts[i] = async.spawn(work, i) end "
+                   "for i = 1, 200 do assert(ts[i]:await() == i * (i + 1) // 2) end "
+                   "return 'ok'"),
                "ok") == 0);
   CHECK(atomic_load(&pushes_with_state) == 201 && atomic_load(&pushes_without_state) == 0);
   CHECK(lasync_destroy(rt) == LASYNC_OK);
@@ -141,8 +143,9 @@ static void test_work_runs_on_a_pool_thread(void) {
 static void test_failure_is_an_error_of_kind_thread(void) {
   lasync_runtime *rt = new_runtime();
   reset();
-  CHECK(strcmp(run(rt, "local ok, e = pcall(work, 1, 'fail') "
-                       "return e.kind .. ': ' .. e.message"),
+  CHECK(strcmp(run(rt,
+                   "local ok, e = pcall(work, 1, 'fail') "
+                   "return e.kind .. ': ' .. e.message"),
                "thread: the asset is corrupt") == 0);
   CHECK(atomic_load(&pushes_with_state) == 0 && atomic_load(&pushes_without_state) == 1);
   CHECK(lasync_destroy(rt) == LASYNC_OK);
@@ -152,13 +155,14 @@ static void test_cancel_waits_for_the_work_to_return(void) {
   lasync_runtime *rt = new_runtime();
   const char *out;
   reset();
-  out = run(rt, "local async = require 'lasync' "
-                "local t = async.spawn(work, 0, 'forever') async.sleep(0.05) "
-                "t:cancel() local ok, e = pcall(t.await, t) "
-                "local _, _, started, returned = counts() "
-                "assert(async.is_cancelled(e), tostring(e)) "
-                "assert(returned == started, 'Cancelled came before the work returned') "
-                "return 'ok'");
+  out = run(rt,
+            "local async = require 'lasync' "
+            "local t = async.spawn(work, 0, 'forever') async.sleep(0.05) "
+            "t:cancel() local ok, e = pcall(t.await, t) "
+            "local _, _, started, returned = counts() "
+            "assert(async.is_cancelled(e), tostring(e)) "
+            "assert(returned == started, 'Cancelled came before the work returned') "
+            "return 'ok'");
   CHECK(strcmp(out, "ok") == 0);
   if (strcmp(out, "ok") != 0) fprintf(stderr, "  %s\n", out);
   CHECK(atomic_load(&pushes_with_state) == 0 && atomic_load(&pushes_without_state) == 1);
@@ -183,8 +187,9 @@ static void test_destroy_joins_running_work(void) {
   int i;
   reset();
   CHECK(lasync_spawn_string(rt, "work(0, 'forever')", "=forever", NULL) == LASYNC_OK);
-  CHECK(lasync_spawn_string(rt, "local async = require 'lasync' "
-                                "async.to_thread(function() while true do end end)",
+  CHECK(lasync_spawn_string(rt,
+                            "local async = require 'lasync' "
+                            "async.to_thread(function() while true do end end)",
                             "=spin", NULL) == LASYNC_OK);
   for (i = 0; i < 50; i++) {
     lasync_step(rt, 1);
