@@ -1123,7 +1123,7 @@ static int l_submit(lua_State *L) {
   pool *p = check_pool(L, 2, fname);
   int n = lua_gettop(L) - 3, rc;
   char err[300];
-  lasync__tbuf **box;
+  lasync__tbuf *box;
   job *j;
   lasync__check_task(L, fname);
   check_fn(L, 3, fname);
@@ -1136,21 +1136,19 @@ static int l_submit(lua_State *L) {
     return 1;
   }
   /* Encoded into a box first, so a Lua error (bad value, memory) frees the buffer. */
-  box = (lasync__tbuf **)lua_newuserdatauv(L, sizeof *box, 0);
-  *box = NULL;
+  box = (lasync__tbuf *)lua_newuserdatauv(L, sizeof *box, 0);
+  memset(box, 0, sizeof *box);
   luaL_setmetatable(L, "lasync.ThreadBuffer");
-  *box = (lasync__tbuf *)calloc(1, sizeof **box);
-  if (*box == NULL) return luaL_error(L, "not enough memory");
   /* The function (or its name) first, then the arguments: check_fn has vetted #1. */
-  rc = lasync__copy_encode(L, 3, n + 1, *box, "argument", 1, err, sizeof err);
+  rc = lasync__copy_encode(L, 3, n + 1, box, "argument", 1, err, sizeof err);
   if (rc == -1) {
     lasync__push_error(L, "invalid", err);
     return lua_error(L);
   }
   if (rc < 0) return luaL_error(L, "not enough memory");
   j = (job *)lasync__req_new(L, &JOB_OPS, sizeof *j, offsetof(job, uv));
-  j->in = **box;
-  memset(*box, 0, sizeof **box);
+  j->in = *box; /* the job owns the bytes now; the box is left empty for its __gc */
+  memset(box, 0, sizeof *box);
   j->by_name = lua_type(L, 3) == LUA_TSTRING;
   j->handle.j = j;
   atomic_init(&j->cancel, 0);
@@ -1159,12 +1157,7 @@ static int l_submit(lua_State *L) {
 }
 
 static int buffer_gc(lua_State *L) {
-  lasync__tbuf **box = (lasync__tbuf **)lua_touserdata(L, 1);
-  if (*box) {
-    lasync__tbuf_free(*box);
-    free(*box);
-    *box = NULL;
-  }
+  lasync__tbuf_free((lasync__tbuf *)lua_touserdata(L, 1));
   return 0;
 }
 

@@ -144,6 +144,8 @@ static const scenario SCENARIOS[] = {
     "local sum, list = async.to_thread(function(t) return t.a + t.b, { t.a } end, { a = 4, b = 5 })\n"
     "local ok, e = pcall(async.to_thread, function() error('boom') end)\n"
     "assert(not ok and (e.kind == 'thread' or e == 'not enough memory'), tostring(e))\n"
+    "ok, e = pcall(async.to_thread, function(x) return x end, { f = io.stdout })\n"
+    "assert(not ok and (e.kind == 'invalid' or e == 'not enough memory'), tostring(e))\n"
     "return sum + list[1]",
     "13" },
 };
