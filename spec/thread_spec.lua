@@ -383,6 +383,37 @@ describe("async.thread.pool", function()
     assert.are.equal(3, pool:run(function(x) return x + 1 end, 2))
   end)
 
+  it("starts no thread before the first job, and LASYNC_THREADS sets the default size", function()
+    if not sub.LASYNC then return pending("needs the lasync executable") end
+    local out, err, code = sub.run_script([[
+      local async = require "lasync"
+      local function threads()
+        local f = assert(io.open("/proc/self/status"))
+        local n = tonumber(f:read("a"):match("Threads:%s*(%d+)"))
+        f:close()
+        return n
+      end
+      local before = threads()
+      async.sleep(0.01)
+      local still = threads()
+      local size = async.thread.default:size()
+      local jobs = {}
+      for i = 1, 3 do
+        jobs[i] = async.spawn(async.to_thread, function(path) -- all three at once
+          local t0 = os.time() while os.time() - t0 < 1 do end
+        end)
+      end
+      async.sleep(0.3)
+      print(before, still, size, threads() - before)
+      async.gather(jobs)
+    ]], "", { prefix = "LASYNC_THREADS=3 " })
+    assert.are.equal(0, code, err)
+    local before, still, size, added = out:match("(%d+)%s+(%d+)%s+(%d+)%s+(%d+)")
+    assert.are.equal(before, still, "threads appeared before any job")
+    assert.are.equal("3", size)
+    assert.are.equal("3", added)
+  end)
+
   it("stops running jobs and joins its threads when the host is interrupted", function()
     if not sub.LASYNC then return pending("needs the lasync executable") end
     local script = sub.tmpfile([[
