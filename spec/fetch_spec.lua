@@ -180,10 +180,10 @@ describe("async.fetch", function()
   end)
 
   describe("invalid requests", function()
-    it("refuses schemes other than http and https", function()
+    it("refuses schemes other than http and https before any I/O", function()
       for _, url in ipairs { "file:///etc/passwd", "gopher://127.0.0.1/" } do
         local err = fetch_error(url)
-        assert.are.equal("protocol", err.kind, url)
+        assert.are.equal("invalid", err.kind, url)
         assert.are.equal(url, err.url)
       end
     end)

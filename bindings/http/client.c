@@ -12,6 +12,7 @@
  * bound, the read callback CURL_READFUNC_PAUSE when no chunk is buffered, and the Lua calls
  * that drain or fill the buffers unpause with lasync__curl_pause.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,8 @@
 #define XFER_MT "lasync.Transfer"
 #define MAX_HEADER_BYTES (1024 * 1024) /* all the header lines of one response */
 #define DEFAULT_STREAM_BUFFER (1024 * 1024)
+#define DEFAULT_MAX_BODY (64 * 1024 * 1024)
+#define NO_BODY_LIMIT LUA_MAXINTEGER /* max_body = math.huge; curl_off_t is 64 bits, as is it */
 
 typedef struct xfer xfer;
 
@@ -242,7 +245,7 @@ static const char *error_kind(CURLcode code) {
       return "too_large";
     case CURLE_BAD_FUNCTION_ARGUMENT:
       return "invalid";
-    /* The caller's URL was checked before any I/O (lua/http.lua), so a malformed one here came
+    /* The caller's URL was checked before any I/O (lua/http/options.lua), so a malformed one here came
      * from the server: a bad Location. Falls through to "protocol". */
     default:
       /* Unsupported protocol, too many redirects, weird reply, partial file, receive
@@ -268,7 +271,7 @@ static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
 
 /* ---- building the raw response ---- */
 
-/* Stores curl's counter as raw[i], seconds: lua/http.lua makes `timings` of them when read. */
+/* Stores curl's counter as raw[i], seconds: lua/http/client.lua makes `timings` of them when read. */
 static void set_seconds(lua_State *L, CURL *easy, CURLINFO info, int i) {
   curl_off_t us = 0;
   curl_easy_getinfo(easy, info, &us);
@@ -360,7 +363,7 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
     lua_pushlstring(L, body, len);
     lua_setfield(L, -2, "body");
   }
-  /* The final response's header block, parsed in lua/http.lua when first used. */
+  /* The final response's header block, parsed in lua/http/client.lua when first used. */
   {
     size_t len;
     const char *head = lasync__buffer_peek(&x->head, &len);
@@ -459,7 +462,7 @@ static int l_buffered(lua_State *L) {
 
 /* ---- request bodies from a Lua function: core._send_wait, core._send, core._fail ----
  *
- * lua/http.lua runs the function in a feeder task: it waits until curl has taken the last
+ * lua/http/client.lua runs the function in a feeder task: it waits until curl has taken the last
  * chunk (send_wait), calls the function, and hands its chunk over (send). */
 
 static int send_step(lua_State *L, lasync__task *t, xfer *x);
@@ -536,13 +539,31 @@ static const char *opt_string(lua_State *L, const char *field) {
   return s;
 }
 
-static lua_Integer opt_integer(lua_State *L, const char *field, lua_Integer dflt) {
-  lua_Integer v;
-  int isnum;
+/* A count option: lua/http/options.lua has checked it is a whole number >= 0, as an integer
+ * or a float (1e6, math.huge). Absent: dflt; past max (math.huge included): max. Reading a
+ * float with lua_tointegerx would fail and silently fall back to the default. */
+static lua_Integer opt_count(lua_State *L, const char *field, lua_Integer dflt, lua_Integer max) {
+  lua_Integer v = dflt;
   lua_getfield(L, 2, field);
-  v = lua_tointegerx(L, -1, &isnum);
+  if (lua_isinteger(L, -1)) {
+    v = lua_tointeger(L, -1);
+  } else if (lua_type(L, -1) == LUA_TNUMBER) {
+    lua_Number n = lua_tonumber(L, -1);
+    v = n >= (lua_Number)max ? max : n > 0 ? (lua_Integer)n : 0;
+  }
   lua_pop(L, 1);
-  return isnum ? v : dflt;
+  return v < 0 ? 0 : v > max ? max : v;
+}
+
+/* low_speed_time: curl counts whole seconds, so a fraction is rounded up (0.5 -> 1 s, not
+ * "off"); 0, and anything past a year, is off. */
+static long opt_whole_seconds(lua_State *L, const char *field) {
+  lua_Number s;
+  lua_getfield(L, 2, field);
+  s = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(s > 0) || s > 365.0 * 24 * 3600) return 0;
+  return (long)ceil(s);
 }
 
 static long opt_ms(lua_State *L, const char *field) {
@@ -564,14 +585,23 @@ static int opt_bool(lua_State *L, const char *field) {
   return b;
 }
 
-/* Sets the easy handle's options from the table that lua/http.lua normalised. */
+/* A body function's length from its Content-Length header, or -1 (chunked). */
+static curl_off_t body_length(lua_State *L) {
+  lua_getfield(L, 2, "body_length");
+  curl_off_t n = lua_isinteger(L, -1) ? (curl_off_t)lua_tointeger(L, -1) : -1;
+  lua_pop(L, 1);
+  return n;
+}
+
+/* Sets the easy handle's options from the table that lua/http/options.lua normalised. */
 static int setup(lua_State *L, xfer *x, const char *url) {
   CURL *e = x->c.easy;
   const char *method = opt_string(L, "method"), *s;
   size_t body_len = 0;
   const char *body;
   int i, n;
-  curl_easy_setopt(e, CURLOPT_URL, url);
+  /* The URL passed core._check_url; curl refuses one only when out of memory now. */
+  if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK) return -1;
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -583,7 +613,10 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   /* A proxy's "200 Connection established" must not pass for the final response's headers. */
   curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   x->stream = opt_bool(L, "stream");
-  x->stream_buffer = (size_t)opt_integer(L, "stream_buffer", DEFAULT_STREAM_BUFFER);
+  /* math.huge: no bound, the stream is never paused. */
+  x->stream_buffer =
+      (size_t)opt_count(L, "stream_buffer", DEFAULT_STREAM_BUFFER,
+                        (lua_Integer)(SIZE_MAX > LUA_MAXINTEGER ? LUA_MAXINTEGER : SIZE_MAX));
   if (x->stream_buffer == 0) x->stream_buffer = 1;
   /* Method and body. */
   lua_getfield(L, 2, "body");
@@ -597,7 +630,7 @@ static int setup(lua_State *L, xfer *x, const char *url) {
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_READFUNCTION, cb_read);
     curl_easy_setopt(e, CURLOPT_READDATA, x);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)opt_integer(L, "body_length", -1));
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, body_length(L));
     if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   } else if (body || strcmp(method, "POST") == 0) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
@@ -622,13 +655,22 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   /* Limits. */
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, opt_ms(L, "timeout"));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, opt_ms(L, "connect_timeout"));
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, (long)opt_integer(L, "low_speed_limit", 0));
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)opt_integer(L, "low_speed_time", 0));
-  x->max_body = (curl_off_t)opt_integer(L, "max_body", 64 * 1024 * 1024);
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, (long)opt_count(L, "low_speed_limit", 0, LONG_MAX));
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, opt_whole_seconds(L, "low_speed_time"));
+  /* max_body: absent, the default (64 MiB); math.huge, no limit; 0, no body at all (the
+   * write callback refuses the first byte). curl's MAXFILESIZE (checked against a declared
+   * Content-Length before the body comes) reads 0 as "no limit", so it is set only for a
+   * finite limit above 0. */
+  x->max_body = (curl_off_t)opt_count(L, "max_body", DEFAULT_MAX_BODY, NO_BODY_LIMIT);
+  if (x->max_body > 0 && x->max_body < NO_BODY_LIMIT)
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
   x->follow = opt_bool(L, "follow_redirects");
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)x->follow);
-  curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)opt_integer(L, "max_redirects", 10));
+  /* math.huge: no limit (curl's -1). */
+  {
+    lua_Integer redirs = opt_count(L, "max_redirects", 10, LONG_MAX);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, redirs == LONG_MAX ? -1L : (long)redirs);
+  }
   /* TLS. */
   if (!opt_bool(L, "verify_tls")) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -687,6 +729,47 @@ static int l_fetch_wait(lua_State *L) {
   return fetch_step(L, t, x);
 }
 
+/* core._check_url(url) -> nil when curl can use the caller's URL, else why not. It runs
+ * curl's own parser (curl_url), so what passes here is what the transfer will parse: a port
+ * out of range, a missing host or a host name that has no punycode form are refused before
+ * any I/O, with kind "invalid" (lua/http/options.lua), rather than failing as "protocol" once
+ * the transfer runs, and being retried. */
+#define MAX_URL_LENGTH 8000000 /* curl's CURL_MAX_INPUT_LENGTH */
+static int l_check_url(lua_State *L) {
+  size_t len;
+  const char *url = luaL_checklstring(L, 1, &len);
+  CURLU *u;
+  CURLUcode rc;
+  char *part = NULL;
+  if (len > MAX_URL_LENGTH) {
+    lua_pushfstring(L, "a URL of %d bytes (at most %d)", (int)(len > INT_MAX ? INT_MAX : len),
+                    MAX_URL_LENGTH);
+    return 1;
+  }
+  u = curl_url();
+  if (u == NULL) return luaL_error(L, "async.fetch: not enough memory");
+  rc = curl_url_set(u, CURLUPART_URL, url, 0);
+  if (rc == CURLUE_OK) {
+    rc = curl_url_get(u, CURLUPART_SCHEME, &part, 0);
+    if (rc == CURLUE_OK && strcmp(part, "http") != 0 && strcmp(part, "https") != 0) {
+      lua_pushfstring(L, "scheme '%s' (http or https expected)", part);
+      curl_free(part);
+      curl_url_cleanup(u);
+      return 1;
+    }
+    curl_free(part);
+    part = NULL;
+  }
+  /* A host with non-ASCII letters goes out in its punycode form: one that has none can
+   * never be reached. */
+  if (rc == CURLUE_OK) rc = curl_url_get(u, CURLUPART_HOST, &part, CURLU_PUNYCODE);
+  curl_free(part);
+  curl_url_cleanup(u);
+  if (rc == CURLUE_OK) return 0;
+  lua_pushstring(L, curl_url_strerror(rc));
+  return 1;
+}
+
 void lasync__open_http(lua_State *L) {
   luaL_newmetatable(L, XFER_MT);
   lua_pushcfunction(L, xfer_gc);
@@ -700,6 +783,7 @@ void lasync__open_http(lua_State *L) {
                                  {"_send_wait", l_send_wait},
                                  {"_send", l_send},
                                  {"_fail", l_fail},
+                                 {"_check_url", l_check_url},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }
