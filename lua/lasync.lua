@@ -224,7 +224,8 @@ function async.wait_for(task, seconds)
   if not core._is_task(task) then check.argerror("async.wait_for", 1, "task", "task", task) end
   check_seconds("async.wait_for", 2, "seconds", seconds)
   check_in_task("async.wait_for")
-  return finish_wait_for(deadline(seconds, "async.wait_for"), task, seconds, pcall(task.await, task))
+  return finish_wait_for(deadline(seconds, "async.wait_for"), task, seconds,
+    pcall(task.await, task))
 end
 
 --- Runs fn(...) as a task until it finishes. Outside the loop (stock lua, embedding) it drives

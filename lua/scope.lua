@@ -2,12 +2,13 @@
 -- async.retry: structured concurrency composed from tasks, futures and cancel scopes.
 local core, async = ...
 
-local error, getmetatable, ipairs, next, pairs, pcall = error, getmetatable, ipairs, next, pairs, pcall
+local error, ipairs, next, pcall = error, ipairs, next, pcall
 local rawget, select, setmetatable, tostring, type = rawget, select, setmetatable, tostring, type
 local format, rep, floor, min, max = string.format, string.rep, math.floor, math.min, math.max
 local pack, unpack = table.pack, table.unpack
-local spawn, current, in_task, deadline = core.spawn, core.current, core._in_task, core._deadline
-local is_cancelled, is_task, new_future, now = core.is_cancelled, core._is_task, core.future, core.now
+local spawn, current, deadline = core.spawn, core.current, core._deadline
+local is_cancelled, is_task = core.is_cancelled, core._is_task
+local new_future, now = core.future, core.now
 
 -- ---- argument checks (core._check, shared by every file of lua/) ----
 
@@ -166,7 +167,8 @@ end
 function async.scope(body, ...)
   check_callable("async.scope", 1, "body", body)
   check_in_task("async.scope")
-  local s = setmetatable({ children = {}, order = {}, pruned_at = 0, errors = {}, failed = {}, open = true }, Scope)
+  local s = setmetatable({ children = {}, order = {}, pruned_at = 0, errors = {}, failed = {},
+    open = true }, Scope)
   s.deadline = deadline(math.huge, "async.scope")
   return finish_scope(s, pcall(body, s, ...))
 end

@@ -9,7 +9,7 @@
 -- the next in line: either way the primitive is left exactly as if the waiter had never waited.
 local core, async = ...
 
-local error, getmetatable, pcall, setmetatable, type = error, getmetatable, pcall, setmetatable, type
+local error, pcall, setmetatable = error, pcall, setmetatable
 local format, mtype = string.format, math.type
 local new_future, current, new_error = core.future, core.current, core.error
 local check = core._check

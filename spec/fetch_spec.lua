@@ -24,7 +24,8 @@ end
 
 -- A port nothing listens on: bound, then released.
 local function closed_port()
-  local f = io.popen([[python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]])
+  local f = io.popen([[python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); ]] ..
+    [[print(s.getsockname()[1])"]])
   local port = f:read("n")
   f:close()
   return port

@@ -42,8 +42,8 @@ struct xfer {
   lasync__buffer head; /* the header block of the response coming in, MAX_HEADER_BYTES at most */
   lasync__buffer send; /* request body chunks from the Lua function, not yet taken by curl */
   curl_off_t max_body;
-  curl_off_t received;  /* body bytes accepted, for max_body on streams */
-  size_t stream_buffer; /* unread bytes past which the transfer is paused */
+  curl_off_t received;    /* body bytes accepted, for max_body on streams */
+  size_t stream_buffer;   /* unread bytes past which the transfer is paused */
   int status;             /* of the response whose headers are coming in */
   unsigned too_large : 1; /* the body (or the headers) outgrew their limit */
   unsigned no_memory : 1;
@@ -111,8 +111,8 @@ static void abort_xfer(xfer *x) {
  * callbacks at once, which only buffer, and on_wake follows. Called from Lua calls, never from
  * inside a curl callback. */
 static void update_pause(xfer *x) {
-  lasync__curl_pause(&x->c, (x->recv_paused ? CURLPAUSE_RECV : 0) |
-                                (x->send_paused ? CURLPAUSE_SEND : 0));
+  lasync__curl_pause(&x->c,
+                     (x->recv_paused ? CURLPAUSE_RECV : 0) | (x->send_paused ? CURLPAUSE_SEND : 0));
 }
 
 /* The multi's one callback: the transfer finished, or a curl callback notified it. */
@@ -245,8 +245,8 @@ static const char *error_kind(CURLcode code) {
       return "too_large";
     case CURLE_BAD_FUNCTION_ARGUMENT:
       return "invalid";
-    /* The caller's URL was checked before any I/O (lua/http/options.lua), so a malformed one here came
-     * from the server: a bad Location. Falls through to "protocol". */
+    /* The caller's URL was checked before any I/O (lua/http/options.lua), so a malformed one here
+     * came from the server: a bad Location. Falls through to "protocol". */
     default:
       /* Unsupported protocol, too many redirects, weird reply, partial file, receive
        * errors, bad content encoding, HTTP/2 framing...: the server's answer was unusable. */
@@ -271,7 +271,8 @@ static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
 
 /* ---- building the raw response ---- */
 
-/* Stores curl's counter as raw[i], seconds: lua/http/client.lua makes `timings` of them when read. */
+/* Stores curl's counter as raw[i], seconds: lua/http/client.lua makes `timings` of them when read.
+ */
 static void set_seconds(lua_State *L, CURL *easy, CURLINFO info, int i) {
   curl_off_t us = 0;
   curl_easy_getinfo(easy, info, &us);
@@ -775,15 +776,10 @@ void lasync__open_http(lua_State *L) {
   lua_pushcfunction(L, xfer_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"_fetch", l_fetch},
-                                 {"_fetch_wait", l_fetch_wait},
-                                 {"_read", l_read},
-                                 {"_close", l_close},
-                                 {"_buffered", l_buffered},
-                                 {"_send_wait", l_send_wait},
-                                 {"_send", l_send},
-                                 {"_fail", l_fail},
-                                 {"_check_url", l_check_url},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"_fetch", l_fetch},         {"_fetch_wait", l_fetch_wait},
+                                 {"_read", l_read},           {"_close", l_close},
+                                 {"_buffered", l_buffered},   {"_send_wait", l_send_wait},
+                                 {"_send", l_send},           {"_fail", l_fail},
+                                 {"_check_url", l_check_url}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

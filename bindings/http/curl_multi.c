@@ -6,10 +6,10 @@
  * and only afterwards read the finished transfers with curl_multi_info_read and hand them to
  * the owner's on_wake. Neither Lua nor curl is ever called from inside a curl callback.
  */
+#include "curl_multi.h"
+
 #include <stdlib.h>
 #include <string.h>
-
-#include "curl_multi.h"
 
 #define EASY_POOL_MAX 64
 #define ADMIT_PER_STEP 8
@@ -23,9 +23,9 @@ struct lasync__curl {
   const lasync__curl_ops *ops;
   CURLM *multi;
   uv_timer_t timer;
-  lasync__curl_xfer *transfers;  /* attached to the multi, in flight */
-  sock *socks;                   /* watched sockets */
-  lasync__curl_xfer *notify;     /* transfers a curl callback wants on_wake'd */
+  lasync__curl_xfer *transfers; /* attached to the multi, in flight */
+  sock *socks;                  /* watched sockets */
+  lasync__curl_xfer *notify;    /* transfers a curl callback wants on_wake'd */
   /* Easy handles of finished transfers, reset and reused: creating one costs more than all
    * the options set on it. */
   CURL *easy_pool[EASY_POOL_MAX];
@@ -76,8 +76,14 @@ void lasync__curl_detach(lasync__curl_xfer *x) {
   if (x->admitting) { /* never reached curl: just leave the line */
     x->admitting = 0;
     x->done = 1;
-    if (x->prev) x->prev->next = x->next; else m->admission_head = x->next;
-    if (x->next) x->next->prev = x->prev; else m->admission_tail = x->prev;
+    if (x->prev)
+      x->prev->next = x->next;
+    else
+      m->admission_head = x->next;
+    if (x->next)
+      x->next->prev = x->prev;
+    else
+      m->admission_tail = x->prev;
     x->next = x->prev = NULL;
     return;
   }
@@ -285,7 +291,10 @@ int lasync__curl_start(lasync__curl *m, lasync__curl_xfer *x) {
   x->admitting = 1;
   x->next = NULL;
   x->prev = m->admission_tail;
-  if (m->admission_tail) m->admission_tail->next = x; else m->admission_head = x;
+  if (m->admission_tail)
+    m->admission_tail->next = x;
+  else
+    m->admission_head = x;
   m->admission_tail = x;
   return 0;
 }
@@ -298,7 +307,10 @@ static void on_turn(lasync__runtime *rt, lasync__service *s) {
   while (m->admission_head && !quota_spent(m)) {
     lasync__curl_xfer *x = m->admission_head;
     m->admission_head = x->next;
-    if (m->admission_head) m->admission_head->prev = NULL; else m->admission_tail = NULL;
+    if (m->admission_head)
+      m->admission_head->prev = NULL;
+    else
+      m->admission_tail = NULL;
     x->next = x->prev = NULL;
     x->admitting = 0;
     if (admit(m, x) != 0) {
@@ -331,8 +343,7 @@ static void multi_close(lasync__runtime *rt, lasync__service *s) {
 
 static const lasync__service_ops CURL_SERVICE = {"http", on_turn, multi_close};
 
-lasync__curl *lasync__curl_get(lasync__runtime *rt, const lasync__curl_ops *ops,
-                               const char **why) {
+lasync__curl *lasync__curl_get(lasync__runtime *rt, const lasync__curl_ops *ops, const char **why) {
   static int curl_ready = 0;
   lasync__curl *m = (lasync__curl *)lasync__service_find(rt, &CURL_SERVICE);
   if (m) return m;

@@ -157,7 +157,7 @@ local function feed(x, fn)
   end
 end
 
-local function finish_fetch(feeder, ok, raw, ...)
+local function finish_fetch(feeder, ok, raw)
   if not ok or not raw._stream then
     -- The transfer is over (or failed, or the caller was cancelled): so is its body.
     if not feeder:done() then feeder:cancel() end

@@ -1,7 +1,7 @@
 -- async.fetch's options: checked and normalised here, before any I/O, so that the C side
 -- (bindings/http/client.c) only drives curl. The HTTP server will check headers the same way.
 -- Shared with lua/http/client.lua and lua/http/pool.lua through core._http.
-local core, async = ...
+local core = ...
 
 local error, ipairs, pairs, pcall, require = error, ipairs, pairs, pcall, require
 local setmetatable, tonumber, tostring, type = setmetatable, tonumber, tostring, type
@@ -131,7 +131,9 @@ local RETRY_KNOWN = { attempts = true, backoff = true, max_delay = true, jitter 
 local function check_retry(fname, url, r)
   if r == nil then return nil end
   for k in pairs(r) do
-    if not RETRY_KNOWN[k] then invalid(fname, url, "retry", "unknown field '" .. tostring(k) .. "'") end
+    if not RETRY_KNOWN[k] then
+      invalid(fname, url, "retry", "unknown field '" .. tostring(k) .. "'")
+    end
   end
   local function number(k, dflt, least, integer)
     local v = r[k]

@@ -134,7 +134,9 @@ local CLIENT_ONLY = { base_url = true, max_connections = true, max_per_host = tr
 --- be, so a bad default fails where the client is made rather than on first use.
 local function new_client(opts)
   local fname = "async.http.client"
-  if opts ~= nil and type(opts) ~= "table" then check.argerror(fname, 1, "options", "table", opts) end
+  if opts ~= nil and type(opts) ~= "table" then
+    check.argerror(fname, 1, "options", "table", opts)
+  end
   opts = opts or {}
   local defaults, limits = {}, nil
   for k, v in pairs(opts) do
