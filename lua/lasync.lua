@@ -250,7 +250,7 @@ function async.run(fn, ...)
   end
   local task = spawn(fn, ...)
   if not core._run_until(task, true) then
-    error("async.run: deadlock: the main task waits on something that nothing can complete", 2)
+    check.misuse("async.run: deadlock: the main task waits on something that nothing can complete")
   end
   return task:result()
 end
