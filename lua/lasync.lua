@@ -117,8 +117,15 @@ function check.callable(fname, n, argname, fn)
   if not is_callable(fn) then check.argerror(fname, n, argname, "function", fn) end
 end
 
-local function check_in_task(fname)
+--- For a call that suspends: in a task, and where Lua can yield (not in a table.sort
+--- comparator...), naming the call the user made. no_yield: the call needs the task only.
+local isyieldable = coroutine.isyieldable
+local function check_in_task(fname, no_yield)
   if not in_task() then misuse(fname .. " must be called inside a task") end
+  if not no_yield and not isyieldable() then
+    misuse(fname .. " cannot suspend here: the task is inside a C call that cannot yield " ..
+      "(a table.sort comparator, a string.gsub callback, require, a __gc ...)")
+  end
 end
 check.in_task = check_in_task
 
@@ -245,6 +252,7 @@ end
 function async.run(fn, ...)
   check_function("async.run", 1, "fn", fn)
   if in_task() then
+    check_in_task("async.run")
     local child = spawn(fn, ...)
     return finish_child(child, pcall(child.await, child))
   end

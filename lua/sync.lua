@@ -185,7 +185,7 @@ function Lock:acquire()
 end
 
 function Lock:try_acquire()
-  check_in_task("lock:try_acquire")
+  check_in_task("lock:try_acquire", true) -- the holder is a task; nothing suspends
   if self.holder ~= nil then return false end
   self.holder = current()
   return permit(self)

@@ -202,6 +202,22 @@ describe("async.fetch options", function()
       assert.is_nil(err:find("[lasync]", 1, true), err)
     end)
 
+    it("names the call the user made when it cannot suspend (a table.sort comparator)", function()
+      for name, call in pairs {
+        ["async.run"] = function() async.run(function() end) end,
+        ["async.timeout"] = function() async.timeout(1, function() end) end,
+        ["async.fetch"] = function() async.fetch(base .. "/get") end,
+        ["queue:get"] = function() async.queue():get() end,
+      } do
+        local msg = message_of(table.sort, { 3, 1, 2 }, function(x, y)
+          call()
+          return x < y
+        end)
+        assert.matches(name .. " cannot suspend here", msg, 1, true)
+        assert.is_nil(msg:find("[lasync]", 1, true), msg)
+      end
+    end)
+
     it("raises bad options the same way in fetch, retry, map and wait", function()
       assert.matches("async.retry: bad option 'attemps' (unknown option)",
         message_of(async.retry, function() end, { attemps = 3 }), 1, true)
