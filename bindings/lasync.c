@@ -56,6 +56,7 @@ static const char *const LUA_PARTS[] = {
   "http/options", /* fetch's option and header checks, shared by the HTTP code */
   "http/client",  /* async.fetch, Response, retries */
   "http/pool",    /* async.http.client: defaults and connection limits, on semaphores */
+  "net",          /* async.net */
   NULL};
 
 int luaopen_lasync(lua_State *L) {
@@ -70,6 +71,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_diag(L);
   lasync__open_http(L);
   lasync__open_json(L);
+  lasync__open_net(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");
   lasync__load_lua(L, "lasync", LASYNC__LIB_CHUNK);

@@ -231,10 +231,11 @@ end
 
 --- async.fetch(url [, opts]) -> Response. Suspends the calling task until the transfer ends
 --- (with opts.stream, until the final response's headers are in).
+local normalise, with_retries = http.normalise, http.with_retries
 function async.fetch(url, opts)
   check.in_task("async.fetch")
-  local final_url, normalised = http.normalise("async.fetch", url, opts)
-  if normalised.retry then return http.with_retries(final_url, normalised, fetch_once) end
+  local final_url, normalised = normalise("async.fetch", url, opts)
+  if normalised.retry then return with_retries(final_url, normalised, fetch_once) end
   return fetch_once(final_url, normalised)
 end
 

@@ -165,4 +165,4 @@ local function new_client(opts)
   return setmetatable({ base_url = base_url, defaults = defaults, limits = limits }, Client)
 end
 
-async.http = { client = new_client, Response = http.Response, Client = Client }
+async.http = { client = new_client, Response = http.Response }
