@@ -36,7 +36,8 @@ sanitize: deps
 # Add a folder or file here once it passes; `make format` rewrites the C ones in place.
 LINT_C = $(wildcard bindings/http/*.c bindings/http/*.h) bindings/io/buffer.c \
   spec/c/buffer_test.c
-LINT_LUA = lua spec/fetch_spec.lua spec/fetch_stream_spec.lua spec/fetch_faults_spec.lua \
+LINT_LUA = lua/lasync.lua lua/sync.lua lua/scope.lua lua/host.lua lua/http \
+  spec/fetch_spec.lua spec/fetch_stream_spec.lua spec/fetch_faults_spec.lua \
   spec/fetch_retry_spec.lua spec/fetch_options_spec.lua
 lint:
 	@.ci/deps clang-format lua-check
