@@ -62,6 +62,7 @@ valgrind: build
 	@.ci/deps valgrind
 	$(VALGRIND) $(BUILD)/embed_test
 	$(VALGRIND) $(BUILD)/alloc_sweep
+	$(VALGRIND) $(BUILD)/buffer_test
 	$(VALGRIND) $(BUILD)/lasync /usr/bin/busted --output=plainTerminal $(VALGRIND_SPECS)
 
 bench: build
