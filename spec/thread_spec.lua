@@ -15,15 +15,6 @@ end
 
 local function spin_forever() while true do end end
 
-local function wait_until(pred, seconds)
-  local deadline = async.now() + (seconds or 5)
-  while not pred() do
-    if async.now() > deadline then return false end
-    async.sleep(0.005)
-  end
-  return true
-end
-
 local function tmpname()
   local p = os.tmpname()
   os.remove(p)
@@ -218,7 +209,7 @@ describe("async.to_thread", function()
   it("stops a running job when its task is cancelled, and only then raises Cancelled", function()
     local marker = tmpname()
     local t = async.spawn(async.to_thread, function(path)
-      local f <close> = setmetatable({}, { __close = function()
+      local _ <close> = setmetatable({}, { __close = function()
         local out = io.open(path, "w")
         out:write("unwound")
         out:close()
@@ -246,7 +237,7 @@ describe("async.to_thread", function()
     assert.is_true(async.is_timeout(err))
     err = raises(async.timeout, 0.1, async.to_thread, function()
       local co = coroutine.create(function() while true do end end)
-      local ok = coroutine.resume(co) -- the job goes on after its coroutine was stopped
+      coroutine.resume(co) -- the job goes on after its coroutine was stopped
       while true do end
     end)
     assert.is_true(async.is_timeout(err))
@@ -399,7 +390,7 @@ describe("async.thread.pool", function()
       local size = async.thread.default:size()
       local jobs = {}
       for i = 1, 3 do
-        jobs[i] = async.spawn(async.to_thread, function(path) -- all three at once
+        jobs[i] = async.spawn(async.to_thread, function() -- all three at once
           local t0 = os.time() while os.time() - t0 < 1 do end
         end)
       end
