@@ -96,10 +96,6 @@ static void deliver(int got, char *line) {
 /* libedit calls this from rl_callback_read_char with a whole line (malloc'd), or NULL at EOF. */
 static void on_line(char *line) {
   rl_callback_handler_remove();
-  if (line == NULL) {
-    fputs("\n", stdout); /* Ctrl-D leaves the cursor after the prompt */
-    fflush(stdout);
-  }
   deliver(line ? GOT_LINE : GOT_EOF, line);
 }
 

@@ -260,7 +260,10 @@ return function()
   local ok, err = pcall(function()
     while true do
       local chunk = read_chunk()
-      if chunk == nil then break end
+      if chunk == nil then
+        stdout:write("\n") -- as lua.c: the cursor was left after the prompt
+        break
+      end
       if type(chunk) == "function" then run_chunk(chunk) end
     end
     cancel_others()
