@@ -10,6 +10,7 @@
  * REPL itself and sees these functions as its `editor` argument.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,8 @@ static struct {
   int at_bol;             /* that output ended with a newline */
   struct termios saved;
   volatile sig_atomic_t saved_ok;
+  int saved_flags;        /* fd 0's status flags: uv_poll_init makes it non-blocking */
+  volatile sig_atomic_t flags_saved;
   char *history;          /* its file, or NULL */
   int complete_ref;       /* the Lua completer */
   char *buf;              /* plain mode: bytes read that are not a whole line yet */
@@ -68,8 +71,11 @@ int lasync__repl_active(void) { return ed.started; }
 
 lasync__task *lasync__repl_chunk(void) { return ed.chunk; }
 
+/* The descriptor's flags belong to the open file, which the shell shares: a non-blocking stdin
+ * left behind would break the next program that reads the terminal. */
 void lasync__repl_restore_tty(void) {
   if (ed.saved_ok) tcsetattr(0, TCSANOW, &ed.saved);
+  if (ed.flags_saved) fcntl(0, F_SETFL, ed.saved_flags);
 }
 
 /* ---- delivering a line to the waiting task ---- */
@@ -110,7 +116,12 @@ static int take_line(void) {
   }
   n = nl ? (size_t)(nl - ed.buf) : ed.len;
   line = (char *)malloc(n + 1);
-  if (line == NULL) return 0; /* tried again on the next read */
+  if (line == NULL) { /* out of memory: the REPL ends rather than spin */
+    ed.eof = 1;
+    ed.len = 0;
+    deliver(GOT_EOF, NULL);
+    return 1;
+  }
   memcpy(line, ed.buf, n);
   line[n] = '\0';
   if (n > 0 && line[n - 1] == '\r') line[n - 1] = '\0';
@@ -323,6 +334,8 @@ static int l_start(lua_State *L) {
   lasync__handle_init(&ed.redraw->h, (uv_handle_t *)&ed.redraw->prepare);
   ed.redraw->h.on_close = on_redraw_closed;
   uv_unref((uv_handle_t *)&ed.redraw->prepare);
+  ed.saved_flags = fcntl(0, F_GETFL);
+  ed.flags_saved = ed.saved_flags != -1;
   ed.input = (input_handle *)lasync__handle_new(rt, sizeof *ed.input);
   if (ed.input && uv_poll_init(rt->loop, &ed.input->poll, 0) == 0) {
     lasync__handle_init(&ed.input->h, (uv_handle_t *)&ed.input->poll);
@@ -473,10 +486,11 @@ static int l_stop(lua_State *L) {
   if (ed.tty) {
     rl_callback_handler_remove();
     if (ed.history) write_history(ed.history);
-    lasync__repl_restore_tty();
   }
-  ed.saved_ok = 0;
   if (ed.input) lasync__handle_close(&ed.input->h);
+  lasync__repl_restore_tty();
+  ed.saved_ok = 0;
+  ed.flags_saved = 0;
   if (ed.redraw) lasync__handle_close(&ed.redraw->h);
   ed.chunk = NULL;
   lasync__unpin(rt, L, ed.chunk_ref);

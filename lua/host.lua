@@ -4,7 +4,7 @@ local plan = ...
 
 local function fail(err) error(err, 0) end
 
-for _, step in ipairs(plan) do
+for i, step in ipairs(plan) do
   if step.kind == "e" then
     local chunk, err = load(step.code, step.name or "=(command line)")
     if not chunk then fail(err) end
@@ -22,7 +22,8 @@ for _, step in ipairs(plan) do
   elseif step.kind == "script" then
     local chunk, err = loadfile(step.path)
     if not chunk then fail(err) end
-    return chunk(table.unpack(step.args, 1, step.args.n))
+    if i == #plan then return chunk(table.unpack(step.args, 1, step.args.n)) end
+    chunk(table.unpack(step.args, 1, step.args.n)) -- lasync -i script: the REPL follows
   elseif step.kind == "repl" then
     return step.run() -- lua/repl.lua, through host/lineedit.c
   end

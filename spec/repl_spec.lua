@@ -251,6 +251,21 @@ describe("the REPL", function()
       assert.truthy(bg and nl and bg < nl, out)
     end)
 
+    it("follows a script with -i, as lua -i does", function()
+      local script = sub.tmpfile("x = 'set by the script'")
+      local out, err, code = sub.run("-i " .. sub.q(script), { stdin = "=x\n" })
+      assert.are.equal(0, code, err)
+      assert.truthy(out:find("> set by the script\n", 1, true), out)
+    end)
+
+    it("gives stdin back in blocking mode, as the shell expects", function()
+      local p = assert(io.popen("printf '=1\\n' | (" .. sub.q(sub.LASYNC) .. " -i >/dev/null; " ..
+        "python3 -c 'import fcntl, os; print(fcntl.fcntl(0, fcntl.F_GETFL) & os.O_NONBLOCK)')"))
+      local out = p:read("a")
+      p:close()
+      assert.are.equal("0\n", out)
+    end)
+
     it("reports errors without host frames and goes on", function()
       local out, err, code = sub.run("-i", { stdin = "error('boom')\nprint('still here')\n" })
       assert.are.equal(0, code, err)
