@@ -5,6 +5,7 @@ local assert_clean = require "clean"
 -- (spec/support/pty.lua), and its plain-lines form when stdin is a pipe.
 local sub = require "subprocess"
 local pty = require "pty"
+assert(sub.LASYNC, "LASYNC must name the lasync executable")
 local ENTER, CTRL_D, TAB, UP = pty.ENTER, pty.CTRL_D, pty.TAB, pty.UP
 
 local home -- a HOME of its own for each test, so history goes there
@@ -111,6 +112,21 @@ describe("the REPL", function()
         { "send", "async.sleep(0.01); print('after ' .. 'the interrupt')" .. ENTER },
         { "expect", "after the interrupt", 10 },
         { "send", CTRL_D }, { "wait", 10 },
+      })
+      assert.is_nil(err, out)
+      assert.are.equal(0, status, out)
+    end)
+
+    it("leaves nothing behind from a chunk cancelled in its sleep", function()
+      local out, status, err = repl({
+        { "expect", "> ", 10 },
+        { "send", "async = require 'lasync'; print('sleeping'); async.sleep(100)" .. ENTER },
+        { "expect", "sleeping", 10 }, { "sleep", 0.3 }, { "signal", "INT" },
+        { "expect", "interrupted.*> ", 10 },
+        -- Left besides the chunk asking: the REPL's task only; no deadline, no request.
+        { "send", "c = async._debug.counts()" .. ENTER }, { "expect", PROMPT, 10 },
+        { "send", "=c.tasks, c.timers, c.requests" .. ENTER },
+        { "expect", "\n1\t0\t0", 10 }, { "send", CTRL_D }, { "wait", 10 },
       })
       assert.is_nil(err, out)
       assert.are.equal(0, status, out)

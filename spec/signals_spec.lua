@@ -5,6 +5,7 @@ local assert_clean = require "clean"
 -- (spec/support/pty.lua) so the test can wait for the script to be ready first.
 local sub = require "subprocess"
 local pty = require "pty"
+assert(sub.LASYNC, "LASYNC must name the lasync executable")
 
 local CLEANUP = "local function on_close(what) return setmetatable({}, {__close = function() " ..
     "print(what .. ' cleanup') end}) end\n"
