@@ -9,6 +9,9 @@
  * libedit keeps its state in globals, so there is one editor per process; lua/repl.lua is the
  * REPL itself and sees these functions as its `editor` argument.
  */
+#include "lineedit.h"
+
+#include <editline/readline.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -18,10 +21,6 @@
 #include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
-
-#include <editline/readline.h>
-
-#include "lineedit.h"
 
 enum { GOT_NOTHING, GOT_LINE, GOT_EOF, GOT_INTERRUPT };
 
@@ -40,28 +39,28 @@ typedef void (*error_hook)(lasync__runtime *rt, const char *report, void *data);
 static struct {
   lasync__runtime *rt;
   volatile sig_atomic_t started;
-  int tty;                /* libedit on a terminal; else plain lines */
-  input_handle *input;    /* fd 0 readable; NULL when fd 0 cannot be polled (a regular file) */
-  redraw_handle *redraw;  /* before the loop blocks: redraws a prompt that output erased */
-  lasync__task *reader;   /* the task in editor.read */
-  int suspended;          /* it waits for the loop (else the line was there at once) */
-  int got;                /* what it gets: GOT_* */
-  char *line;             /* malloc'd, with GOT_LINE */
+  int tty;               /* libedit on a terminal; else plain lines */
+  input_handle *input;   /* fd 0 readable; NULL when fd 0 cannot be polled (a regular file) */
+  redraw_handle *redraw; /* before the loop blocks: redraws a prompt that output erased */
+  lasync__task *reader;  /* the task in editor.read */
+  int suspended;         /* it waits for the loop (else the line was there at once) */
+  int got;               /* what it gets: GOT_* */
+  char *line;            /* malloc'd, with GOT_LINE */
   char *prompt;
   lasync__task *volatile chunk; /* the running chunk, for Ctrl-C; read by the signal handler */
   int chunk_ref;
-  int hidden;             /* output has erased the prompt, which awaits its redraw */
-  int at_bol;             /* that output ended with a newline */
+  int hidden; /* output has erased the prompt, which awaits its redraw */
+  int at_bol; /* that output ended with a newline */
   struct termios saved;
   volatile sig_atomic_t saved_ok;
-  int saved_flags;        /* fd 0's status flags: uv_poll_init makes it non-blocking */
+  int saved_flags; /* fd 0's status flags: uv_poll_init makes it non-blocking */
   volatile sig_atomic_t flags_saved;
-  char *history;          /* its file, or NULL */
-  int complete_ref;       /* the Lua completer */
-  char *buf;              /* plain mode: bytes read that are not a whole line yet */
+  char *history;    /* its file, or NULL */
+  int complete_ref; /* the Lua completer */
+  char *buf;        /* plain mode: bytes read that are not a whole line yet */
   size_t len, cap;
   int eof;
-  error_hook on_error;    /* the runtime's, restored at stop */
+  error_hook on_error; /* the runtime's, restored at stop */
   void *on_error_data;
 } ed = {.chunk_ref = LUA_NOREF, .complete_ref = LUA_NOREF};
 
@@ -413,8 +412,7 @@ static void read_abandon(lua_State *L, lasync__task *t, void *data) {
   ed.line = NULL;
 }
 
-static const lasync__awaitable_ops READ_OPS = {"repl.read", read_cancel, read_finish,
-                                               read_abandon};
+static const lasync__awaitable_ops READ_OPS = {"repl.read", read_cancel, read_finish, read_abandon};
 
 /* editor.read(prompt) -> the line, nil at end of input, false after a Ctrl-C. Suspends. */
 static int l_read(lua_State *L) {
@@ -527,10 +525,13 @@ int lasync__repl_interrupt(lasync__runtime *rt) {
 }
 
 void lasync__repl_push(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"start", l_start},     {"read", l_read},
+  static const luaL_Reg funcs[] = {{"start", l_start},
+                                   {"read", l_read},
                                    {"add_history", l_add_history},
-                                   {"running", l_running}, {"hide", l_hide},
-                                   {"stop", l_stop},       {NULL, NULL}};
+                                   {"running", l_running},
+                                   {"hide", l_hide},
+                                   {"stop", l_stop},
+                                   {NULL, NULL}};
   lasync__load_lua(L, "repl", LASYNC__LIB_CHUNK);
   luaL_newlib(L, funcs);
   lua_call(L, 1, 1);
