@@ -98,6 +98,21 @@ describe("the REPL", function()
       assert.truthy(out:find("\27[J", 1, true), out)
     end)
 
+    it("reports a background failure nobody awaited above the prompt, then redraws it", function()
+      local out, status, err = repl({
+        { "expect", "> ", 10 },
+        { "send", "async = require 'lasync'; async.spawn(function() async.sleep(0.3); " ..
+          "async.spawn(error, 'background boom'); async.sleep(0.1); collectgarbage(); " ..
+          "collectgarbage() end)" .. ENTER },
+        { "expect", PROMPT, 10 }, { "send", "abc" }, { "expect", "background boom", 10 },
+        { "expect", "\n> abc", 10 }, { "send", "\21" .. CTRL_D }, { "wait", 10 }, -- Ctrl-U, Ctrl-D
+      })
+      assert.is_nil(err, out)
+      assert.are.equal(1, status, out) -- as for any script: a failure nobody saw is an error
+      assert.truthy(out:find("> abc\r?\27%[Jlasync: a task failed and nobody awaited it:\n" ..
+        "background boom", 1), out)
+    end)
+
     it("cancels the running chunk on Ctrl-C, with its cleanup, and leaves background tasks alone", function()
       local out, status, err = repl({
         { "expect", "> ", 10 },
