@@ -356,7 +356,7 @@ static int l_start(lua_State *L) {
   if (tty) {
     ed.saved_ok = tcgetattr(0, &ed.saved) == 0;
     rl_readline_name = "lasync";
-    rl_catch_signals = 0; /* the host handles Ctrl-C (host/main.c) */
+    rl_catch_signals = 0; /* the host handles Ctrl-C (host/signals.c) */
     rl_instream = stdin;
     rl_outstream = stdout;
     rl_initialize();

@@ -1,6 +1,7 @@
-/* The REPL's line editor (host/lineedit.c), for host/main.c: what the signal handling needs to
- * know of it. Only the executable has it: libedit is linked there and nowhere else, since the
- * Lua module is loaded into lua5.4, which brings GNU readline and its clashing symbols. */
+/* The REPL's line editor (host/lineedit.c) and the signal handling (host/signals.c), for
+ * host/main.c; and what the signal handling needs to know of the editor. Only the executable has
+ * it: libedit is linked there and nowhere else, since the Lua module is loaded into lua5.4, which
+ * brings GNU readline and its clashing symbols. */
 #ifndef LASYNC_LINEEDIT_H
 #define LASYNC_LINEEDIT_H
 
@@ -19,5 +20,11 @@ int lasync__repl_interrupt(lasync__runtime *rt);
 /* Puts the terminal back as it was before the editor took it. Async-signal-safe, for a signal
  * handler about to _exit. */
 void lasync__repl_restore_tty(void);
+
+/* host/signals.c: SIGINT and SIGTERM, as lua.c's laction (see docs/repl.md). */
+void lasync__signals_watch(lasync__runtime *rt);
+void lasync__signals_unwatch(void); /* before the runtime closes */
+/* 0, or the exit status once a signal cancelled everything: 130 (SIGINT) or 143 (SIGTERM). */
+int lasync__signals_status(void);
 
 #endif
