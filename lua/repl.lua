@@ -1,7 +1,7 @@
 -- The REPL: `lasync` with no script on a terminal, or `lasync -i`. It runs in the main task and
 -- reads through `editor` (host/lineedit.c), which reads on the loop, so background tasks keep
--- running while the prompt waits. Each chunk entered runs as its own task; Ctrl-C (host/signals.c)
--- cancels that task, or clears the line at an idle prompt.
+-- running while the prompt waits. Each chunk entered runs as its own task; Ctrl-C
+-- (host/signals.c) cancels that task, or clears the line at an idle prompt.
 local editor = ...
 local async = require "lasync"
 

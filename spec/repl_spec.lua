@@ -261,14 +261,16 @@ describe("the REPL", function()
 
   describe("without a terminal", function()
     it("reads plain lines from a pipe: echo 'print(1+2)' | lasync -i", function()
-      local out, err, code = sub.run("-i", { stdin = "print(1+2)\n=2*3, 'x'\nfor i=1,2 do\nprint(i)\nend\n" })
+      local out, err, code = sub.run("-i",
+        { stdin = "print(1+2)\n=2*3, 'x'\nfor i=1,2 do\nprint(i)\nend\n" })
       assert.are.equal(0, code, err)
       assert.truthy(out:find("> 3\n> 6\tx\n> >> >> 1\n2\n> \n$"), out)
     end)
 
     it("reads on the loop: background tasks run while it waits for the next line", function()
       local script = sub.tmpfile([[
-        printf '%s\n' "async = require 'lasync'; async.spawn(function() async.sleep(0.2); print('background') end)"
+        printf '%s\n' "async = require 'lasync'; async.spawn(function() async.sleep(0.2); \
+          print('background') end)"
         sleep 1.5
         printf '%s\n' "print('next line')"
       ]])
