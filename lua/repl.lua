@@ -100,7 +100,7 @@ local function wrap_output()
     editor.hide(true)
     return print(...)
   end
-  io.write = function(...)
+  io.write = function(...) -- luacheck: ignore 122 (wrapped while the REPL runs)
     local nl = ends_line(...)
     if nl ~= nil and io.output() == stdout then editor.hide(nl) end
     return write(...)
@@ -116,7 +116,8 @@ end
 
 local function unwrap_output()
   if not originals.FILE then return end
-  _G.print, io.write, originals.FILE.write = originals.print, originals.write, originals.file_write
+  _G.print, originals.FILE.write = originals.print, originals.file_write
+  io.write = originals.write -- luacheck: ignore 122
   originals = {}
 end
 
@@ -140,7 +141,7 @@ local function read_chunk()
     editor.add_history(line)
     return fn
   end
-  local typed, err = line, nil
+  local typed, err = line, nil -- luacheck: ignore 311
   while true do
     fn, err = load(src, "=stdin")
     if fn or not err:match("<eof>$") then break end -- lua.c: incomplete input ends at <eof>
@@ -249,10 +250,10 @@ return function()
   local real_exit = os.exit
   local function stop()
     unwrap_output()
-    if os.exit ~= real_exit then os.exit = real_exit end
+    if os.exit ~= real_exit then os.exit = real_exit end -- luacheck: ignore 122
     editor.stop()
   end
-  os.exit = function(code, close)
+  os.exit = function(code, close) -- luacheck: ignore 122 (the REPL leaves cleanly)
     cancel_others()
     stop()
     return real_exit(code, close)

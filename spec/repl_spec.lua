@@ -113,7 +113,7 @@ describe("the REPL", function()
         "background boom", 1), out)
     end)
 
-    it("cancels the running chunk on Ctrl-C, with its cleanup, and leaves background tasks alone", function()
+    it("cancels the running chunk on Ctrl-C, cleanup and all, leaving background tasks", function()
       local out, status, err = repl({
         { "expect", "> ", 10 },
         { "send", "async = require 'lasync'; bg = async.spawn(async.sleep, 1000)" .. ENTER },

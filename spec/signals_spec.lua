@@ -20,7 +20,7 @@ describe("signals", function()
     assert_clean()
   end)
 
-  it("a first Ctrl-C interrupts a script that blocks the loop; its cleanup runs; status 130", function()
+  it("a first Ctrl-C interrupts a script blocking the loop; cleanup runs; status 130", function()
     local path = script([[
       local c <close> = on_close("main")
       print("ready")
@@ -34,7 +34,7 @@ describe("signals", function()
     assert.truthy(out:find("main cleanup", 1, true), out)
   end)
 
-  it("a first Ctrl-C interrupts a background task that blocks the loop, and cancels the rest", function()
+  it("a first Ctrl-C interrupts a background task blocking the loop, cancels the rest", function()
     local path = script([[
       async.spawn(function() local c <close> = on_close("spinner"); while true do end end)
       local c <close> = on_close("main")
