@@ -209,6 +209,14 @@ static int raise_closed(lua_State *L, const char *what) {
   return lua_error(L);
 }
 
+/* Misuse of a method's argument: numbered as the caller wrote it (s:read(x): x is #1), as
+ * luaL_argerror does for methods. */
+static int bad_arg(lua_State *L, int idx, const char *fname, const char *argname,
+                   const char *expected) {
+  return luaL_error(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, idx - 1,
+                    argname, expected, lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
+}
+
 /* The stream in the box at index 1 of a resumed call, or NULL if it was closed meanwhile. The
  * box is the call's first argument, still on its stack: the one way to know whether the C
  * struct is still there. */
@@ -341,9 +349,9 @@ static size_t opt_size(lua_State *L, int arg, const char *fname, const char *arg
                        size_t def) {
   lua_Integer n;
   if (lua_isnoneornil(L, arg)) return def;
-  if (!lua_isinteger(L, arg)) lasync__argerror(L, arg, fname, argname, "integer");
+  if (!lua_isinteger(L, arg)) bad_arg(L, arg, fname, argname, "integer");
   n = lua_tointeger(L, arg);
-  if (n <= 0) luaL_error(L, "%s: bad argument #%d '%s' (must be > 0)", fname, arg, argname);
+  if (n <= 0) luaL_error(L, "%s: bad argument #%d '%s' (must be > 0)", fname, arg - 1, argname);
   return (size_t)n;
 }
 
@@ -363,7 +371,7 @@ static int stream_read_exactly(lua_State *L) {
   lasync__task *t;
   lasync__stream *s = begin_read(L, "stream:read_exactly", &t);
   size_t n;
-  if (lua_isnoneornil(L, 2)) lasync__argerror(L, 2, "stream:read_exactly", "n", "integer");
+  if (lua_isnoneornil(L, 2)) bad_arg(L, 2, "stream:read_exactly", "n", "integer");
   n = opt_size(L, 2, "stream:read_exactly", "n", 0);
   lua_settop(L, 1);
   s->want = WANT_EXACT;
@@ -485,7 +493,7 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
     }
     return nb;
   }
-  return lasync__argerror(L, idx, "stream:write", "data", "string or array of strings");
+  return bad_arg(L, idx, "stream:write", "data", "string or array of strings");
 }
 
 /* s:write(data, ...): each data is a string or an array of strings; all are written in order,
@@ -682,7 +690,7 @@ static int stream_set_limits(lua_State *L) {
   lasync__stream *s = check_stream(L, "stream:set_limits");
   size_t v[3];
   int i;
-  if (!lua_istable(L, 2)) return lasync__argerror(L, 2, "stream:set_limits", "limits", "table");
+  if (!lua_istable(L, 2)) return bad_arg(L, 2, "stream:set_limits", "limits", "table");
   for (i = 0; i < 3; i++) {
     lua_getfield(L, 2, names[i]);
     if (lua_isnil(L, -1)) {
