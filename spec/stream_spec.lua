@@ -71,7 +71,7 @@ describe("streams", function()
       assert.are.equal(big, c:read_line())
     end)
 
-    it("read_exactly(n) waits for n bytes and raises kind closed (code EOF) if the end comes first",
+    it("read_exactly(n) waits for n bytes and raises kind closed (code EOF) if the end cuts them",
       function()
         local c, s, release = tcp.pair()
         finally(release)
@@ -89,6 +89,7 @@ describe("streams", function()
         assert.are.equal("closed", err.kind)
         assert.are.equal("EOF", err.code)
         assert.are.equal("tail", err.partial)
+        assert.is_nil(c:read_exactly(10)) -- a clean end: nil, as read and read_line
         writer:await()
       end)
 

@@ -32,8 +32,8 @@
 
 #define SLAB_SIZE (64 * 1024)
 #define DIRECT_MIN (16 * 1024) /* free room in a stream's buffer worth reading into directly */
-#define DEFAULT_READ_MAX (64 * 1024)
-#define DEFAULT_WRITE_HWM (64 * 1024)
+#define DEFAULT_READ_MAX (256 * 1024)
+#define DEFAULT_WRITE_HWM (256 * 1024)
 #define DEFAULT_MAX_LINE (64 * 1024)
 #define MAX_PIECES_ON_STACK 16
 
@@ -184,8 +184,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
 }
 
+/* Reading stops at the bound and starts again below half of it, so a stream near its bound
+ * does not stop and start (two epoll_ctl calls) for every read; a waiting reader that still
+ * lacks bytes has reading started at once. */
 static void update_reading(lasync__stream *s) {
-  int want = s->started && !s->eof && !s->rerr && !s->h.closing && s->in_len < read_bound(s);
+  size_t bound = read_bound(s);
+  int want = s->started && !s->eof && !s->rerr && !s->h.closing && s->in_len < bound;
+  if (want && !s->reading && s->in_len >= bound / 2 && s->reader == NULL) want = 0;
   if (want && !s->reading) {
     int err = uv_read_start(&s->u.stream, on_alloc, on_read);
     if (err)
@@ -247,6 +252,7 @@ static int try_read(lua_State *L, lasync__stream *s) {
       update_reading(s);
       return 1;
     }
+    if (s->eof && len == 0) break; /* a clean end between messages: nil, as read_line */
     if (s->eof) {
       lasync__push_uv_error(L, "closed", UV_EOF, "the stream ended before the bytes asked for");
       lua_pushlstring(L, p, len);
@@ -366,7 +372,8 @@ static int stream_read(lua_State *L) {
   return wait_read(L, t, s);
 }
 
-/* s:read_exactly(n) -> n bytes; raises kind "closed", code "EOF" if the stream ends first. */
+/* s:read_exactly(n) -> n bytes; nil if the stream ends before the first of them; raises kind
+ * "closed", code "EOF" (with the bytes as err.partial) if it ends in the middle. */
 static int stream_read_exactly(lua_State *L) {
   lasync__task *t;
   lasync__stream *s = begin_read(L, "stream:read_exactly", &t);
