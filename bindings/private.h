@@ -290,6 +290,33 @@ int lasync__handle_box_close(lua_State *L); /* a lua_CFunction: closes the box a
 lasync__handle *lasync__handle_check(lua_State *L, int idx, const char *mt, const char *fname);
 #define LASYNC__HANDLE_OF(uvhandle) ((lasync__handle *)((uv_handle_t *)(uvhandle))->data)
 
+/* io/buffer.c: a growable byte buffer, appended at the tail and consumed from the head,
+ * touched without Lua (libuv and curl callbacks fill it). A zeroed struct is an empty buffer
+ * with no limit; set max to bound the unread bytes. The calls that can fail return 0,
+ * UV_ENOBUFS (past max) or UV_ENOMEM, and leave the buffer as it was. */
+typedef struct lasync__buffer {
+  char *data;
+  size_t start; /* the first unread byte */
+  size_t len;   /* unread bytes */
+  size_t cap;
+  size_t max;   /* most unread bytes it may hold; 0: no limit */
+} lasync__buffer;
+
+/* Makes room for n more bytes at the tail. */
+int lasync__buffer_reserve(lasync__buffer *b, size_t n);
+/* Appends n bytes (n == 0 is a no-op, p may then be NULL). */
+int lasync__buffer_append(lasync__buffer *b, const char *p, size_t n);
+/* The free room at the tail (after reserve), filled in place and then committed: how a libuv
+ * alloc callback reads straight into the buffer. NULL with *room == 0 before any reserve. */
+char *lasync__buffer_tail(lasync__buffer *b, size_t *room);
+void lasync__buffer_commit(lasync__buffer *b, size_t n);
+/* The unread bytes; never NULL ("" when empty). Valid until the next call that adds. */
+const char *lasync__buffer_peek(const lasync__buffer *b, size_t *len);
+/* Drops the first n unread bytes (all of them if n >= len); keeps the memory. */
+void lasync__buffer_consume(lasync__buffer *b, size_t n);
+/* Frees the memory; the buffer is empty and usable again (max is kept). */
+void lasync__buffer_free(lasync__buffer *b);
+
 /* io/stream.c: a byte stream (Stream object) over any uv_stream_t, for every binding that has
  * one: TCP connections (net.c), pipes to a child process, a TTY. The Lua methods are read,
  * read_line, lines, read_exactly, write, shutdown, close (see docs/api.md). To make one:
@@ -405,22 +432,64 @@ int lasync__is_error_kind(lua_State *L, int idx, const char *kind);
 const char *lasync__describe(lua_State *L, int idx);
 void lasync__open_errors(lua_State *L);
 
-/* future.c. A future held by C (lasync_future_new) is pinned and linked in the runtime's list
- * until it settles; lasync__future_release unpins it (a no-op for Lua-only futures). */
+/* future.c. A Lua future is a lasync__future userdata. A future held by C (lasync.h's
+ * lasync_future) is a malloc'd, reference-counted handle over one that outlives the runtime:
+ * C's reference lasts until lasync__future_release; the runtime's lasts while the future is
+ * pending (it pins the Lua future and counts it in lasync__futures_held). */
 enum { LASYNC__FUTURE_PENDING, LASYNC__FUTURE_DONE, LASYNC__FUTURE_FAILED };
-struct lasync_future {
+typedef struct lasync_future lasync_future; /* the C handle; opaque outside future.c */
+typedef struct lasync__future {
   lasync__waitlist waiters;
   int state;
   int nvalues;
-  lasync__runtime *rt;
-  int ref;                          /* pinned while C holds it, else LUA_NOREF */
-  struct lasync_future *prev, *next; /* the runtime's held futures */
-};
-typedef struct lasync_future lasync_future;
-lasync_future *lasync__future_new(lua_State *L);
-void lasync__future_settle(lua_State *L, lasync_future *f, int state, int n);
-int lasync__future_await(lua_State *L, lasync_future *f, const char *fname);
-void lasync__future_release(lasync_future *f); /* embed.c */
+  lasync_future *held; /* the C handle while C holds it pending, else NULL */
+  int oom;             /* settling from C ran out of memory: awaiting raises that */
+} lasync__future;
+typedef int (*lasync__push_cb)(lua_State *L, void *arg);
+typedef void (*lasync__cancel_cb)(lasync_future *f, void *data);
+lasync__future *lasync__future_new(lua_State *L);
+int lasync__future_await(lua_State *L, lasync__future *f, const char *fname);
+/* A new held future, or NULL (out of memory, or the runtime is closing). Never raises. */
+lasync_future *lasync__future_hold(lua_State *L);
+/* Loop thread: settles with the n values on top of L (popped; an error when state is
+ * FAILED). Returns 1 if it was settled already (nothing popped), else 0; after cancellation or
+ * once the runtime has gone it is a no-op (L is not touched once the runtime has gone). A
+ * memory error fails the awaiting task, not the caller. */
+int lasync__future_settle_held(lasync_future *h, lua_State *L, int state, int n);
+/* Any thread: settles on the loop's next turn with push(L, arg)'s values, or rejects with
+ * message if not NULL. A no-op once the runtime has gone. -1 when out of memory. */
+int lasync__future_post(lasync_future *h, lasync__push_cb push, void *arg, const char *message);
+/* In a lua_CFunction: pushes the Lua future to await, or raises if it cannot be awaited. */
+void lasync__future_push_held(lua_State *L, lasync_future *h);
+lasync__future *lasync__future_of(lasync_future *h);
+/* The runtime while the future is held pending, else NULL. Loop thread. */
+lasync__runtime *lasync__future_runtime(const lasync_future *h);
+int lasync__future_cancelled(const lasync_future *h); /* any thread */
+void lasync__future_on_cancel(lasync_future *h, lasync__cancel_cb cb, void *data);
+void lasync__future_release(lasync_future *h); /* any thread: drops C's reference */
+long lasync__futures_held(lasync__runtime *rt);  /* pending futures C holds */
+
+/* xthread.c: the cross-thread queue. Any thread posts run(arg) to be called on the loop's
+ * thread at its next turn; exactly one of run and drop is called for every post: drop when
+ * the runtime closes first (at shutdown, or at once, on the posting thread, when the queue is
+ * already closed; also when the post itself is out of memory). The queue is reference-counted
+ * apart from the runtime, so a handle on it stays valid after lasync_destroy: a worker thread
+ * retains it (lasync__xqueue_retain) while it may post. Posting never blocks on the loop. */
+typedef struct lasync__xqueue lasync__xqueue;
+typedef void (*lasync__xthread_fn)(void *arg);
+/* Loop thread: the runtime's queue, made on first use; NULL when out of memory or closing. */
+lasync__xqueue *lasync__xqueue_get(lasync__runtime *rt);
+/* Any thread. 0, UV_ECANCELED (closed: drop ran) or UV_ENOMEM (drop ran). */
+int lasync__xqueue_post(lasync__xqueue *q, lasync__xthread_fn run, lasync__xthread_fn drop,
+                        void *arg);
+void lasync__xqueue_retain(lasync__xqueue *q);  /* any thread */
+void lasync__xqueue_release(lasync__xqueue *q); /* any thread; frees it after the last */
+/* Loop thread: while the sum of deltas is positive, the queue keeps the loop alive (work is
+ * out on other threads and will post back). */
+void lasync__xqueue_hold(lasync__xqueue *q, int delta);
+
+/* runtime.c: the one protected call from C into Lua (see there). */
+int lasync__pcall(lua_State *L, int nargs, int nres);
 
 /* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
 void lasync__open_timer(lua_State *L);
