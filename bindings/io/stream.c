@@ -77,41 +77,10 @@ static streams *get_streams(lasync__runtime *rt) {
   return st;
 }
 
-/* ---- the unread bytes (a local buffer until io/buffer.c reaches main) ---- */
-
-static int in_reserve(lasync__stream *s, size_t n) {
-  size_t cap;
-  char *data;
-  if (n <= s->in_cap - s->in_start - s->in_len) return 0;
-  if (s->in_start > 0 && s->in_len + n <= s->in_cap) {
-    memmove(s->in_data, s->in_data + s->in_start, s->in_len);
-    s->in_start = 0;
-    return 0;
-  }
-  cap = s->in_cap ? s->in_cap : 512; /* small first: ten thousand idle connections */
-  while (cap < s->in_len + n) cap *= 2;
-  if (s->in_start > 0) {
-    data = (char *)malloc(cap);
-    if (data == NULL) return UV_ENOMEM;
-    memcpy(data, s->in_data + s->in_start, s->in_len);
-    free(s->in_data);
-    s->in_start = 0;
-  } else {
-    data = (char *)realloc(s->in_data, cap);
-    if (data == NULL) return UV_ENOMEM;
-  }
-  s->in_data = data;
-  s->in_cap = cap;
-  return 0;
-}
+/* ---- the unread bytes (io/buffer.c) ---- */
 
 static void in_consume(lasync__stream *s, size_t n) {
-  if (n >= s->in_len) {
-    s->in_start = s->in_len = 0;
-  } else {
-    s->in_start += n;
-    s->in_len -= n;
-  }
+  lasync__buffer_consume(&s->in, n);
   s->scanned = 0;
 }
 
@@ -128,11 +97,13 @@ static size_t read_bound(const lasync__stream *s) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   lasync__stream *s = (lasync__stream *)LASYNC__HANDLE_OF(h);
-  size_t room = s->in_cap - s->in_start - s->in_len;
+  size_t room;
+  char *tail = lasync__buffer_tail(&s->in, &room);
   (void)suggested;
   if (room >= DIRECT_MIN) {
-    buf->base = s->in_data + s->in_start + s->in_len;
-    buf->len = room;
+    /* No more than the slab would take: the unread bytes stay within read_max + 64 KiB. */
+    buf->base = tail;
+    buf->len = room < SLAB_SIZE ? room : SLAB_SIZE;
   } else {
     buf->base = s->slab;
     buf->len = SLAB_SIZE;
@@ -144,15 +115,15 @@ static int reader_satisfied(lasync__stream *s) {
   if (s->eof || s->rerr) return 1;
   switch (s->want) {
   case WANT_EXACT:
-    return s->in_len >= s->want_n;
+    return s->in.len >= s->want_n;
   case WANT_LINE:
-    if (s->in_len > s->scanned &&
-        memchr(s->in_data + s->in_start + s->scanned, '\n', s->in_len - s->scanned))
+    if (s->in.len > s->scanned &&
+        memchr(s->in.data + s->in.start + s->scanned, '\n', s->in.len - s->scanned))
       return 1;
-    s->scanned = s->in_len;
-    return s->in_len >= s->want_n + 2;
+    s->scanned = s->in.len;
+    return s->in.len >= s->want_n + 2;
   default:
-    return s->in_len > 0;
+    return s->in.len > 0;
   }
 }
 
@@ -162,15 +133,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   lasync__stream *s = (lasync__stream *)LASYNC__HANDLE_OF(stream);
   if (nread > 0) {
     if (buf->base == s->slab) {
-      int err = in_reserve(s, (size_t)nread);
-      if (err == 0) {
-        memcpy(s->in_data + s->in_start + s->in_len, buf->base, (size_t)nread);
-        s->in_len += (size_t)nread;
-      } else {
-        s->rerr = err; /* the reader fails with ENOMEM; the process goes on */
-      }
+      int err = lasync__buffer_append(&s->in, buf->base, (size_t)nread);
+      if (err) s->rerr = err; /* the reader fails with ENOMEM; the process goes on */
     } else {
-      s->in_len += (size_t)nread;
+      lasync__buffer_commit(&s->in, (size_t)nread);
     }
   } else if (nread == UV_EOF) {
     s->eof = 1;
@@ -189,8 +155,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
  * lacks bytes has reading started at once. */
 static void update_reading(lasync__stream *s) {
   size_t bound = read_bound(s);
-  int want = s->started && !s->eof && !s->rerr && !s->h.closing && s->in_len < bound;
-  if (want && !s->reading && s->in_len >= bound / 2 && s->reader == NULL) want = 0;
+  int want = s->started && !s->eof && !s->rerr && !s->h.closing && s->in.len < bound;
+  if (want && !s->reading && s->in.len >= bound / 2 && s->reader == NULL) want = 0;
   if (want && !s->reading) {
     int err = uv_read_start(&s->u.stream, on_alloc, on_read);
     if (err)
@@ -233,8 +199,8 @@ static lasync__stream *resumed_stream(lua_State *L) {
 /* One attempt to satisfy the read described by s->want: pushes the results and returns how
  * many, raises, or returns -1 when the reader must wait. */
 static int try_read(lua_State *L, lasync__stream *s) {
-  const char *p = s->in_data ? s->in_data + s->in_start : ""; /* NULL + 0 is undefined */
-  size_t len = s->in_len, n = s->want_n;
+  size_t len, n = s->want_n;
+  const char *p = lasync__buffer_peek(&s->in, &len);
   switch (s->want) {
   case WANT_ANY:
     if (len > 0) {
@@ -630,8 +596,7 @@ static void on_handle_close(lasync__handle *h) { fail_waiters((lasync__stream *)
 
 static void on_handle_free(lasync__handle *h) {
   lasync__stream *s = (lasync__stream *)h;
-  free(s->in_data);
-  s->in_data = NULL;
+  lasync__buffer_free(&s->in);
 }
 
 void lasync__stream_close(lasync__stream *s) {
@@ -678,9 +643,9 @@ static int stream_closed(lua_State *L) {
 static int stream_stats(lua_State *L) {
   lasync__stream *s = check_stream(L, "stream:stats");
   lua_createtable(L, 0, 5);
-  lua_pushinteger(L, (lua_Integer)s->in_len);
+  lua_pushinteger(L, (lua_Integer)s->in.len);
   lua_setfield(L, -2, "buffered");
-  lua_pushinteger(L, (lua_Integer)s->in_cap);
+  lua_pushinteger(L, (lua_Integer)s->in.cap);
   lua_setfield(L, -2, "capacity");
   lua_pushinteger(L, (lua_Integer)uv_stream_get_write_queue_size(&s->u.stream));
   lua_setfield(L, -2, "queued");
