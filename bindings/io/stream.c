@@ -447,6 +447,8 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
   const char *p;
   if (lua_type(L, idx) == LUA_TSTRING) {
     p = lua_tolstring(L, idx, &len);
+    if (len > UINT_MAX) /* a uv_buf_t's length is 32 bits */
+      luaL_error(L, "stream:write: bad argument #%d 'data' (a string over 4 GiB)", idx - 1);
     if (bufs) bufs[nb] = uv_buf_init((char *)p, (unsigned int)len);
     *total += len;
     return nb + 1;
@@ -459,6 +461,8 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
         luaL_error(L, "stream:write: bad argument #%d 'data' (item %I is a %s, string expected)",
                    idx - 1, i, luaL_typename(L, -1));
       p = lua_tolstring(L, -1, &len);
+      if (len > UINT_MAX)
+        luaL_error(L, "stream:write: bad argument #%d 'data' (item %I is over 4 GiB)", idx - 1, i);
       if (bufs) bufs[nb] = uv_buf_init((char *)p, (unsigned int)len);
       *total += len;
       nb++;
