@@ -250,6 +250,8 @@ function async.run(fn, ...) end
 ---| "queue_empty" # q:get_nowait
 ---| "queue_closed" # a put on a closed queue
 ---| "closed" # streams: the stream ended, was closed, or failed (see `code`)
+---| "listen" # async.net.listen: cannot listen (see `code`, as `"EADDRINUSE"`)
+---| "accept" # a server could not accept a connection (see `code`)
 ---| "line_too_long" # stream:read_line past max_line
 ---| "nomem" # not enough memory for a stream or a request
 ---| string
@@ -634,6 +636,7 @@ function async.net.connect(host, port, opts) end
 ---@field port? integer default 0: any free port (read it from `srv.port`)
 ---@field backlog? integer default 511
 ---@field max_connections? integer at most this many handlers at once; accepting pauses beyond
+---@field on_error? fun(err: any, conn: lasync.Stream) gets a handler's error instead of stderr
 
 ---Listens on TCP and runs `handler(conn)` in a task of its own for each connection; the
 ---connection is closed when the handler returns. A handler's error is reported, not raised.
@@ -684,9 +687,10 @@ local Stream = {}
 ---@return string?
 function Stream:read(n) end
 
----Exactly `n` bytes; raises kind `"closed"`, code `"EOF"` if the stream ends first.
+---Exactly `n` bytes; nil if the stream ends before the first of them; raises kind `"closed"`,
+---code `"EOF"` (the bytes received in `err.partial`) if it ends midway.
 ---@param n integer
----@return string
+---@return string?
 function Stream:read_exactly(n) end
 
 ---The next line without its LF or CRLF (the last may lack one), or nil at the end.
