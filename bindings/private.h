@@ -238,7 +238,9 @@ struct lasync__req {
 
 /* Pushes a new request of `size` bytes (the binding's struct, zeroed, beginning with
  * lasync__req) whose uv request is at `uv`'s offset: pass offsetof(my_req, fs). Pins it and
- * sets uv->data. Raises on a memory error, before anything is started. */
+ * sets uv->data. Raises on a memory error, before anything is started. The userdata has two
+ * user values where the binding anchors what libuv reads meanwhile (a path, the bytes being
+ * written, the File a read works on). */
 lasync__req *lasync__req_new(lua_State *L, const lasync__req_ops *ops, size_t size,
                              size_t uv_offset);
 /* After the uv call started the request: suspends the running task until the callback.
@@ -361,6 +363,7 @@ void lasync__open_timer(lua_State *L);
 void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);
+void lasync__open_fs(lua_State *L); /* io/fs.c: core.fs */
 
 /* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
  * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */

@@ -61,7 +61,7 @@ static int req_gc(lua_State *L) {
 lasync__req *lasync__req_new(lua_State *L, const lasync__req_ops *ops, size_t size,
                              size_t uv_offset) {
   lasync__runtime *rt = lasync__runtime_get(L);
-  lasync__req *r = (lasync__req *)lua_newuserdatauv(L, size, 0);
+  lasync__req *r = (lasync__req *)lua_newuserdatauv(L, size, 2);
   memset(r, 0, size);
   r->rt = rt;
   r->ops = ops;
