@@ -238,11 +238,13 @@ struct lasync__req {
 
 /* Pushes a new request of `size` bytes (the binding's struct, zeroed, beginning with
  * lasync__req) whose uv request is at `uv`'s offset: pass offsetof(my_req, fs). Pins it and
- * sets uv->data. Raises on a memory error, before anything is started. The userdata has two
- * user values where the binding anchors what libuv reads meanwhile (a path, the bytes being
- * written, the File a read works on). */
+ * sets uv->data. Raises on a memory error, before anything is started. */
 lasync__req *lasync__req_new(lua_State *L, const lasync__req_ops *ops, size_t size,
                              size_t uv_offset);
+/* The same with nuv user values on the userdata, for what must live as long as the request
+ * (the strings a uv_write sends). */
+lasync__req *lasync__req_new_uv(lua_State *L, const lasync__req_ops *ops, size_t size,
+                                size_t uv_offset, int nuv);
 /* After the uv call started the request: suspends the running task until the callback.
  * `return lasync__req_await(L, t, r);` from the binding's lua_CFunction. */
 int lasync__req_await(lua_State *L, lasync__task *t, lasync__req *r);

@@ -27,23 +27,43 @@
 typedef struct fsreq fsreq;
 
 typedef struct {
-  int fd;                 /* -1 once closed (or closing) */
-  int pending;            /* requests on fd not yet called back */
-  fsreq *deferred_close;  /* a close waiting for them */
-  int closing_fd;         /* the descriptor that close will release */
-  char path[1];           /* for messages; the userdata is sized for it */
+  int fd;                /* -1 once closed (or closing) */
+  int pending;           /* requests on fd not yet called back */
+  fsreq *deferred_close; /* a close waiting for them */
+  int closing_fd;        /* the descriptor that close will release */
+  char path[1];          /* for messages; the userdata is sized for it */
 } fsfile;
 
 enum {
-  OP_OPEN, OP_CLOSE, OP_READ, OP_WRITE, OP_FSYNC, OP_FTRUNCATE, OP_FSTAT, OP_STAT, OP_LSTAT,
-  OP_EXISTS, OP_MKDIR, OP_RMDIR, OP_UNLINK, OP_REMOVE, OP_RENAME, OP_COPYFILE, OP_REALPATH,
-  OP_READLINK, OP_SYMLINK, OP_CHMOD, OP_UTIME, OP_MKDTEMP, OP_SCANDIR
+  OP_OPEN,
+  OP_CLOSE,
+  OP_READ,
+  OP_WRITE,
+  OP_FSYNC,
+  OP_FTRUNCATE,
+  OP_FSTAT,
+  OP_STAT,
+  OP_LSTAT,
+  OP_EXISTS,
+  OP_MKDIR,
+  OP_RMDIR,
+  OP_UNLINK,
+  OP_REMOVE,
+  OP_RENAME,
+  OP_COPYFILE,
+  OP_REALPATH,
+  OP_READLINK,
+  OP_SYMLINK,
+  OP_CHMOD,
+  OP_UTIME,
+  OP_MKDTEMP,
+  OP_SCANDIR
 };
 
 static const char *const SYSCALLS[] = {
-  "open", "close", "read", "write", "fsync", "ftruncate", "fstat", "stat", "lstat",
-  "stat", "mkdir", "rmdir", "unlink", "unlink", "rename", "copyfile", "realpath",
-  "readlink", "symlink", "chmod", "utime", "mkdtemp", "scandir"};
+    "open",     "close",    "read",    "write", "fsync",  "ftruncate", "fstat",  "stat",
+    "lstat",    "stat",     "mkdir",   "rmdir", "unlink", "unlink",    "rename", "copyfile",
+    "realpath", "readlink", "symlink", "chmod", "utime",  "mkdtemp",   "scandir"};
 
 struct fsreq {
   lasync__req base;
@@ -85,14 +105,22 @@ static const char *req_path(fsreq *r) { return r->file ? r->file->path : r->path
 
 static const char *type_name(uint64_t mode) {
   switch (mode & S_IFMT) {
-    case S_IFREG: return "file";
-    case S_IFDIR: return "directory";
-    case S_IFLNK: return "link";
-    case S_IFIFO: return "fifo";
-    case S_IFSOCK: return "socket";
-    case S_IFCHR: return "char";
-    case S_IFBLK: return "block";
-    default: return "unknown";
+    case S_IFREG:
+      return "file";
+    case S_IFDIR:
+      return "directory";
+    case S_IFLNK:
+      return "link";
+    case S_IFIFO:
+      return "fifo";
+    case S_IFSOCK:
+      return "socket";
+    case S_IFCHR:
+      return "char";
+    case S_IFBLK:
+      return "block";
+    default:
+      return "unknown";
   }
 }
 
@@ -126,14 +154,22 @@ static void push_stat(lua_State *L, const uv_stat_t *s) {
 
 static const char *dirent_type(uv_dirent_type_t t) {
   switch (t) {
-    case UV_DIRENT_FILE: return "file";
-    case UV_DIRENT_DIR: return "directory";
-    case UV_DIRENT_LINK: return "link";
-    case UV_DIRENT_FIFO: return "fifo";
-    case UV_DIRENT_SOCKET: return "socket";
-    case UV_DIRENT_CHAR: return "char";
-    case UV_DIRENT_BLOCK: return "block";
-    default: return "unknown";
+    case UV_DIRENT_FILE:
+      return "file";
+    case UV_DIRENT_DIR:
+      return "directory";
+    case UV_DIRENT_LINK:
+      return "link";
+    case UV_DIRENT_FIFO:
+      return "fifo";
+    case UV_DIRENT_SOCKET:
+      return "socket";
+    case UV_DIRENT_CHAR:
+      return "char";
+    case UV_DIRENT_BLOCK:
+      return "block";
+    default:
+      return "unknown";
   }
 }
 
@@ -300,26 +336,40 @@ static int check_mode(lua_State *L, int arg, const char *fname, int dflt) {
     lua_Integer m = lua_tointeger(L, arg);
     if (m >= 0 && m <= 07777) return (int)m;
   }
-  return luaL_error(L, "%s: bad argument #%d 'mode' (octal digits such as \"644\" expected, got %s)",
-                    fname, arg, lua_type(L, arg) == LUA_TSTRING ? lua_tostring(L, arg)
-                                                               : lasync__typename(L, arg));
+  return luaL_error(
+      L, "%s: bad argument #%d 'mode' (octal digits such as \"644\" expected, got %s)", fname, arg,
+      lua_type(L, arg) == LUA_TSTRING ? lua_tostring(L, arg) : lasync__typename(L, arg));
 }
 
 /* io.open's modes (r w a, +, b) plus x: exclusive creation. */
 static int parse_open_mode(const char *m, int *flags) {
   int rw = 0, plus = 0, excl = 0;
   switch (*m++) {
-    case 'r': rw = 'r'; break;
-    case 'w': rw = 'w'; break;
-    case 'a': rw = 'a'; break;
-    case 'x': rw = 'w'; excl = 1; break;
-    default: return -1;
+    case 'r':
+      rw = 'r';
+      break;
+    case 'w':
+      rw = 'w';
+      break;
+    case 'a':
+      rw = 'a';
+      break;
+    case 'x':
+      rw = 'w';
+      excl = 1;
+      break;
+    default:
+      return -1;
   }
   for (; *m; m++) {
-    if (*m == '+' && !plus) plus = 1;
-    else if (*m == 'b') continue;
-    else if (*m == 'x' && rw == 'w' && !excl) excl = 1;
-    else return -1;
+    if (*m == '+' && !plus)
+      plus = 1;
+    else if (*m == 'b')
+      continue;
+    else if (*m == 'x' && rw == 'w' && !excl)
+      excl = 1;
+    else
+      return -1;
   }
   *flags = plus ? O_RDWR : rw == 'r' ? O_RDONLY : O_WRONLY;
   if (rw == 'w') *flags |= O_CREAT | O_TRUNC;
@@ -331,7 +381,7 @@ static int parse_open_mode(const char *m, int *flags) {
 /* ---- starting a request ---- */
 
 static fsreq *new_req(lua_State *L, int op, size_t extra) {
-  fsreq *r = (fsreq *)lasync__req_new(L, &FS_REQ, sizeof(fsreq) + extra, offsetof(fsreq, fs));
+  fsreq *r = (fsreq *)lasync__req_new_uv(L, &FS_REQ, sizeof(fsreq) + extra, offsetof(fsreq, fs), 2);
   r->op = op;
   return r;
 }
@@ -506,7 +556,8 @@ static int l_seek(lua_State *L) {
   off_t pos;
   if (!lua_isnoneornil(L, 2)) {
     const char *s = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
-    for (w = 0; s && whences[w] && strcmp(whences[w], s) != 0; w++) {}
+    for (w = 0; s && whences[w] && strcmp(whences[w], s) != 0; w++) {
+    }
     if (s == NULL || whences[w] == NULL)
       return lasync__argerror(L, 2, fname, "whence", "\"set\", \"cur\" or \"end\"");
   }
@@ -589,20 +640,50 @@ static int path_call(lua_State *L, int op, const char *fname, int two_paths) {
   }
   r = new_path_req(L, op, 1, two_paths ? 2 : 0);
   switch (op) {
-    case OP_STAT: case OP_EXISTS: err = uv_fs_stat(loop, &r->fs, r->path, on_fs); break;
-    case OP_LSTAT: err = uv_fs_lstat(loop, &r->fs, r->path, on_fs); break;
-    case OP_MKDIR: err = uv_fs_mkdir(loop, &r->fs, r->path, mode, on_fs); break;
-    case OP_RMDIR: err = uv_fs_rmdir(loop, &r->fs, r->path, on_fs); break;
-    case OP_UNLINK: case OP_REMOVE: err = uv_fs_unlink(loop, &r->fs, r->path, on_fs); break;
-    case OP_RENAME: err = uv_fs_rename(loop, &r->fs, r->path, r->dest, on_fs); break;
-    case OP_COPYFILE: err = uv_fs_copyfile(loop, &r->fs, r->path, r->dest, flags, on_fs); break;
-    case OP_REALPATH: err = uv_fs_realpath(loop, &r->fs, r->path, on_fs); break;
-    case OP_READLINK: err = uv_fs_readlink(loop, &r->fs, r->path, on_fs); break;
-    case OP_SYMLINK: err = uv_fs_symlink(loop, &r->fs, r->path, r->dest, 0, on_fs); break;
-    case OP_CHMOD: err = uv_fs_chmod(loop, &r->fs, r->path, mode, on_fs); break;
-    case OP_UTIME: err = uv_fs_utime(loop, &r->fs, r->path, atime, mtime, on_fs); break;
-    case OP_MKDTEMP: err = uv_fs_mkdtemp(loop, &r->fs, r->path, on_fs); break;
-    default: err = uv_fs_scandir(loop, &r->fs, r->path, 0, on_fs); break;
+    case OP_STAT:
+    case OP_EXISTS:
+      err = uv_fs_stat(loop, &r->fs, r->path, on_fs);
+      break;
+    case OP_LSTAT:
+      err = uv_fs_lstat(loop, &r->fs, r->path, on_fs);
+      break;
+    case OP_MKDIR:
+      err = uv_fs_mkdir(loop, &r->fs, r->path, mode, on_fs);
+      break;
+    case OP_RMDIR:
+      err = uv_fs_rmdir(loop, &r->fs, r->path, on_fs);
+      break;
+    case OP_UNLINK:
+    case OP_REMOVE:
+      err = uv_fs_unlink(loop, &r->fs, r->path, on_fs);
+      break;
+    case OP_RENAME:
+      err = uv_fs_rename(loop, &r->fs, r->path, r->dest, on_fs);
+      break;
+    case OP_COPYFILE:
+      err = uv_fs_copyfile(loop, &r->fs, r->path, r->dest, flags, on_fs);
+      break;
+    case OP_REALPATH:
+      err = uv_fs_realpath(loop, &r->fs, r->path, on_fs);
+      break;
+    case OP_READLINK:
+      err = uv_fs_readlink(loop, &r->fs, r->path, on_fs);
+      break;
+    case OP_SYMLINK:
+      err = uv_fs_symlink(loop, &r->fs, r->path, r->dest, 0, on_fs);
+      break;
+    case OP_CHMOD:
+      err = uv_fs_chmod(loop, &r->fs, r->path, mode, on_fs);
+      break;
+    case OP_UTIME:
+      err = uv_fs_utime(loop, &r->fs, r->path, atime, mtime, on_fs);
+      break;
+    case OP_MKDTEMP:
+      err = uv_fs_mkdtemp(loop, &r->fs, r->path, on_fs);
+      break;
+    default:
+      err = uv_fs_scandir(loop, &r->fs, r->path, 0, on_fs);
+      break;
   }
   return started(L, t, r, err);
 }
@@ -750,7 +831,7 @@ static int l_read_file(lua_State *L) {
     max = lua_tointeger(L, 2);
   }
   t = lasync__check_task(L, fname);
-  r = (rfreq *)lasync__req_new(L, &READ_FILE_REQ, sizeof *r, offsetof(rfreq, work));
+  r = (rfreq *)lasync__req_new_uv(L, &READ_FILE_REQ, sizeof *r, offsetof(rfreq, work), 1);
   r->path = anchor(L, lua_gettop(L), 1, 1);
   r->max_size = max;
   err = uv_queue_work(loop_of(L), &r->work, read_file_work, read_file_done);
@@ -935,20 +1016,19 @@ static int watch_call(lua_State *L) {
 /* ---- registration ---- */
 
 void lasync__open_fs(lua_State *L) {
-  static const luaL_Reg fd_methods[] = {{"read", l_read},     {"write", l_write},
-                                        {"seek", l_seek},     {"sync", l_fsync},
-                                        {"truncate", l_ftruncate}, {"stat", l_fstat},
-                                        {"close", l_close},   {NULL, NULL}};
+  static const luaL_Reg fd_methods[] = {
+      {"read", l_read},          {"write", l_write}, {"seek", l_seek},   {"sync", l_fsync},
+      {"truncate", l_ftruncate}, {"stat", l_fstat},  {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg watch_methods[] = {
-    {"next", watch_next}, {"close", lasync__handle_box_close}, {NULL, NULL}};
+      {"next", watch_next}, {"close", lasync__handle_box_close}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
-    {"open", l_open},         {"stat", l_stat},         {"lstat", l_lstat},
-    {"exists", l_exists},     {"mkdir", l_mkdir},       {"rmdir", l_rmdir},
-    {"unlink", l_unlink},     {"remove", l_remove},     {"rename", l_rename},
-    {"copyfile", l_copyfile}, {"realpath", l_realpath}, {"readlink", l_readlink},
-    {"symlink", l_symlink},   {"chmod", l_chmod},       {"utime", l_utime},
-    {"mkdtemp", l_mkdtemp},   {"readdir", l_readdir},   {"read_file", l_read_file},
-    {"watch", l_watch},       {"is_open", fd_isopen},   {NULL, NULL}};
+      {"open", l_open},         {"stat", l_stat},         {"lstat", l_lstat},
+      {"exists", l_exists},     {"mkdir", l_mkdir},       {"rmdir", l_rmdir},
+      {"unlink", l_unlink},     {"remove", l_remove},     {"rename", l_rename},
+      {"copyfile", l_copyfile}, {"realpath", l_realpath}, {"readlink", l_readlink},
+      {"symlink", l_symlink},   {"chmod", l_chmod},       {"utime", l_utime},
+      {"mkdtemp", l_mkdtemp},   {"readdir", l_readdir},   {"read_file", l_read_file},
+      {"watch", l_watch},       {"is_open", fd_isopen},   {NULL, NULL}};
   luaL_newmetatable(L, FD_MT);
   lua_pushcfunction(L, fd_gc);
   lua_setfield(L, -2, "__gc");
