@@ -54,6 +54,7 @@ static const char *const LUA_PARTS[] = {
   "http",  /* async.fetch, async.http */
   "sync",  /* semaphore, lock, event, queue */
   "scope", /* scopes, wait, map, retry: builds on sync */
+  "net",   /* async.net */
   "fs",    /* async.fs: files and paths */
   NULL};
 
@@ -68,6 +69,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_gather(L);
   lasync__open_diag(L);
   lasync__open_http(L);
+  lasync__open_net(L);
   lasync__open_fs(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");

@@ -290,6 +290,95 @@ int lasync__handle_box_close(lua_State *L); /* a lua_CFunction: closes the box a
 lasync__handle *lasync__handle_check(lua_State *L, int idx, const char *mt, const char *fname);
 #define LASYNC__HANDLE_OF(uvhandle) ((lasync__handle *)((uv_handle_t *)(uvhandle))->data)
 
+/* io/buffer.c: a growable byte buffer, appended at the tail and consumed from the head,
+ * touched without Lua (libuv and curl callbacks fill it). A zeroed struct is an empty buffer
+ * with no limit; set max to bound the unread bytes. The calls that can fail return 0,
+ * UV_ENOBUFS (past max) or UV_ENOMEM, and leave the buffer as it was. */
+typedef struct lasync__buffer {
+  char *data;
+  size_t start; /* the first unread byte */
+  size_t len;   /* unread bytes */
+  size_t cap;
+  size_t max;   /* most unread bytes it may hold; 0: no limit */
+} lasync__buffer;
+
+/* Makes room for n more bytes at the tail. */
+int lasync__buffer_reserve(lasync__buffer *b, size_t n);
+/* Appends n bytes (n == 0 is a no-op, p may then be NULL). */
+int lasync__buffer_append(lasync__buffer *b, const char *p, size_t n);
+/* The free room at the tail (after reserve), filled in place and then committed: how a libuv
+ * alloc callback reads straight into the buffer. NULL with *room == 0 before any reserve. */
+char *lasync__buffer_tail(lasync__buffer *b, size_t *room);
+void lasync__buffer_commit(lasync__buffer *b, size_t n);
+/* The unread bytes; never NULL ("" when empty). Valid until the next call that adds. */
+const char *lasync__buffer_peek(const lasync__buffer *b, size_t *len);
+/* Drops the first n unread bytes (all of them if n >= len); keeps the memory. */
+void lasync__buffer_consume(lasync__buffer *b, size_t n);
+/* Frees the memory; the buffer is empty and usable again (max is kept). */
+void lasync__buffer_free(lasync__buffer *b);
+
+/* io/stream.c: a byte stream (Stream object) over any uv_stream_t, for every binding that has
+ * one: TCP connections (net.c), pipes to a child process, a TTY. The Lua methods are read,
+ * read_line, lines, read_exactly, write, shutdown, close (see docs/api.md). To make one:
+ *
+ *   lasync__stream *s = lasync__stream_new(L, LASYNC__STREAM_PIPE); // pushes the object
+ *   int err = uv_pipe_init(rt->loop, &s->u.pipe, 0);
+ *   if (err) { lasync__stream_close(s); raise... }   // never initialised: freed at once
+ *   lasync__stream_init(s);                           // records the handle; now it is live
+ *
+ * then hand s->u.stream to libuv (uv_spawn's stdio, uv_accept, uv_tty_init's fd) and return
+ * the object. The struct is malloc'd by the handle layer and freed in the close callback;
+ * the object's __gc, __close and close() close it. Until io/buffer.c reaches main, the unread
+ * bytes live in the in_* fields. The fields above "private" may be read by other bindings;
+ * read_max, write_hwm and max_line may be set before the first read or write. */
+enum { LASYNC__STREAM_TCP, LASYNC__STREAM_PIPE, LASYNC__STREAM_TTY };
+#define LASYNC_STREAM_MT "lasync.Stream"
+typedef struct lasync__stream {
+  lasync__handle h; /* first: the handle layer's header */
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+    uv_tty_t tty;
+  } u;
+  int kind;         /* LASYNC__STREAM_* */
+  size_t read_max;  /* unread bytes past which reading stops (default 64 KiB) */
+  size_t write_hwm; /* queued bytes past which write suspends (default 64 KiB) */
+  size_t max_line;  /* longest line read_line returns (default 64 KiB) */
+  /* private to stream.c */
+  char *slab;       /* the loop's shared read slab */
+  char *in_data;
+  size_t in_start, in_len, in_cap;
+  size_t scanned;   /* unread bytes known to hold no LF */
+  lasync__task *reader;
+  size_t want_n;
+  lasync__waitlist writers;
+  int rerr, werr;
+  unsigned pending_writes;
+  uint8_t want, reader_woken, started, reading, eof, shut, lingering;
+} lasync__stream;
+
+/* Pushes a new Stream object and returns its struct, uv handle not yet initialised; raises
+ * (kind "nomem") before anything is left behind. */
+lasync__stream *lasync__stream_new(lua_State *L, int kind);
+/* After uv_*_init succeeded on s->u: the handle is live (read/write work from now on). */
+void lasync__stream_init(lasync__stream *s);
+/* Idempotent: the Lua object reads as closed at once, waiting tasks fail with kind "closed",
+ * queued writes are flushed, then the handle closes. */
+void lasync__stream_close(lasync__stream *s);
+/* The open stream at idx, or raises (misuse for a wrong type, kind "closed" once closed). */
+lasync__stream *lasync__stream_check(lua_State *L, int idx, const char *fname);
+/* The two halves of lasync__stream_new, for a binding that must allocate the Lua object
+ * before it can take the C one (net.c accepts into an object already made): the box is a
+ * closed Stream until attached. lasync__stream_alloc returns NULL when out of memory. */
+lasync__handle **lasync__stream_pushbox(lua_State *L);
+lasync__stream *lasync__stream_alloc(lasync__runtime *rt, int kind);
+void lasync__stream_attach(lasync__handle **box, lasync__stream *s);
+
+/* io/net.c */
+void lasync__open_net(lua_State *L);
+
 /* task.c */
 lasync__task *lasync__check_task(lua_State *L, const char *fname);
 /* The same checks, without delivering a pending cancellation: async.shield opens even after
@@ -343,22 +432,64 @@ int lasync__is_error_kind(lua_State *L, int idx, const char *kind);
 const char *lasync__describe(lua_State *L, int idx);
 void lasync__open_errors(lua_State *L);
 
-/* future.c. A future held by C (lasync_future_new) is pinned and linked in the runtime's list
- * until it settles; lasync__future_release unpins it (a no-op for Lua-only futures). */
+/* future.c. A Lua future is a lasync__future userdata. A future held by C (lasync.h's
+ * lasync_future) is a malloc'd, reference-counted handle over one that outlives the runtime:
+ * C's reference lasts until lasync__future_release; the runtime's lasts while the future is
+ * pending (it pins the Lua future and counts it in lasync__futures_held). */
 enum { LASYNC__FUTURE_PENDING, LASYNC__FUTURE_DONE, LASYNC__FUTURE_FAILED };
-struct lasync_future {
+typedef struct lasync_future lasync_future; /* the C handle; opaque outside future.c */
+typedef struct lasync__future {
   lasync__waitlist waiters;
   int state;
   int nvalues;
-  lasync__runtime *rt;
-  int ref;                          /* pinned while C holds it, else LUA_NOREF */
-  struct lasync_future *prev, *next; /* the runtime's held futures */
-};
-typedef struct lasync_future lasync_future;
-lasync_future *lasync__future_new(lua_State *L);
-void lasync__future_settle(lua_State *L, lasync_future *f, int state, int n);
-int lasync__future_await(lua_State *L, lasync_future *f, const char *fname);
-void lasync__future_release(lasync_future *f); /* embed.c */
+  lasync_future *held; /* the C handle while C holds it pending, else NULL */
+  int oom;             /* settling from C ran out of memory: awaiting raises that */
+} lasync__future;
+typedef int (*lasync__push_cb)(lua_State *L, void *arg);
+typedef void (*lasync__cancel_cb)(lasync_future *f, void *data);
+lasync__future *lasync__future_new(lua_State *L);
+int lasync__future_await(lua_State *L, lasync__future *f, const char *fname);
+/* A new held future, or NULL (out of memory, or the runtime is closing). Never raises. */
+lasync_future *lasync__future_hold(lua_State *L);
+/* Loop thread: settles with the n values on top of L (popped; an error when state is
+ * FAILED). Returns 1 if it was settled already (nothing popped), else 0; after cancellation or
+ * once the runtime has gone it is a no-op (L is not touched once the runtime has gone). A
+ * memory error fails the awaiting task, not the caller. */
+int lasync__future_settle_held(lasync_future *h, lua_State *L, int state, int n);
+/* Any thread: settles on the loop's next turn with push(L, arg)'s values, or rejects with
+ * message if not NULL. A no-op once the runtime has gone. -1 when out of memory. */
+int lasync__future_post(lasync_future *h, lasync__push_cb push, void *arg, const char *message);
+/* In a lua_CFunction: pushes the Lua future to await, or raises if it cannot be awaited. */
+void lasync__future_push_held(lua_State *L, lasync_future *h);
+lasync__future *lasync__future_of(lasync_future *h);
+/* The runtime while the future is held pending, else NULL. Loop thread. */
+lasync__runtime *lasync__future_runtime(const lasync_future *h);
+int lasync__future_cancelled(const lasync_future *h); /* any thread */
+void lasync__future_on_cancel(lasync_future *h, lasync__cancel_cb cb, void *data);
+void lasync__future_release(lasync_future *h); /* any thread: drops C's reference */
+long lasync__futures_held(lasync__runtime *rt);  /* pending futures C holds */
+
+/* xthread.c: the cross-thread queue. Any thread posts run(arg) to be called on the loop's
+ * thread at its next turn; exactly one of run and drop is called for every post: drop when
+ * the runtime closes first (at shutdown, or at once, on the posting thread, when the queue is
+ * already closed; also when the post itself is out of memory). The queue is reference-counted
+ * apart from the runtime, so a handle on it stays valid after lasync_destroy: a worker thread
+ * retains it (lasync__xqueue_retain) while it may post. Posting never blocks on the loop. */
+typedef struct lasync__xqueue lasync__xqueue;
+typedef void (*lasync__xthread_fn)(void *arg);
+/* Loop thread: the runtime's queue, made on first use; NULL when out of memory or closing. */
+lasync__xqueue *lasync__xqueue_get(lasync__runtime *rt);
+/* Any thread. 0, UV_ECANCELED (closed: drop ran) or UV_ENOMEM (drop ran). */
+int lasync__xqueue_post(lasync__xqueue *q, lasync__xthread_fn run, lasync__xthread_fn drop,
+                        void *arg);
+void lasync__xqueue_retain(lasync__xqueue *q);  /* any thread */
+void lasync__xqueue_release(lasync__xqueue *q); /* any thread; frees it after the last */
+/* Loop thread: while the sum of deltas is positive, the queue keeps the loop alive (work is
+ * out on other threads and will post back). */
+void lasync__xqueue_hold(lasync__xqueue *q, int delta);
+
+/* runtime.c: the one protected call from C into Lua (see there). */
+int lasync__pcall(lua_State *L, int nargs, int nres);
 
 /* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
 void lasync__open_timer(lua_State *L);

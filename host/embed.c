@@ -11,26 +11,12 @@ int luaopen_lasync(lua_State *L);
 
 static const char HELD_KEY = 'h'; /* registry: light(task) -> task, for the tasks C holds */
 
-/* A settlement requested from another thread, applied on the loop's thread. */
-typedef struct pending {
-  struct pending *next;
-  lasync_future *f;
-  lasync_push_cb push;
-  void *arg;
-  char *message; /* a rejection's message, or NULL */
-} pending;
-
-/* What embedding adds to a runtime: the futures C holds, and the queue other threads fill. */
+/* What embedding adds to a runtime: whose it is. Futures held by C and the cross-thread queue
+ * live in bindings/core (future.c, xthread.c). */
 typedef struct {
   lasync__service service; /* first: the service is the state */
-  lasync_runtime *rt;
   int owns_state;
   uv_thread_t owner; /* the thread that created the runtime: the only one allowed in */
-  uv_async_t async;   /* wakes the loop for the queue; ref'd while C holds futures */
-  uv_mutex_t lock;
-  pending *head, *tail;
-  lasync_future *held; /* futures C holds, so shutdown can let go of them */
-  long nheld;
 } embed;
 
 /* Whether the calling thread may use rt: the one that created it (or, for a runtime the module
@@ -64,100 +50,11 @@ const char *lasync_strerror(int err) {
   }
 }
 
-/* ---- futures held by C ---- */
+/* ---- futures held by C (bindings/core/future.c) ---- */
 
-static void update_async_ref(embed *e) {
-  if (e->nheld > 0)
-    uv_ref((uv_handle_t *)&e->async);
-  else
-    uv_unref((uv_handle_t *)&e->async);
-}
-
-static void release(embed *e, lasync_future *f) {
-  if (f->prev)
-    f->prev->next = f->next;
-  else
-    e->held = f->next;
-  if (f->next) f->next->prev = f->prev;
-  f->prev = f->next = NULL;
-  lasync__unpin(f->rt, f->rt->L, f->ref);
-  f->ref = LUA_NOREF;
-  e->nheld--;
-  update_async_ref(e);
-}
-
-void lasync__future_release(lasync_future *f) {
-  if (f->ref != LUA_NOREF) release(find_embed(f->rt), f);
-}
-
-/* A protected call of the embedder's push callback: a Lua error there must not escape a libuv
- * callback. */
-static int call_push(lua_State *L) {
-  pending *p = (pending *)lua_touserdata(L, 1);
-  int n;
-  lua_settop(L, 0);
-  n = p->push ? p->push(L, p->arg) : 0;
-  return n < 0 ? 0 : n;
-}
-
-static void apply(embed *e, pending *p) {
-  lua_State *L = e->rt->L;
-  int top = lua_gettop(L);
-  if (p->f->state != LASYNC__FUTURE_PENDING || p->f->ref == LUA_NOREF) return;
-  if (p->message) {
-    lua_pushstring(L, p->message);
-    lasync__future_settle(L, p->f, LASYNC__FUTURE_FAILED, 1);
-  } else {
-    lua_pushcfunction(L, call_push);
-    lua_pushlightuserdata(L, p);
-    if (lua_pcall(L, 1, LUA_MULTRET, 0) == LUA_OK)
-      lasync__future_settle(L, p->f, LASYNC__FUTURE_DONE, lua_gettop(L) - top);
-    else
-      lasync__future_settle(L, p->f, LASYNC__FUTURE_FAILED, 1);
-  }
-  lua_settop(L, top);
-}
-
-/* libuv calls this on the loop's thread after another thread queued settlements. */
-static void on_async(uv_async_t *handle) {
-  embed *e = (embed *)handle->data;
-  pending *p;
-  uv_mutex_lock(&e->lock);
-  p = e->head;
-  e->head = e->tail = NULL;
-  uv_mutex_unlock(&e->lock);
-  while (p) {
-    pending *next = p->next;
-    apply(e, p);
-    free(p->message);
-    free(p);
-    p = next;
-  }
-}
-
-static void on_async_closed(uv_handle_t *handle) {
-  embed *e = (embed *)handle->data;
-  uv_mutex_destroy(&e->lock);
-  free(e);
-}
-
-/* Shutdown hook: let go of the held futures and of settlements that came too late. */
 static void embed_close(lasync_runtime *rt, lasync__service *s) {
-  embed *e = (embed *)s;
-  pending *p;
-  while (e->held) release(e, e->held);
-  uv_mutex_lock(&e->lock);
-  p = e->head;
-  e->head = e->tail = NULL;
-  uv_mutex_unlock(&e->lock);
-  while (p) {
-    pending *next = p->next;
-    free(p->message);
-    free(p);
-    p = next;
-  }
   (void)rt;
-  uv_close((uv_handle_t *)&e->async, on_async_closed);
+  free(s);
 }
 
 static embed *embed_of(lasync_runtime *rt) {
@@ -165,48 +62,32 @@ static embed *embed_of(lasync_runtime *rt) {
   if (e) return e;
   e = (embed *)calloc(1, sizeof *e);
   if (e == NULL) return NULL;
-  e->rt = rt;
   e->owner = uv_thread_self();
-  if (uv_mutex_init(&e->lock) != 0 || uv_async_init(rt->loop, &e->async, on_async) != 0) {
-    free(e);
-    return NULL;
-  }
-  e->async.data = e;
-  uv_unref((uv_handle_t *)&e->async);
   lasync__service_add(rt, &e->service, &EMBED_SERVICE);
   return e;
 }
 
 lasync_future *lasync_future_new(lua_State *L) {
   lasync_runtime *rt = lasync__runtime_get(L);
-  embed *e;
-  lasync_future *f;
-  if (rt == NULL || (e = embed_of(rt)) == NULL) return NULL;
-  f = lasync__future_new(L);
-  f->ref = lasync__pin(rt, L);
-  f->next = e->held;
-  if (e->held) e->held->prev = f;
-  e->held = f;
-  e->nheld++;
-  update_async_ref(e);
-  return f;
+  if (rt == NULL || foreign_thread(rt)) return NULL;
+  return lasync__future_hold(L);
 }
 
 int lasync_await(lua_State *L, lasync_future *f) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, f->ref); /* on the frame's stack: alive while waiting */
-  if (f->ref == LUA_NOREF) {
-    lua_pop(L, 1);
-    return luaL_error(L, "lasync_await: the future was already settled and released");
-  }
-  return lasync__future_await(L, f, "lasync_await");
+  if (f == NULL) return luaL_error(L, "lasync_await: no future (lasync_future_new failed)");
+  lasync__future_push_held(L, f); /* on the frame's stack: alive while waiting */
+  return lasync__future_await(L, lasync__future_of(f), "lasync_await");
 }
 
 static int settle_now(lasync_future *f, lua_State *L, int state, int n) {
-  if (f == NULL || L == NULL || n < 0 || lua_gettop(L) < n) return LASYNC_EINVAL;
-  if (foreign_thread(f->rt)) return LASYNC_ETHREAD;
-  if (f->state != LASYNC__FUTURE_PENDING || f->ref == LUA_NOREF) return LASYNC_ESTATE;
-  lasync__future_settle(L, f, state, n);
-  return LASYNC_OK;
+  lasync_runtime *rt;
+  if (f == NULL) return LASYNC_EINVAL;
+  rt = lasync__future_runtime(f);
+  if (rt == NULL) /* settled already, or the runtime has gone: L is not touched */
+    return lasync__future_settle_held(f, L, state, n) ? LASYNC_ESTATE : LASYNC_OK;
+  if (L == NULL || n < 0 || lua_gettop(L) < n) return LASYNC_EINVAL;
+  if (foreign_thread(rt)) return LASYNC_ETHREAD;
+  return lasync__future_settle_held(f, L, state, n) ? LASYNC_ESTATE : LASYNC_OK;
 }
 
 int lasync_future_resolve(lasync_future *f, lua_State *L, int nvalues) {
@@ -217,36 +98,28 @@ int lasync_future_reject(lasync_future *f, lua_State *L) {
   return settle_now(f, L, LASYNC__FUTURE_FAILED, 1);
 }
 
-static int queue(lasync_future *f, lasync_push_cb push, void *arg, const char *message) {
-  embed *e;
-  pending *p;
-  if (f == NULL) return LASYNC_EINVAL;
-  e = find_embed(f->rt);
-  p = (pending *)calloc(1, sizeof *p);
-  if (p == NULL) return LASYNC_ENOMEM;
-  p->f = f;
-  p->push = push;
-  p->arg = arg;
-  if (message && (p->message = strdup(message)) == NULL) {
-    free(p);
-    return LASYNC_ENOMEM;
-  }
-  uv_mutex_lock(&e->lock);
-  if (e->tail)
-    e->tail->next = p;
-  else
-    e->head = p;
-  e->tail = p;
-  uv_mutex_unlock(&e->lock);
-  return uv_async_send(&e->async) == 0 ? LASYNC_OK : LASYNC_ELOOP;
-}
-
 int lasync_future_resolve_async(lasync_future *f, lasync_push_cb push, void *arg) {
-  return queue(f, push, arg, NULL);
+  if (f == NULL) return LASYNC_EINVAL;
+  return lasync__future_post(f, push, arg, NULL) == 0 ? LASYNC_OK : LASYNC_ENOMEM;
 }
 
 int lasync_future_reject_async(lasync_future *f, const char *message) {
-  return queue(f, NULL, NULL, message ? message : "rejected");
+  if (f == NULL) return LASYNC_EINVAL;
+  return lasync__future_post(f, NULL, NULL, message ? message : "rejected") == 0 ? LASYNC_OK
+                                                                                 : LASYNC_ENOMEM;
+}
+
+void lasync_future_on_cancel(lasync_future *f, lasync_future_cancel_cb cb, void *data) {
+  if (f && lasync__future_runtime(f) && !foreign_thread(lasync__future_runtime(f)))
+    lasync__future_on_cancel(f, cb, data);
+}
+
+int lasync_future_cancelled(const lasync_future *f) {
+  return f != NULL && lasync__future_cancelled(f);
+}
+
+void lasync_future_release(lasync_future *f) {
+  if (f) lasync__future_release(f);
 }
 
 /* ---- runtimes ---- */
@@ -454,7 +327,7 @@ int lasync_step(lasync_runtime *rt, double budget_ms) {
   } while (rt->ready_len > 0 && uv_hrtime() < rt->step_deadline);
   rt->in_callback--;
   rt->step_deadline = 0;
-  return (int)rt->live_tasks;
+  return (int)(rt->live_tasks + lasync__futures_held(rt));
 }
 
 int lasync_backend_fd(lasync_runtime *rt) { return uv_backend_fd(rt->loop); }

@@ -117,27 +117,53 @@ int lasync_step(lasync_runtime *rt, double budget_ms);
 int lasync_backend_fd(lasync_runtime *rt);
 int lasync_backend_timeout(lasync_runtime *rt);
 
-/* Creates a future on the runtime of L (a state or thread where lasync is loaded). C holds it
- * until it is settled. */
+/* Futures held by C. A future is a reference-counted handle: C's reference lasts until
+ * lasync_future_release(), which may come after lasync_destroy(), and from any thread. While it
+ * is pending the runtime counts it as live work: lasync_step() includes it in its answer and
+ * lasync_run() waits for it, so a host that stops at 0 never destroys the runtime under a
+ * worker that still holds a future. Settling is safe in any order with the rest: after the
+ * awaiting task was cancelled, or after lasync_destroy(), resolving is a no-op (the values are
+ * discarded; after lasync_destroy L is not even touched).
+ *
+ * Shutdown, the right way: settle (or let the workers settle) every future, step until
+ * lasync_step() returns 0, lasync_destroy(), then release the handles (or release each one
+ * once nothing will touch it again). */
+typedef void (*lasync_future_cancel_cb)(lasync_future *f, void *data);
+
+/* Creates a future on the runtime of L (a state or thread where lasync is loaded), or returns
+ * NULL when out of memory or while the runtime shuts down. */
 lasync_future *lasync_future_new(lua_State *L);
 
 /* From a lua_CFunction running in a task: `return lasync_await(L, f);` suspends the task until
  * f settles, then returns f's values to Lua (or raises its error). Outside a task it raises
- * "... must be called inside a task". */
+ * "... must be called inside a task"; for a future settled or abandoned already it raises. */
 int lasync_await(lua_State *L, lasync_future *f);
 
 /* Settles f on the loop's thread: with the nvalues values on top of L (popped), or with the
- * error value on top of L (popped). LASYNC_ESTATE if f was already settled. */
+ * error value on top of L (popped). LASYNC_ESTATE if f was already settled. Out of memory
+ * while storing the values fails the awaiting task with "not enough memory", not the host. */
 int lasync_future_resolve(lasync_future *f, lua_State *L, int nvalues);
 int lasync_future_reject(lasync_future *f, lua_State *L);
 
 /* Thread-safe settling, from any thread: on the loop's next turn, push(L, arg) is called on the
  * loop's thread to push the values (it returns how many), or for a rejection a message is
- * raised as a string error. push may be NULL (no values). Both must happen before
- * lasync_destroy(); a worker that may outlive the runtime must be joined first. */
+ * raised as a string error. push may be NULL (no values). When the values will never be
+ * delivered (the awaiting task was cancelled, or the runtime is gone by then or already), push
+ * is called with L == NULL instead, possibly on another thread, so it can free arg. */
 typedef int (*lasync_push_cb)(lua_State *L, void *arg);
 int lasync_future_resolve_async(lasync_future *f, lasync_push_cb push, void *arg);
 int lasync_future_reject_async(lasync_future *f, const char *message);
+
+/* Whether nobody will see f's outcome any more: every task awaiting it was cancelled, or the
+ * runtime was destroyed. Any thread; a worker can poll it to stop early. */
+int lasync_future_cancelled(const lasync_future *f);
+
+/* Calls cb(f, data) on the loop's thread, once, when f becomes cancelled (see above); C must
+ * still settle or release f. Loop thread only. */
+void lasync_future_on_cancel(lasync_future *f, lasync_future_cancel_cb cb, void *data);
+
+/* Drops C's reference: f must not be used after. Any thread, before or after lasync_destroy. */
+void lasync_future_release(lasync_future *f);
 
 #ifdef __cplusplus
 }

@@ -474,7 +474,7 @@ end
 
 -- ---- clients: their own defaults ----
 
-local Client = {}
+local Client = { __name = "lasync.Client" } -- named for misuse messages and types_spec
 Client.__index = Client
 
 -- ---- per-client limits: counting permits, first come first served ----

@@ -25,14 +25,33 @@ lasync__runtime *lasync__runtime_get(lua_State *L) {
 }
 
 int lasync__pin(lasync__runtime *rt, lua_State *L) {
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* may raise a memory error: count after it */
   rt->pinned_refs++;
-  return luaL_ref(L, LUA_REGISTRYINDEX);
+  return ref;
 }
 
 void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref) {
   if (ref == LUA_NOREF || ref == LUA_REFNIL) return;
   rt->pinned_refs--;
   luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* The one protected call from C into Lua, as lua.c's docall: the function and nargs arguments
+ * on top of L are replaced by nres results (LUA_OK) or by one error value. The handler records
+ * the traceback in the running task, if the error happens in one. A stack that cannot grow is
+ * a memory error with a nil error value. */
+int lasync__pcall(lua_State *L, int nargs, int nres) {
+  int base = lua_gettop(L) - nargs, status;
+  if (!lua_checkstack(L, nres > 0 ? nres + 1 : 2)) {
+    lua_pop(L, nargs + 1);
+    lua_pushnil(L); /* room: nargs + 1 slots were just freed */
+    return LUA_ERRMEM;
+  }
+  lua_pushcfunction(L, lasync__trace_handler);
+  lua_insert(L, base);
+  status = lua_pcall(L, nargs, nres, base);
+  lua_remove(L, base);
+  return status;
 }
 
 /* ---- the ready queue ---- */
@@ -385,7 +404,7 @@ void lasync__runtime_close(lasync__runtime *rt) {
   free(rt->heap);
   rt->heap = NULL;
   rt->heap_len = rt->heap_cap = 0;
-  rt->open_handles = 3;
+  rt->open_handles += 3; /* services may have handles closing too */
   uv_close((uv_handle_t *)&rt->idle, on_own_handle_closed);
   uv_close((uv_handle_t *)&rt->check, on_own_handle_closed);
   uv_close((uv_handle_t *)&rt->timer, on_own_handle_closed);

@@ -32,12 +32,6 @@
 typedef struct http http;
 typedef struct xfer xfer;
 
-/* A growable byte buffer; the write callbacks append to it without touching Lua. */
-typedef struct {
-  char *data;
-  size_t len, cap;
-} buffer;
-
 /* The runtime's HTTP state, made on the first fetch. Freed in the timer's close callback,
  * since uv_close is asynchronous. */
 struct http {
@@ -88,9 +82,9 @@ struct xfer {
   lasync__task *feeder;
   xfer *next, *prev;
   xfer *notify_next;
-  buffer body, head;
-  buffer send; /* request body chunks from the Lua function, not yet taken by curl */
-  size_t send_pos;
+  lasync__buffer body; /* received and not read yet */
+  lasync__buffer head; /* the header block of the response coming in, MAX_HEADER_BYTES at most */
+  lasync__buffer send; /* request body chunks from the Lua function, not yet taken by curl */
   curl_off_t max_body;
   curl_off_t received;  /* body bytes accepted, for max_body on streams */
   size_t stream_buffer; /* unread bytes past which the transfer is paused */
@@ -115,31 +109,6 @@ struct xfer {
   unsigned reading : 1;      /* x->task is in res:read(), not in fetch */
   char errbuf[CURL_ERROR_SIZE];
 };
-
-/* ---- buffers ---- */
-
-static int buffer_add(buffer *b, const char *p, size_t n) {
-  if (b->len + n > b->cap) {
-    /* Small first: with ten thousand transfers in flight, a page per buffer is 80 MB of
-     * mostly empty memory for bodies like "ok". Doubling keeps large bodies cheap. */
-    size_t cap = b->cap ? b->cap : 512;
-    char *data;
-    while (cap < b->len + n) cap *= 2;
-    data = (char *)realloc(b->data, cap);
-    if (data == NULL) return -1;
-    b->data = data;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  return 0;
-}
-
-static void buffer_free(buffer *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->cap = 0;
-}
 
 /* ---- transfers in the multi ---- */
 
@@ -206,9 +175,9 @@ static void release_to(xfer *x, http *pool) {
   x->easy = NULL;
   curl_slist_free_all(x->headers);
   x->headers = NULL;
-  buffer_free(&x->body);
-  buffer_free(&x->head);
-  buffer_free(&x->send);
+  lasync__buffer_free(&x->body);
+  lasync__buffer_free(&x->head);
+  lasync__buffer_free(&x->send);
 }
 
 static void release(xfer *x) { release_to(x, NULL); }
@@ -465,7 +434,7 @@ static size_t cb_write(char *p, size_t size, size_t n, void *userp) {
     x->too_large = 1;
     return 0;
   }
-  if (buffer_add(&x->body, p, n) != 0) {
+  if (lasync__buffer_append(&x->body, p, n) != 0) {
     x->no_memory = 1;
     return 0;
   }
@@ -492,7 +461,7 @@ static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
   /* A status line starts a new response (a redirect, a 100 Continue): forget the last one's
    * headers. */
   if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
-    x->head.len = 0;
+    lasync__buffer_consume(&x->head, x->head.len);
     x->status = status_of(p, n);
     x->has_location = 0;
   } else if (n >= 9 && strncasecmp(p, "location:", 9) == 0) {
@@ -504,13 +473,15 @@ static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
         x->follow && x->has_location && x->status >= 300 && x->status <= 399 && x->status != 304;
     if (x->status >= 200 && !redirect) headers_in(x);
   }
-  if (x->head.len + n > MAX_HEADER_BYTES) {
-    x->too_large = 1;
-    return 0;
-  }
-  if (buffer_add(&x->head, p, n) != 0) {
-    x->no_memory = 1;
-    return 0;
+  switch (lasync__buffer_append(&x->head, p, n)) {
+    case 0:
+      break;
+    case UV_ENOBUFS:
+      x->too_large = 1;
+      return 0;
+    default:
+      x->no_memory = 1;
+      return 0;
   }
   return n;
 }
@@ -519,16 +490,14 @@ static size_t cb_header(char *p, size_t size, size_t n, void *userp) {
  * upload when there is none yet, until core._send resumes it. */
 static size_t cb_read(char *p, size_t size, size_t n, void *userp) {
   xfer *x = (xfer *)userp;
-  size_t avail = x->send.len - x->send_pos;
+  size_t avail;
+  const char *chunk = lasync__buffer_peek(&x->send, &avail);
   n *= size;
   if (avail > 0) {
     if (n > avail) n = avail;
-    memcpy(p, x->send.data + x->send_pos, n);
-    x->send_pos += n;
-    if (x->send_pos == x->send.len) {
-      x->send.len = x->send_pos = 0;
-      if (x->feeder) notify(x);
-    }
+    memcpy(p, chunk, n);
+    lasync__buffer_consume(&x->send, n);
+    if (x->send.len == 0 && x->feeder) notify(x);
     return n;
   }
   if (x->send_eof) return 0;
@@ -678,12 +647,18 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
     lua_pushvalue(L, 3);
     lua_setfield(L, -2, "_stream"); /* the response owns the transfer from now on */
   } else {
-    lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
+    size_t len;
+    const char *body = lasync__buffer_peek(&x->body, &len);
+    lua_pushlstring(L, body, len);
     lua_setfield(L, -2, "body");
   }
   /* The final response's header block, parsed in lua/http.lua when first used. */
-  lua_pushlstring(L, x->head.data ? x->head.data : "", x->head.len);
-  lua_setfield(L, -2, "_head");
+  {
+    size_t len;
+    const char *head = lasync__buffer_peek(&x->head, &len);
+    lua_pushlstring(L, head, len);
+    lua_setfield(L, -2, "_head");
+  }
   set_seconds(L, easy, CURLINFO_NAMELOOKUP_TIME_T, 1);
   set_seconds(L, easy, CURLINFO_CONNECT_TIME_T, 2);
   set_seconds(L, easy, CURLINFO_APPCONNECT_TIME_T, 3);
@@ -720,8 +695,10 @@ static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish,
 static int read_step(lua_State *L, lasync__task *t, xfer *x) {
   if (x->closed) return luaL_error(L, "res:read: the response is closed");
   if (x->body.len > 0) {
-    lua_pushlstring(L, x->body.data, x->body.len);
-    x->body.len = 0;
+    size_t len;
+    const char *chunk = lasync__buffer_peek(&x->body, &len);
+    lua_pushlstring(L, chunk, len);
+    lasync__buffer_consume(&x->body, len);
     /* Below the bound again: let curl deliver what it held back (maybe at once, into the
      * buffer just emptied). */
     if (x->recv_paused) {
@@ -742,7 +719,7 @@ static int read_step(lua_State *L, lasync__task *t, xfer *x) {
     curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
     return raise_transfer_error(L, x, lua_pushstring(L, url ? url : ""));
   }
-  buffer_free(&x->body);
+  lasync__buffer_free(&x->body);
   lua_pushnil(L);
   return 1;
 }
@@ -820,7 +797,7 @@ static int l_send(lua_State *L) {
   if (x->done) return 0;
   if (p == NULL)
     x->send_eof = 1;
-  else if (buffer_add(&x->send, p, n) != 0)
+  else if (lasync__buffer_append(&x->send, p, n) != 0)
     return luaL_error(L, "async.fetch: not enough memory for the request body");
   if (x->send_paused) {
     x->send_paused = 0;
@@ -1030,6 +1007,7 @@ static int l_fetch(lua_State *L) {
   x = (xfer *)lua_newuserdatauv(L, sizeof *x, 1); /* [url, opts, x]: kept across the yield */
   memset(x, 0, sizeof *x);
   x->h = h;
+  x->head.max = MAX_HEADER_BYTES;
   luaL_setmetatable(L, XFER_MT);
   x->easy = h->easy_pooled > 0 ? h->easy_pool[--h->easy_pooled] : curl_easy_init();
   if (x->easy == NULL || setup(L, x, url) != 0)

@@ -32,7 +32,8 @@ static int l_wait_frames(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   if (n < 0) return luaL_argerror(L, 1, "frame count must be >= 0");
   if (nwaiters == MAX_WAITERS) return luaL_error(L, "game.wait_frames: too many waiters");
-  waiters[nwaiters].future = lasync_future_new(L);
+  if ((waiters[nwaiters].future = lasync_future_new(L)) == NULL)
+    return luaL_error(L, "game.wait_frames: out of memory");
   waiters[nwaiters].frame = frame + n;
   return lasync_await(L, waiters[nwaiters++].future);
 }
@@ -43,7 +44,8 @@ static void resolve_due_waits(lua_State *L) {
   while (i < nwaiters) {
     if (waiters[i].frame <= frame) {
       lua_pushinteger(L, frame);
-      lasync_future_resolve(waiters[i].future, L, 1);
+      lasync_future_resolve(waiters[i].future, L, 1); /* a no-op if its task was cancelled */
+      lasync_future_release(waiters[i].future);
       waiters[i] = waiters[--nwaiters];
     } else {
       i++;
@@ -57,22 +59,29 @@ typedef struct {
   char name[64];
 } load_job;
 
+/* On the loop's thread with the values to push; or with L == NULL when nobody will see them
+ * (the awaiting task was cancelled, or the runtime is gone): the job ends here either way. */
 static int push_asset(lua_State *L, void *arg) {
   load_job *job = (load_job *)arg;
-  lua_pushfstring(L, "<asset %s, %d bytes>", job->name, (int)strlen(job->name) * 1000);
-  free(job); /* the job ends here, on the loop's thread */
-  return 1;
+  if (L) lua_pushfstring(L, "<asset %s, %d bytes>", job->name, (int)strlen(job->name) * 1000);
+  free(job);
+  return L ? 1 : 0;
 }
 
 static void load_in_worker(void *arg) {
   load_job *job = (load_job *)arg;
+  lasync_future *f = job->future; /* push_asset may free the job before resolve returns */
   uv_sleep(50); /* disk, decoding, ... */
-  if (strstr(job->name, "missing")) {
-    lasync_future_reject_async(job->future, "no such asset");
+  if (lasync_future_cancelled(f)) {
+    free(job); /* its task was cancelled meanwhile: stop early */
+  } else if (strstr(job->name, "missing")) {
+    lasync_future_reject_async(f, "no such asset");
     free(job);
   } else {
-    lasync_future_resolve_async(job->future, push_asset, job);
+    lasync_future_resolve_async(f, push_asset, job);
   }
+  /* The worker's handle: safe to drop even after lasync_destroy, which never waits for it. */
+  lasync_future_release(f);
 }
 
 static int l_load_asset(lua_State *L) {
@@ -81,8 +90,13 @@ static int l_load_asset(lua_State *L) {
   uv_thread_t worker;
   if (job == NULL) return luaL_error(L, "game.load_asset: out of memory");
   snprintf(job->name, sizeof job->name, "%s", name);
-  job->future = lasync_future_new(L);
+  if ((job->future = lasync_future_new(L)) == NULL) {
+    free(job);
+    return luaL_error(L, "game.load_asset: out of memory");
+  }
   if (uv_thread_create(&worker, load_in_worker, job) != 0) {
+    lasync_future_reject(job->future, (lua_pushliteral(L, "no worker"), L));
+    lasync_future_release(job->future);
     free(job);
     return luaL_error(L, "game.load_asset: cannot start a worker");
   }
@@ -155,6 +169,10 @@ int main(int argc, char **argv) {
            "worst %.3f ms\n", n, STEP_BUDGET_MS, steps[n / 2], steps[(n * 99) / 100],
            steps[n - 1]);
   }
+  /* The right shutdown: lasync_step() counted the futures the workers still hold, so at 0
+   * nothing is left out on another thread. If the frames ran out first, destroying is still
+   * safe: a worker's late resolve is then a no-op and its handle outlives the runtime. */
   lasync_destroy(rt);
+  while (nwaiters > 0) lasync_future_release(waiters[--nwaiters].future);
   return 0;
 }

@@ -170,6 +170,7 @@ static void test_futures_from_loop_and_threads(void) {
   lua_pushinteger(L, 8);
   CHECK(lasync_future_resolve(last_future, L, 1) == LASYNC_ESTATE); /* settled already */
   lua_pop(L, 1);
+  lasync_future_release(last_future);
   CHECK(lasync_run(rt) == LASYNC_OK);
   n = lasync_task_result(t, L);
   CHECK(n == 1 && strcmp(lua_tostring(L, -1), "7/seven") == 0);
@@ -181,6 +182,7 @@ static void test_futures_from_loop_and_threads(void) {
   lasync_step(rt, 1);
   lua_pushliteral(L, "no such texture");
   CHECK(lasync_future_reject(last_future, L) == LASYNC_OK);
+  lasync_future_release(last_future);
   CHECK(lasync_run(rt) == LASYNC_OK);
   n = lasync_task_result(t, L);
   CHECK(n == 1 && strcmp(lua_tostring(L, -1), "no such texture") == 0);
@@ -193,6 +195,7 @@ static void test_futures_from_loop_and_threads(void) {
   uv_thread_create(&thread, resolve_later, &answer);
   CHECK(lasync_run(rt) == LASYNC_OK);
   uv_thread_join(&thread);
+  lasync_future_release(last_future);
   n = lasync_task_result(t, L);
   CHECK(n == 1 && strcmp(lua_tostring(L, -1), "42 from a thread") == 0);
   lua_pop(L, n > 0 ? n : 0);
@@ -204,6 +207,7 @@ static void test_futures_from_loop_and_threads(void) {
   uv_thread_create(&thread, reject_later, NULL);
   CHECK(lasync_run(rt) == LASYNC_OK);
   uv_thread_join(&thread);
+  lasync_future_release(last_future);
   n = lasync_task_result(t, L);
   CHECK(n == 1 && strcmp(lua_tostring(L, -1), "the worker gave up") == 0);
   lua_pop(L, n > 0 ? n : 0);
@@ -244,10 +248,13 @@ static void test_destroy_with_pending_tasks_and_errors(void) {
   CHECK(lasync_spawn_string(rt, "error('script failed')", "=failing", NULL) == 0);
   CHECK(lasync_spawn_string(rt, "this is not lua", "=broken", NULL) == LASYNC_ELUA);
   lua_pop(lasync_lua(rt), 1);
-  CHECK(lasync_step(rt, 5) == 2); /* the failing task is done; two wait */
+  /* The failing task is done; two wait, and C holds the future one of them awaits. */
+  CHECK(lasync_step(rt, 5) == 3);
   CHECK(reports == 1 && strstr(last_report, "script failed") != NULL);
   CHECK(lasync_destroy(rt) == LASYNC_OK); /* cancels both; their cleanup runs */
   CHECK(cleanup_ran == 2);
+  CHECK(lasync_future_cancelled(last_future));
+  lasync_future_release(last_future);
 }
 
 /* ---- fetches under lasync_step: a few new transfers per step, all complete ---- */
@@ -321,10 +328,113 @@ static void test_misuse_is_refused(void) {
   /* The runtime is unharmed: the waiting task still completes. */
   lua_pushinteger(L, 5);
   CHECK(lasync_future_resolve(last_future, L, 1) == LASYNC_OK);
+  lasync_future_release(last_future);
   CHECK(lasync_run(misuse_rt) == LASYNC_OK);
   CHECK(lasync_task_status(t) == LASYNC_TASK_DONE);
   lasync_task_release(t);
   CHECK(lasync_destroy(misuse_rt) == LASYNC_OK);
+}
+
+/* ---- issue 14 crash 3: a future held by a worker outlives the task and the runtime ---- */
+
+static int cancel_seen, late_push_calls, late_push_null;
+static void on_future_cancel(lasync_future *f, void *data) {
+  (void)f;
+  (*(int *)data)++;
+}
+
+static int late_push(lua_State *L, void *arg) {
+  (void)arg;
+  late_push_calls++;
+  if (L == NULL) {
+    late_push_null++; /* never delivered: the worker's arg would be freed here */
+    return 0;
+  }
+  lua_pushinteger(L, 1);
+  return 1;
+}
+
+typedef struct {
+  lasync_future *f;
+  unsigned int delay_ms;
+  int resolve_result;
+} worker_job;
+
+static void late_worker(void *arg) {
+  worker_job *job = (worker_job *)arg;
+  uv_sleep(job->delay_ms);
+  job->resolve_result = lasync_future_resolve_async(job->f, late_push, NULL);
+  lasync_future_release(job->f); /* the worker's reference: after the runtime is gone */
+}
+
+static void test_future_outlives_runtime(void) {
+  lasync_runtime *rt;
+  lua_State *L;
+  uv_thread_t worker;
+  worker_job job = {NULL, 200, -99};
+  int alive, steps = 0;
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  register_game(rt);
+  L = lasync_lua(rt);
+  /* The script cancels the task awaiting a future that a worker will resolve much later. */
+  CHECK(lasync_spawn_string(rt,
+                            "local async = require 'lasync'\n"
+                            "local t = async.spawn(wait_value)\n"
+                            "async.sleep(0.01)\n"
+                            "t:cancel()\n", "=canceller", NULL) == 0);
+  lasync_step(rt, 1);
+  CHECK(last_future != NULL);
+  lasync_future_on_cancel(last_future, on_future_cancel, &cancel_seen);
+  job.f = last_future;
+  CHECK(uv_thread_create(&worker, late_worker, &job) == 0);
+  /* The step's count includes the future the worker still holds, after the tasks ended. */
+  do {
+    alive = lasync_step(rt, 1);
+    uv_sleep(1);
+  } while (lasync_future_cancelled(last_future) == 0 && ++steps < 5000);
+  CHECK(cancel_seen == 1);
+  CHECK(lasync_step(rt, 1) == 1);
+  (void)alive;
+  /* The host stops anyway, before the worker is done: the late resolve must be a no-op. */
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+  uv_thread_join(&worker);
+  CHECK(job.resolve_result == LASYNC_OK);
+  CHECK(late_push_calls == 1 && late_push_null == 1);
+  CHECK(cancel_seen == 1);
+
+  /* The other order: the worker resolves first, after the cancellation; then the host sees 0. */
+  late_push_calls = late_push_null = cancel_seen = 0;
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  register_game(rt);
+  L = lasync_lua(rt);
+  CHECK(lasync_spawn_string(rt,
+                            "local async = require 'lasync'\n"
+                            "local t = async.spawn(wait_value)\n"
+                            "async.sleep(0.01)\n"
+                            "t:cancel()\n", "=canceller", NULL) == 0);
+  lasync_step(rt, 1);
+  lasync_future_on_cancel(last_future, on_future_cancel, &cancel_seen);
+  job.f = last_future;
+  job.delay_ms = 50;
+  CHECK(uv_thread_create(&worker, late_worker, &job) == 0);
+  steps = 0;
+  while (lasync_step(rt, 1) > 0 && ++steps < 5000) uv_sleep(1);
+  CHECK(steps < 5000);
+  uv_thread_join(&worker);
+  CHECK(cancel_seen == 1 && late_push_calls == 1 && late_push_null == 1);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+
+  /* Settling on the loop's thread after lasync_destroy: a no-op that does not touch L. */
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  register_game(rt);
+  CHECK(lasync_spawn_string(rt, "wait_value()", "=w", NULL) == 0);
+  lasync_step(rt, 1);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+  CHECK(lasync_future_cancelled(last_future));
+  CHECK(lasync_future_resolve(last_future, NULL, 0) == LASYNC_OK);
+  CHECK(lasync_future_resolve_async(last_future, late_push, NULL) == LASYNC_OK);
+  lasync_future_release(last_future);
+  (void)L;
 }
 
 int main(void) {
@@ -336,6 +446,7 @@ int main(void) {
   RUN(test_futures_from_loop_and_threads);
   RUN(test_destroy_with_pending_tasks_and_errors);
   RUN(test_misuse_is_refused);
+  RUN(test_future_outlives_runtime);
   RUN(test_fetches_admitted_per_step);
   stop_server(&server);
   printf("%d passed, %d failed\n", tests_run - tests_failed, tests_failed);
