@@ -56,6 +56,7 @@ static const char *const LUA_PARTS[] = {
   "scope", /* scopes, wait, map, retry: builds on sync */
   "net",   /* async.net */
   "fs",    /* async.fs: files and paths */
+  "process", /* async.process: child processes, builds on async.timeout and streams */
   NULL};
 
 int luaopen_lasync(lua_State *L) {
@@ -71,6 +72,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_http(L);
   lasync__open_net(L);
   lasync__open_fs(L);
+  lasync__open_process(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");
   lasync__load_lua(L, "lasync", LASYNC__LIB_CHUNK);

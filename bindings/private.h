@@ -496,7 +496,8 @@ void lasync__open_timer(lua_State *L);
 void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);
-void lasync__open_fs(lua_State *L); /* io/fs.c: core.fs */
+void lasync__open_fs(lua_State *L);      /* io/fs.c: core.fs */
+void lasync__open_process(lua_State *L); /* io/process.c: core.process */
 
 /* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
  * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */
