@@ -242,11 +242,12 @@ describe("async.process", function()
         end
       end
       assert.is_true(p:wait().ok)
-      assert.are.equal(100000000, bytes - (bytes - 100000000)) -- sanity
       assert.is_true(math.abs(bytes - 100000000) <= 1) -- the last line lacks a newline
-      assert.is_true(heap_peak - heap_base < 32 * 1024, "Lua heap grew by " .. (heap_peak - heap_base))
+      local slack = 2 * heap_base -- the collector's pause, as in fs_spec
+      assert.is_true(heap_peak - heap_base < 32 * 1024 + slack,
+        "Lua heap grew by " .. (heap_peak - heap_base))
       if not os.getenv("ASAN_OPTIONS") then
-        assert.is_true(peak - base < 48 * 1024, ("RSS grew by %d KiB"):format(peak - base))
+        assert.is_true(peak - base < 48 * 1024 + slack, ("RSS grew by %d KiB"):format(peak - base))
       end
     end)
   end)

@@ -774,6 +774,10 @@ function File:close() end
 ---@return boolean
 function File:is_open() end
 
+---A pending libuv request (internal: bindings/io/req.c), seen only in the registry.
+---@class lasync.Request
+local Request = {}
+
 ---The descriptor inside a File (internal: use the File's methods).
 ---@class lasync.fs.fd
 local Fd = {}
