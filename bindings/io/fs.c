@@ -74,7 +74,8 @@ struct fsreq {
   const char *path; /* anchored in user value 1 (path calls) */
   const char *dest; /* anchored in user value 2 */
   size_t len;       /* read: the buffer's size */
-  char buf[];       /* read: the bytes */
+  char *buf;        /* read: malloc'd, freed by cleanup as soon as the string is made (in a
+                     * userdata with a finalizer, 1 MiB reads would wait two GC cycles) */
 };
 
 /* Pushes the error object of a failed call: kind "fs", code, errno, syscall, path, dest, and
@@ -289,7 +290,12 @@ static void fs_discard(lasync__req *base) {
   if (r->op == OP_OPEN && r->fs.result >= 0 && !r->taken) close_now((int)r->fs.result);
 }
 
-static void fs_cleanup(lasync__req *base) { uv_fs_req_cleanup(&((fsreq *)base)->fs); }
+static void fs_cleanup(lasync__req *base) {
+  fsreq *r = (fsreq *)base;
+  uv_fs_req_cleanup(&r->fs);
+  free(r->buf);
+  r->buf = NULL;
+}
 
 /* A close must happen even when its waiter was cancelled (else the descriptor leaks), and a
  * deferred one has not started: neither is stopped. */
@@ -414,7 +420,7 @@ static fsreq *new_file_req(lua_State *L, int op, int file_arg, size_t extra) {
 static int started(lua_State *L, lasync__task *t, fsreq *r, int err) {
   if (err < 0) {
     lasync__req_abort(&r->base);
-    uv_fs_req_cleanup(&r->fs);
+    fs_cleanup(&r->base); /* abort releases nothing: libuv's and our memory go here */
     if (r->file && r->op != OP_CLOSE) r->file->pending--;
     push_fs_error(L, err, SYSCALLS[r->op], req_path(r), r->dest);
     return lua_error(L);
@@ -493,8 +499,14 @@ static int l_read(lua_State *L) {
   uv_buf_t buf;
   if (n < 0 || n > INT32_MAX) return lasync__argerror(L, 2, fname, "n", "non-negative integer");
   t = lasync__check_task(L, fname);
-  r = new_file_req(L, OP_READ, 1, (size_t)n);
+  r = new_file_req(L, OP_READ, 1, 0);
   r->len = (size_t)n;
+  r->buf = (char *)malloc(n > 0 ? (size_t)n : 1);
+  if (r->buf == NULL) {
+    lasync__req_abort(&r->base);
+    lasync__push_error(L, "nomem", "file:read: not enough memory for the buffer");
+    return lua_error(L);
+  }
   buf = uv_buf_init(r->buf, (unsigned)n);
   f->pending++;
   return started(L, t, r, uv_fs_read(loop_of(L), &r->fs, f->fd, &buf, 1, -1, on_fs));
