@@ -210,6 +210,27 @@ describe("async.fs", function()
       assert.truthy(raises(fs.open, dir .. "/m", "rw"):match("invalid mode 'rw'"))
     end)
 
+    it("reads from several tasks at once on one File get distinct bytes", function()
+      local parts = {}
+      for i = 1, 64 do parts[i] = ("%04d"):format(i):rep(256) end -- 1 KiB each
+      fs.write_file(dir .. "/shared", table.concat(parts))
+      local f <close> = fs.open(dir .. "/shared")
+      local got = {}
+      local readers = {}
+      for r = 1, 4 do
+        readers[r] = async.spawn(function()
+          while true do
+            local s = f:read(1024)
+            if not s then return end
+            got[#got + 1] = s
+          end
+        end)
+      end
+      async.gather(table.unpack(readers))
+      table.sort(got)
+      assert.are.same(parts, got)
+    end)
+
     it("closing twice is harmless; using a closed file raises kind closed", function()
       fs.write_file(dir .. "/c", "x")
       local f = fs.open(dir .. "/c")
