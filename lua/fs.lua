@@ -107,6 +107,7 @@ local function read_n(self, n)
     got = got + #chunk
   end
   if got == 0 then return nil end
+  if #parts == 1 then return parts[1] end -- concat would copy the chunk twice more
   return concat(parts)
 end
 
@@ -118,6 +119,7 @@ local function read_all(self)
     if chunk == nil then break end
     parts[#parts + 1] = chunk
   end
+  if #parts == 1 then return parts[1] end
   return concat(parts)
 end
 
