@@ -31,6 +31,7 @@ demo: build
 	examples/with_server.sh $(BUILD)/lasync examples/fetch_seq_vs_gather.lua
 	examples/with_server.sh $(BUILD)/lasync examples/fetch_json_posts.lua
 	examples/with_server.sh $(BUILD)/lasync examples/crawl.lua examples/urls.txt
+	$(BUILD)/lasync examples/files_and_processes.lua
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, leak detection on.
 sanitize: deps

@@ -58,6 +58,8 @@ static const char *const LUA_PARTS[] = {
   "http/pool",    /* async.http.client: defaults and connection limits, on semaphores */
   "net",          /* async.net */
   "thread",       /* async.to_thread, async.thread.pool: builds on scope's map */
+  "fs",           /* async.fs: files and paths */
+  "process",      /* async.process: child processes, builds on async.timeout and streams */
   NULL};
 
 int luaopen_lasync(lua_State *L) {
@@ -74,6 +76,8 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_json(L);
   lasync__open_net(L);
   lasync__open_thread(L);
+  lasync__open_fs(L);
+  lasync__open_process(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");
   lasync__load_lua(L, "lasync", LASYNC__LIB_CHUNK);

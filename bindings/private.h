@@ -505,6 +505,8 @@ int lasync__work_submit(lua_State *L, lasync__work_cb work, lasync__work_push_cb
 int lasync__work_cancelled(const lasync__work *w);
 void lasync__work_fail(lasync__work *w, const char *message);
 void lasync__open_thread(lua_State *L);
+void lasync__open_fs(lua_State *L);      /* io/fs.c: core.fs */
+void lasync__open_process(lua_State *L); /* io/process.c: core.process */
 
 /* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
  * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */

@@ -611,6 +611,294 @@ function Client:delete(url, opts) end
 function Client:head(url, opts) end
 
 -- ---------------------------------------------------------------------------------------------
+-- Files (docs/fs.md)
+
+---Files and paths without blocking the loop. Failures raise errors of kind `fs` with `code`
+---(`"ENOENT"`), `errno`, `syscall`, `path` and, for two-path calls, `dest`.
+async.fs = {}
+
+---@class lasync.fs.Stat
+---@field type "file"|"directory"|"link"|"fifo"|"socket"|"char"|"block"|"unknown"
+---@field size integer
+---@field mode integer permission bits (`tonumber("644", 8)`)
+---@field uid integer
+---@field gid integer
+---@field nlink integer
+---@field ino integer
+---@field dev integer
+---@field blocks integer
+---@field atime number seconds, with fractions
+---@field mtime number
+---@field ctime number
+---@field birthtime number
+
+---@class lasync.fs.ReadOptions
+---@field max_size? integer fail with kind `too_large` for a larger file
+
+---@class lasync.fs.WriteOptions
+---@field mode? string|integer permissions as octal digits, `"644"`
+---@field atomic? boolean write a temporary file, fsync it, rename it over the path
+---@field exclusive? boolean fail with `EEXIST` if the file exists
+
+---The whole file; reads procfs files (stat size 0) to their end.
+---@param path string
+---@param opts? lasync.fs.ReadOptions
+---@return string
+function async.fs.read_file(path, opts) end
+
+---@param path string
+---@param data string
+---@param opts? lasync.fs.WriteOptions
+function async.fs.write_file(path, data, opts) end
+
+---@param path string
+---@param data string
+---@param opts? {mode?: string|integer}
+function async.fs.append_file(path, data, opts) end
+
+---`for line in async.fs.lines(path) do ... end`: LF or CRLF; a line over `max_line` bytes
+---(16 MiB by default) fails with kind `too_large`. The file is closed when the loop ends.
+---@param path string
+---@param opts? {max_line?: integer}
+---@return fun(): string?
+function async.fs.lines(path, opts) end
+
+---Opens a file with the modes of `io.open` (`r w a`, `+`, `b`) plus `x`: exclusive creation.
+---@param path string
+---@param mode? string
+---@param perm? string|integer permissions of a created file, `"644"`
+---@return lasync.File
+function async.fs.open(path, mode, perm) end
+
+---@param path string
+---@return lasync.fs.Stat
+function async.fs.stat(path) end
+
+---Like `stat`, of a symbolic link itself.
+---@param path string
+---@return lasync.fs.Stat
+function async.fs.lstat(path) end
+
+---@param path string
+---@return boolean
+function async.fs.exists(path) end
+
+---@param path string
+---@param opts? {parents?: boolean, mode?: string|integer}
+function async.fs.mkdir(path, opts) end
+
+---@param path string
+---@return {name: string, type: string}[]
+function async.fs.readdir(path) end
+
+---`for name, type in async.fs.dir(path) do ... end`
+---@param path string
+---@return fun(): string?, string?
+function async.fs.dir(path) end
+
+---@param from string
+---@param to string
+function async.fs.rename(from, to) end
+
+---Removes a file or an empty directory.
+---@param path string
+function async.fs.remove(path) end
+
+---Removes a file, or a directory tree with `recursive = true`; never follows symbolic links,
+---refuses `/`; `force = true` ignores a missing path.
+---@param path string
+---@param opts? {recursive?: boolean, force?: boolean}
+function async.fs.rm(path, opts) end
+
+---@param from string
+---@param to string
+---@param opts? {exclusive?: boolean}
+function async.fs.copyfile(from, to, opts) end
+
+---@param path string
+---@return string
+function async.fs.realpath(path) end
+
+---@param path string
+---@return string
+function async.fs.readlink(path) end
+
+---Makes `path` a symbolic link to `target`.
+---@param target string
+---@param path string
+function async.fs.symlink(target, path) end
+
+---@param path string
+---@param mode string|integer octal digits, `"640"`
+function async.fs.chmod(path, mode) end
+
+---Sets the access and modification times (seconds; now by default).
+---@param path string
+---@param atime? number
+---@param mtime? number
+function async.fs.utime(path, atime, mtime) end
+
+---Makes a new directory named `prefix` plus six random characters; returns its path.
+---@param prefix string
+---@return string
+function async.fs.mkdtemp(prefix) end
+
+---Change events under a path: `for ev in async.fs.watch(dir) do ... end`, each
+---`{name = "file", change = "change"|"rename"}`; the watcher is also the loop's closing value.
+---@param path string
+---@return lasync.fs.Watcher
+function async.fs.watch(path) end
+
+---An open file (`async.fs.open`).
+---@class lasync.File
+---@field path string
+local File = {}
+
+---Reads a count of bytes, `"a"` (the rest), `"l"` (a line) or `"L"` (a line with its newline);
+---nil at the end of the file (`"a"` gives `""`).
+---@param ... integer|"a"|"l"|"L"
+---@return string? ...
+function File:read(...) end
+
+---@param fmt? "l"|"L"|integer
+---@return fun(): string?
+function File:lines(fmt) end
+
+---Writes strings or numbers in full; returns the file.
+---@param ... string|number
+---@return lasync.File
+function File:write(...) end
+
+---@param whence? "set"|"cur"|"end"
+---@param offset? integer
+---@return integer position
+function File:seek(whence, offset) end
+
+function File:sync() end
+
+---@return lasync.fs.Stat
+function File:stat() end
+
+---@param size? integer the current position by default
+function File:truncate(size) end
+
+---Waits for the file's pending operations, then closes it; closing twice does nothing.
+function File:close() end
+
+---@return boolean
+function File:is_open() end
+
+---A pending libuv request (internal: bindings/io/req.c), seen only in the registry.
+---@class lasync.Request
+local Request = {}
+
+---The descriptor inside a File (internal: use the File's methods).
+---@class lasync.fs.fd
+local Fd = {}
+
+---@class lasync.fs.Watcher
+local Watcher = {}
+
+---The next change event, waiting for it; nil once the watcher is closed.
+---@return {name: string, change: "change"|"rename"|"overflow", dropped?: integer}?
+function Watcher:next() end
+
+function Watcher:close() end
+
+-- ---------------------------------------------------------------------------------------------
+-- Processes (docs/process.md)
+
+---Child processes, each in its own process group.
+async.process = {}
+
+---Signal numbers by name: `async.process.signals.SIGTERM`.
+---@type table<string, integer>
+async.process.signals = {}
+-- (Linux numbers shown; the table holds the platform's own.)
+async.process.signals.SIGHUP = 1
+async.process.signals.SIGINT = 2
+async.process.signals.SIGQUIT = 3
+async.process.signals.SIGKILL = 9
+async.process.signals.SIGUSR1 = 10
+async.process.signals.SIGUSR2 = 12
+async.process.signals.SIGPIPE = 13
+async.process.signals.SIGALRM = 14
+async.process.signals.SIGTERM = 15
+async.process.signals.SIGCONT = 18
+async.process.signals.SIGSTOP = 19
+async.process.signals.SIGTSTP = 20
+async.process.signals.SIGWINCH = 28
+
+---@class lasync.process.RunOptions
+---@field cwd? string
+---@field env? table<string, string|number|false> merged into the environment (false removes)
+---@field clear_env? boolean start from an empty environment instead
+---@field stdin? string|string[]|fun(): string?|"null"|"inherit" "null" by default
+---@field stdout? "capture"|"inherit"|"null"|fun(chunk: string) "capture" by default
+---@field stderr? "capture"|"inherit"|"null"|fun(chunk: string)
+---@field timeout? number seconds; then SIGTERM to the group, SIGKILL after kill_grace
+---@field kill_grace? number seconds, 5 by default
+---@field max_output? integer bytes of stdout and stderr together (64 MiB); beyond: too_large
+---@field check? boolean raise an error of kind `exit` unless the command succeeded
+
+---@class lasync.process.Result
+---@field code integer
+---@field signal? integer
+---@field ok boolean
+---@field timed_out boolean
+---@field pid integer
+---@field stdout? string
+---@field stderr? string
+
+---Runs argv (no shell) to its end and the end of its output.
+---@param argv string[]
+---@param opts? lasync.process.RunOptions
+---@return lasync.process.Result
+function async.process.run(argv, opts) end
+
+---`run({"/bin/sh", "-c", command}, opts)`.
+---@param command string
+---@param opts? lasync.process.RunOptions
+---@return lasync.process.Result
+function async.process.shell(command, opts) end
+
+---@class lasync.process.SpawnOptions
+---@field cwd? string
+---@field env? table<string, string|number|false>
+---@field clear_env? boolean
+---@field stdin? "pipe"|"inherit"|"null" "inherit" by default
+---@field stdout? "pipe"|"inherit"|"null"
+---@field stderr? "pipe"|"inherit"|"null"
+
+---Starts argv; its pipes, when asked for, are byte streams.
+---@param argv string[]
+---@param opts? lasync.process.SpawnOptions
+---@return lasync.Process
+function async.process.spawn(argv, opts) end
+
+---A child process (`async.process.spawn`).
+---@class lasync.Process
+---@field pid integer
+---@field stdin? lasync.Stream
+---@field stdout? lasync.Stream
+---@field stderr? lasync.Stream
+local Process = {}
+
+---Waits for the exit: `{code, signal, ok}`.
+---@return {code: integer, signal?: integer, ok: boolean}
+function Process:wait() end
+
+---`{code, signal, ok}`, or nil while the child runs.
+---@return {code: integer, signal?: integer, ok: boolean}?
+function Process:status() end
+
+---Signals the child's group (SIGTERM by default); false once it has exited.
+---@param signal? string|integer
+---@return boolean
+function Process:kill(signal) end
+
+---Kills a running child and its group, reaps it, closes the pipes.
+function Process:close() end
 -- TCP (async.net) and byte streams
 
 async.net = {}
