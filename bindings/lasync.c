@@ -55,6 +55,7 @@ static const char *const LUA_PARTS[] = {
   "sync",  /* semaphore, lock, event, queue */
   "scope", /* scopes, wait, map, retry: builds on sync */
   "net",   /* async.net */
+  "server", /* async.http.serve, async.http.router */
   NULL};
 
 int luaopen_lasync(lua_State *L) {
@@ -69,6 +70,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_diag(L);
   lasync__open_http(L);
   lasync__open_net(L);
+  lasync__open_server(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");
   lasync__load_lua(L, "lasync", LASYNC__LIB_CHUNK);
