@@ -340,21 +340,20 @@ local function run_request(srv, conn, req, res)
   live[conn] = nil
   srv.active = srv.active - 1
   if not ok then
+    local kind = type(err) == "table" and err.kind
     if res._sent then
       conn:finish(res._chunked, false) -- abort: the client sees a truncated response
-    elseif is_cancelled(err) and res._gone then
-      conn:finish(false, false)
+      if not is_cancelled(err) and kind ~= "closed" then handler_failed(srv, req, err) end
+    elseif (is_cancelled(err) and res._gone) or kind == "closed" then
+      conn:finish(false, false) -- the client has gone: nobody to answer
     else
       local status = error_status(err)
-      local timed_out = type(err) == "table" and err.kind == "timeout"
-      if timed_out then status = 503 end
+      if kind == "timeout" then status = 503 end
       if status == 500 and not is_cancelled(err) then handler_failed(srv, req, err) end
       res._headers = {}
-      res._status = status
       local text = status == 500 and "Internal Server Error" or
         (type(err) == "table" and err.message) or "error"
-      local pok = pcall(send_result, res,
-        { status = status, body = text .. "\n", headers = { ["Content-Type"] = "text/plain; charset=utf-8" } })
+      local pok = pcall(send_result, res, { status = status, body = text .. "\n" })
       conn:finish(false, pok)
     end
   else

@@ -493,6 +493,10 @@ static int on_headers_complete(llhttp_t *p) {
   c->version_minor = p->http_major == 1 ? (uint8_t)p->http_minor : 0;
   c->keep_alive = llhttp_should_keep_alive(p) && !sv->closing;
   arm(c, T_NONE, 0);
+  /* A request without a body is complete at once: on_message_complete pauses instead, so the
+   * handler sees msg_done and keep-alive needs no body to drain. */
+  if (!(p->flags & F_CHUNKED) && (!(p->flags & F_CONTENT_LENGTH) || p->content_length == 0))
+    return 0;
   return HPE_PAUSED;
 }
 
@@ -627,16 +631,16 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
       conn_drop(c);
       return;
     }
-    /* A half-closed client may still read its response. Finishing the body now reports a
-     * truncated one to the reader; llhttp knows when a body ends with the connection. */
-    if (c->busy && !c->msg_done) {
-      llhttp_finish(&c->parser);
+    /* The client closed its side while its request runs. As Go's server does, that counts as
+     * a disconnect (the dispatcher cancels the handler unless cancel_on_disconnect is false),
+     * but writes still go out: a half-closed client may yet read its response. A body cut
+     * short reads as an error. */
+    c->keep_alive = 0;
+    if (!c->msg_done) {
+      if (!c->refusal) c->refusal = 400;
       wake_reader(c);
     }
-    if (c->busy && c->msg_done && !c->queued) {
-      /* nothing more to read: the handler still answers; no keep-alive */
-    }
-    c->keep_alive = 0;
+    enqueue(c, EV_GONE);
     return;
   }
   if (c->lingering) return;
@@ -1241,7 +1245,14 @@ static int conn_finish(lua_State *L) {
     uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
     send_bufs(c, &b, 1);
   }
-  if (!c->msg_done) c->keep_alive = 0; /* an unread body is not drained: close instead */
+  if (!c->msg_done && !c->refusal && !c->eof) {
+    /* The handler left the body unread: what has arrived is skipped; more than that is not
+     * waited for, the connection closes instead. */
+    c->skip_body = 1;
+    if (c->in.len) parse_buffered(c);
+    if (c->h.closing) return 0;
+  }
+  if (!c->msg_done) c->keep_alive = 0;
   if (c->refusal) c->keep_alive = 0;
   if (!c->keep_alive || c->sv->closing || c->eof) {
     close_after_flush(c);
