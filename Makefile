@@ -2,8 +2,9 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
+PREFIX ?= /usr/local
 
-.PHONY: all deps build test demo sanitize bench soak fuzz clean
+.PHONY: all deps build test install demo sanitize bench soak fuzz clean
 
 all: build
 
@@ -16,6 +17,11 @@ build: deps
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The executable, liblasync (.a, .so), lasync.h, lasync.pc, the Lua module (<libdir>/lua/5.4, on
+# stock lua5.4's path) and the editor types under $(PREFIX); DESTDIR=/stage for packaging.
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 # The seed tutorial's lessons: first without network, then against the local test server.
 demo: build

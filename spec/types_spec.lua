@@ -9,36 +9,42 @@ local assert_clean = require "clean"
 
 local TYPES = os.getenv("LASYNC_TYPES") or "types/lasync.lua"
 
--- Metatables with a lasync name that are not part of the public API: internal objects that
--- Lua code never holds (a deadline's scope, a transfer inside a Response). A name listed here
--- is still checked to exist, so the list cannot go stale either.
+-- Metatables with a lasync name and methods that are not part of the public API: internal
+-- objects that Lua code outside lasync never holds. A name listed here is still checked to
+-- exist, so the list cannot go stale either. (A metatable with no methods at all, such as
+-- lasync.Transfer, lasync.Request or lasync.Sentinel, some made only when first needed, is
+-- one nobody calls: it needs no entry, and no definition unless its fields are public, as
+-- lasync.Error's.)
 local INTERNAL = {
   ["lasync.Deadline"] = true, -- core._deadline: timeout/shield/scope's cancel scope
-  ["lasync.Transfer"] = true, -- the curl transfer a Response keeps while streaming
-  -- "lazy": made on first use, so it may not exist yet in this process.
-  ["lasync.Sentinel"] = "lazy", -- reports a failed task nobody looked at, when collected
-  ["lasync.Request"] = true, -- io/req.c: a pending libuv request, pinned until its callback
-  ["lasync.TcpServer"] = true, -- the listening handle behind a lasync.Server (lua/net.lua)
+  ["lasync.TcpServer"] = true, -- the listening handle inside an async.net.listen Server
 }
 
--- Classes whose metatables are made on first use: one loopback round trip makes them exist
--- (a Stream, the Request of a name lookup) before the module is walked.
-local function warm_up()
-  local srv = async.net.listen({ host = "127.0.0.1", port = 0 }, function(conn) conn:close() end)
-  local conn = async.net.connect("localhost", srv.port)
-  conn:read()
-  conn:close()
-  srv:close()
-end
-
--- Objects some public functions return whose class is found from an instance (any class whose
--- metatable carries a lasync `__name` is also found by itself, through the registry or through
--- the upvalues of the module's functions). Called outside any task, with no I/O.
+-- Objects of the public API, made once so that every metatable exists: C bindings make theirs
+-- on first use (luaL_newmetatable in the call that returns the first object), so a class is
+-- only in the registry once one of its objects was made. A class whose metatable carries a
+-- lasync `__name` is then found by itself, through the registry or the upvalues of the
+-- module's functions. Runs in a task; `done` closes what needs closing. Add your objects here.
 local INSTANCES = {
   function() return async.http.client() end,
   function() return async.semaphore() end,
   function() return async.future() end,
   function() return async.error("x", "y") end,
+  function(done) -- a server, and a connection to it from both ends (lasync.Stream)
+    local accepted, release = async.future(), async.future()
+    local srv = async.net.listen({ port = 0 }, function(conn)
+      accepted:set(conn)
+      release:await() -- the server closes conn when the handler returns
+    end)
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    local other = accepted:await()
+    done[#done + 1] = function()
+      conn:close()
+      release:set()
+      srv:close({ grace = 5 })
+    end
+    return srv, conn, other
+  end,
 }
 
 -- ---- what the types file defines ----
@@ -109,11 +115,12 @@ local function methods_of(mt)
   if type(index) == "table" then
     add(index)
   elseif type(index) == "function" then
-    -- An __index function (one that also serves fields) keeps its methods in an upvalue.
+    -- An __index function (methods, then fields) keeps its methods table as an upvalue, as
+    -- lasync.Stream's C closure does.
     for i = 1, math.huge do
-      local name, up = debug.getupvalue(index, i)
-      if name == nil then break end
-      if type(up) == "table" then add(up) end
+      local up, v = debug.getupvalue(index, i)
+      if up == nil then break end
+      if type(v) == "table" and v ~= mt then add(v) end
     end
   end
   return names
@@ -125,10 +132,18 @@ local function foreign_tables()
   for _, v in pairs(_G) do
     if type(v) == "table" then skip[v] = true end
   end
-  for name, v in pairs(package.loaded) do
-    if type(v) == "table" and name ~= "lasync" then skip[v] = true end
+  for _, v in pairs(package.loaded) do
+    if type(v) == "table" then skip[v] = true end
   end
+  skip[async] = nil -- even when a global holds it (as a REPL may)
   return skip
+end
+
+-- The key a metatable has in the registry under a lasync name (luaL_newmetatable's), or nil.
+local function registry_name(mt)
+  for k, v in pairs(debug.getregistry()) do
+    if v == mt and type(k) == "string" and k:match("^lasync%.") then return k end
+  end
 end
 
 -- Walks the module: names (dotted paths) of everything reachable from its table, and every
@@ -168,7 +183,10 @@ local function walk_module()
     end
   end
 
+  local walked = {}
   local function walk(t, prefix)
+    if walked[t] then return end
+    walked[t] = true
     for k, v in pairs(t) do
       if type(k) == "string" then
         local path = prefix .. k
@@ -179,20 +197,22 @@ local function walk_module()
     end
   end
 
-  warm_up()
   walk(async, "")
+  local done = {}
+  for _, make in ipairs(INSTANCES) do
+    for _, obj in ipairs(table.pack(make(done))) do
+      local mt = getmetatable(obj)
+      if type(mt) ~= "table" or not (lasync_name(mt) or registry_name(mt)) then
+        error("an object made in INSTANCES has no metatable with a lasync __name: " ..
+          "give its class `__name = \"lasync.<Class>\"`")
+      end
+      if lasync_name(mt) then add_class(mt) end
+    end
+  end
   for k, v in pairs(debug.getregistry()) do
     if type(k) == "string" and k:match("^lasync%.") and type(v) == "table" then add_class(v, k) end
   end
-  for _, make in ipairs(INSTANCES) do
-    local obj = make()
-    local mt = getmetatable(obj)
-    if type(mt) ~= "table" or not lasync_name(mt) then
-      error("an instance made in INSTANCES has no metatable with a lasync __name: " ..
-        "give its class `__name = \"lasync.<Class>\"`")
-    end
-    add_class(mt)
-  end
+  for _, close in ipairs(done) do close() end
   return names, classes
 end
 
@@ -219,8 +239,11 @@ end
 describe("types/lasync.lua", function()
   after_each(assert_clean)
 
-  local defs = parse_types(TYPES)
-  local names, classes = walk_module()
+  local defs, names, classes
+  lazy_setup(function()
+    defs = parse_types(TYPES)
+    names, classes = walk_module()
+  end)
 
   it("is a valid Lua chunk that returns the module's definitions", function()
     local chunk = assert(loadfile(TYPES))
@@ -257,8 +280,9 @@ describe("types/lasync.lua", function()
     for _, class in ipairs(sorted(classes)) do
       local def = defs.classes[class]
       if not INTERNAL[class] then
-        -- A class without methods (the Error) needs no table, only its ---@class.
-        if not def or (not def.has_table and next(classes[class])) then
+        if next(classes[class]) == nil then
+          -- no methods: nothing to check (see INTERNAL)
+        elseif not def or not def.has_table then
           problems[#problems + 1] = string.format(
             "class %s has no definition: add `---@class %s` over `local X = {}`, then " ..
             "its methods: %s", class, class, table.concat(sorted(classes[class]), ", "))
@@ -294,8 +318,8 @@ describe("types/lasync.lua", function()
         end
       end
     end
-    for class, how in pairs(INTERNAL) do
-      if not classes[class] and how ~= "lazy" then
+    for class in pairs(INTERNAL) do
+      if not classes[class] then
         problems[#problems + 1] = string.format("INTERNAL lists %s, which does not exist", class)
       end
     end
@@ -319,33 +343,63 @@ describe("types/lasync.lua", function()
         end
       end
     end
-    assert.is_true(refused_as_unknown("no_such_option"), "the probe no longer tells unknown options")
+    assert.is_true(refused_as_unknown("no_such_option"),
+      "the probe no longer tells unknown options")
     report("option fields that do not exist", problems)
   end)
 
-  it("lists in FetchOptions every option fetch knows", function()
-    -- The set fetch accepts is the table KNOWN among the upvalues of its functions.
-    local known
+  -- Each option table against the set its function checks options against, both ways. The sets
+  -- are found by name among the upvalues of the function (and of the functions it calls).
+  local OPTION_SETS = {
+    { class = "lasync.FetchOptions", set = "KNOWN", from = "fetch" },
+    { class = "lasync.FetchRetry", set = "RETRY_KNOWN", from = "fetch" },
+    { class = "lasync.ClientOptions", set = "CLIENT_ONLY", from = "http.client" },
+  }
+
+  local function find_upvalue(fn, wanted)
     local seen = {}
-    local function find(fn)
-      if seen[fn] then return end
-      seen[fn] = true
+    local function find(f)
+      if seen[f] then return nil end
+      seen[f] = true
       for i = 1, math.huge do
-        local up, v = debug.getupvalue(fn, i)
-        if up == nil then break end
-        if up == "KNOWN" and type(v) == "table" then known = v end
-        if type(v) == "function" then find(v) end
+        local up, v = debug.getupvalue(f, i)
+        if up == nil then return nil end
+        if up == wanted and type(v) == "table" then return v end
+        if type(v) == "function" then
+          local found = find(v)
+          if found then return found end
+        end
       end
     end
-    find(async.fetch)
-    assert.is_table(known, "no upvalue KNOWN (the fetch options) reachable from async.fetch: " ..
-      "update this spec where the option list moved")
+    return find(fn)
+  end
+
+  it("lists in each option table exactly the options its function knows", function()
     local problems = {}
-    for _, field in ipairs(sorted(known)) do
-      if not defs.classes["lasync.FetchOptions"].fields[field] then
-        problems[#problems + 1] = "lasync.FetchOptions has no ---@field " .. field
+    for _, o in ipairs(OPTION_SETS) do
+      local fn = async
+      for part in o.from:gmatch("[^.]+") do fn = fn[part] end
+      local known = find_upvalue(fn, o.set)
+      local def = defs.classes[o.class]
+      if not known then
+        problems[#problems + 1] = string.format("no upvalue %s (the options of %s) reachable " ..
+          "from async.%s: update OPTION_SETS in this spec", o.set, o.class, o.from)
+      elseif not def then
+        problems[#problems + 1] = "no ---@class " .. o.class
+      else
+        for _, field in ipairs(sorted(known)) do
+          if not def.fields[field] then
+            problems[#problems + 1] = string.format("%s has no ---@field %s", o.class, field)
+          end
+        end
+        for _, field in ipairs(sorted(def.fields)) do
+          if not known[field] then
+            problems[#problems + 1] = string.format("line %d: %s.%s is not an option of async.%s",
+              def.fields[field], o.class, field, o.from)
+          end
+        end
       end
     end
-    report("fetch options without a definition", problems)
+    report("option tables out of step", problems)
   end)
 end)

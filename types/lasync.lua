@@ -240,8 +240,18 @@ function async.run(fn, ...) end
 ---| "cancelled" # a cancelled task's suspension point
 ---| "timeout" # async.timeout, async.wait_for, a fetch's timeouts
 ---| "invalid" # a bad option (fetch), raised before any I/O
----| "dns" | "connect" | "tls" | "too_large" | "protocol" | "json" # fetch
----| "queue_full" | "queue_empty" | "queue_closed" # queues
+---| "dns" # fetch, async.net: the host name does not resolve
+---| "connect" # fetch, async.net.connect: refused or failed
+---| "tls" # fetch: handshake or certificate
+---| "too_large" # fetch: the body outgrew max_body
+---| "protocol" # fetch: bad scheme, redirects, malformed or cut-off response
+---| "json" # res:json(): invalid JSON
+---| "queue_full" # q:put_nowait
+---| "queue_empty" # q:get_nowait
+---| "queue_closed" # a put on a closed queue
+---| "closed" # streams: the stream ended, was closed, or failed (see `code`)
+---| "line_too_long" # stream:read_line past max_line
+---| "nomem" # not enough memory for a stream or a request
 ---| string
 
 ---An error object: a failed operation, recognisable without string matching.
@@ -253,9 +263,11 @@ function async.run(fn, ...) end
 ---@field seconds? number timeout: the deadline
 ---@field option? string invalid: the option at fault
 ---@field url? string fetch: the URL
+---@field host? string async.net.connect timeout: the host
+---@field port? integer async.net.connect timeout: the port
 ---@field curl_code? integer fetch: curl's CURLcode
 ---@field code? string libuv errors: the error's name, as `"ECONNREFUSED"`
----@field errno? integer libuv errors: the (negative) error number
+---@field errno? integer libuv errors: the error number, positive (as errno)
 ---@field others? any[] scope, first: the errors raised after this one
 
 ---Makes an error object (for libraries built on lasync).
@@ -597,99 +609,117 @@ function Client:delete(url, opts) end
 function Client:head(url, opts) end
 
 -- ---------------------------------------------------------------------------------------------
--- TCP: async.net
-
----A byte stream: a TCP connection (later pipes and terminals). Every call suspends the task
----and is a cancellation point.
----@class lasync.Stream
----@field remote? lasync.Address the peer (TCP)
----@field local? lasync.Address this end (TCP)
-local Stream = {}
-
----@class lasync.Address
----@field host string
----@field port integer
-
----Up to `n` bytes (or what is buffered); nil at end of stream.
----@param n? integer
----@return string?
-function Stream:read(n) end
-
----One line without its LF or CRLF; nil at end of stream.
----@return string?
-function Stream:read_line() end
-
----Exactly `n` bytes; raises kind "closed" if the stream ends first.
----@param n integer
----@return string
-function Stream:read_exactly(n) end
-
----Iterates over lines, as read_line.
----@return fun(): string?
-function Stream:lines() end
-
----Writes strings (or arrays of strings) in one write; suspends while too much is queued.
----@param ... string|string[]
-function Stream:write(...) end
-
----Half-closes: the peer reads end of stream, reading here goes on.
-function Stream:shutdown() end
-
----Closes the stream; idempotent.
-function Stream:close() end
-
----Whether the stream is closed.
----@return boolean
-function Stream:closed() end
-
----Byte counts and buffer state, for diagnostics.
----@return table
-function Stream:stats() end
-
----Sets read_max, write_hwm and max_line (bytes).
----@param limits {read_max?: integer, write_hwm?: integer, max_line?: integer}
-function Stream:set_limits(limits) end
-
----@class lasync.ConnectOptions
----@field timeout? number seconds (default 30)
-
----@class lasync.ListenOptions
----@field host? string default "127.0.0.1"
----@field port? integer 0 picks a free port
----@field backlog? integer default 511
----@field max_connections? integer accepting pauses at this many live handlers
-
----@class lasync.CloseOptions
----@field grace? number seconds to wait for the handlers before cancelling them
-
----A listening TCP server; each accepted connection runs `handler(conn)` in its own task.
----@class lasync.Server
----@field port integer
----@field host string
-local Server = {}
-
----Stops accepting; with `grace`, waits for (then cancels) the handlers.
----@param opts? lasync.CloseOptions
-function Server:close(opts) end
+-- TCP (async.net) and byte streams
 
 async.net = {}
 
----Connects to host:port, trying each address; TCP_NODELAY is set.
+---The addresses a host name resolves to (`{"127.0.0.1", "::1", ...}`); raises kind `"dns"`.
+---@param name string
+---@return string[]
+function async.net.resolve(name) end
+
+---@class lasync.ConnectOptions
+---@field timeout? number seconds for the whole connect, every address tried (default 30)
+
+---Connects to `host` port `port`, trying each address in turn under one deadline; raises kind
+---`"dns"`, `"connect"` (with `code`, as `"ECONNREFUSED"`) or `"timeout"`. TCP_NODELAY is set.
 ---@param host string
 ---@param port integer
 ---@param opts? lasync.ConnectOptions
 ---@return lasync.Stream
 function async.net.connect(host, port, opts) end
 
----Listens and serves each connection in a task of its own.
+---@class lasync.ListenOptions
+---@field host? string default `"127.0.0.1"`; a name is resolved (inside a task)
+---@field port? integer default 0: any free port (read it from `srv.port`)
+---@field backlog? integer default 511
+---@field max_connections? integer at most this many handlers at once; accepting pauses beyond
+
+---Listens on TCP and runs `handler(conn)` in a task of its own for each connection; the
+---connection is closed when the handler returns. A handler's error is reported, not raised.
 ---@param opts lasync.ListenOptions
 ---@param handler fun(conn: lasync.Stream)
 ---@return lasync.Server
 function async.net.listen(opts, handler) end
 
----The addresses of a name.
----@param name string
----@return string[]
-function async.net.resolve(name) end
+---@class lasync.Address
+---@field host string
+---@field port integer
+
+---@class lasync.Server
+---@field host string the address it listens on
+---@field port integer the port it listens on (the one chosen, for port 0)
+local Server = {}
+
+---@class lasync.ServerCloseOptions
+---@field grace? number wait up to this many seconds for the handlers, then cancel the rest
+
+---Stops accepting. With `grace` (inside a task), waits for the handlers up to that long, then
+---cancels the rest and waits for their cleanup. Also `__close`.
+---@param opts? lasync.ServerCloseOptions
+function Server:close(opts) end
+
+---@class lasync.StreamStats
+---@field buffered integer bytes received and not read yet
+---@field capacity integer bytes of the read buffer
+---@field queued integer bytes written and waiting in libuv
+---@field reading boolean whether the stream reads from the socket now (false: backpressure)
+---@field read_max integer the bound past which reading pauses
+
+---@class lasync.StreamLimits
+---@field read_max? integer unread bytes past which reading pauses
+---@field write_hwm? integer queued bytes past which `write` suspends
+---@field max_line? integer longest line `read_line`/`lines` accept (kind `"line_too_long"`)
+
+---A byte stream (a TCP connection). Reads and writes suspend the calling task; a failure
+---raises kind `"closed"` (with `code`, as `"EOF"`, `"ECONNRESET"`). Closed by `close()`,
+---`<close>` or collection; queued bytes are still sent.
+---@class lasync.Stream
+---@field remote? lasync.Address the peer (TCP)
+---@field ["local"] lasync.Address? this end (TCP); `conn["local"]`, `local` being a keyword
+local Stream = {}
+
+---Up to `n` bytes (everything buffered if `n` is absent), or nil at the end.
+---@param n? integer
+---@return string?
+function Stream:read(n) end
+
+---Exactly `n` bytes; raises kind `"closed"`, code `"EOF"` if the stream ends first.
+---@param n integer
+---@return string
+function Stream:read_exactly(n) end
+
+---The next line without its LF or CRLF (the last may lack one), or nil at the end.
+---@param max? integer
+---@return string?
+function Stream:read_line(max) end
+
+---`for line in s:lines() do ... end`
+---@param max? integer
+---@return fun(): string?
+function Stream:lines(max) end
+
+---Writes each piece (a string, or an array of strings) in order, in one write; suspends while
+---more than the high-water mark is queued.
+---@param ... string|string[]
+function Stream:write(...) end
+
+---No more writes: waits until the queued bytes are sent and the peer reads the end. Reading
+---goes on.
+function Stream:shutdown() end
+
+---Closes the stream (idempotent); waiting tasks get kind `"closed"`.
+function Stream:close() end
+
+---Whether it is closed.
+---@return boolean
+function Stream:closed() end
+
+---@return lasync.StreamStats
+function Stream:stats() end
+
+---Sets this stream's bounds.
+---@param limits lasync.StreamLimits
+function Stream:set_limits(limits) end
 
 return async
