@@ -7,7 +7,7 @@ local core, async = ...
 local error, getmetatable, pairs, ipairs, pcall = error, getmetatable, pairs, ipairs, pcall
 local setmetatable, tostring, type, xpcall, select = setmetatable, tostring, type, xpcall, select
 local format, lower, concat, char = string.format, string.lower, table.concat, string.char
-local tonumber, mtype = tonumber, math.type
+local tonumber, mtype, rawget, rawset = tonumber, math.type, rawget, rawset
 local traceback = debug.traceback
 local listen, spawn, is_cancelled, in_task = core._http_listen, core.spawn, core.is_cancelled,
   core._in_task
@@ -301,6 +301,8 @@ local function send_result(res, ret)
   res._finished = true
 end
 
+local route_request -- defined with the router, below
+
 -- ---- the server ----
 
 local Server = { __name = "lasync.http.Server" }
@@ -415,7 +417,7 @@ function http.serve(handler, opts)
   local fname = "async.http.serve"
   local dispatch
   if type(handler) == "table" and handler._is_router then
-    dispatch = function(req, res) return handler:_dispatch(req, res) end
+    dispatch = function(req, res) return route_request(handler, req, res) end
   elseif is_callable(handler) then
     dispatch = handler
   else
@@ -568,7 +570,7 @@ local function match(r, segs)
   return params or {}
 end
 
-function Router:_dispatch(req, res)
+route_request = function(self, req, res)
   local segs = {}
   for seg in req.path:gmatch("[^/]+") do segs[#segs + 1] = seg end
   local allowed
