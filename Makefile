@@ -29,6 +29,7 @@ demo: build
 	examples/with_server.sh $(BUILD)/lasync examples/fetch_seq_vs_gather.lua
 	examples/with_server.sh $(BUILD)/lasync examples/fetch_json_posts.lua
 	examples/with_server.sh $(BUILD)/lasync examples/crawl.lua examples/urls.txt
+	$(BUILD)/lasync examples/summary.lua
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, leak detection on.
 sanitize: deps

@@ -245,13 +245,36 @@ static void build_plan(lua_State *L, char **argv, int argc, int script, int flag
 
 /* libuv calls this on SIGINT: the first cancels every task so cleanup runs; the second does not
  * wait. */
+/* The first SIGINT or SIGTERM while HTTP servers are open closes them gracefully (5 s, see
+ * async.http.close_servers in lua/server.lua) and cancels nothing else; the next one cancels
+ * everything, as a first one does when no server is open. */
+static int close_servers(void) {
+  lua_State *L = runtime->L;
+  int took = 0;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lasync");
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_getfield(L, -1, "http") == LUA_TTABLE &&
+      lua_getfield(L, -1, "close_servers") == LUA_TFUNCTION) {
+    lua_pushnumber(L, 5);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
+  }
+  lua_settop(L, 0);
+  return took;
+}
+
+static int servers_closing;
+
 static void on_sigint(uv_signal_t *handle, int signum) {
   (void)handle;
-  (void)signum;
+  if (!interrupted && !servers_closing && close_servers()) {
+    servers_closing = 1;
+    return;
+  }
   if (interrupted++) {
     fputs("\nlasync: interrupted again, exiting now\n", stderr);
     _exit(130);
   }
+  (void)signum;
   lasync__cancel_all(runtime, "interrupted");
 }
 
@@ -289,7 +312,7 @@ static int run_to_completion(lasync__runtime *rt) {
 
 int main(int argc, char **argv) {
   lua_State *L;
-  uv_signal_t sigint, sigquit;
+  uv_signal_t sigint, sigterm, sigquit;
   int flags = 0, script, status = 0, deadlocked;
   int main_ref;
   if (argv[0] && argv[0][0]) progname = argv[0];
@@ -348,6 +371,9 @@ int main(int argc, char **argv) {
   uv_signal_init(runtime->loop, &sigint);
   uv_signal_start(&sigint, on_sigint, SIGINT);
   uv_unref((uv_handle_t *)&sigint);
+  uv_signal_init(runtime->loop, &sigterm);
+  uv_signal_start(&sigterm, on_sigint, SIGTERM);
+  uv_unref((uv_handle_t *)&sigterm);
   uv_signal_init(runtime->loop, &sigquit);
   uv_signal_start(&sigquit, on_sigquit, SIGQUIT);
   uv_unref((uv_handle_t *)&sigquit);
@@ -374,6 +400,7 @@ int main(int argc, char **argv) {
   luaL_unref(L, LUA_REGISTRYINDEX, main_ref);
 
   uv_close((uv_handle_t *)&sigint, on_signal_closed);
+  uv_close((uv_handle_t *)&sigterm, on_signal_closed);
   uv_close((uv_handle_t *)&sigquit, on_signal_closed);
   lasync__runtime_close(runtime);
   lua_close(L);
