@@ -41,7 +41,11 @@ describe("async.http.serve under load", function()
     local per_conn = (rss_kib() - before) * 1024 / N
     io.stderr:write(("\n[server_load] %d idle keep-alive connections: %.0f bytes each (RSS)\n")
       :format(N, per_conn))
-    assert.is_true(per_conn <= 4096, ("%.0f bytes per connection"):format(per_conn))
+    -- Under AddressSanitizer (make sanitize sets ASAN_OPTIONS) every allocation carries
+    -- redzones, so only the uninstrumented build holds the target.
+    if not os.getenv("ASAN_OPTIONS") then
+      assert.is_true(per_conn <= 4096, ("%.0f bytes per connection"):format(per_conn))
+    end
     os.remove(status) -- the clients close now
     local deadline = async.now() + 30
     while srv.listener:connections() > 0 and async.now() < deadline do async.sleep(0.05) end
