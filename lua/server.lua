@@ -324,20 +324,17 @@ local function error_status(err)
   return 500
 end
 
+local function handle(srv, req, res)
+  local ret = srv.dispatch(req, res)
+  if not res._sent then
+    send_result(res, ret)
+  elseif not res._finished then
+    res._finished = true
+  end
+end
+
 local function run_request(srv, conn, req, res)
-  local ok, err = xpcall(function()
-    local ret
-    if srv.request_timeout then
-      ret = async.timeout(srv.request_timeout, srv.dispatch, req, res)
-    else
-      ret = srv.dispatch(req, res)
-    end
-    if not res._sent then
-      send_result(res, ret)
-    elseif not res._finished then
-      res._finished = true
-    end
-  end, traceback)
+  local ok, err = xpcall(handle, traceback, srv, req, res)
   local live = srv.live
   live[conn] = nil
   srv.active = srv.active - 1
@@ -350,10 +347,11 @@ local function run_request(srv, conn, req, res)
       conn:finish(false, false) -- the client has gone: nobody to answer
     else
       local status = error_status(err)
-      if kind == "timeout" then status = 503 end
+      if is_cancelled(err) then status = 503 end -- request_timeout, or the server closing
       if status == 500 and not is_cancelled(err) then handler_failed(srv, req, err) end
       res._headers = {}
-      local text = status == 500 and "Internal Server Error" or
+      local text = (status == 500 or status == 503) and (status == 500 and "Internal Server Error"
+        or "Service Unavailable") or
         (type(err) == "table" and err.message) or "error"
       local pok = pcall(send_result, res, { status = status, body = text .. "\n" })
       conn:finish(false, pok)
@@ -390,6 +388,12 @@ local function dispatcher(srv)
     if not conn then return end
     if ev == "request" then
       on_request(srv, conn)
+    elseif ev == "timeout" then
+      local live = srv.live[conn]
+      if live then
+        live.res._timed_out = true
+        live.task:cancel("request timeout")
+      end
     else
       local live = srv.live[conn]
       if live then
@@ -439,7 +443,6 @@ function http.serve(handler, opts)
   local lsn = listen(host, port, opts.backlog or 511, opts)
   local srv = setmetatable({
     listener = lsn, dispatch = dispatch, live = {}, active = 0, host = host,
-    request_timeout = opts.request_timeout or 30,
     cancel_on_disconnect = opts.cancel_on_disconnect ~= false, on_error = opts.on_error,
   }, Server)
   srv.port = lsn:port()

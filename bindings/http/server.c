@@ -37,7 +37,7 @@ typedef struct conn conn;
 
 typedef struct {
   size_t max_header_bytes, max_headers, max_body;
-  double header_timeout, idle_timeout;
+  double header_timeout, idle_timeout, request_timeout;
   int max_connections;
 } limits;
 
@@ -61,8 +61,8 @@ typedef struct {
   server *sv;
 } listener;
 
-enum { EV_REQUEST = 1, EV_GONE = 2 };
-enum { T_NONE, T_HEADER, T_IDLE, T_LINGER };
+enum { EV_REQUEST = 1, EV_GONE = 2, EV_TIMEOUT = 4 };
+enum { T_NONE, T_HEADER, T_IDLE, T_LINGER, T_REQUEST };
 
 struct conn {
   lasync__handle h;
@@ -594,6 +594,8 @@ static int feed(conn *c, const char *data, size_t len, int from_in) {
 static void request_ready(conn *c) {
   c->busy = 1;
   c->last_cr = 0;
+  /* One deadline in the runtime's heap per request, cheaper than a scope around the handler. */
+  arm(c, T_REQUEST, c->sv->lim.request_timeout);
   enqueue(c, EV_REQUEST);
 }
 
@@ -679,6 +681,8 @@ static void on_timer(lasync__timer *timer) {
   c->timer_kind = T_NONE;
   if (kind == T_HEADER) {
     refuse(c, 408);
+  } else if (kind == T_REQUEST) {
+    if (c->busy) enqueue(c, EV_TIMEOUT); /* the dispatcher cancels the handler */
   } else {
     lasync__handle_close(&c->h);
   }
@@ -787,6 +791,7 @@ static int l_listen(lua_State *L) {
   lim.max_body = (size_t)opt_number(L, 4, "max_body", 1024 * 1024);
   lim.header_timeout = opt_number(L, 4, "header_timeout", 10);
   lim.idle_timeout = opt_number(L, 4, "keepalive_timeout", 5);
+  lim.request_timeout = opt_number(L, 4, "request_timeout", 30);
   lim.max_connections = (int)opt_number(L, 4, "max_connections", 0);
   memset(&ss, 0, sizeof ss);
   if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) != 0 &&
@@ -906,11 +911,11 @@ static int pop_event(lua_State *L, server *sv) {
   conn *c = sv->q_head;
   int ev;
   if (c == NULL) return 0;
-  ev = (c->events & EV_GONE) ? EV_GONE : EV_REQUEST;
+  ev = (c->events & EV_REQUEST) ? EV_REQUEST : (c->events & EV_GONE) ? EV_GONE : EV_TIMEOUT;
   c->events &= (uint8_t)~ev;
   if (c->events == 0) dequeue(c);
   push_conn(L, c);
-  lua_pushstring(L, ev == EV_GONE ? "gone" : "request");
+  lua_pushstring(L, ev == EV_GONE ? "gone" : ev == EV_TIMEOUT ? "timeout" : "request");
   return 2;
 }
 
