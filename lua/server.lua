@@ -557,6 +557,71 @@ for _, m in ipairs { "get", "post", "put", "delete", "patch", "options" } do
   end
 end
 
+local MIME = {
+  html = "text/html; charset=utf-8", htm = "text/html; charset=utf-8",
+  css = "text/css; charset=utf-8", js = "text/javascript; charset=utf-8",
+  mjs = "text/javascript; charset=utf-8", json = "application/json",
+  txt = "text/plain; charset=utf-8", md = "text/markdown; charset=utf-8",
+  xml = "application/xml", svg = "image/svg+xml", png = "image/png", jpg = "image/jpeg",
+  jpeg = "image/jpeg", gif = "image/gif", webp = "image/webp", ico = "image/x-icon",
+  wasm = "application/wasm", pdf = "application/pdf", woff = "font/woff", woff2 = "font/woff2",
+  lua = "text/plain; charset=utf-8", csv = "text/csv; charset=utf-8",
+}
+http.mime_types = MIME
+
+local function http_date(t) return os.date("!%a, %d %b %Y %H:%M:%S GMT", t) end
+
+--- app:static(prefix, dir): GET and HEAD of prefix/<path> serve dir/<path>; a path that
+--- escapes dir (.., encoded or not, or a symlink out) is 404.
+function Router:static(prefix, dir)
+  if getmetatable(self) ~= Router then
+    error("router:static: bad self (lasync.http.Router expected); call it with ':'", 2)
+  end
+  if type(prefix) ~= "string" or prefix:sub(1, 1) ~= "/" then
+    bad_arg("router:static", 1, "prefix", "path starting with '/'", prefix)
+  end
+  if type(dir) ~= "string" then bad_arg("router:static", 2, "dir", "string", dir) end
+  local root, err = core._http_realpath(dir)
+  if not root then error("router:static: " .. err, 2) end
+  local parts = {}
+  for seg in prefix:gmatch("[^/]+") do parts[#parts + 1] = seg end
+  self.statics = self.statics or {}
+  self.statics[#self.statics + 1] = { parts = parts, root = root }
+  return self
+end
+
+local function serve_static(st, req, segs)
+  local n = #st.parts
+  for i = 1, n do if segs[i] ~= st.parts[i] then return nil end end
+  if #segs == n then return nil end
+  if req.method ~= "GET" and req.method ~= "HEAD" then
+    return { status = 405, body = "Method Not Allowed\n", headers = { Allow = "GET, HEAD" } }
+  end
+  local rel = {}
+  for i = n + 1, #segs do
+    local s = segs[i]
+    if s == ".." or s == "." or s:find("[%z\\]") or s:find("/", 1, true) then
+      return { status = 404, body = "Not Found\n" }
+    end
+    rel[#rel + 1] = s
+  end
+  local ok, data, mtime = pcall(core._http_readfile, st.root, st.root .. "/" .. concat(rel, "/"))
+  if not ok then
+    if type(data) == "table" and data.kind == "not_found" then
+      return { status = 404, body = "Not Found\n" }
+    end
+    error(data, 0)
+  end
+  local modified = http_date(mtime)
+  if req.headers["if-modified-since"] == modified then
+    return { status = 304, headers = { ["Last-Modified"] = modified } }
+  end
+  local ext = rel[#rel]:match("%.([%w]+)$")
+  return { status = 200, body = data, headers = {
+    ["Content-Type"] = MIME[ext and lower(ext) or ""] or "application/octet-stream",
+    ["Last-Modified"] = modified } }
+end
+
 local function match(r, segs)
   local parts = r.parts
   if #parts ~= #segs then return nil end
@@ -589,6 +654,13 @@ route_request = function(self, req, res)
       allowed = allowed or {}
       for _, m in ipairs(r.order) do allowed[#allowed + 1] = m end
       if r.methods.GET and not r.methods.HEAD then allowed[#allowed + 1] = "HEAD" end
+    end
+  end
+  if self.statics then
+    -- Path segments are matched decoded, so "%2e%2e" is ".." here and refused.
+    for _, st in ipairs(self.statics) do
+      local ret = serve_static(st, req, segs)
+      if ret then return ret end
     end
   end
   if allowed then

@@ -457,3 +457,42 @@ describe("async.http.serve failures", function()
     async.sleep(0.1)
   end)
 end)
+
+describe("router:static", function()
+  after_each(assert_clean)
+
+  local dir
+  setup(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    os.execute(("mkdir -p %s/pub/sub && printf 'body{}' > %s/pub/site.css && " ..
+      "printf 'secret' > %s/secret.txt && printf 'deep' > %s/pub/sub/x.txt && " ..
+      "ln -s %s/secret.txt %s/pub/link.txt"):format(dir, dir, dir, dir, dir, dir))
+  end)
+  teardown(function() os.execute("rm -rf " .. dir) end)
+
+  it("serves files with a type by extension, Last-Modified and 304", function()
+    local app = async.http.router():static("/assets", dir .. "/pub")
+    local srv <close> = serve(app)
+    local r = async.fetch(url(srv, "/assets/site.css"))
+    assert.are.equal(200, r.status)
+    assert.are.equal("body{}", r:text())
+    assert.are.equal("text/css; charset=utf-8", r.headers["content-type"])
+    assert.are.equal("deep", async.fetch(url(srv, "/assets/sub/x.txt")):text())
+    local lm = r.headers["last-modified"]
+    assert.is_truthy(lm:match("GMT$"))
+    local r2 = async.fetch(url(srv, "/assets/site.css"), { headers = { ["If-Modified-Since"] = lm } })
+    assert.are.equal(304, r2.status)
+  end)
+
+  it("answers 404 for paths escaping the directory, encoded or not, and symlinks out", function()
+    local app = async.http.router():static("/assets", dir .. "/pub")
+    local srv <close> = serve(app)
+    for _, p in ipairs { "/assets/../secret.txt", "/assets/%2e%2e/secret.txt",
+      "/assets/sub/..%2F..%2Fsecret.txt", "/assets/link.txt", "/assets/nope", "/assets/sub" } do
+      local out = raw(srv, "GET " .. p .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      assert.are.equal("404", out:match("^HTTP/1.1 (%d+)"), p)
+      assert.is_falsy(out:find("secret"), p)
+    end
+  end)
+end)

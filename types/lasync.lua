@@ -595,6 +595,10 @@ function async.http.serve(handler, opts) end
 ---@return lasync.http.Router
 function async.http.router() end
 
+---Content types of app:static by file extension (lower case, without the dot); add to it.
+---@type table<string, string>
+async.http.mime_types = {}
+
 ---Decodes "a=1&b=2&a=3" into {a = {"1", "3"}, b = "2"}.
 ---@param s string
 ---@return table
@@ -635,6 +639,12 @@ function Router:delete(pattern, handler, opts) end
 function Router:patch(pattern, handler, opts) end
 ---@return lasync.http.Router
 function Router:options(pattern, handler, opts) end
+---Serves GET and HEAD of `prefix/<path>` from `dir/<path>` (Content-Type by extension,
+---Last-Modified, 304 on If-Modified-Since); a path escaping `dir` is 404.
+---@param prefix string
+---@param dir string
+---@return lasync.http.Router
+function Router:static(prefix, dir) end
 
 ---@class lasync.http.Request
 ---@field method string

@@ -25,6 +25,8 @@
 
 #include "private.h"
 
+void lasync__open_static(lua_State *L); /* static.c */
+
 #define SERVER_MT "lasync.HttpListener"
 #define CONN_MT "lasync.HttpConn"
 #define SLAB_SIZE (64 * 1024)
@@ -1314,4 +1316,5 @@ void lasync__open_server(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, CONN_MT ".boxes");
   lua_pushcfunction(L, l_listen);
   lua_setfield(L, -2, "_http_listen");
+  lasync__open_static(L);
 }
