@@ -567,7 +567,6 @@ local MIME = {
   wasm = "application/wasm", pdf = "application/pdf", woff = "font/woff", woff2 = "font/woff2",
   lua = "text/plain; charset=utf-8", csv = "text/csv; charset=utf-8",
 }
-http.mime_types = MIME
 
 local function http_date(t) return os.date("!%a, %d %b %Y %H:%M:%S GMT", t) end
 

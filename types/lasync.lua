@@ -595,10 +595,6 @@ function async.http.serve(handler, opts) end
 ---@return lasync.http.Router
 function async.http.router() end
 
----Content types of app:static by file extension (lower case, without the dot); add to it.
----@type table<string, string>
-async.http.mime_types = {}
-
 ---Decodes "a=1&b=2&a=3" into {a = {"1", "3"}, b = "2"}.
 ---@param s string
 ---@return table
