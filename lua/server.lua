@@ -213,6 +213,7 @@ local function send_head(res, mode, body)
     h[#h + 1] = "close"
   end
   res._chunked = res._conn:respond(res._status, h, body, mode)
+  if body and mode == "full" then res._bytes = #body end
 end
 
 --- res:write(...): the headers first (chunked), then the pieces; suspends under backpressure
@@ -235,6 +236,7 @@ function Response:write(...)
   end
   if self._head_only then return end
   self._conn:write(s, self._chunked)
+  self._bytes = (self._bytes or 0) + #s
 end
 
 --- res:finish([body]): ends the response; with a body and no write before, it is sent whole
@@ -333,8 +335,44 @@ local function handle(srv, req, res)
   end
 end
 
+-- The access log: one line per request, in the common log format plus the time taken. Lines
+-- are gathered and written by the server's logger task, one write per loop turn at most.
+local function log_request(srv, req, res, ok)
+  local remote = req.remote
+  local line = format('%s - - [%s] "%s %s HTTP/%s" %s %d %.1fms\n',
+    remote and remote.host or "-", os.date("!%d/%b/%Y:%H:%M:%S +0000"), req.method, req.target,
+    req.http_version, (ok or res._sent) and tostring(res._status) or "-", res._bytes or 0,
+    (core.now() - req._t0) * 1000)
+  local sink = srv.log
+  if type(sink) == "function" then
+    local pok, e = pcall(sink, line)
+    if not pok then report("async.http.serve: the log function failed: " .. tostring(e)) end
+    return
+  end
+  local buf = srv.log_buf
+  buf[#buf + 1] = line
+  local wake = srv.log_wake
+  if wake then
+    srv.log_wake = nil
+    wake:set(true)
+  end
+end
+
+local function logger(srv)
+  while true do
+    local f = core.future()
+    srv.log_wake = f
+    f:await()
+    async.sleep(0)
+    local buf = srv.log_buf
+    srv.log_buf = {}
+    io.stderr:write(concat(buf))
+  end
+end
+
 local function run_request(srv, conn, req, res)
   local ok, err = xpcall(handle, traceback, srv, req, res)
+  if srv.log then log_request(srv, req, res, ok) end
   local live = srv.live
   live[conn] = nil
   srv.active = srv.active - 1
@@ -372,7 +410,7 @@ local function on_request(srv, conn)
   local req = setmetatable({
     method = method, target = target, path = path_unescape(path),
     query_string = qs ~= "" and qs or nil, http_version = "1." .. minor, _list = list,
-    _conn = conn, params = {},
+    _conn = conn, params = {}, _t0 = srv.log and core.now() or nil,
   }, Request)
   local res = setmetatable({ _conn = conn, _status = 200, _headers = {},
     _head_only = method == "HEAD", _closing = srv.stopping }, Response)
@@ -410,7 +448,7 @@ local SERVE_OPTS = {
   host = "string", port = "number", backlog = "number", max_connections = "number",
   max_header_bytes = "number", max_headers = "number", max_body = "number",
   header_timeout = "number", keepalive_timeout = "number", request_timeout = "number",
-  cancel_on_disconnect = "boolean", on_error = "function", log = "boolean",
+  cancel_on_disconnect = "boolean", on_error = "function", log = true,
 }
 
 local servers = setmetatable({}, { __mode = "k" })
@@ -432,7 +470,11 @@ function http.serve(handler, opts)
   for k, v in pairs(opts) do
     local want = SERVE_OPTS[k]
     if not want then error(format("%s: unknown option '%s'", fname, tostring(k)), 2) end
-    if type(v) ~= want then bad_opt(fname, k, want, v) end
+    if want == true then
+      if type(v) ~= "boolean" and type(v) ~= "function" then bad_opt(fname, k, "boolean or function", v) end
+    elseif type(v) ~= want then
+      bad_opt(fname, k, want, v)
+    end
   end
   local port = opts.port or 0
   if mtype(port) ~= "integer" or port < 0 or port > 65535 then
@@ -444,7 +486,9 @@ function http.serve(handler, opts)
   local srv = setmetatable({
     listener = lsn, dispatch = dispatch, live = {}, active = 0, host = host,
     cancel_on_disconnect = opts.cancel_on_disconnect ~= false, on_error = opts.on_error,
+    log = opts.log or nil, log_buf = {},
   }, Server)
+  if srv.log == true then srv.logger = spawn(logger, srv) end
   srv.port = lsn:port()
   srv.dispatcher = spawn(dispatcher, srv)
   servers[srv] = true
@@ -484,6 +528,11 @@ function Server:close(opts)
   end
   self.dispatcher:cancel("server closed")
   self.listener:close_all()
+  if self.logger then
+    self.logger:cancel("server closed")
+    if #self.log_buf > 0 then io.stderr:write(concat(self.log_buf)); self.log_buf = {} end
+    if in_task() then pcall(self.logger.await, self.logger) end
+  end
   if in_task() then pcall(self.dispatcher.await, self.dispatcher) end
   servers[self] = nil
 end

@@ -151,6 +151,17 @@ describe("async.http.serve", function()
     assert.is_truthy(table.concat(rest):find("ten$"))
   end)
 
+  it("writes an access log line per request when asked", function()
+    local lines = {}
+    local srv <close> = serve(function(req) return req.path == "/x" and "twelve bytes" or nil end,
+      { log = function(line) lines[#lines + 1] = line end })
+    async.fetch(url(srv, "/x?q=1"))
+    async.fetch(url(srv, "/none"))
+    assert.are.equal(2, #lines)
+    assert.is_truthy(lines[1]:find('^127%.0%.0%.1 %- %- %[.-%] "GET /x%?q=1 HTTP/1%.1" 200 12 [%d.]+ms\n$'))
+    assert.is_truthy(lines[2]:find('"GET /none HTTP/1%.1" 204 0'))
+  end)
+
   it("works with the curl command", function()
     local srv <close> = serve(function(req) return req.method .. " " .. req:body() end)
     -- curl runs in the background (io.popen would block the loop that must answer it).

@@ -583,7 +583,7 @@ function async.http.client(opts) end
 ---@field request_timeout? number seconds a handler may run (default 30; then 503)
 ---@field cancel_on_disconnect? boolean default true
 ---@field on_error? fun(err: any, req: lasync.http.Request) instead of the report on stderr
----@field log? boolean reserved: the access log is not implemented yet
+---@field log? boolean|fun(line: string) an access log line per request: to stderr (batched), or to the function
 
 ---Serves HTTP/1.1 on TCP: each request runs `handler(req, res)` (or the router) in a task.
 ---@param handler fun(req: lasync.http.Request, res: lasync.http.Response): any|lasync.http.Router
