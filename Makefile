@@ -42,7 +42,8 @@ sanitize: deps
 # Memcheck over the embedding tests, the allocation-failure sweep and a few core specs: invalid
 # accesses, uninitialised reads and definite or possible leaks fail it (a few minutes at most).
 VALGRIND = valgrind -q --error-exitcode=1 --leak-check=full --track-origins=yes
-VALGRIND_SPECS = spec/sleep_spec.lua spec/gather_spec.lua spec/cancel_spec.lua spec/future_spec.lua spec/errors_spec.lua
+VALGRIND_SPECS = spec/sleep_spec.lua spec/gather_spec.lua spec/cancel_spec.lua spec/future_spec.lua spec/errors_spec.lua \
+  spec/server_spec.lua
 valgrind: build
 	@.ci/deps valgrind
 	$(VALGRIND) $(BUILD)/embed_test
