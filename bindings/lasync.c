@@ -57,7 +57,7 @@ static const char *const LUA_PARTS[] = {
   "http/client",  /* async.fetch, Response, retries */
   "http/pool",    /* async.http.client: defaults and connection limits, on semaphores */
   "net",          /* async.net */
-  "server",       /* async.http.serve, async.http.router: after net and http */
+  "http/server",  /* async.http.serve, async.http.router: after net and http */
   NULL};
 
 int luaopen_lasync(lua_State *L) {

@@ -246,7 +246,7 @@ static void build_plan(lua_State *L, char **argv, int argc, int script, int flag
 /* libuv calls this on SIGINT: the first cancels every task so cleanup runs; the second does not
  * wait. */
 /* The first SIGINT or SIGTERM while HTTP servers are open closes them gracefully (5 s, see
- * async.http.close_servers in lua/server.lua) and cancels nothing else; the next one cancels
+ * async.http.close_servers in lua/http/server.lua) and cancels nothing else; the next one cancels
  * everything, as a first one does when no server is open. */
 static int close_servers(void) {
   lua_State *L = runtime->L;

@@ -1,5 +1,5 @@
 /* The HTTP server's connections: llhttp on libuv TCP handles, the C half of async.http.serve
- * (lua/server.lua holds the policy: a task per request, the router, what a handler returns).
+ * (lua/http/server.lua holds the policy: a task per request, the router, what a handler returns).
  *
  * Connections live in C alone until a request head is complete: accepting, reading, parsing,
  * the timeouts of idle and slow clients and the refusals (400, 408, 413, 431, 501) involve no

@@ -1,4 +1,4 @@
-/* Reading a file for the server's static routes (app:static in lua/server.lua), on libuv's fs
+/* Reading a file for the server's static routes (app:static in lua/http/server.lua), on libuv's fs
  * requests until async.fs exists: one request (io/req.c) runs the chain realpath, open, fstat,
  * read..., close on its one uv_fs_t, and the task resumes once, with the whole file or an
  * error. The real path is checked against the root's, so a symlink out of the directory reads
