@@ -119,6 +119,16 @@ describe("async.http.serve", function()
     assert.is_truthy(out:find("\r\n\r\n$"))
   end)
 
+  it("answers HEAD on a streamed response without any chunk, and keeps the connection", function()
+    local srv <close> = serve(function(req, res) res:write("streamed") end)
+    local out = raw(srv, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n" ..
+      "Connection: close\r\n\r\n")
+    local first, second = out:match("^(HTTP/1.1 200.-\r\n\r\n)(HTTP/1.1 200.*)$")
+    assert.is_truthy(first, out)
+    assert.is_truthy(first:find("Transfer%-Encoding: chunked"))
+    assert.is_truthy(second:find("8\r\nstreamed\r\n0\r\n\r\n$"))
+  end)
+
   it("keeps a connection alive and answers pipelined requests in order", function()
     local order = {}
     local srv <close> = serve(function(req)

@@ -173,6 +173,11 @@ static void conn_on_free(lasync__handle *h) {
   lasync__buffer_free(&c->body);
   free(c->spans);
   if (sv->pending_accept) try_accept(sv);
+  if (sv->nconns == 0 && sv->listener == NULL && sv->waiter) {
+    lasync__task *t = sv->waiter; /* the dispatcher's work is over */
+    sv->waiter = NULL;
+    lasync__wake(t);
+  }
   server_unref(sv);
 }
 
@@ -343,9 +348,9 @@ static const char *reason(int status) {
 
 /* "Date: Tue, 01 Dec 2026 22:03:40 GMT\r\n", formatted once a second. */
 static const char *date_line(size_t *len) {
-  static char line[64];
-  static size_t n;
-  static time_t last = (time_t)-1;
+  static _Thread_local char line[64]; /* per thread: runtimes may live on several */
+  static _Thread_local size_t n;
+  static _Thread_local time_t last = (time_t)-1;
   time_t now = time(NULL);
   if (now != last) {
     struct tm tm;
@@ -739,7 +744,7 @@ static void listener_on_free(lasync__handle *h) { server_unref(((listener *)h)->
 static void listener_on_close(lasync__handle *h) {
   server *sv = ((listener *)h)->sv;
   sv->listener = NULL;
-  if (sv->waiter) {
+  if (sv->waiter && sv->nconns == 0) {
     lasync__task *t = sv->waiter;
     sv->waiter = NULL;
     lasync__wake(t);
@@ -928,7 +933,11 @@ static int next_finish(lua_State *L, lasync__task *t, void *data) {
   lua_settop(L, 0);
   n = pop_event(L, sv);
   if (n) return n;
-  return 0; /* the listener closed */
+  if (sv->listener == NULL && sv->nconns == 0) return 0; /* the server has ended */
+  /* Woken for an event that went with its connection: the dispatcher asks again. */
+  lua_pushnil(L);
+  lua_pushliteral(L, "again");
+  return 2;
 }
 
 /* srv:next() -> conn, "request" | "gone"; nothing once the server has stopped. */
@@ -940,7 +949,8 @@ static int srv_next(lua_State *L) {
   if (sv == NULL) return 0;
   n = pop_event(L, sv);
   if (n) return n;
-  if (sv->listener == NULL) return 0;
+  /* After stop, connections still in flight may report a disconnect or a timeout. */
+  if (sv->listener == NULL && sv->nconns == 0) return 0;
   sv->waiter = t;
   return lasync__suspend(L, t, &NEXT_OPS, sv);
 }

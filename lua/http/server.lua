@@ -212,7 +212,8 @@ local function send_head(res, mode, body)
     h[#h + 1] = "Connection"
     h[#h + 1] = "close"
   end
-  res._chunked = res._conn:respond(res._status, h, body, mode)
+  -- A HEAD response announces chunked but sends no chunks, not even the last one.
+  res._chunked = res._conn:respond(res._status, h, body, mode) and not res._head_only
   if body and mode == "full" then res._bytes = #body end
 end
 
@@ -423,8 +424,9 @@ local function dispatcher(srv)
   local lsn = srv.listener
   while true do
     local conn, ev = lsn:next()
-    if not conn then return end
-    if ev == "request" then
+    if not conn then
+      if ev ~= "again" then return end
+    elseif ev == "request" then
       on_request(srv, conn)
     elseif ev == "timeout" then
       local live = srv.live[conn]
