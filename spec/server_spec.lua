@@ -517,3 +517,47 @@ describe("router:static", function()
     end
   end)
 end)
+
+describe("the lasync host with a server", function()
+  local sub = require "subprocess"
+  after_each(function() sub.cleanup(); assert_clean() end)
+
+  it("closes servers gracefully on SIGTERM: the request in flight is answered, then it exits", function()
+    if not sub.LASYNC then pending("LASYNC is not set (not run by CTest)"); return end
+    local portfile = sub.tmpfile()
+    local script = sub.tmpfile(([[
+local async = require "lasync"
+local srv = async.http.serve(function() async.sleep(0.5); return "finished" end)
+local f = io.open(%q, "w"); f:write(srv.port); f:close()
+]]):format(portfile))
+    local status = sub.tmpfile()
+    os.execute(("(%s %s; echo $? > %s.rc) > %s.out 2>&1 & echo $! > %s.pid"):format(
+      sub.LASYNC, sub.q(script), status, status, status))
+    local port
+    for _ = 1, 500 do
+      port = tonumber(sub.slurp(portfile))
+      if port then break end
+      async.sleep(0.01)
+    end
+    assert.is_truthy(port, "the server did not start")
+    local conn = async.net.connect("127.0.0.1", port)
+    conn:write("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async.sleep(0.1)
+    -- The shell's pid is the subshell's; its child is lasync.
+    os.execute(("pkill -TERM -P $(cat %s.pid)"):format(status))
+    local got = {}
+    async.timeout(10, function() for s in function() return conn:read() end do got[#got + 1] = s end end)
+    conn:close()
+    local out = table.concat(got)
+    assert.is_truthy(out:find("Connection: close"), out)
+    assert.is_truthy(out:find("finished$"), out)
+    local rc
+    for _ = 1, 500 do
+      rc = sub.slurp(status .. ".rc"):match("%d+")
+      if rc then break end
+      async.sleep(0.01)
+    end
+    os.remove(status .. ".rc"); os.remove(status .. ".out"); os.remove(status .. ".pid")
+    assert.are.equal("0", rc)
+  end)
+end)
