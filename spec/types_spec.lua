@@ -56,6 +56,11 @@ local INSTANCES = {
     end
     return srv, conn, other
   end,
+  function(done) -- a thread pool (lasync.ThreadPool)
+    local pool = async.thread.pool({ size = 1 })
+    done[#done + 1] = function() pool:close() end
+    return pool
+  end,
 }
 
 -- ---- what the types file defines ----

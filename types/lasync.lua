@@ -250,6 +250,8 @@ function async.run(fn, ...) end
 ---| "queue_empty" # q:get_nowait
 ---| "queue_closed" # a put on a closed queue
 ---| "closed" # streams: the stream ended, was closed, or failed (see `code`)
+---| "listen" # async.net.listen: cannot listen (see `code`, as `"EADDRINUSE"`)
+---| "accept" # a server could not accept a connection (see `code`)
 ---| "line_too_long" # stream:read_line past max_line
 ---| "nomem" # not enough memory for a stream or a request
 ---| string
@@ -746,6 +748,7 @@ function async.net.connect(host, port, opts) end
 ---@field port? integer default 0: any free port (read it from `srv.port`)
 ---@field backlog? integer default 511
 ---@field max_connections? integer at most this many handlers at once; accepting pauses beyond
+---@field on_error? fun(err: any, conn: lasync.Stream) gets a handler's error instead of stderr
 
 ---Listens on TCP and runs `handler(conn)` in a task of its own for each connection; the
 ---connection is closed when the handler returns. A handler's error is reported, not raised.
@@ -796,9 +799,10 @@ local Stream = {}
 ---@return string?
 function Stream:read(n) end
 
----Exactly `n` bytes; raises kind `"closed"`, code `"EOF"` if the stream ends first.
+---Exactly `n` bytes; nil if the stream ends before the first of them; raises kind `"closed"`,
+---code `"EOF"` (the bytes received in `err.partial`) if it ends midway.
 ---@param n integer
----@return string
+---@return string?
 function Stream:read_exactly(n) end
 
 ---The next line without its LF or CRLF (the last may lack one), or nil at the end.
@@ -833,5 +837,59 @@ function Stream:stats() end
 ---Sets this stream's bounds.
 ---@param limits lasync.StreamLimits
 function Stream:set_limits(limits) end
+-- Worker threads (docs/threads.md)
+
+---Runs `fn(...)` on a worker thread of the default pool and returns its values; the calling task
+---suspends meanwhile and other tasks run. `fn` is a Lua function whose only upvalue is `_ENV`,
+---or a `"module.function"` / `"module:function"` name the worker resolves with `require`.
+---Arguments and results are copied (docs/threads.md: nil, booleans, numbers, strings, tables,
+---functions without upvalues); anything else is an error of kind `invalid` naming its path.
+---A job's error is raised as an error of kind `thread` with `traceback` and `value`.
+---@param fn function|string
+---@param ... any
+---@return any ...
+function async.to_thread(fn, ...) end
+
+---The same as `async.to_thread`, under asyncio's name.
+---@param fn function|string
+---@param ... any
+---@return any ...
+function async.run_in_executor(fn, ...) end
+
+---@class lasync.ThreadPoolOptions
+---@field size? integer threads at most (default: the CPUs available, or LASYNC_THREADS)
+---@field max_queue? integer jobs waiting at most; `run` suspends while it is full (0: no limit)
+---@field max_memory? integer MiB each worker's Lua state may hold (0: no cap)
+
+---Thread pools. `async.thread.default` is the pool `async.to_thread` uses.
+async.thread = {}
+
+---A pool of its own, with its own threads, made lazily as jobs arrive.
+---@param opts? lasync.ThreadPoolOptions
+---@return lasync.ThreadPool
+function async.thread.pool(opts) end
+
+---@class lasync.ThreadPool
+local ThreadPool = {}
+
+---Runs `fn(...)` on one of the pool's threads and returns its values (see async.to_thread).
+---@param fn function|string
+---@param ... any
+---@return any ...
+function ThreadPool:run(fn, ...) end
+
+---Runs `fn(item)` for each item on the pool; the first results in order, like async.map.
+---@param fn function|string
+---@param items any[]
+---@return any[]
+function ThreadPool:map(fn, items) end
+
+---Fails the queued jobs (kind `closed`), waits for the running ones, joins the threads. In a
+---task it suspends meanwhile. Also called by `<close>`.
+function ThreadPool:close() end
+
+---The number of threads the pool runs at most.
+---@return integer
+function ThreadPool:size() end
 
 return async
