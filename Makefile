@@ -32,6 +32,7 @@ demo: build
 	examples/with_server.sh $(BUILD)/lasync examples/fetch_json_posts.lua
 	examples/with_server.sh $(BUILD)/lasync examples/crawl.lua examples/urls.txt
 	$(BUILD)/lasync examples/files_and_processes.lua
+	$(BUILD)/lasync examples/summary.lua
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, leak detection on.
 sanitize: deps
@@ -63,7 +64,8 @@ format:
 # Memcheck over the embedding tests, the allocation-failure sweep, the thread pool and a few core specs: invalid
 # accesses, uninitialised reads and definite or possible leaks fail it (a few minutes at most).
 VALGRIND = valgrind -q --error-exitcode=1 --leak-check=full --track-origins=yes
-VALGRIND_SPECS = spec/sleep_spec.lua spec/gather_spec.lua spec/cancel_spec.lua spec/future_spec.lua spec/errors_spec.lua
+VALGRIND_SPECS = spec/sleep_spec.lua spec/gather_spec.lua spec/cancel_spec.lua spec/future_spec.lua spec/errors_spec.lua \
+  spec/server_spec.lua
 valgrind: build
 	@.ci/deps valgrind
 	$(VALGRIND) $(BUILD)/embed_test

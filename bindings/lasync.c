@@ -60,6 +60,7 @@ static const char *const LUA_PARTS[] = {
   "thread",       /* async.to_thread, async.thread.pool: builds on scope's map */
   "fs",           /* async.fs: files and paths */
   "process",      /* async.process: child processes, builds on async.timeout and streams */
+  "http/server",  /* async.http.serve, async.http.router: after net and http */
   NULL};
 
 int luaopen_lasync(lua_State *L) {
@@ -78,6 +79,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_thread(L);
   lasync__open_fs(L);
   lasync__open_process(L);
+  lasync__open_server(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");
   lasync__load_lua(L, "lasync", LASYNC__LIB_CHUNK);

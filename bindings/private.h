@@ -496,6 +496,7 @@ void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);
 void lasync__open_json(lua_State *L); /* http/json.c */
+void lasync__open_server(lua_State *L); /* http/server.c */
 
 /* thread/pool.c: C work items on the default thread pool, behind lasync.h's lasync_work. */
 typedef struct lasync__work lasync__work;

@@ -54,6 +54,23 @@ static void on_signal(int signum) {
   uv_async_send(&signal_async);
 }
 
+/* While HTTP servers are open, a first SIGINT or SIGTERM closes them gracefully (5 s, see
+ * async.http.close_servers in lua/http/server.lua) instead of cancelling every task: responses
+ * in flight are finished with Connection: close. A second signal exits at once, as always. */
+static int close_servers(lasync__runtime *rt) {
+  lua_State *L = rt->L;
+  int took = 0, top = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lasync");
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_getfield(L, -1, "http") == LUA_TTABLE &&
+      lua_getfield(L, -1, "close_servers") == LUA_TFUNCTION) {
+    lua_pushnumber(L, 5);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
+  }
+  lua_settop(L, top);
+  return took;
+}
+
 /* libuv calls this on the loop after on_signal. */
 static void on_signal_async(uv_async_t *handle) {
   int signum = signal_pending;
@@ -62,6 +79,7 @@ static void on_signal_async(uv_async_t *handle) {
   signal_pending = 0;
   if (signum == 0) return;
   if (signum == SIGINT && !stopping && lasync__repl_interrupt(runtime)) return;
+  if (close_servers(runtime)) return;
   lasync__cancel_all(runtime, signum == SIGTERM ? "terminated" : "interrupted");
 }
 

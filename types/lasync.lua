@@ -572,6 +572,118 @@ async.http.Response = Response
 ---@return lasync.Client
 function async.http.client(opts) end
 
+---@class lasync.ServeOptions
+---@field host? string IP address to listen on (default "127.0.0.1")
+---@field port? integer 0 (the default) picks a free one
+---@field backlog? integer
+---@field max_connections? integer accepting pauses beyond it
+---@field max_header_bytes? integer default 16384 (beyond: 431)
+---@field max_headers? integer default 100 (beyond: 431)
+---@field max_body? integer default 1 MiB (beyond: 413, before reading it)
+---@field header_timeout? number seconds from the connection's start to a complete head (408)
+---@field keepalive_timeout? number seconds an idle keep-alive connection is kept (default 5)
+---@field request_timeout? number seconds a handler may run (default 30; then 503)
+---@field cancel_on_disconnect? boolean default true
+---@field on_error? fun(err: any, req: lasync.http.Request) instead of the report on stderr
+---@field log? boolean|fun(line: string) an access log line per request: to stderr (batched), or to the function
+
+---Serves HTTP/1.1 on TCP: each request runs `handler(req, res)` (or the router) in a task.
+---@param handler fun(req: lasync.http.Request, res: lasync.http.Response): any|lasync.http.Router
+---@param opts? lasync.ServeOptions
+---@return lasync.http.Server
+function async.http.serve(handler, opts) end
+
+---A router: `app:get("/items/{id}", fn)`; unknown paths are 404, wrong methods 405 with Allow.
+---@return lasync.http.Router
+function async.http.router() end
+
+---Decodes "a=1&b=2&a=3" into {a = {"1", "3"}, b = "2"}.
+---@param s string
+---@return table
+function async.http.decode_form(s) end
+
+---Closes every open server gracefully (what the host does on SIGINT and SIGTERM).
+---@param grace? number
+---@return lasync.Task[]
+function async.http.close_servers(grace) end
+
+---@class lasync.http.Server
+---@field port integer
+---@field host string
+local HttpServer = {}
+
+---Stops accepting, closes idle connections, sends Connection: close on in-flight responses,
+---waits up to `grace` seconds for them, then cancels the handlers still running.
+---@param opts? {grace?: number}
+function HttpServer:close(opts) end
+
+---@class lasync.http.Router
+local Router = {}
+---@param method string
+---@param pattern string
+---@param handler function
+---@param opts? {cancel_on_disconnect?: boolean}
+---@return lasync.http.Router
+function Router:route(method, pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:get(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:post(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:put(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:delete(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:patch(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:options(pattern, handler, opts) end
+---Serves GET and HEAD of `prefix/<path>` from `dir/<path>` (Content-Type by extension,
+---Last-Modified, 304 on If-Modified-Since); a path escaping `dir` is 404.
+---@param prefix string
+---@param dir string
+---@return lasync.http.Router
+function Router:static(prefix, dir) end
+
+---@class lasync.http.Request
+---@field method string
+---@field path string decoded
+---@field target string as sent
+---@field query table decoded; repeated keys as arrays
+---@field query_string? string
+---@field params table from {name} segments
+---@field headers table case-insensitive; repeated headers joined with ", "
+---@field headers_list {[1]: string, [2]: string}[] in order, with repeats
+---@field remote? lasync.Address
+---@field http_version string
+local Request = {}
+---@return string
+function Request:body() end
+---@return any
+function Request:json() end
+---@return string?
+function Request:read() end
+---@return fun(): string?
+function Request:chunks() end
+---@return table
+function Request:form() end
+---@param name string
+---@return string?
+function Request:header(name) end
+
+---@class lasync.http.Response
+local HttpResponse = {}
+---@param code integer
+---@return lasync.http.Response
+function HttpResponse:status(code) end
+---@param name string
+---@param value string
+---@return lasync.http.Response
+function HttpResponse:header(name, value) end
+---Sends the headers (chunked) on the first call, then the pieces; suspends under backpressure.
+function HttpResponse:write(...) end
+---@param body? string
+function HttpResponse:finish(body) end
+
 ---@class lasync.Client
 local Client = {}
 
