@@ -47,7 +47,8 @@ sanitize: deps
 LINT_C = $(wildcard bindings/http/*.c bindings/http/*.h) bindings/io/buffer.c \
   spec/c/buffer_test.c $(wildcard bindings/thread/*.c bindings/thread/*.h) host/work.c \
   spec/c/work_test.c host/lineedit.c host/lineedit.h host/signals.c
-LINT_LUA = lua/lasync.lua lua/sync.lua lua/scope.lua lua/host.lua lua/http \
+LINT_LUA = lua/lasync.lua lua/sync.lua lua/scope.lua lua/host.lua \
+  lua/http/client.lua lua/http/options.lua lua/http/pool.lua \
   spec/fetch_spec.lua spec/fetch_stream_spec.lua spec/fetch_faults_spec.lua \
   spec/fetch_retry_spec.lua spec/fetch_options_spec.lua lua/thread.lua spec/thread_spec.lua \
   bench/threads.lua examples/threads_ticker.lua \
