@@ -309,7 +309,7 @@ describe("async.thread.pool", function()
     os.remove(b)
   end)
 
-  it("suspends run while the queue is full (max_queue)", function()
+  it("suspends run while the queue is full (max_queue) #timing", function()
     local pool <close> = async.thread.pool({ size = 1, max_queue = 1 })
     local tasks = {}
     for i = 1, 3 do tasks[i] = async.spawn(pool.run, pool, function(s, x) local t0 = os.clock()
@@ -323,7 +323,7 @@ describe("async.thread.pool", function()
     assert.are.same({ 1, 2, 3, n = 3 }, async.gather(tasks))
   end)
 
-  it("leaves nothing behind when a task waiting for room in the queue is cancelled", function()
+  it("leaves nothing behind when a task waiting for room in the queue is cancelled #timing", function()
     local pool <close> = async.thread.pool({ size = 1, max_queue = 1 })
     local running = async.spawn(pool.run, pool, busy, 0.2)
     local queued = async.spawn(pool.run, pool, identity, "queued")
@@ -374,7 +374,7 @@ describe("async.thread.pool", function()
     assert.are.equal(3, pool:run(function(x) return x + 1 end, 2))
   end)
 
-  it("starts no thread before the first job, and LASYNC_THREADS sets the default size", function()
+  it("starts no thread before the first job, and LASYNC_THREADS sets the default size #timing", function()
     if not sub.LASYNC then return pending("needs the lasync executable") end
     local out, err, code = sub.run_script([[
       local async = require "lasync"
