@@ -323,7 +323,8 @@ describe("async.thread.pool", function()
     assert.are.same({ 1, 2, 3, n = 3 }, async.gather(tasks))
   end)
 
-  it("leaves nothing behind when a task waiting for room in the queue is cancelled #timing", function()
+  it("leaves nothing behind when a task waiting for room in the queue is cancelled #timing",
+    function()
     local pool <close> = async.thread.pool({ size = 1, max_queue = 1 })
     local running = async.spawn(pool.run, pool, busy, 0.2)
     local queued = async.spawn(pool.run, pool, identity, "queued")
@@ -335,7 +336,8 @@ describe("async.thread.pool", function()
     assert.are.equal("queued", queued:await())
   end)
 
-  it("leaves nothing behind when a task in close() is cancelled: the pool closes anyway #timing", function()
+  it("leaves nothing behind when a task in close() is cancelled: the pool closes anyway #timing",
+    function()
     local pool = async.thread.pool({ size = 1 })
     local running = async.spawn(pool.run, pool, busy, 0.2)
     async.sleep(0.05)
@@ -347,7 +349,8 @@ describe("async.thread.pool", function()
     assert.are.equal("closed", raises(pool.run, pool, identity, 1).kind)
   end)
 
-  it("close() fails the queued jobs, waits for the running one, joins its threads #timing", function()
+  it("close() fails the queued jobs, waits for the running one, joins its threads #timing",
+    function()
     local pool = async.thread.pool({ size = 1 })
     local running = async.spawn(pool.run, pool, busy, 0.2)
     local queued = async.spawn(pool.run, pool, identity, "never")
@@ -374,7 +377,8 @@ describe("async.thread.pool", function()
     assert.are.equal(3, pool:run(function(x) return x + 1 end, 2))
   end)
 
-  it("starts no thread before the first job, and LASYNC_THREADS sets the default size #timing", function()
+  it("starts no thread before the first job, and LASYNC_THREADS sets the default size #timing",
+    function()
     if not sub.LASYNC then return pending("needs the lasync executable") end
     local out, err, code = sub.run_script([[
       local async = require "lasync"
