@@ -157,6 +157,8 @@ struct lasync__runtime {
   int pool_ref;     /* table of idle coroutines, reused by later tasks */
   int pool_len;
   int entry_ref;    /* {xpcall, handler}: what every task body runs under */
+  int owned_ref;    /* weak-keyed: coroutine Lua has seen -> its task, or true when idle */
+  int exposed;      /* owned_ref has entries: task coroutines must be marked (runtime.c) */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */
@@ -317,6 +319,8 @@ void lasync__push_spawn_site(lua_State *L, int task_idx); /* "file:line" */
 void lasync__open_diag(lua_State *L);
 void lasync__debug_spawned(lua_State *L, lasync__runtime *rt, lasync__task *parent);
 void lasync__push_spawn_chain(lua_State *L, int task_idx);
+/* Pushes "task 'name'" or "task spawned at file:line". */
+void lasync__push_task_label(lua_State *L, int task_idx);
 void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, int finished);
 int lasync__task_finished(const lasync__task *t);
 int lasync__trace_handler(lua_State *L);

@@ -38,7 +38,7 @@ static int task_set_name(lua_State *L) {
 }
 
 /* A short label for messages: the name, else where it was spawned. */
-static void push_label(lua_State *L, int task_idx) {
+void lasync__push_task_label(lua_State *L, int task_idx) {
   task_idx = lua_absindex(L, task_idx);
   if (push_name(L, task_idx)) {
     lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
@@ -147,7 +147,7 @@ void lasync__push_spawn_chain(lua_State *L, int task_idx) {
       break;
     }
     lua_replace(L, top + 2);
-    push_label(L, top + 2);
+    lasync__push_task_label(L, top + 2);
     lua_pushfstring(L, "\n\t(spawned by %s)", lua_tostring(L, -1));
     lua_remove(L, -2);
     n++;
@@ -167,7 +167,7 @@ void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, 
   const char *where = "(unknown)";
   int level;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  push_label(L, -1);
+  lasync__push_task_label(L, -1);
   if (!finished && t->co) {
     for (level = 0; lua_getstack(t->co, level, &ar); level++) {
       lua_getinfo(t->co, "Sl", &ar);

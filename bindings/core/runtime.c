@@ -95,6 +95,32 @@ static int new_thread(lua_State *L) {
   return 1;
 }
 
+/* A coroutine of the scheduler that Lua code has seen (coroutine.running, task.c) is recorded
+ * in the owned table for its life, so the wrapped coroutine.resume can refuse it: marks it as
+ * running the task at task_idx of the main thread's stack, or (task_idx 0) as idle. Only
+ * replaces the value of an existing key, which never allocates; unseen ones cost nothing. */
+static void mark_owned(lasync__runtime *rt, lua_State *co, int task_idx) {
+  lua_State *L = rt->L;
+  if (!rt->exposed) return;
+  task_idx = task_idx ? lua_absindex(L, task_idx) : 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    if (task_idx)
+      lua_pushvalue(L, task_idx);
+    else
+      lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  } else {
+    lua_pop(L, 2);
+  }
+}
+
 /* A coroutine for a new task: an idle one from the pool, else a fresh thread. Leaves it on the
  * main thread's stack, or returns NULL with the memory error there: this runs in a libuv
  * callback, outside any protected call, so a fresh thread is made under lua_pcall. */
@@ -110,7 +136,7 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
     return lua_tothread(L, -1);
   }
   lua_pushcfunction(L, new_thread);
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) return NULL;
+  if (lasync__pcall(L, 0, 1) != LUA_OK) return NULL;
   co = lua_tothread(L, -1);
   return co;
 }
@@ -118,6 +144,7 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
 /* Returns a coroutine whose task ended normally to the pool. Its stack must be empty. */
 static void release_coroutine(lasync__runtime *rt, lua_State *co) {
   lua_State *L = rt->L;
+  mark_owned(rt, co, 0);
   if (rt->pool_len >= POOL_MAX || lua_status(co) != LUA_OK) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
   lua_pushthread(co);
@@ -141,6 +168,7 @@ static int start_task(lasync__runtime *rt, lasync__task *t) {
     return -1;
   }
   lua_setiuservalue(L, -2, LASYNC__UV_CO);           /* [task] */
+  mark_owned(rt, co, -1);
   t->co = co;
   t->status = LASYNC__RUNNING;
   lua_checkstack(co, nargs + 3);
@@ -213,6 +241,7 @@ static void fail_task(lasync__runtime *rt, lasync__task *t) {
   lua_xmove(co, L, 1);
   lua_setiuservalue(L, -2, LASYNC__UV_FN);
   lua_resetthread(co);
+  mark_owned(rt, co, 0);
   t->co = NULL;
   lua_pushnil(L);
   lua_setiuservalue(L, -2, LASYNC__UV_CO);
@@ -383,6 +412,12 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   lua_pushcfunction(L, lasync__trace_handler);
   lua_rawseti(L, -2, 2);
   rt->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  rt->owned_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return rt;
 }
 
@@ -427,6 +462,7 @@ void lasync__runtime_detach(lasync__runtime *rt) {
   luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->owned_ref);
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
 }

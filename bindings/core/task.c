@@ -114,6 +114,11 @@ static int on_resume(lua_State *L, int status, lua_KContext ctx) {
   const lasync__awaitable_ops *ops = t->wait_ops;
   void *data = t->wait_data;
   (void)status;
+  if (t->rt->current != t) {
+    /* Resumed by someone other than the scheduler (lua_resume from C, past the wrapped
+     * coroutine.resume): refuse by suspending again, still waiting on the same thing. */
+    return lua_yieldk(L, 0, ctx, on_resume);
+  }
   t->wait_ops = NULL;
   t->wait_data = NULL;
   t->wake = LASYNC__WAKE_NONE;
@@ -524,6 +529,72 @@ static int l_yield(lua_State *L) {
   return lasync__suspend(L, t, &YIELD_OPS, NULL);
 }
 
+/* The scheduler owns its coroutines: a task's (or an idle pooled one) may be resumed or closed
+ * only by it. A luv- or copas-style "resume me from a callback" helper would otherwise return a
+ * task early from whatever it waits on and leave the scheduler pointing at a state that is
+ * gone (issue 14, crash 1). Pushes "false, message" and returns 2 if co is the scheduler's, or
+ * returns 0. */
+static int refuse_owned(lua_State *L, const char *fname) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  if (rt == NULL || rt->owned_ref == LUA_NOREF || lua_type(L, 1) != LUA_TTHREAD) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
+  lua_pushvalue(L, 1);
+  switch (lua_rawget(L, -2)) {
+    case LUA_TUSERDATA:
+      lasync__push_task_label(L, -1);
+      lua_pushboolean(L, 0);
+      lua_pushfstring(L,
+                      "%s: the coroutine belongs to %s; only the scheduler resumes it (wait for a "
+                      "callback with async.future or async.event instead)",
+                      fname, lua_tostring(L, -2));
+      return 2;
+    case LUA_TBOOLEAN:
+      lua_pushboolean(L, 0);
+      lua_pushfstring(L, "%s: the coroutine belongs to the scheduler (an idle task coroutine)",
+                      fname);
+      return 2;
+    default:
+      lua_pop(L, 2);
+      return 0;
+  }
+}
+
+/* coroutine.resume and coroutine.close: Lua's own (upvalue 1), except on the scheduler's
+ * coroutines, where they fail the way they fail on a dead one: false and a message. */
+static int l_coresume(lua_State *L) {
+  if (refuse_owned(L, "coroutine.resume")) return 2;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET); /* Lua's resume never yields: no continuation */
+  return lua_gettop(L);
+}
+
+/* coroutine.running: Lua's own; in a task it also records the coroutine as the scheduler's
+ * (the only way Lua code gets one), for the two above. */
+static int l_corunning(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  if (rt && rt->current && rt->current->co == L && rt->owned_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
+    lua_pushthread(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->ref);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    rt->exposed = 1;
+  }
+  lua_settop(L, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_call(L, 0, 2);
+  return 2;
+}
+
+static int l_coclose(lua_State *L) {
+  if (refuse_owned(L, "coroutine.close")) return 2;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 static int task_cancel(lua_State *L) {
   lasync__task *t = lasync__check_task_arg(L, 1, "task:cancel");
   if (!lua_isnoneornil(L, 2) && !lua_isstring(L, 2))
@@ -651,6 +722,26 @@ void lasync__open_task(lua_State *L) {
   if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
     lua_pushcfunction(L, l_yield);
     lua_setfield(L, -2, "yield");
+    /* Wrapped once per state: a second require must not wrap the wrappers. */
+    if (lua_getfield(L, -1, "resume") == LUA_TFUNCTION && lua_tocfunction(L, -1) != l_coresume) {
+      lua_pushcclosure(L, l_coresume, 1);
+      lua_setfield(L, -2, "resume");
+    } else {
+      lua_pop(L, 1);
+    }
+    if (lua_getfield(L, -1, "close") == LUA_TFUNCTION && lua_tocfunction(L, -1) != l_coclose) {
+      lua_pushcclosure(L, l_coclose, 1);
+      lua_setfield(L, -2, "close");
+    } else {
+      lua_pop(L, 1);
+    }
+    if (lua_getfield(L, -1, "running") == LUA_TFUNCTION &&
+        lua_tocfunction(L, -1) != l_corunning) {
+      lua_pushcclosure(L, l_corunning, 1);
+      lua_setfield(L, -2, "running");
+    } else {
+      lua_pop(L, 1);
+    }
   }
   lua_pop(L, 1);
 }
