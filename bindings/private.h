@@ -113,9 +113,10 @@ enum {
 };
 
 /* A million tasks must fit in a few hundred megabytes, so fields are packed: keep the struct
- * at 96 bytes or less (with its user values, the allocation stays at 208 bytes). */
+ * at 112 bytes or less (with its user values, the allocation stays at 224 bytes). */
 struct lasync__task {
   lasync__runtime *rt;
+  lasync__task *live_prev, *live_next; /* the runtime's live tasks, spawn to settle */
   lua_State *co;              /* the coroutine running it, while it runs */
   const lasync__awaitable_ops *wait_ops; /* what it is suspended on, until its continuation */
   void *wait_data;
@@ -151,7 +152,7 @@ struct lasync__runtime {
   lasync__timer **heap;
   uint32_t heap_len, heap_cap;
   uint32_t timer_seq;
-  lasync__task **ready;   /* ring buffer of ready tasks; cap is a power of two */
+  lasync__task **ready;   /* ring of ready tasks; cap: a power of two >= live tasks (spawn) */
   uint32_t ready_head, ready_len, ready_cap;
   lasync__task *current;
   int pool_ref;     /* table of idle coroutines, reused by later tasks */
@@ -159,6 +160,8 @@ struct lasync__runtime {
   int entry_ref;    /* {xpcall, handler}: what every task body runs under */
   int owned_ref;    /* weak-keyed: coroutine Lua has seen -> its task, or true when idle */
   int exposed;      /* owned_ref has entries: task coroutines must be marked (runtime.c) */
+  int oom_ref;      /* the string "not enough memory", for failing a task without allocating */
+  lasync__task *live_head; /* live tasks, newest first */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */
@@ -399,8 +402,14 @@ void lasync__xqueue_release(lasync__xqueue *q); /* any thread; frees it after th
  * out on other threads and will post back). */
 void lasync__xqueue_hold(lasync__xqueue *q, int delta);
 
-/* runtime.c: the one protected call from C into Lua (see there). */
+/* runtime.c: the one protected call from C into Lua (see there), and its form for a C
+ * function taking one pointer: fn(L) finds ud as a light userdata at index 1; its results and
+ * any error are dropped. Returns the status. */
 int lasync__pcall(lua_State *L, int nargs, int nres);
+int lasync__cpcall(lua_State *L, lua_CFunction fn, void *ud);
+/* Makes room in the ready ring for one more live task; raises a memory error otherwise, so
+ * that waking a task never needs memory. */
+void lasync__reserve_ready(lua_State *L, lasync__runtime *rt);
 
 /* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
 void lasync__open_timer(lua_State *L);

@@ -197,8 +197,9 @@ void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx) {
   }
 }
 
-static void attach_sentinel(lasync__runtime *rt, lasync__task *t) {
-  lua_State *L = rt->L;
+/* Under lasync__cpcall: gives the failed task its sentinel, which holds its report. */
+static int attach_sentinel(lua_State *L) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
   sentinel *s;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                         /* [task] */
   s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 1);   /* [task, s] */
@@ -211,7 +212,15 @@ static void attach_sentinel(lasync__runtime *rt, lasync__task *t) {
   }
   lua_setmetatable(L, -2);
   lua_setiuservalue(L, -2, LASYNC__UV_CO);
-  lua_pop(L, 1);
+  return 0;
+}
+
+/* Under lasync__cpcall: reports the failure at once. */
+static int report_now(lua_State *L) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
+  lasync__push_failure_report(L, t);
+  lasync__report(t->rt, lua_tostring(L, -1));
+  return 0;
 }
 
 /* Hands a failure nobody saw to the embedder's callback, or to stderr. */
@@ -233,12 +242,23 @@ void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int n
     /* Started from C with nobody to await it: the embedder hears of it at once. */
     t->observed = 1;
     rt->unhandled_failures++;
-    lasync__push_failure_report(rt->L, t);
-    lasync__report(rt, lua_tostring(rt->L, -1));
-    lua_pop(rt->L, 1);
+    if (lasync__cpcall(rt->L, report_now, t) != LUA_OK)
+      lasync__report(rt, "not enough memory (and none left to describe the failure)");
   }
-  if (status == LASYNC__FAILED && !t->observed) attach_sentinel(rt, t);
+  if (status == LASYNC__FAILED && !t->observed &&
+      lasync__cpcall(rt->L, attach_sentinel, t) != LUA_OK) {
+    /* No memory to keep the report until collection: it is reported now, once. */
+    t->observed = 1;
+    rt->unhandled_failures++;
+    lasync__report(rt, "not enough memory (and none left to keep its traceback)");
+  }
   lasync__waitlist_settle(&t->waiters);
+  if (t->live_prev)
+    t->live_prev->live_next = t->live_next;
+  else
+    rt->live_head = t->live_next;
+  if (t->live_next) t->live_next->live_prev = t->live_prev;
+  t->live_prev = t->live_next = NULL;
   rt->live_tasks--;
   lasync__unpin(rt, rt->L, t->ref);
   t->ref = LUA_NOREF;
@@ -416,9 +436,13 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
     }
   }
   if (rt->debug) lasync__debug_spawned(L, rt, rt->current);
+  lasync__reserve_ready(L, rt); /* before it counts: raising now leaves nothing behind */
   lua_pushvalue(L, -1);
   t->ref = lasync__pin(rt, L);
   rt->live_tasks++;
+  t->live_next = rt->live_head;
+  if (rt->live_head) rt->live_head->live_prev = t;
+  rt->live_head = t;
   lua_replace(L, fn_idx);
   lua_settop(L, fn_idx);
   lasync__enqueue(t, LASYNC__WAKE_VALUE);
