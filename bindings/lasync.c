@@ -56,6 +56,12 @@ static const char *const LUA_PARTS[] = {
   "scope", /* scopes, wait, map, retry: builds on sync */
   NULL};
 
+/* async._host(): lua/host.lua as a function, the lasync executable's main task. */
+static int l_host(lua_State *L) {
+  lasync__load_lua(L, "host", "=[lasync host]");
+  return 1;
+}
+
 int luaopen_lasync(lua_State *L) {
   const char *const *part;
   if (lasync__runtime_get(L) == NULL) open_module_runtime(L);
@@ -73,5 +79,7 @@ int luaopen_lasync(lua_State *L) {
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1); /* [core, async] */
   for (part = LUA_PARTS; *part; part++) add_lua_calls(L, *part);
+  lua_pushcfunction(L, l_host);
+  lua_setfield(L, -2, "_host");
   return 1;
 }

@@ -59,6 +59,11 @@ typedef struct {
   uv_loop_t *loop;       /* share this loop (not closed by lasync_destroy); NULL: own one */
   lasync_error_cb on_error;
   void *data;            /* for the embedder: lasync_get_data() returns it */
+  /* For a state lasync opens (L NULL): its allocator (NULL: the standard one), and whether the
+   * package library ignores LUA_PATH and LUA_CPATH (as lua -E). */
+  lua_Alloc alloc;
+  void *alloc_ud;
+  int ignore_env;
 } lasync_options;
 
 /* Returns a message for an error code. Never NULL. */
@@ -100,16 +105,34 @@ int lasync_task_result(lasync_task *t, lua_State *L);
 /* Requests cancellation, as task:cancel() does. Returns 1 if the task had not finished. */
 int lasync_task_cancel(lasync_task *t);
 
+/* Names a held task, as async.spawn{name = ...} does: async.tasks(), dumps and failure reports
+ * show it. */
+int lasync_task_set_name(lasync_task *t, const char *name);
+
+/* For a held task that failed: pushes its failure report on L ("task 'main' failed: <message>"
+ * and the traceback), counts the failure as seen, and returns the string; NULL (and nothing
+ * pushed) if the task did not fail. */
+const char *lasync_task_report(lasync_task *t, lua_State *L);
+
 /* Lets go of a task returned by a spawn call. */
 void lasync_task_release(lasync_task *t);
+
+/* Requests cancellation of every live task, with message (may be NULL) as their Cancelled
+ * error's message: what the lasync executable does on SIGINT. Safe from a libuv callback on the
+ * loop's thread; out of memory drops the message, not the cancellation. */
+int lasync_cancel_all(lasync_runtime *rt, const char *message);
+
+/* "0.1.0". */
+const char *lasync_version(void);
 
 /* Runs the loop until no task is left. Returns LASYNC_EBUSY if tasks remain that nothing can
  * wake (they wait on futures nobody will settle). */
 int lasync_run(lasync_runtime *rt);
 
 /* Resumes ready tasks and polls I/O without blocking, for at most budget_ms milliseconds
- * (tasks still ready then run at the next step). The call a game makes once per frame.
- * Returns the number of tasks still alive. */
+ * (tasks still ready then run at the next step); INFINITY means no limit, a negative or NaN
+ * budget is LASYNC_EINVAL. The call a game makes once per frame. Returns the number of tasks
+ * still alive plus the futures C holds unsettled: at 0 nothing is left to wait for. */
 int lasync_step(lasync_runtime *rt, double budget_ms);
 
 /* For hosts with their own poller: the loop's backend descriptor, and how long the host may

@@ -435,35 +435,11 @@ int lasync__count_handles(lasync__runtime *rt) {
   return c.n;
 }
 
-lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
-  lasync__runtime *rt = (lasync__runtime *)calloc(1, sizeof *rt);
-  if (rt == NULL) return NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  rt->L = lua_tothread(L, -1);
-  lua_pop(L, 1);
-  if (loop == NULL) {
-    if (uv_loop_init(&rt->own_loop) != 0) {
-      free(rt);
-      return NULL;
-    }
-    loop = &rt->own_loop;
-    rt->owns_loop = 1;
-  }
-  rt->loop = loop;
-  uv_idle_init(loop, &rt->idle);
-  uv_check_init(loop, &rt->check);
-  uv_timer_init(loop, &rt->timer);
-  rt->idle.data = rt->check.data = rt->timer.data = rt;
-  uv_check_start(&rt->check, on_check);
-  uv_unref((uv_handle_t *)&rt->check);
-  rt->pool_ref = LUA_NOREF;
-  rt->entry_ref = LUA_NOREF;
-  rt->parents_ref = LUA_NOREF;
-  rt->slow_step_ns = 100000000; /* 100 ms, as asyncio's debug mode */
+/* Under lua_pcall: the runtime's Lua side (registry entries), all of which allocate. */
+static int open_lua_side(lua_State *L) {
+  lasync__runtime *rt = (lasync__runtime *)lua_touserdata(L, 1);
   lua_newtable(L);
   rt->sites_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pushlightuserdata(L, rt);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
   /* Sized for POOL_MAX up front, so putting a coroutine back never allocates (it happens in a
    * libuv callback, where a memory error would have no protected call to land in). */
   lua_createtable(L, POOL_MAX, 0);
@@ -483,6 +459,60 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   rt->owned_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* Last: once the state names the runtime, it is complete. */
+  lua_pushlightuserdata(L, rt);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
+  return 0;
+}
+
+static void on_own_handle_closed(uv_handle_t *h);
+
+/* Opens a runtime on L (any thread of the state) and loop (NULL: its own). Returns NULL when
+ * out of memory or when libuv fails, with nothing left behind; never raises. */
+lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
+  lasync__runtime *rt;
+  if (!lua_checkstack(L, 4)) return NULL;
+  rt = (lasync__runtime *)calloc(1, sizeof *rt);
+  if (rt == NULL) return NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  rt->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (loop == NULL) {
+    if (uv_loop_init(&rt->own_loop) != 0) {
+      free(rt);
+      return NULL;
+    }
+    loop = &rt->own_loop;
+    rt->owns_loop = 1;
+  }
+  rt->loop = loop;
+  uv_idle_init(loop, &rt->idle);
+  uv_check_init(loop, &rt->check);
+  uv_timer_init(loop, &rt->timer);
+  rt->idle.data = rt->check.data = rt->timer.data = rt;
+  uv_check_start(&rt->check, on_check);
+  uv_unref((uv_handle_t *)&rt->check);
+  rt->pool_ref = rt->entry_ref = rt->parents_ref = rt->sites_ref = LUA_NOREF;
+  rt->owned_ref = rt->oom_ref = LUA_NOREF;
+  rt->slow_step_ns = 100000000; /* 100 ms, as asyncio's debug mode */
+  lua_pushcfunction(L, open_lua_side);
+  lua_pushlightuserdata(L, rt);
+  if (lasync__pcall(L, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->oom_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->owned_ref);
+    rt->open_handles = 3;
+    uv_close((uv_handle_t *)&rt->idle, on_own_handle_closed);
+    uv_close((uv_handle_t *)&rt->check, on_own_handle_closed);
+    uv_close((uv_handle_t *)&rt->timer, on_own_handle_closed);
+    while (rt->open_handles > 0) uv_run(rt->loop, UV_RUN_NOWAIT);
+    if (rt->owns_loop) uv_loop_close(rt->loop);
+    free(rt);
+    return NULL;
+  }
   return rt;
 }
 

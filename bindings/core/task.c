@@ -313,7 +313,7 @@ void lasync__push_spawn_site(lua_State *L, int task_idx) {
  * traceback. Cancellations carry none: they are not failures. */
 int lasync__trace_handler(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
-  lasync__task *t = rt->current;
+  lasync__task *t = rt ? rt->current : NULL;
   if (lasync__is_error_kind(L, 1, "cancelled") || t == NULL || t->co != L) return 1;
   lua_settop(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                    /* 2: task */
@@ -342,19 +342,27 @@ int lasync__trace_handler(lua_State *L) {
   return 1;
 }
 
+/* "task 'worker-2' failed: <message>\n<traceback>": the report of a failure nobody saw.
+ * Allocates: callers on callback paths run it protected. */
 void lasync__push_failure_report(lua_State *L, lasync__task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  lua_getiuservalue(L, -1, LASYNC__UV_FN);
-  lasync__describe(L, -1);                           /* [task, err, msg] */
-  if (lua_getiuservalue(L, -3, LASYNC__UV_ARGS) == LUA_TSTRING) {
+  int top = lua_gettop(L);
+  luaL_checkstack(L, 6, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);         /* top+1: task */
+  lasync__push_task_label(L, top + 1);
+  lua_pushliteral(L, " failed: ");
+  lua_getiuservalue(L, top + 1, LASYNC__UV_FN);
+  lasync__describe(L, -1);
+  lua_remove(L, -2);                                 /* [task, label, " failed: ", msg] */
+  if (lua_getiuservalue(L, top + 1, LASYNC__UV_ARGS) == LUA_TSTRING) {
     lua_pushliteral(L, "\n");
     lua_rotate(L, -2, 1);
-    lua_concat(L, 3);
+    lua_concat(L, 5);
   } else {
     lua_pop(L, 1);
+    lua_concat(L, 3);
   }
-  lua_replace(L, -3);
-  lua_pop(L, 1);
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
 }
 
 /* ---- spawning ---- */
