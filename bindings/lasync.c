@@ -10,7 +10,7 @@ static int guard_gc(lua_State *L) {
   lasync__runtime **slot = (lasync__runtime **)lua_touserdata(L, 1);
   if (*slot) {
     lasync__runtime_close(*slot);
-    free(*slot);
+    lasync__runtime_free(*slot); /* lua_close is under way: nothing of ours runs after it */
     *slot = NULL;
   }
   return 0;

@@ -188,7 +188,12 @@ struct lasync__runtime {
 /* runtime.c */
 lasync__runtime *lasync__runtime_get(lua_State *L);
 lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop);
+/* Shutdown in one order: refuse new work, cancel the tasks and await their cleanup, close the
+ * services (curl, held futures, the cross-thread queue, open handles), close the runtime's own
+ * handles and turn the loop until every close callback has fired. Then the owner closes the
+ * state (or detaches), then lasync__runtime_free closes the loop. */
 void lasync__runtime_close(lasync__runtime *rt);
+int lasync__runtime_free(lasync__runtime *rt);
 void lasync__runtime_detach(lasync__runtime *rt);
 int lasync__pin(lasync__runtime *rt, lua_State *L);
 void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref);

@@ -182,7 +182,7 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
     lasync__runtime_close(rt);
     lasync__runtime_detach(rt);
     if (opts->L == NULL) lua_close(L);
-    free(rt);
+    lasync__runtime_free(rt);
     return LASYNC_ENOMEM;
   }
   lua_pushcfunction(L, new_protected);
@@ -196,7 +196,7 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
     } else {
       lasync__runtime_detach(rt);
     }
-    free(rt);
+    lasync__runtime_free(rt);
     return LASYNC_ENOMEM;
   }
   *out = rt;
@@ -213,7 +213,7 @@ int lasync_destroy(lasync_runtime *rt) {
   owns_state = find_embed(rt) ? find_embed(rt)->owns_state : 0;
   lasync__runtime_close(rt);
   if (owns_state) {
-    lua_close(L);
+    lua_close(L); /* failures found as it closes still reach on_error: rt is alive */
   } else {
     /* The state lives on: forget the runtime so nothing in it points here any more. Failed
      * tasks nobody looked at and nobody holds are reported to on_error now, while it exists. */
@@ -222,8 +222,7 @@ int lasync_destroy(lasync_runtime *rt) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
     lasync__runtime_detach(rt);
   }
-  free(rt);
-  return LASYNC_OK;
+  return lasync__runtime_free(rt) == 0 ? LASYNC_OK : LASYNC_ELOOP;
 }
 
 lua_State *lasync_lua(lasync_runtime *rt) { return rt->L; }

@@ -73,8 +73,11 @@ const char *lasync_strerror(int err);
  * libraries; either way `require "lasync"` then works in it. */
 int lasync_new(lasync_runtime **out, const lasync_options *opts);
 
-/* Cancels the tasks still pending, lets their cleanup run, closes the runtime's handles, and
- * frees it; closes the Lua state and the loop if it made them. Not from inside a task. */
+/* Shuts down in one order: refuses new work, cancels the tasks still pending and lets their
+ * cleanup run, closes the runtime's parts and handles (running the loop until their close
+ * callbacks have fired), closes the Lua state if it made it, then the loop if it made it.
+ * LASYNC_ELOOP if that loop would not close (a handle left open on it: the runtime is then
+ * leaked, not freed under libuv). Not from inside a task. */
 int lasync_destroy(lasync_runtime *rt);
 
 /* The runtime's Lua state (its main thread) and loop. */

@@ -522,11 +522,11 @@ static void on_own_handle_closed(uv_handle_t *h) { ((lasync__runtime *)h->data)-
  * the runtime's handles, then close the loop if it is ours. Leaves lua_close to the owner. */
 void lasync__runtime_close(lasync__runtime *rt) {
   if (rt->closing) return;
+  rt->closing = 1; /* refuse new work: spawns and C futures from here on fail */
   if (rt->in_callback == 0 && rt->live_tasks > 0) {
     lasync__cancel_all(rt, "runtime closed");
     lasync__run_until_done(rt, NULL);
   }
-  rt->closing = 1;
   lasync__services_close(rt); /* curl's transfers, held futures: before the handles close */
   free(rt->ready);
   rt->ready = NULL;
@@ -542,13 +542,21 @@ void lasync__runtime_close(lasync__runtime *rt) {
    * allowed; the process is about to exit then, so the loop is left as it is. A shared loop is
    * only turned until our own handles are closed: the rest of it belongs to the embedder. */
   if (rt->in_callback == 0) {
-    if (rt->owns_loop) {
-      uv_run(rt->loop, UV_RUN_DEFAULT);
-      uv_loop_close(rt->loop);
-    } else {
+    if (rt->owns_loop)
+      uv_run(rt->loop, UV_RUN_DEFAULT); /* until every close callback has fired */
+    else
       while (rt->open_handles > 0) uv_run(rt->loop, UV_RUN_NOWAIT);
-    }
   }
+}
+
+/* The last step, after lua_close (or detaching): closes the loop if it is ours and frees the
+ * runtime. Returns uv_loop_close's answer, which must be 0: anything else is a handle someone
+ * left open (the runtime is then leaked rather than freed under libuv's feet). */
+int lasync__runtime_free(lasync__runtime *rt) {
+  int err = 0;
+  if (rt->owns_loop && rt->in_callback == 0 && (err = uv_loop_close(rt->loop)) != 0) return err;
+  free(rt);
+  return err;
 }
 
 /* For a runtime attached to a state that outlives it: forgets it in that state. */
