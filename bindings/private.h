@@ -302,6 +302,7 @@ lasync__task *lasync__check_task(lua_State *L, const char *fname);
  * one has arrived, since running cleanup then is what it is for. */
 lasync__task *lasync__check_suspendable(lua_State *L, const char *fname);
 lasync__task *lasync__totask(lua_State *L, int idx);
+int lasync__is_callable(lua_State *L, int idx); /* a function, or a value with __call */
 /* The task at idx, or raises "<fname>: bad argument #idx (task expected, got ...)". */
 lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname);
 extern const char *const lasync__status_names[]; /* indexed by enum lasync__status */

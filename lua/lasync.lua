@@ -26,9 +26,19 @@ local is_cancelled = core.is_cancelled
 
 -- The checks below run before any C call, so a misuse is reported at the caller's line, not
 -- at a line of this file.
+local is_callable = core._is_callable
+
+-- A value's type for misuse messages: a userdata or table by its __name, as luaL_typename.
+local function typename(v)
+  local mt = getmetatable(v)
+  local name = type(mt) == "table" and rawget(mt, "__name")
+  return type(name) == "string" and name or type(v)
+end
+
+-- The one callable check (task.c): functions and values with __call.
 local function check_function(fname, n, fn)
-  if type(fn) ~= "function" then
-    error(format("%s: bad argument #%d (function expected, got %s)", fname, n, type(fn)), 3)
+  if not is_callable(fn) then
+    error(format("%s: bad argument #%d 'fn' (function expected, got %s)", fname, n, typename(fn)), 3)
   end
 end
 
@@ -78,6 +88,12 @@ local function finish_wait_for(scope, task, seconds, ok, ...)
     if not settled and not task:done() then error(outer, 0) end
     error(timeout_error("async.wait_for", seconds), 0)
   end
+  if is_cancelled(err) and not task:done() then
+    -- The waiter itself was cancelled: as asyncio's wait_for, the task goes with it, and its
+    -- cleanup is awaited (shielded: the waiter's cancellation is already under way).
+    task:cancel("async.wait_for's caller was cancelled")
+    async.shield(pcall, task.await, task)
+  end
   error(err, 0)
 end
 
@@ -99,7 +115,11 @@ end
 --- Awaits `task` for at most `seconds`; on expiry cancels it and raises a Timeout.
 function async.wait_for(task, seconds)
   if not core._is_task(task) then
-    error(format("async.wait_for: bad argument #1 (task expected, got %s)", type(task)), 2)
+    if not is_callable(task) then
+      error(format("async.wait_for: bad argument #1 'task' (task or function expected, got %s)",
+        typename(task)), 2)
+    end
+    task = spawn(task) -- a callable becomes the task waited for, as asyncio wraps a coroutine
   end
   check_seconds("async.wait_for", 2, seconds)
   check_in_task("async.wait_for")
@@ -123,6 +143,7 @@ end
 function async.run(fn, ...)
   check_function("async.run", 1, fn)
   if in_task() then
+    core._check_suspendable("async.run")
     local child = spawn(fn, ...)
     return finish_child(child, pcall(child.await, child))
   end
@@ -143,6 +164,9 @@ async.debug = core.debug
 --- Prints the live tasks to `out` (default stderr): a tree by who spawned whom in debug mode,
 --- else a list, oldest first, each with its status, age, spawn site and what it waits on.
 function async.dump(out)
+  if out ~= nil and not ((type(out) == "userdata" or type(out) == "table") and out.write) then
+    error(format("async.dump: bad argument #1 'out' (file expected, got %s)", typename(out)), 2)
+  end
   out = out or io.stderr
   local list = core.tasks()
   table.sort(list, function(a, b) return a.age > b.age end)

@@ -65,6 +65,12 @@ end)
 describe("async.dump", function()
   after_each(assert_clean)
 
+  it("refuses something that is not a file, naming the argument", function()
+    local ok, err = pcall(async.dump, 42)
+    assert.is_false(ok)
+    assert.matches("async.dump: bad argument #1 'out' (file expected, got number)", err, 1, true)
+  end)
+
   it("prints every live task with its name and what it waits on", function()
     local t = async.spawn({ name = "dumped" }, async.sleep, 5)
     async.sleep(0.01)

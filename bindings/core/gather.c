@@ -116,7 +116,7 @@ static int normalise(lua_State *L, lasync__task *self, const char *fname) {
     else
       lua_pushvalue(L, i);
     child = lasync__totask(L, -1);
-    if (child == NULL && lua_type(L, -1) != LUA_TFUNCTION)
+    if (child == NULL && !lasync__is_callable(L, -1))
       return luaL_error(L, "%s: bad argument #%d (task or function expected, got %s)", fname, i,
                         luaL_typename(L, -1));
     if (child != NULL && child == self)

@@ -395,7 +395,9 @@ lasync__task *lasync__totask(lua_State *L, int idx) {
   return (lasync__task *)luaL_testudata(L, idx, LASYNC_TASK_MT);
 }
 
-static int is_callable(lua_State *L, int idx) {
+/* The one callable check: functions, and values whose metatable has a __call function. spawn,
+ * gather and (through core._is_callable) timeout, shield, run and wait_for all use it. */
+int lasync__is_callable(lua_State *L, int idx) {
   int ok;
   if (lua_isfunction(L, idx)) return 1;
   if (!luaL_getmetafield(L, idx, "__call")) return 0;
@@ -458,21 +460,31 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
 }
 
 static void check_callable(lua_State *L, int idx, const char *fname) {
-  if (!is_callable(L, idx))
-    luaL_error(L, "%s: bad argument #%d (function expected, got %s)", fname, idx,
-               luaL_typename(L, idx));
+  if (!lasync__is_callable(L, idx)) lasync__argerror(L, idx, fname, "fn", "function");
+}
+
+/* async.spawn's options: a misspelt one is a misuse, not silently ignored. */
+static void check_spawn_options(lua_State *L) {
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "name") != 0) {
+      lua_pop(L, 1);
+      luaL_error(L, "async.spawn: unknown option '%s' (the options are: name)",
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+  }
+  if (lua_getfield(L, 1, "name") != LUA_TNIL && lua_type(L, -1) != LUA_TSTRING)
+    lasync__opterror(L, -1, "async.spawn", "name", "string");
+  lua_pop(L, 1);
 }
 
 /* async.spawn([opts,] fn, ...): opts is a table such as {name = "fetcher"}. */
 static int l_spawn(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   int fn = 1;
-  if (lua_type(L, 1) == LUA_TTABLE && !is_callable(L, 1) && is_callable(L, 2)) {
-    int type = lua_getfield(L, 1, "name");
-    if (type != LUA_TNIL && type != LUA_TSTRING)
-      return luaL_error(L, "async.spawn: bad option 'name' (string expected, got %s)",
-                        luaL_typename(L, -1));
-    lua_pop(L, 1);
+  if (lua_type(L, 1) == LUA_TTABLE && !lasync__is_callable(L, 1) && lua_gettop(L) >= 2) {
+    check_spawn_options(L);
     fn = 2;
   }
   check_callable(L, fn, "async.spawn");
@@ -677,6 +689,25 @@ static int l_in_task(lua_State *L) {
   return 1;
 }
 
+/* core._is_callable(v): the callable check for lua/'s functions. */
+static int l_is_callable(lua_State *L) {
+  lua_pushboolean(L, lasync__is_callable(L, 1));
+  return 1;
+}
+
+/* core._check_suspendable(fname): raises unless the caller could suspend here, naming fname
+ * (async.run inside a table.sort comparator says async.run, not what it calls inside). */
+static int l_check_suspendable(lua_State *L) {
+  const char *fname = luaL_checkstring(L, 1);
+  if (lua_isyieldable(L)) return 0;
+  luaL_where(L, 2); /* the user's line: level 1 is lua/lasync.lua */
+  lua_pushfstring(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
+                     "(a table.sort comparator, a string.gsub callback, require, a __gc ...)",
+                  fname);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
 /* core._is_task(v): lua/lasync.lua's argument check for async.wait_for. */
 static int l_is_task(lua_State *L) {
   lua_pushboolean(L, luaL_testudata(L, 1, LASYNC_TASK_MT) != NULL);
@@ -741,6 +772,8 @@ void lasync__open_task(lua_State *L) {
                                    {"now", l_now},               {"_in_task", l_in_task},
                                    {"_run_until", l_run_until},  {"_debug_counts", l_debug_counts},
                                    {"_is_task", l_is_task},
+                                   {"_is_callable", l_is_callable},
+                                   {"_check_suspendable", l_check_suspendable},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);
   luaL_newlib(L, methods);
