@@ -158,6 +158,8 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
     member *m = &g->members[i];
     lua_rawgeti(L, 1, i + 1);
     m->child = lasync__totask(L, -1);
+    /* Looked at (docs/toolkit.md): the group reports or returns its outcome. */
+    if (lasync__task_finished(m->child)) lasync__mark_observed(L, m->child, -1);
     lua_pop(L, 1);
     m->group = g;
     m->waiter.on_settle = on_child_settled;

@@ -648,13 +648,20 @@ static int task_cancel(lua_State *L) {
   return 1;
 }
 
+/* "Looked at", one rule (docs/toolkit.md): any call that tells the caller a task has finished
+ * (await, result, done, status, gather, gather_settled, wait, as_completed, wait_for) counts as
+ * looking at its outcome, so a failure seen that way is not reported again at exit. */
 static int task_done(lua_State *L) {
-  lua_pushboolean(L, lasync__task_finished(lasync__check_task_arg(L, 1, "task:done")));
+  lasync__task *t = lasync__check_task_arg(L, 1, "task:done");
+  if (lasync__task_finished(t)) lasync__mark_observed(L, t, 1);
+  lua_pushboolean(L, lasync__task_finished(t));
   return 1;
 }
 
 static int task_status(lua_State *L) {
-  lua_pushstring(L, lasync__status_names[lasync__check_task_arg(L, 1, "task:status")->status]);
+  lasync__task *t = lasync__check_task_arg(L, 1, "task:status");
+  if (lasync__task_finished(t)) lasync__mark_observed(L, t, 1);
+  lua_pushstring(L, lasync__status_names[t->status]);
   return 1;
 }
 
