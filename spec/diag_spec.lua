@@ -131,7 +131,7 @@ describe("debug mode", function()
       t:await()
     ]])
     assert.are.equal(0, status)
-    assert.matches("held the loop for %d+ ms before it finished", err)
+    assert.matches("held the loop for %d+ ms before it finished in the function at [^\n]*:3\n", err)
   end)
 end)
 

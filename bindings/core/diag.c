@@ -171,8 +171,16 @@ void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, 
       }
     }
   }
+  if (finished && lua_getiuservalue(L, top + 1, LASYNC__UV_FN) == LUA_TFUNCTION) {
+    /* Its frames are gone: the function it ran (kept in debug mode, see start_task). */
+    lua_getinfo(L, ">S", &ar);
+    if (ar.linedefined > 0) {
+      lua_pushfstring(L, "in the function at %s:%d", ar.short_src, ar.linedefined);
+      where = lua_tostring(L, -1);
+    }
+  }
   fprintf(stderr, "lasync: %s held the loop for %.0f ms before it %s %s\n", lua_tostring(L, top + 2),
-          (double)ns / 1e6, finished ? "finished" : "suspended at", finished ? "" : where);
+          (double)ns / 1e6, finished ? "finished" : "suspended at", where);
   fflush(stderr);
   lua_settop(L, top);
 }

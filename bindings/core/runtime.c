@@ -207,9 +207,12 @@ static int start_task(lasync__runtime *rt, lasync__task *t) {
   }
   lua_xmove(L, co, 3 + nargs);                       /* [task, entry] */
   lua_pop(L, 1);
-  /* The function and its arguments now live on the coroutine; drop the task's copies. */
-  lua_pushnil(L);
-  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  /* The function and its arguments now live on the coroutine; drop the task's copies (debug
+   * mode keeps the function, so a slow last step can say where it ran; results replace it). */
+  if (!rt->debug) {
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  }
   lua_pushnil(L);
   lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
   lua_pop(L, 1);
@@ -256,8 +259,10 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int nres) {
     if (n >= 1) {
       lua_pushvalue(co, -n); /* room: the results left as many free slots as they took */
       lua_xmove(co, L, 1);
-      lua_setiuservalue(L, -2, LASYNC__UV_FN);
+    } else {
+      lua_pushnil(L); /* debug mode kept the function here */
     }
+    lua_setiuservalue(L, -2, LASYNC__UV_FN);
     if (n > 1) {
       t->nargs = n;
       stored = lasync__cpcall(L, store_results, t) == LUA_OK;
