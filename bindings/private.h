@@ -251,6 +251,10 @@ struct lasync__req {
  * sets uv->data. Raises on a memory error, before anything is started. */
 lasync__req *lasync__req_new(lua_State *L, const lasync__req_ops *ops, size_t size,
                              size_t uv_offset);
+/* The same with nuv user values on the userdata, for what must live as long as the request
+ * (the strings a uv_write sends). */
+lasync__req *lasync__req_new_uv(lua_State *L, const lasync__req_ops *ops, size_t size,
+                                size_t uv_offset, int nuv);
 /* After the uv call started the request: suspends the running task until the callback.
  * `return lasync__req_await(L, t, r);` from the binding's lua_CFunction. */
 int lasync__req_await(lua_State *L, lasync__task *t, lasync__req *r);
@@ -295,6 +299,95 @@ int lasync__handle_box_close(lua_State *L); /* a lua_CFunction: closes the box a
  * kind "closed" for a closed one. */
 lasync__handle *lasync__handle_check(lua_State *L, int idx, const char *mt, const char *fname);
 #define LASYNC__HANDLE_OF(uvhandle) ((lasync__handle *)((uv_handle_t *)(uvhandle))->data)
+
+/* io/buffer.c: a growable byte buffer, appended at the tail and consumed from the head,
+ * touched without Lua (libuv and curl callbacks fill it). A zeroed struct is an empty buffer
+ * with no limit; set max to bound the unread bytes. The calls that can fail return 0,
+ * UV_ENOBUFS (past max) or UV_ENOMEM, and leave the buffer as it was. */
+typedef struct lasync__buffer {
+  char *data;
+  size_t start; /* the first unread byte */
+  size_t len;   /* unread bytes */
+  size_t cap;
+  size_t max;   /* most unread bytes it may hold; 0: no limit */
+} lasync__buffer;
+
+/* Makes room for n more bytes at the tail. */
+int lasync__buffer_reserve(lasync__buffer *b, size_t n);
+/* Appends n bytes (n == 0 is a no-op, p may then be NULL). */
+int lasync__buffer_append(lasync__buffer *b, const char *p, size_t n);
+/* The free room at the tail (after reserve), filled in place and then committed: how a libuv
+ * alloc callback reads straight into the buffer. NULL with *room == 0 before any reserve. */
+char *lasync__buffer_tail(lasync__buffer *b, size_t *room);
+void lasync__buffer_commit(lasync__buffer *b, size_t n);
+/* The unread bytes; never NULL ("" when empty). Valid until the next call that adds. */
+const char *lasync__buffer_peek(const lasync__buffer *b, size_t *len);
+/* Drops the first n unread bytes (all of them if n >= len); keeps the memory. */
+void lasync__buffer_consume(lasync__buffer *b, size_t n);
+/* Frees the memory; the buffer is empty and usable again (max is kept). */
+void lasync__buffer_free(lasync__buffer *b);
+
+/* io/stream.c: a byte stream (Stream object) over any uv_stream_t, for every binding that has
+ * one: TCP connections (net.c), pipes to a child process, a TTY. The Lua methods are read,
+ * read_line, lines, read_exactly, write, shutdown, close (see docs/api.md). To make one:
+ *
+ *   lasync__stream *s = lasync__stream_new(L, LASYNC__STREAM_PIPE); // pushes the object
+ *   int err = uv_pipe_init(rt->loop, &s->u.pipe, 0);
+ *   if (err) { lasync__stream_close(s); raise... }   // never initialised: freed at once
+ *   lasync__stream_init(s);                           // records the handle; now it is live
+ *
+ * then hand s->u.stream to libuv (uv_spawn's stdio, uv_accept, uv_tty_init's fd) and return
+ * the object. The struct is malloc'd by the handle layer and freed in the close callback;
+ * the object's __gc, __close and close() close it. Until io/buffer.c reaches main, the unread
+ * bytes live in the in_* fields. The fields above "private" may be read by other bindings;
+ * read_max, write_hwm and max_line may be set before the first read or write. */
+enum { LASYNC__STREAM_TCP, LASYNC__STREAM_PIPE, LASYNC__STREAM_TTY };
+#define LASYNC_STREAM_MT "lasync.Stream"
+typedef struct lasync__stream {
+  lasync__handle h; /* first: the handle layer's header */
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+    uv_tty_t tty;
+  } u;
+  int kind;         /* LASYNC__STREAM_* */
+  size_t read_max;  /* unread bytes past which reading stops (default 64 KiB) */
+  size_t write_hwm; /* queued bytes past which write suspends (default 64 KiB) */
+  size_t max_line;  /* longest line read_line returns (default 64 KiB) */
+  /* private to stream.c */
+  char *slab;       /* the loop's shared read slab */
+  char *in_data;
+  size_t in_start, in_len, in_cap;
+  size_t scanned;   /* unread bytes known to hold no LF */
+  lasync__task *reader;
+  size_t want_n;
+  lasync__waitlist writers;
+  int rerr, werr;
+  unsigned pending_writes;
+  uint8_t want, reader_woken, started, reading, eof, shut, lingering;
+} lasync__stream;
+
+/* Pushes a new Stream object and returns its struct, uv handle not yet initialised; raises
+ * (kind "nomem") before anything is left behind. */
+lasync__stream *lasync__stream_new(lua_State *L, int kind);
+/* After uv_*_init succeeded on s->u: the handle is live (read/write work from now on). */
+void lasync__stream_init(lasync__stream *s);
+/* Idempotent: the Lua object reads as closed at once, waiting tasks fail with kind "closed",
+ * queued writes are flushed, then the handle closes. */
+void lasync__stream_close(lasync__stream *s);
+/* The open stream at idx, or raises (misuse for a wrong type, kind "closed" once closed). */
+lasync__stream *lasync__stream_check(lua_State *L, int idx, const char *fname);
+/* The two halves of lasync__stream_new, for a binding that must allocate the Lua object
+ * before it can take the C one (net.c accepts into an object already made): the box is a
+ * closed Stream until attached. lasync__stream_alloc returns NULL when out of memory. */
+lasync__handle **lasync__stream_pushbox(lua_State *L);
+lasync__stream *lasync__stream_alloc(lasync__runtime *rt, int kind);
+void lasync__stream_attach(lasync__handle **box, lasync__stream *s);
+
+/* io/net.c */
+void lasync__open_net(lua_State *L);
 
 /* task.c */
 lasync__task *lasync__check_task(lua_State *L, const char *fname);
@@ -422,6 +515,7 @@ void lasync__open_timer(lua_State *L);
 void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);
+void lasync__open_json(lua_State *L); /* http/json.c */
 
 /* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
  * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */

@@ -702,19 +702,6 @@ static int l_is_callable(lua_State *L) {
   return 1;
 }
 
-/* core._check_suspendable(fname): raises unless the caller could suspend here, naming fname
- * (async.run inside a table.sort comparator says async.run, not what it calls inside). */
-static int l_check_suspendable(lua_State *L) {
-  const char *fname = luaL_checkstring(L, 1);
-  if (lua_isyieldable(L)) return 0;
-  luaL_where(L, 2); /* the user's line: level 1 is lua/lasync.lua */
-  lua_pushfstring(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
-                     "(a table.sort comparator, a string.gsub callback, require, a __gc ...)",
-                  fname);
-  lua_concat(L, 2);
-  return lua_error(L);
-}
-
 /* core._is_task(v): lua/lasync.lua's argument check for async.wait_for. */
 static int l_is_task(lua_State *L) {
   lua_pushboolean(L, luaL_testudata(L, 1, LASYNC_TASK_MT) != NULL);
@@ -780,7 +767,6 @@ void lasync__open_task(lua_State *L) {
                                    {"_run_until", l_run_until},  {"_debug_counts", l_debug_counts},
                                    {"_is_task", l_is_task},
                                    {"_is_callable", l_is_callable},
-                                   {"_check_suspendable", l_check_suspendable},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);
   luaL_newlib(L, methods);

@@ -98,11 +98,7 @@ int lasync__handle_box_close(lua_State *L) {
 
 lasync__handle *lasync__handle_check(lua_State *L, int idx, const char *mt, const char *fname) {
   lasync__handle **box = (lasync__handle **)luaL_testudata(L, idx, mt);
-  if (box == NULL) {
-    const char *got = luaL_typename(L, idx);
-    if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING) got = lua_tostring(L, -1);
-    luaL_error(L, "%s: bad argument #%d (%s expected, got %s)", fname, idx, mt, got);
-  }
+  if (box == NULL) lasync__argerror(L, idx, fname, idx == 1 ? "self" : NULL, mt);
   if (*box == NULL) {
     lasync__push_error(L, "closed", "the object is closed");
     lua_error(L);

@@ -60,8 +60,13 @@ static int req_gc(lua_State *L) {
 
 lasync__req *lasync__req_new(lua_State *L, const lasync__req_ops *ops, size_t size,
                              size_t uv_offset) {
+  return lasync__req_new_uv(L, ops, size, uv_offset, 0);
+}
+
+lasync__req *lasync__req_new_uv(lua_State *L, const lasync__req_ops *ops, size_t size,
+                                size_t uv_offset, int nuv) {
   lasync__runtime *rt = lasync__runtime_get(L);
-  lasync__req *r = (lasync__req *)lua_newuserdatauv(L, size, 0);
+  lasync__req *r = (lasync__req *)lua_newuserdatauv(L, size, nuv);
   memset(r, 0, size);
   r->rt = rt;
   r->ops = ops;
