@@ -16,7 +16,9 @@
 #include <lua.h>
 #include <uv.h>
 
-#define LASYNC_VERSION "0.1.0"
+#ifndef LASYNC_VERSION /* from CMake, which reads it from host/lasync.h: defined once */
+#define LASYNC_VERSION "unknown (built outside CMake)"
+#endif
 
 #define LASYNC_TASK_MT "lasync.Task"
 #define LASYNC_FUTURE_MT "lasync.Future"
