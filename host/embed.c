@@ -164,7 +164,7 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
     }
     /* lua.c opens the libraries under a protected call too: they allocate. */
     lua_pushcfunction(L, open_libs);
-    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    if (lasync__pcall(L, 0, 0) != LUA_OK) {
       lua_close(L);
       return LASYNC_ENOMEM;
     }
@@ -232,7 +232,7 @@ void lasync_set_data(lasync_runtime *rt, void *data) { rt->data = data; }
 
 /* ---- tasks ---- */
 
-/* Under lua_pcall: [hold, fn, args...] -> [task, light(task)]. Making the task and holding it
+/* Under lasync__pcall: [hold, fn, args...] -> [task, light(task)]. Making the task and holding it
  * both allocate, and the embedder's call is not a protected one. */
 static int spawn_protected(lua_State *L) {
   int hold = lua_toboolean(L, 1);
@@ -265,7 +265,7 @@ static int spawn(lasync_runtime *rt, int nargs, lasync_task **out) {
   lua_pushcfunction(L, spawn_protected);
   lua_pushboolean(L, out != NULL);
   lua_rotate(L, base, 2); /* [spawn_protected, hold, fn, args...] */
-  if (lua_pcall(L, nargs + 2, 2, 0) != LUA_OK) {
+  if (lasync__pcall(L, nargs + 2, 2) != LUA_OK) {
     lua_pop(L, 1); /* a memory error: nothing was spawned */
     return LASYNC_ENOMEM;
   }

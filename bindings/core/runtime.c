@@ -137,7 +137,7 @@ static void mark_owned(lasync__runtime *rt, lua_State *co, int task_idx) {
 
 /* A coroutine for a new task: an idle one from the pool, else a fresh thread. Leaves it on the
  * main thread's stack, or returns NULL with the memory error there: this runs in a libuv
- * callback, outside any protected call, so a fresh thread is made under lua_pcall. */
+ * callback, outside any protected call, so a fresh thread is made under lasync__pcall. */
 static lua_State *acquire_coroutine(lasync__runtime *rt) {
   lua_State *L = rt->L;
   lua_State *co;
@@ -440,7 +440,7 @@ int lasync__count_handles(lasync__runtime *rt) {
   return c.n;
 }
 
-/* Under lua_pcall: the runtime's Lua side (registry entries), all of which allocate. */
+/* Under lasync__pcall: the runtime's Lua side (registry entries), all of which allocate. */
 static int open_lua_side(lua_State *L) {
   lasync__runtime *rt = (lasync__runtime *)lua_touserdata(L, 1);
   lua_newtable(L);
