@@ -304,6 +304,8 @@ int lasync_task_result(lasync_task *t, lua_State *L) {
   int i;
   if (t == NULL || L == NULL) return LASYNC_EINVAL;
   if (!lasync__task_finished(t)) return LASYNC_EPENDING;
+  /* Room for the results, the task and its table first: this is not a protected call. */
+  if (!lua_checkstack(L, (t->status == LASYNC__DONE ? t->nargs : 1) + 3)) return LASYNC_ENOMEM;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
   if (lua_rawgetp(L, -1, t) != LUA_TUSERDATA) {
     lua_pop(L, 2);

@@ -102,7 +102,8 @@ int lasync_spawn_call(lasync_runtime *rt, int nargs, lasync_task **out);
 lasync_task_status_t lasync_task_status(const lasync_task *t);
 
 /* Pushes a finished task's results on L (a thread of the runtime's state) and returns how many,
- * or pushes its error and returns LASYNC_ELUA, or returns LASYNC_EPENDING. */
+ * or pushes its error and returns LASYNC_ELUA, or returns LASYNC_EPENDING (LASYNC_ENOMEM when
+ * L's stack cannot grow to hold them). */
 int lasync_task_result(lasync_task *t, lua_State *L);
 
 /* Requests cancellation, as task:cancel() does. Returns 1 if the task had not finished. */
