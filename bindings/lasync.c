@@ -24,7 +24,7 @@ static lasync__runtime *open_module_runtime(lua_State *L) {
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   *slot = lasync__runtime_open(L, NULL);
-  if (*slot == NULL) luaL_error(L, "lasync: cannot open an event loop");
+  if (*slot == NULL) lasync__misuse(L, "lasync: cannot open an event loop");
   luaL_ref(L, LUA_REGISTRYINDEX); /* lives until lua_close */
   return *slot;
 }
@@ -36,7 +36,7 @@ void lasync__load_lua(lua_State *L, const char *name, const char *chunkname) {
     if (luaL_loadbuffer(L, f->source, f->len, chunkname) != LUA_OK) lua_error(L);
     return;
   }
-  luaL_error(L, "lasync: no embedded file lua/%s.lua", name);
+  lasync__misuse(L, "lasync: no embedded file lua/%s.lua", name);
 }
 
 /* Runs an embedded file of lua/ with (core, async), below them on the stack; it adds its calls

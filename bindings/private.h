@@ -434,6 +434,9 @@ void lasync__push_error(lua_State *L, const char *kind, const char *message);
 /* Pushes an error object for a libuv error: kind, message "ECONNREFUSED: connection refused[,
  * what]", code ("ECONNREFUSED") and errno (positive). */
 void lasync__push_uv_error(lua_State *L, const char *kind, int err, const char *what);
+/* Raises misuse formatted as luaL_error, positioned at the user's line (the first caller
+ * outside lasync's embedded Lua), so no message carries an internal "[lasync]:NNN:". */
+int lasync__misuse(lua_State *L, const char *fmt, ...);
 /* Misuse, one format everywhere: raises "<fname>: bad argument #<arg> '<argname>' (<expected>
  * expected, got <type>)" (argname may be NULL), a userdata's type being its __name. */
 int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argname,

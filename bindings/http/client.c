@@ -258,7 +258,7 @@ static const char *error_kind(CURLcode code) {
 static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
   const char *kind = x->too_large ? "too_large" : error_kind(x->c.result);
   const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->c.result);
-  if (x->no_memory) return luaL_error(L, "async.fetch: not enough memory for the response");
+  if (x->no_memory) return lasync__misuse(L, "async.fetch: not enough memory for the response");
   if (x->too_large) detail = "the response exceeds max_body";
   lua_pushfstring(L, "async.fetch %s: %s", url, detail);
   lasync__push_error(L, kind, lua_tostring(L, -1));
@@ -405,7 +405,7 @@ static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish,
 
 /* res:read(), each time its task runs; the stack is [x]. */
 static int read_step(lua_State *L, lasync__task *t, xfer *x) {
-  if (x->closed) return luaL_error(L, "res:read: the response is closed");
+  if (x->closed) return lasync__misuse(L, "res:read: the response is closed");
   if (x->body.len > 0) {
     size_t len;
     const char *chunk = lasync__buffer_peek(&x->body, &len);
@@ -441,7 +441,7 @@ static int l_read(lua_State *L) {
   xfer *x = check_xfer(L);
   lasync__task *t = lasync__check_task(L, "res:read");
   lua_settop(L, 1);
-  if (x->task) return luaL_error(L, "res:read: another task is already reading this response");
+  if (x->task) return lasync__misuse(L, "res:read: another task is already reading this response");
   return read_step(L, t, x);
 }
 
@@ -510,7 +510,7 @@ static int l_send(lua_State *L) {
   if (p == NULL)
     x->send_eof = 1;
   else if (lasync__buffer_append(&x->send, p, n) != 0)
-    return luaL_error(L, "async.fetch: not enough memory for the request body");
+    return lasync__misuse(L, "async.fetch: not enough memory for the request body");
   if (x->send_paused) {
     x->send_paused = 0;
     update_pause(x);
@@ -699,9 +699,9 @@ static int l_fetch(lua_State *L) {
   xfer *x;
   luaL_checktype(L, 2, LUA_TTABLE);
   t = lasync__check_task(L, "async.fetch");
-  if (t->rt->closing) return luaL_error(L, "async.fetch: the runtime is closing");
+  if (t->rt->closing) return lasync__misuse(L, "async.fetch: the runtime is closing");
   m = lasync__curl_get(t->rt, &CURL_OPS, &why);
-  if (m == NULL) return luaL_error(L, "async.fetch: %s", why);
+  if (m == NULL) return lasync__misuse(L, "async.fetch: %s", why);
   lua_settop(L, 2);
   /* Closed state first, so the __gc is safe whatever fails next. */
   x = (xfer *)lua_newuserdatauv(L, sizeof *x, 1); /* [url, opts, x]: kept across the yield */
@@ -711,9 +711,9 @@ static int l_fetch(lua_State *L) {
   luaL_setmetatable(L, XFER_MT);
   x->c.easy = lasync__curl_easy(m);
   if (x->c.easy == NULL || setup(L, x, url) != 0)
-    return luaL_error(L, "async.fetch: not enough memory for a transfer");
+    return lasync__misuse(L, "async.fetch: not enough memory for a transfer");
   if (lasync__curl_start(m, &x->c) != 0)
-    return luaL_error(L, "async.fetch: cannot start the transfer");
+    return lasync__misuse(L, "async.fetch: cannot start the transfer");
   if (opt_bool(L, "start_only")) return 1; /* a body feeder needs x before fetch waits */
   return fetch_step(L, t, x);
 }
@@ -748,7 +748,7 @@ static int l_check_url(lua_State *L) {
     return 1;
   }
   u = curl_url();
-  if (u == NULL) return luaL_error(L, "async.fetch: not enough memory");
+  if (u == NULL) return lasync__misuse(L, "async.fetch: not enough memory");
   rc = curl_url_set(u, CURLUPART_URL, url, 0);
   if (rc == CURLUE_OK) {
     rc = curl_url_get(u, CURLUPART_SCHEME, &part, 0);
