@@ -249,6 +249,12 @@ describe("the REPL", function()
         { "send", ENTER }, { "expect", "\nfunction: ", 10 },
         { "send", "=type(strin" .. TAB }, { "expect", "g", 10 }, { "send", ")" .. ENTER },
         { "expect", "table", 10 },
+        -- Fields of the parts that load on first use (bindings/lasync.c) complete too, before
+        -- anything read them.
+        { "send", "=async.fet" .. TAB }, { "expect", "ch", 10 }, { "send", ENTER },
+        { "expect", "\nfunction: ", 10 },
+        { "send", "=async.fs.read_fi" .. TAB }, { "expect", "le", 10 }, { "send", ENTER },
+        { "expect", "\nfunction: ", 10 },
         { "send", "s = 'x'" .. ENTER }, { "expect", PROMPT, 10 },
         { "send", "=s:upp" .. TAB }, { "expect", "er", 10 }, { "send", "()" .. ENTER },
         { "expect", "\nX", 10 },

@@ -28,8 +28,8 @@ static void load(void) {
     snprintf(failure, sizeof failure, "cannot load libcurl: %s", dlerror());
     return;
   }
-#define LASYNC__CURL_RESOLVE(name)                                                                \
-  fn.name = (__typeof__(fn.name))dlsym(lib, "curl_" #name);                                       \
+#define LASYNC__CURL_RESOLVE(name)                          \
+  fn.name = (__typeof__(fn.name))dlsym(lib, "curl_" #name); \
   if (fn.name == NULL && missing == NULL) missing = "curl_" #name;
   LASYNC__CURL_FUNCTIONS(LASYNC__CURL_RESOLVE)
 #undef LASYNC__CURL_RESOLVE

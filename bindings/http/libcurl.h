@@ -17,14 +17,16 @@
 
 /* X(name) for each curl_<name> lasync calls: adding a call to curl means adding its name here
  * and a #define below. */
-#define LASYNC__CURL_FUNCTIONS(X)                                                                 \
-  X(global_init)                                                                                  \
-  X(easy_init) X(easy_cleanup) X(easy_reset) X(easy_setopt) X(easy_getinfo) X(easy_pause)         \
-  X(easy_strerror)                                                                                \
-  X(multi_init) X(multi_cleanup) X(multi_setopt) X(multi_add_handle) X(multi_remove_handle)       \
-  X(multi_assign) X(multi_socket_action) X(multi_info_read)                                       \
-  X(slist_append) X(slist_free_all) X(free)                                                       \
+/* clang-format off */
+#define LASYNC__CURL_FUNCTIONS(X)                                                                \
+  X(global_init)                                                                                 \
+  X(easy_init) X(easy_cleanup) X(easy_reset) X(easy_setopt) X(easy_getinfo) X(easy_pause)        \
+  X(easy_strerror)                                                                               \
+  X(multi_init) X(multi_cleanup) X(multi_setopt) X(multi_add_handle) X(multi_remove_handle)      \
+  X(multi_assign) X(multi_socket_action) X(multi_info_read)                                      \
+  X(slist_append) X(slist_free_all) X(free)                                                      \
   X(url) X(url_cleanup) X(url_set) X(url_get) X(url_strerror)
+/* clang-format on */
 
 #define LASYNC__CURL_FIELD(name) __typeof__(curl_##name) *name;
 typedef struct lasync__curl_api {
