@@ -85,9 +85,9 @@ static const lazy_group LAZY[] = {
 };
 #define NLAZY (sizeof LAZY / sizeof LAZY[0])
 
-/* The registry slot of the core table, for the lazy loader: a light-userdata key, so nothing that
- * walks the registry by name (spec/types_spec.lua) takes the internal table for a class. */
-static const char CORE_KEY = 0;
+/* The registry slots of the core and module tables, for the lazy loader: light-userdata keys,
+ * so nothing that walks the registry by name (spec/types_spec.lua) takes them for classes. */
+static const char CORE_KEY = 'c', MODULE_KEY = 'm';
 
 static const lazy_group *lazy_find(const char *key) {
   size_t i, j;
@@ -141,6 +141,12 @@ static int module_next(lua_State *L) {
   return 1;
 }
 
+void lasync__load_part(lua_State *L, const char *field) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &MODULE_KEY);
+  lua_getfield(L, -1, field); /* through module_index when not loaded yet */
+  lua_pop(L, 2);
+}
+
 /* __pairs of the module table: loads every group first, so pairs(async) lists the whole module
  * (spec/types_spec.lua, the REPL's completion). */
 static int module_pairs(lua_State *L) { /* [async] */
@@ -187,5 +193,7 @@ int luaopen_lasync(lua_State *L) {
   lua_pushcfunction(L, module_pairs);
   lua_setfield(L, -2, "__pairs");
   lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &MODULE_KEY);
   return 1;
 }

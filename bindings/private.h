@@ -525,5 +525,8 @@ extern const lasync__lua_file lasync__lua_files[];
  * "=[lasync]", so spawn sites skip it, or the one CMakeLists.txt gives it) and pushes it;
  * raises if there is no such file. */
 void lasync__load_lua(lua_State *L, const char *name, const char *chunkname);
+/* Loads the part of the module that sets async[field] if it is not loaded yet (lasync.c), for C
+ * that needs what a lazily loaded part registers; raises if it fails. */
+void lasync__load_part(lua_State *L, const char *field);
 
 #endif

@@ -122,7 +122,7 @@ int main(int argc, char **argv) {
   fprintf(out, "/* Generated from lua/ by cmake/embed_lua.c: do not edit. */\n");
   fprintf(out, "#include \"private.h\"\n");
   for (i = 0; i < nfiles; i++)
-    embed(L, out, i, files[i], rootlen, (const char *const (*)[2])named, nnamed, &entries[i]);
+    embed(L, out, i, files[i], rootlen, (const char *const(*)[2])named, nnamed, &entries[i]);
   fprintf(out, "const lasync__lua_file lasync__lua_files[] = {\n");
   for (i = 0; i < nfiles; i++)
     fprintf(out, "  {\"%s\", \"%s\", (const char *)source%zu, %zu, (const char *)code%zu, %zu},\n",

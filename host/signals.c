@@ -62,7 +62,10 @@ static int close_servers(lasync__runtime *rt) {
   int took = 0, top = lua_gettop(L);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lasync");
-  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_getfield(L, -1, "http") == LUA_TTABLE &&
+  /* rawget: a script that never read async.http has not loaded it (bindings/lasync.c), and then
+   * has no server to close. */
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TTABLE &&
+      (lua_pushliteral(L, "http"), lua_rawget(L, -2)) == LUA_TTABLE &&
       lua_getfield(L, -1, "close_servers") == LUA_TFUNCTION) {
     lua_pushnumber(L, 5);
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
