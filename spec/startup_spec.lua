@@ -121,6 +121,39 @@ describe("start-up", function()
     end)
   end)
 
+  it("loads a part whole or not at all when memory runs out, and again once there is some",
+    function()
+      if not sub.LASYNC then return pending("needs LASYNC: the memory cap is the host's") end
+      -- The heap capped (LASYNC_MAX_MEMORY) and filled, then a little freed: from nothing to
+      -- enough, so that the HTTP group's four parts fail at every point of their loading.
+      local script = sub.tmpfile([[
+        local async = require "lasync"
+        local fill = {}
+        for _, size in ipairs({ 100000, 1000, 10 }) do
+          while pcall(function() fill[#fill + 1] = string.rep("x", size) .. #fill end) do end
+        end
+        for _ = 1, tonumber(arg[1]) do fill[#fill] = nil end
+        collectgarbage()
+        local ok = pcall(function() return async.fetch end)
+        print(ok, rawget(async, "fetch") ~= nil, rawget(async, "http") ~= nil)
+        fill = nil
+        collectgarbage()
+        print(type(async.fetch), type(async.http.client), type(async.http.serve))
+      ]])
+      local loaded, failed = 0, 0
+      for margin = 0, 240, 6 do
+        local out, err, code = sub.run(sub.q(script) .. " " .. margin,
+          { prefix = "LASYNC_MAX_MEMORY=8 " })
+        assert.are.equal(0, code, err)
+        local ok, fetch, http = out:match("^(%a+)\t(%a+)\t(%a+)\n")
+        assert.truthy(ok == "true" and fetch == "true" and http == "true" or
+          ok == "false" and fetch == "false" and http == "false", out)
+        if ok == "true" then loaded = loaded + 1 else failed = failed + 1 end
+        assert.truthy(out:find("\nfunction\tfunction\tfunction\n$"), out)
+      end
+      assert.truthy(loaded > 0 and failed > 0, loaded .. " loaded, " .. failed .. " failed")
+    end)
+
   it("lists every field to pairs, loaded or not", function()
     each_form([[
       local names = {}
