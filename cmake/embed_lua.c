@@ -43,7 +43,7 @@ static int writer(lua_State *L, const void *p, size_t len, void *ud) {
 static char *read_all(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   char *buf;
-  long size;
+  long size = 0;
   if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0) die("cannot read", path);
   rewind(f);
   buf = (char *)malloc((size_t)size + 1);

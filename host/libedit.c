@@ -30,14 +30,13 @@ int lasync__edit_load(const char **why) {
     *why = failure;
     return -1;
   }
-#define LASYNC__EDIT_RESOLVE(name)                                                               \
-  fn.name = (__typeof__(fn.name))dlsym(lib, #name);                                              \
+#define LASYNC__EDIT_RESOLVE(name)                  \
+  fn.name = (__typeof__(fn.name))dlsym(lib, #name); \
   if (fn.name == NULL && missing == NULL) missing = #name;
   LASYNC__EDIT_SYMBOLS(LASYNC__EDIT_RESOLVE)
 #undef LASYNC__EDIT_RESOLVE
   if (missing) {
-    snprintf(failure, sizeof failure, "cannot load libedit: %s has no %s", LASYNC_LIBEDIT,
-             missing);
+    snprintf(failure, sizeof failure, "cannot load libedit: %s has no %s", LASYNC_LIBEDIT, missing);
     dlclose(lib);
     *why = failure;
     return -1;

@@ -8,8 +8,6 @@
 #ifndef LASYNC_LIBEDIT_H
 #define LASYNC_LIBEDIT_H
 
-#include <stdio.h> /* readline.h uses FILE without including it */
-
 #include <editline/readline.h>
 
 /* X(name) for each function and variable lineedit.c uses: adding one means adding its name here

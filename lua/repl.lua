@@ -6,7 +6,7 @@ local editor = ...
 local async = require "lasync"
 -- Completion reads tables raw (never calling a metamethod), so the module's parts that load on
 -- first use (bindings/lasync.c) are loaded now: pairs does that.
-for _ in pairs(async) do break end
+pairs(async)
 
 local pack, unpack, select, type = table.pack, table.unpack, select, type
 local stdout, stderr = io.stdout, io.stderr

@@ -9,7 +9,6 @@
 #define LASYNC_CURL_MULTI_H
 
 #include "libcurl.h"
-
 #include "private.h"
 
 typedef struct lasync__curl lasync__curl;
