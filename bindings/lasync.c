@@ -10,7 +10,7 @@ static int guard_gc(lua_State *L) {
   lasync__runtime **slot = (lasync__runtime **)lua_touserdata(L, 1);
   if (*slot) {
     lasync__runtime_close(*slot);
-    free(*slot);
+    lasync__runtime_free(*slot); /* lua_close is under way: nothing of ours runs after it */
     *slot = NULL;
   }
   return 0;
@@ -162,6 +162,12 @@ static int module_pairs(lua_State *L) { /* [async] */
   return 3;
 }
 
+/* async._host(): lua/host.lua as a function, the lasync executable's main task. */
+static int l_host(lua_State *L) {
+  lasync__load_lua(L, "host", "=[lasync host]");
+  return 1;
+}
+
 int luaopen_lasync(lua_State *L) {
   const char *const *part;
   if (lasync__runtime_get(L) == NULL) open_module_runtime(L);
@@ -187,6 +193,8 @@ int luaopen_lasync(lua_State *L) {
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1); /* [core, async] */
   for (part = LUA_PARTS; *part; part++) add_lua_calls(L, lua_absindex(L, -2), lua_gettop(L), *part);
+  lua_pushcfunction(L, l_host);
+  lua_setfield(L, -2, "_host");
   lua_createtable(L, 0, 2);
   lua_pushcfunction(L, module_index);
   lua_setfield(L, -2, "__index");
