@@ -23,7 +23,7 @@ struct lasync__curl {
   const lasync__curl_ops *ops;
   CURLM *multi;
   uv_timer_t timer;
-  lasync__curl_xfer *transfers; /* attached to the multi, in flight */
+  lasync__curl_xfer *transfers; /* attached to the multi: in flight, or done and not detached */
   sock *socks;                  /* watched sockets */
   lasync__curl_xfer *notify;    /* transfers a curl callback wants on_wake'd */
   /* Easy handles of finished transfers, reset and reused: creating one costs more than all
@@ -127,7 +127,13 @@ static void after_curl(lasync__curl *m) {
     if (msg->msg != CURLMSG_DONE) continue;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
     x->result = msg->data.result; /* msg dies with the handle's removal */
-    lasync__curl_detach(x);
+    /* The handle stays in the multi until its owner detaches it (when the task has read the
+     * response, usually just before it starts its next fetch). curl sizes its connection
+     * cache by the handles it holds (4 per handle): removing a burst of finished ones here,
+     * before their tasks run, would shrink the cache under the idle keep-alive connections
+     * and close them, and the next fetches would connect again. */
+    x->done = 1;
+    unnotify(x);
     m->ops->on_wake(x);
   }
   while ((x = m->notify) != NULL) {
@@ -139,7 +145,7 @@ static void after_curl(lasync__curl *m) {
 }
 
 void lasync__curl_pause(lasync__curl_xfer *x, int mask) {
-  if (!x->attached) return;
+  if (!x->attached || x->done) return;
   curl_easy_pause(x->easy, mask);
   after_curl(x->multi);
 }
