@@ -8,11 +8,18 @@
  */
 #include "curl_multi.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define EASY_POOL_MAX 64
-#define ADMIT_PER_STEP 8
+#define ADMIT_PER_STEP 8 /* at most, however cheap they turn out to be */
+/* What a new transfer's first run is assumed to cost before one has been measured: about a
+ * loopback connect on a loaded 2-core machine. */
+#define ADMIT_COST_GUESS_NS 150000
+/* A step with nothing admitted for this many steps admits one anyway, so a loop that spends
+ * every budget elsewhere still starts its transfers. */
+#define ADMIT_STARVE_STEPS 4
 
 typedef struct sock sock;
 
@@ -34,12 +41,19 @@ struct lasync__curl {
    * a number whose old socket we still watch, the old poll is closed first. */
   sock **by_fd;
   size_t by_fd_len;
-  /* Under lasync_step, at most ADMIT_PER_STEP new transfers enter the multi per step: curl
-   * connects every new transfer inside one call, which no budget can interrupt, so a burst of
-   * a thousand fetches would stall one frame. The rest wait here, first come first served. */
+  /* Under lasync_step, new transfers enter the multi only as fast as the step's time allows:
+   * curl connects every new transfer inside one call, which no budget can interrupt, so a
+   * burst of a thousand fetches would stall one frame. They wait here, first come first
+   * served, and on_turn admits as many as the time left in the step pays for (at most
+   * ADMIT_PER_STEP), then drives them at once, so their cost is spent where it was counted. */
   lasync__curl_xfer *admission_head, *admission_tail;
   uint64_t admission_step; /* the step admitted counts */
   unsigned admitted;
+  uint64_t last_admit_step; /* the last step that admitted one, against starvation */
+  /* What curl's calls cost under lasync_step, measured (moving averages, ns): a new
+   * transfer's first run, and one socket_action for a ready socket or curl's timer. A call is
+   * only started while the step has twice its cost left. */
+  uint64_t admit_ns, poll_ns, timeout_ns;
 };
 
 /* A socket curl asked us to watch. Allocated apart from everything else and freed in its
@@ -150,18 +164,29 @@ void lasync__curl_pause(lasync__curl_xfer *x, int mask) {
   after_curl(x->multi);
 }
 
-/* lasync_step's budget is spent: I/O waits for the next step. A poll is level-triggered, so the
- * socket is reported again; curl's timer is re-armed for the next turn. */
-static int over_budget(const lasync__runtime *rt) {
-  return rt->step_deadline && uv_hrtime() >= rt->step_deadline;
+/* Nanoseconds left in the current lasync_step, or UINT64_MAX outside one. */
+static uint64_t step_left(const lasync__runtime *rt) {
+  uint64_t now;
+  if (rt->step_deadline == 0) return UINT64_MAX;
+  now = uv_hrtime();
+  return now < rt->step_deadline ? rt->step_deadline - now : 0;
+}
+
+/* curl_multi_socket_action, timed into *avg when it runs under lasync_step. */
+static void socket_action(lasync__curl *m, curl_socket_t fd, int flags, uint64_t *avg) {
+  int running;
+  uint64_t start = m->rt->step_deadline ? uv_hrtime() : 0;
+  curl_multi_socket_action(m->multi, fd, flags, &running);
+  if (start) lasync__step_measure(avg, uv_hrtime() - start);
 }
 
 /* libuv calls this when a watched socket is ready. */
 static void on_poll(uv_poll_t *handle, int status, int events) {
   sock *s = (sock *)handle->data;
   lasync__curl *m = s->m;
-  int running, flags = 0;
-  if (status >= 0 && over_budget(m->rt)) return; /* an error stopped the poll: handle it now */
+  int flags = 0;
+  /* Past lasync_step's budget the socket waits; an error, which stopped the poll, cannot. */
+  if (status >= 0 && !lasync__step_fits(m->rt, &m->poll_ns)) return;
   if (status < 0) {
     /* POLLERR: libuv reports EBADF and stops the poll. Rather than CURL_CSELECT_ERR (which
      * fails the transfer with "select/poll returned error"), let curl read or write and meet
@@ -171,7 +196,7 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
   }
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
-  curl_multi_socket_action(m->multi, s->fd, flags, &running); /* may close s */
+  socket_action(m, s->fd, flags, &m->poll_ns); /* may close s */
   /* After an error the poll is stopped; if curl still wants the socket watched, watch again. */
   if (status < 0 && !s->closing && s->events && !uv_is_active((uv_handle_t *)&s->poll))
     uv_poll_start(&s->poll, s->events, on_poll);
@@ -181,12 +206,11 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
 /* libuv calls this when curl's timeout is due. */
 static void on_timeout(uv_timer_t *handle) {
   lasync__curl *m = (lasync__curl *)handle->data;
-  int running;
-  if (over_budget(m->rt)) {
+  if (!lasync__step_fits(m->rt, &m->timeout_ns)) {
     uv_timer_start(&m->timer, on_timeout, 1, 0);
     return;
   }
-  curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  socket_action(m, CURL_SOCKET_TIMEOUT, 0, &m->timeout_ns);
   after_curl(m);
 }
 
@@ -279,21 +303,30 @@ static int admit(lasync__curl *m, lasync__curl_xfer *x) {
   return 0;
 }
 
-/* Starts a new step's count; whether this step's quota of new transfers is spent. */
-static int quota_spent(lasync__curl *m) {
+/* How many waiting transfers the time left in this step pays for: half of it at most, the
+ * rest being for the tasks, each transfer costing what the last ones did, and at most
+ * ADMIT_PER_STEP a step; one after ADMIT_STARVE_STEPS steps without any. Unbounded outside
+ * lasync_step. */
+static unsigned admissible(lasync__curl *m) {
   lasync__runtime *rt = m->rt;
-  if (rt->step_deadline == 0) return 0; /* never outside lasync_step */
-  if (m->admission_step != rt->step_seq) {
+  uint64_t cost = m->admit_ns ? m->admit_ns : ADMIT_COST_GUESS_NS, n;
+  if (rt->step_deadline == 0) return UINT_MAX;
+  if (m->admission_step != rt->step_seq) { /* a new step */
     m->admission_step = rt->step_seq;
     m->admitted = 0;
   }
-  return m->admitted >= ADMIT_PER_STEP;
+  if (m->admitted >= ADMIT_PER_STEP) return 0;
+  n = step_left(rt) / 2 / cost; /* half for new transfers, the rest for their tasks */
+  if (n > ADMIT_PER_STEP - m->admitted) n = ADMIT_PER_STEP - m->admitted;
+  if (n == 0 && m->admitted == 0 && rt->step_seq - m->last_admit_step >= ADMIT_STARVE_STEPS) n = 1;
+  return (unsigned)n;
 }
 
 int lasync__curl_start(lasync__curl *m, lasync__curl_xfer *x) {
   x->multi = m;
-  /* Those already waiting keep their place in the line. */
-  if (m->admission_head == NULL && !quota_spent(m)) return admit(m, x);
+  /* Outside lasync_step a transfer goes straight in, unless others wait (they keep their
+   * place in the line); under it, always through the line, for on_turn to time. */
+  if (m->admission_head == NULL && m->rt->step_deadline == 0) return admit(m, x);
   x->admitting = 1;
   x->next = NULL;
   x->prev = m->admission_tail;
@@ -305,12 +338,15 @@ int lasync__curl_start(lasync__curl *m, lasync__curl_xfer *x) {
   return 0;
 }
 
-/* Each loop turn: admits the waiting transfers this step's quota allows (all of them outside
- * lasync_step). A transfer curl refuses fails like any other. */
+/* Each loop turn: admits the waiting transfers this step's time allows (all of them outside
+ * lasync_step). Under lasync_step it also runs them at once, so their connects are spent, and
+ * measured, in the step that counted them, instead of at the start of the next one. A transfer
+ * curl refuses fails like any other. */
 static void on_turn(lasync__runtime *rt, lasync__service *s) {
   lasync__curl *m = (lasync__curl *)s;
-  (void)rt;
-  while (m->admission_head && !quota_spent(m)) {
+  unsigned n = m->admission_head ? admissible(m) : 0, added = 0;
+  uint64_t start = rt->step_deadline && n > 0 ? uv_hrtime() : 0;
+  while (m->admission_head && added < n) {
     lasync__curl_xfer *x = m->admission_head;
     m->admission_head = x->next;
     if (m->admission_head)
@@ -323,7 +359,16 @@ static void on_turn(lasync__runtime *rt, lasync__service *s) {
       x->result = CURLE_OUT_OF_MEMORY;
       x->done = 1;
       m->ops->on_wake(x);
+    } else {
+      added++;
     }
+  }
+  if (start && added > 0) {
+    int running;
+    curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    lasync__step_measure(&m->admit_ns, (uv_hrtime() - start) / added);
+    m->last_admit_step = rt->step_seq;
+    after_curl(m);
   }
 }
 
