@@ -11,6 +11,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define EASY_POOL_MAX 64
 #define ADMIT_PER_STEP 8 /* at most, however cheap they turn out to be */
@@ -57,12 +59,20 @@ struct lasync__curl {
 };
 
 /* A socket curl asked us to watch. Allocated apart from everything else and freed in its
- * close callback. */
+ * close callback.
+ *
+ * The sockets of curl's connections are opened and closed here (cb_opensocket,
+ * cb_closesocket), so their watch lives as long as the socket: when a connection goes back to
+ * curl's cache between two transfers, curl stops watching it (CURL_POLL_REMOVE) and watches it
+ * again on reuse, and the poll is only stopped and started, not closed and made anew (an
+ * allocation, a uv_poll_init and its ioctl, per request on a kept-alive connection). Other
+ * sockets (curl's resolver) are watched from the first CURL_POLL_* to the REMOVE. */
 struct sock {
   uv_poll_t poll;
   curl_socket_t fd;
-  int events;  /* what curl asked us to watch */
-  int closing; /* uv_close called; freed in its close callback */
+  int events;     /* what curl asked us to watch */
+  int closing;    /* uv_close called; freed in its close callback */
+  unsigned owned; /* opened by cb_opensocket: closed by cb_closesocket only */
   lasync__curl *m;
   sock *next, *prev;
 };
@@ -227,6 +237,60 @@ static void close_sock(lasync__curl *m, sock *s) {
   uv_close((uv_handle_t *)&s->poll, on_sock_closed);
 }
 
+/* A new watch of fd (not started), replacing a stale one; NULL when out of memory. */
+static sock *new_sock(lasync__curl *m, curl_socket_t fd) {
+  sock *s;
+  if (fd < 0) return NULL;
+  if ((size_t)fd >= m->by_fd_len) {
+    size_t len = m->by_fd_len ? m->by_fd_len : 256;
+    sock **by_fd;
+    while (len <= (size_t)fd) len *= 2;
+    by_fd = (sock **)realloc(m->by_fd, len * sizeof *by_fd);
+    if (by_fd == NULL) return NULL;
+    memset(by_fd + m->by_fd_len, 0, (len - m->by_fd_len) * sizeof *by_fd);
+    m->by_fd = by_fd;
+    m->by_fd_len = len;
+  }
+  if (m->by_fd[fd]) close_sock(m, m->by_fd[fd]); /* a stale watch of a closed socket */
+  s = (sock *)calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  if (uv_poll_init_socket(m->rt->loop, &s->poll, fd) != 0) {
+    free(s);
+    return NULL;
+  }
+  s->fd = fd;
+  s->m = m;
+  s->poll.data = s;
+  s->next = m->socks;
+  if (m->socks) m->socks->prev = s;
+  m->socks = s;
+  m->by_fd[fd] = s;
+  return s;
+}
+
+/* curl calls this to open a connection's socket. Without memory for its watch, the socket is
+ * still curl's, watched like the others once curl asks. */
+static curl_socket_t cb_opensocket(void *clientp, curlsocktype purpose,
+                                   struct curl_sockaddr *address) {
+  lasync__curl *m = (lasync__curl *)clientp;
+  sock *s;
+  curl_socket_t fd;
+  (void)purpose;
+  /* Close-on-exec, which curl's own socket() leaves out: a process the script starts would
+   * otherwise inherit every open connection. */
+  fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+  if (fd != CURL_SOCKET_BAD && (s = new_sock(m, fd)) != NULL) s->owned = 1;
+  return fd;
+}
+
+/* curl calls this to close a socket cb_opensocket opened: the watch goes first, while the
+ * descriptor is still this socket's. */
+static int cb_closesocket(void *clientp, curl_socket_t fd) {
+  lasync__curl *m = (lasync__curl *)clientp;
+  if (fd >= 0 && (size_t)fd < m->by_fd_len && m->by_fd[fd]) close_sock(m, m->by_fd[fd]);
+  return close(fd);
+}
+
 /* curl calls this to say which events to watch on a socket, or to stop watching it. */
 static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp) {
   lasync__curl *m = (lasync__curl *)userp;
@@ -235,37 +299,20 @@ static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void
   (void)easy;
   if (action == CURL_POLL_REMOVE) {
     if (s) {
-      close_sock(m, s);
+      if (s->owned) { /* a connection going idle: watched again when reused */
+        s->events = 0;
+        uv_poll_stop(&s->poll);
+      } else {
+        close_sock(m, s);
+      }
       curl_multi_assign(m->multi, fd, NULL);
     }
     return 0;
   }
   if (s == NULL) {
-    if (fd < 0) return -1;
-    if ((size_t)fd >= m->by_fd_len) {
-      size_t len = m->by_fd_len ? m->by_fd_len : 256;
-      sock **by_fd;
-      while (len <= (size_t)fd) len *= 2;
-      by_fd = (sock **)realloc(m->by_fd, len * sizeof *by_fd);
-      if (by_fd == NULL) return -1;
-      memset(by_fd + m->by_fd_len, 0, (len - m->by_fd_len) * sizeof *by_fd);
-      m->by_fd = by_fd;
-      m->by_fd_len = len;
-    }
-    if (m->by_fd[fd]) close_sock(m, m->by_fd[fd]); /* a stale watch of a closed socket */
-    s = (sock *)calloc(1, sizeof *s);
+    s = fd >= 0 && (size_t)fd < m->by_fd_len ? m->by_fd[fd] : NULL;
+    if (s == NULL || !s->owned) s = new_sock(m, fd);
     if (s == NULL) return -1;
-    if (uv_poll_init_socket(m->rt->loop, &s->poll, fd) != 0) {
-      free(s);
-      return -1;
-    }
-    s->fd = fd;
-    s->m = m;
-    s->poll.data = s;
-    s->next = m->socks;
-    if (m->socks) m->socks->prev = s;
-    m->socks = s;
-    m->by_fd[fd] = s;
     curl_multi_assign(m->multi, fd, s);
   }
   if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) events |= UV_READABLE;
@@ -293,6 +340,10 @@ static int cb_timer(CURLM *multi, long timeout_ms, void *userp) {
 
 static int admit(lasync__curl *m, lasync__curl_xfer *x) {
   curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *)x);
+  curl_easy_setopt(x->easy, CURLOPT_OPENSOCKETFUNCTION, cb_opensocket);
+  curl_easy_setopt(x->easy, CURLOPT_OPENSOCKETDATA, m);
+  curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETFUNCTION, cb_closesocket);
+  curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETDATA, m);
   if (curl_multi_add_handle(m->multi, x->easy) != CURLM_OK) return -1;
   x->prev = NULL;
   x->next = m->transfers;
