@@ -271,15 +271,16 @@ int lasync__step_fits(const lasync__runtime *rt, uint64_t *avg) {
 }
 
 void lasync__step_measure(uint64_t *avg, uint64_t sample) {
-  /* A quarter of the weight to the new sample, taken as at most four times the average: on a
-   * loaded machine the thread may be preempted in the middle of a piece, which says nothing
-   * about the next one. */
+  /* An average that follows the slow pieces more than the quick ones (half the weight to a
+   * sample above it, an eighth below), since what matters is how long the next piece may
+   * take. A sample counts as at most four times the average: on a loaded machine the thread
+   * may be preempted in the middle of a piece, which says nothing about the next one. */
   if (*avg == 0) {
     *avg = sample;
     return;
   }
   if (sample > 4 * *avg) sample = 4 * *avg;
-  *avg = (*avg * 3 + sample) / 4;
+  *avg = sample > *avg ? (*avg + sample) / 2 : (*avg * 7 + sample) / 8;
 }
 
 void lasync__drain(lasync__runtime *rt) {
