@@ -273,13 +273,14 @@ int lasync__step_fits(const lasync__runtime *rt, uint64_t *avg) {
 void lasync__step_measure(uint64_t *avg, uint64_t sample) {
   /* An average that follows the slow pieces more than the quick ones (half the weight to a
    * sample above it, an eighth below), since what matters is how long the next piece may
-   * take. A sample counts as at most four times the average: on a loaded machine the thread
-   * may be preempted in the middle of a piece, which says nothing about the next one. */
+   * take. A sample counts as at most 16 times the average: on a loaded machine the thread
+   * may be preempted in the middle of a piece, which says little about the next one, while
+   * work that really got slower is still learnt within a few samples. */
   if (*avg == 0) {
     *avg = sample;
     return;
   }
-  if (sample > 4 * *avg) sample = 4 * *avg;
+  if (sample > 16 * *avg) sample = 16 * *avg;
   *avg = sample > *avg ? (*avg + sample) / 2 : (*avg * 7 + sample) / 8;
 }
 
