@@ -272,16 +272,14 @@ int lasync__step_fits(const lasync__runtime *rt, uint64_t *avg) {
 
 void lasync__step_measure(uint64_t *avg, uint64_t sample) {
   /* An average that follows the slow pieces more than the quick ones (half the weight to a
-   * sample above it, an eighth below), since what matters is how long the next piece may
-   * take. A sample counts as at most 16 times the average: on a loaded machine the thread
-   * may be preempted in the middle of a piece, which says little about the next one, while
-   * work that really got slower is still learnt within a few samples. */
-  if (*avg == 0) {
-    *avg = sample;
-    return;
-  }
-  if (sample > 16 * *avg) sample = 16 * *avg;
-  *avg = sample > *avg ? (*avg + sample) / 2 : (*avg * 7 + sample) / 8;
+   * sample above it, a quarter below), since what matters is how long the next piece may take.
+   * A sample counts as at most 16 times the average (or 160 us, for the first ones): on a
+   * loaded machine the thread may be preempted in the middle of a piece, which says little
+   * about the next one, while work that really got slower is still learnt within a few
+   * samples. */
+  uint64_t cap = 16 * (*avg > 10000 ? *avg : 10000);
+  if (sample > cap) sample = cap;
+  *avg = sample > *avg ? (*avg + sample) / 2 : (*avg * 3 + sample) / 4;
 }
 
 void lasync__drain(lasync__runtime *rt) {
