@@ -373,6 +373,14 @@ static unsigned admissible(lasync__curl *m) {
   return (unsigned)n;
 }
 
+/* While transfers wait in the line, the loop must go on turning (on_turn admits them): with
+ * nothing else active it would stop, and a host stepping it would see nothing to wait for.
+ * curl's timer keeps it alive; running curl's timeout early does no harm. */
+static void keep_turning(lasync__curl *m) {
+  if (m->admission_head && !uv_is_active((uv_handle_t *)&m->timer))
+    uv_timer_start(&m->timer, on_timeout, 0, 0);
+}
+
 int lasync__curl_start(lasync__curl *m, lasync__curl_xfer *x) {
   x->multi = m;
   /* Outside lasync_step a transfer goes straight in, unless others wait (they keep their
@@ -386,6 +394,7 @@ int lasync__curl_start(lasync__curl *m, lasync__curl_xfer *x) {
   else
     m->admission_head = x;
   m->admission_tail = x;
+  keep_turning(m);
   return 0;
 }
 
@@ -421,6 +430,7 @@ static void on_turn(lasync__runtime *rt, lasync__service *s) {
     m->last_admit_step = rt->step_seq;
     after_curl(m);
   }
+  keep_turning(m);
 }
 
 /* ---- the service ---- */
