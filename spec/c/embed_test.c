@@ -151,7 +151,8 @@ static void test_step_budget(void) {
 
 /* A step starts another resume only if one fits in what is left: tasks that each take 1 ms of
  * a 2 ms budget run one a step once that cost is measured (resuming until the deadline had
- * passed ran two, the second ending past it). Preemption only makes a task longer, so the count holds on a loaded machine. */
+ * passed ran two, the second ending past it). Preemption only makes a task longer, so the
+ * count holds on a loaded machine. */
 static void test_step_stops_before_budget(void) {
   lasync_runtime *rt;
   lua_State *L;
