@@ -540,16 +540,24 @@ void lasync__open_thread(lua_State *L);
 void lasync__open_fs(lua_State *L);      /* io/fs.c: core.fs */
 void lasync__open_process(lua_State *L); /* io/process.c: core.process */
 
-/* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
- * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */
+/* embedded.c, generated from lua/ by cmake/embed_lua.c: every file under lua/, by its path
+ * there without ".lua" ("lasync", "http/client"), precompiled with its debug information under
+ * its chunk name, and its source; ending with a {NULL} entry. */
 typedef struct {
   const char *name;
+  const char *chunkname; /* LASYNC__LIB_CHUNK unless CMakeLists.txt names another */
   const char *source;
-  unsigned long len;
+  unsigned long source_len;
+  const char *code; /* lua_dump of the compiled source */
+  unsigned long code_len;
 } lasync__lua_file;
 extern const lasync__lua_file lasync__lua_files[];
-/* Loads the embedded file `name` as a chunk (named "=[lasync]", so spawn sites skip it) and
- * pushes it; raises if there is no such file or it does not compile. */
+/* Loads the embedded file `name` as a chunk named `chunkname` (the one it was compiled with:
+ * "=[lasync]", so spawn sites skip it, or the one CMakeLists.txt gives it) and pushes it;
+ * raises if there is no such file. */
 void lasync__load_lua(lua_State *L, const char *name, const char *chunkname);
+/* Loads the part of the module that sets async[field] if it is not loaded yet (lasync.c), for C
+ * that needs what a lazily loaded part registers; raises if it fails. */
+void lasync__load_part(lua_State *L, const char *field);
 
 #endif

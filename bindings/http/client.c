@@ -269,6 +269,18 @@ static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
   return lua_error(L);
 }
 
+/* Loads libcurl on the first fetch (libcurl.h), or raises kind "unavailable": without it a
+ * script still runs everything but HTTP. */
+static void need_curl(lua_State *L, const char *fname, const char *url) {
+  const char *why = NULL;
+  if (lasync__curl_load(&why) == 0) return;
+  lua_pushfstring(L, "%s %s: %s", fname, url, why);
+  lasync__push_error(L, "unavailable", lua_tostring(L, -1));
+  lua_pushstring(L, url);
+  lua_setfield(L, -2, "url");
+  lua_error(L);
+}
+
 /* ---- building the raw response ---- */
 
 /* Stores curl's counter as raw[i], seconds: lua/http/client.lua makes `timings` of them when read.
@@ -700,6 +712,7 @@ static int l_fetch(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   t = lasync__check_task(L, "async.fetch");
   if (t->rt->closing) return luaL_error(L, "async.fetch: the runtime is closing");
+  need_curl(L, "async.fetch", url);
   m = lasync__curl_get(t->rt, &CURL_OPS, &why);
   if (m == NULL) return luaL_error(L, "async.fetch: %s", why);
   lua_settop(L, 2);
@@ -730,7 +743,7 @@ static int l_fetch_wait(lua_State *L) {
   return fetch_step(L, t, x);
 }
 
-/* core._check_url(url) -> nil when curl can use the caller's URL, else why not. It runs
+/* core._check_url(url, fname) -> nil when curl can use the caller's URL, else why not. It runs
  * curl's own parser (curl_url), so what passes here is what the transfer will parse: a port
  * out of range, a missing host or a host name that has no punycode form are refused before
  * any I/O, with kind "invalid" (lua/http/options.lua), rather than failing as "protocol" once
@@ -739,6 +752,7 @@ static int l_fetch_wait(lua_State *L) {
 static int l_check_url(lua_State *L) {
   size_t len;
   const char *url = luaL_checklstring(L, 1, &len);
+  const char *fname = luaL_optstring(L, 2, "async.fetch");
   CURLU *u;
   CURLUcode rc;
   char *part = NULL;
@@ -747,6 +761,7 @@ static int l_check_url(lua_State *L) {
                     MAX_URL_LENGTH);
     return 1;
   }
+  need_curl(L, fname, url);
   u = curl_url();
   if (u == NULL) return luaL_error(L, "async.fetch: not enough memory");
   rc = curl_url_set(u, CURLUPART_URL, url, 0);

@@ -1255,6 +1255,11 @@ static int work_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L) - (int)ctx;
 }
 
+static int load_thread_part(lua_State *L) {
+  lasync__load_part(L, "thread");
+  return 0;
+}
+
 int lasync__work_submit(lua_State *L, lasync__work_cb work, lasync__work_push_cb push, void *arg) {
   work_args a;
   int base = lua_gettop(L);
@@ -1274,6 +1279,15 @@ int lasync__work_submit(lua_State *L, lasync__work_cb work, lasync__work_push_cb
       return luaL_error(L, "lasync_await_work must be called inside a task");
     }
   }
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &AWAIT_KEY) == LUA_TNIL) {
+    /* lua/thread.lua sets await(job) when it first loads (bindings/lasync.c). */
+    lua_pushcfunction(L, load_thread_part);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+      push(NULL, arg);
+      return lua_error(L);
+    }
+  }
+  lua_pop(L, 1);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     /* Nothing was queued: the work is the caller's again, released through push. */
     push(NULL, arg);

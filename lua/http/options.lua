@@ -81,7 +81,7 @@ function http.check_url(fname, url)
     invalid(fname, url, "url", "control characters or spaces in the URL")
   end
   if not url:find("^%a[%w+.-]*://") then invalid(fname, url, "url", "absolute URL expected") end
-  local why = check_url(url)
+  local why = check_url(url, fname) -- loads libcurl on first use (bindings/http/libcurl.h)
   if why then invalid(fname, url, "url", why) end
   if nchecked >= CHECKED_MAX then checked, nchecked = {}, 0 end
   checked[url], nchecked = true, nchecked + 1
