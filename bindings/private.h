@@ -180,8 +180,11 @@ struct lasync__runtime {
   struct lasync__handle *handles; /* open handles owned by Lua objects (io/handle.c) */
   long live_handles;
   void (*on_error)(lasync__runtime *rt, const char *report, void *data);
-  uint64_t step_deadline; /* lasync_step: drain stops once uv_hrtime() passes it; 0: no limit */
+  uint64_t step_deadline; /* lasync_step: work stops before uv_hrtime() passes it; 0: no limit */
   uint64_t step_seq;       /* counts lasync_step calls, for quotas per step */
+  uint64_t step_budget;    /* lasync_step's budget, ns */
+  uint32_t step_resumes;   /* resumes in the current lasync_step */
+  uint64_t resume_ns;      /* what a resume costs under lasync_step (lasync__step_measure) */
   int debug;               /* debug mode: slow steps are reported, parents recorded */
   uint64_t slow_step_ns;   /* what counts as a slow step in debug mode */
   int parents_ref;         /* debug mode: weak table task -> the task that spawned it */
@@ -201,6 +204,13 @@ int lasync__pin(lasync__runtime *rt, lua_State *L);
 void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref);
 void lasync__enqueue(lasync__task *t, int wake);
 void lasync__drain(lasync__runtime *rt);
+/* lasync_step's budget, for each kind of work it does: whether the time left has room for a
+ * piece that costs about *avg ns (twice over, since an average hides the slow ones); always
+ * outside lasync_step. A refusal lowers *avg, so that one slow measure cannot keep the work
+ * out of every later step. */
+int lasync__step_fits(const lasync__runtime *rt, uint64_t *avg);
+/* Folds a measured piece of work (ns) into its moving average. */
+void lasync__step_measure(uint64_t *avg, uint64_t sample);
 int lasync__run_until_done(lasync__runtime *rt, lasync__task *t);
 void lasync__cancel_all(lasync__runtime *rt, const char *msg);
 int lasync__count_handles(lasync__runtime *rt);

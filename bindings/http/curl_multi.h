@@ -28,7 +28,7 @@ struct lasync__curl_xfer {
   lasync__curl_xfer *next, *prev; /* in flight, or waiting for admission */
   lasync__curl_xfer *notify_next;
   CURLcode result;        /* once done */
-  unsigned attached : 1;  /* in curl's multi */
+  unsigned attached : 1;  /* in curl's multi (until detached, even once done) */
   unsigned admitting : 1; /* waiting for a later lasync_step to enter the multi */
   unsigned notify_queued : 1;
   unsigned done : 1; /* finished or detached: curl will not call back again */
