@@ -344,16 +344,9 @@ static void multi_close(lasync__runtime *rt, lasync__service *s) {
 static const lasync__service_ops CURL_SERVICE = {"http", on_turn, multi_close};
 
 lasync__curl *lasync__curl_get(lasync__runtime *rt, const lasync__curl_ops *ops, const char **why) {
-  static int curl_ready = 0;
   lasync__curl *m = (lasync__curl *)lasync__service_find(rt, &CURL_SERVICE);
   if (m) return m;
-  if (!curl_ready) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-      *why = "cannot initialise libcurl";
-      return NULL;
-    }
-    curl_ready = 1;
-  }
+  if (lasync__curl_load(why) != 0) return NULL;
   m = (lasync__curl *)calloc(1, sizeof *m);
   if (m == NULL) {
     *why = "not enough memory";

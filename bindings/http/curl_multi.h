@@ -8,8 +8,7 @@
 #ifndef LASYNC_CURL_MULTI_H
 #define LASYNC_CURL_MULTI_H
 
-#include <curl/curl.h>
-
+#include "libcurl.h"
 #include "private.h"
 
 typedef struct lasync__curl lasync__curl;
@@ -36,7 +35,7 @@ struct lasync__curl_xfer {
 };
 
 /* The runtime's multi, made on first use (a service: closed at shutdown, when every transfer
- * is detached). NULL on failure, with *why set. */
+ * is detached), after loading libcurl (libcurl.h). NULL on failure, with *why set. */
 lasync__curl *lasync__curl_get(lasync__runtime *rt, const lasync__curl_ops *ops, const char **why);
 /* An easy handle, reused from a finished transfer when one is pooled; NULL when out of memory. */
 CURL *lasync__curl_easy(lasync__curl *m);

@@ -204,7 +204,7 @@ static int raise_closed(lua_State *L, const char *what) {
  * luaL_argerror does for methods. */
 static int bad_arg(lua_State *L, int idx, const char *fname, const char *argname,
                    const char *expected) {
-  return luaL_error(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, idx - 1,
+  return lasync__misuse(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, idx - 1,
                     argname, expected, lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
 }
 
@@ -383,7 +383,7 @@ static lasync__stream *begin_read(lua_State *L, const char *fname, lasync__task 
   *t = lasync__check_task(L, fname);
   s = check_stream(L, fname);
   if (s->reader)
-    luaL_error(L, "%s: another task is already reading this stream (one reader at a time)",
+    lasync__misuse(L, "%s: another task is already reading this stream (one reader at a time)",
                fname);
   return s;
 }
@@ -394,7 +394,7 @@ static size_t opt_size(lua_State *L, int arg, const char *fname, const char *arg
   if (lua_isnoneornil(L, arg)) return def;
   if (!lua_isinteger(L, arg)) bad_arg(L, arg, fname, argname, "integer");
   n = lua_tointeger(L, arg);
-  if (n <= 0) luaL_error(L, "%s: bad argument #%d '%s' (must be > 0)", fname, arg - 1, argname);
+  if (n <= 0) lasync__misuse(L, "%s: bad argument #%d '%s' (must be > 0)", fname, arg - 1, argname);
   return (size_t)n;
 }
 
@@ -519,7 +519,7 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
   if (lua_type(L, idx) == LUA_TSTRING) {
     p = lua_tolstring(L, idx, &len);
     if (len > UINT_MAX) /* a uv_buf_t's length is 32 bits */
-      luaL_error(L, "stream:write: bad argument #%d 'data' (a string over 4 GiB)", idx - 1);
+      lasync__misuse(L, "stream:write: bad argument #%d 'data' (a string over 4 GiB)", idx - 1);
     if (bufs) bufs[nb] = uv_buf_init((char *)p, (unsigned int)len);
     *total += len;
     return nb + 1;
@@ -529,11 +529,11 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, idx, i);
       if (lua_type(L, -1) != LUA_TSTRING)
-        luaL_error(L, "stream:write: bad argument #%d 'data' (item %I is a %s, string expected)",
+        lasync__misuse(L, "stream:write: bad argument #%d 'data' (item %I is a %s, string expected)",
                    idx - 1, i, luaL_typename(L, -1));
       p = lua_tolstring(L, -1, &len);
       if (len > UINT_MAX)
-        luaL_error(L, "stream:write: bad argument #%d 'data' (item %I is over 4 GiB)", idx - 1, i);
+        lasync__misuse(L, "stream:write: bad argument #%d 'data' (item %I is over 4 GiB)", idx - 1, i);
       if (bufs) bufs[nb] = uv_buf_init((char *)p, (unsigned int)len);
       *total += len;
       nb++;

@@ -76,7 +76,7 @@ function http.check_url(fname, url)
     invalid(fname, url, "url", "control characters or spaces in the URL")
   end
   if not url:find("^%a[%w+.-]*://") then invalid(fname, url, "url", "absolute URL expected") end
-  local why = check_url(url)
+  local why = check_url(url, fname) -- loads libcurl on first use (bindings/http/libcurl.h)
   if why then invalid(fname, url, "url", why) end
 end
 
