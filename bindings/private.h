@@ -377,7 +377,10 @@ typedef struct lasync__stream {
   lasync__waitlist writers;
   int rerr, werr;
   unsigned pending_writes;
+  unsigned direct_turn; /* the loop turn direct_bytes counts in */
+  size_t direct_bytes;  /* read by the reader itself (stream.c direct_read) this turn */
   uint8_t want, reader_woken, started, reading, eof, shut, lingering;
+  uint8_t more; /* the last read filled its buffer: the socket likely holds more */
 } lasync__stream;
 
 /* Pushes a new Stream object and returns its struct, uv handle not yet initialised; raises
