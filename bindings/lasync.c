@@ -39,7 +39,7 @@ void lasync__load_lua(lua_State *L, const char *name, const char *chunkname) {
     if (strcmp(f->name, name) != 0) continue;
     if (strcmp(f->chunkname, chunkname) != 0)
       lasync__misuse(L, "lasync: lua/%s.lua is embedded as chunk %s, not %s (CMakeLists.txt)", name,
-                 f->chunkname, chunkname);
+                     f->chunkname, chunkname);
     if (luaL_loadbufferx(L, f->code, f->code_len, chunkname, "b") == LUA_OK) return;
     lua_pop(L, 1);
     if (luaL_loadbufferx(L, f->source, f->source_len, chunkname, "t") != LUA_OK) lua_error(L);

@@ -834,8 +834,8 @@ static int l_listen(lua_State *L) {
   memset(&ss, 0, sizeof ss);
   if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) != 0 &&
       uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss) != 0)
-    return lasync__misuse(L, "async.http.serve: bad option 'host' (an IP address expected, got '%s')",
-                      ip);
+    return lasync__misuse(
+        L, "async.http.serve: bad option 'host' (an IP address expected, got '%s')", ip);
   box = (server_box *)lua_newuserdatauv(L, sizeof *box, 0);
   box->sv = NULL;
   luaL_setmetatable(L, SERVER_MT);

@@ -300,7 +300,7 @@ static int co_wrap(lua_State *L) {
 /* lasync inside a worker: every call raises, since nothing there can suspend. */
 static int unavailable(lua_State *L) {
   return lasync__misuse(L, "async.%s is not available in a worker thread",
-                    lua_tostring(L, lua_upvalueindex(1)));
+                        lua_tostring(L, lua_upvalueindex(1)));
 }
 
 static int stub_index(lua_State *L) {
@@ -395,7 +395,8 @@ static void push_named(lua_State *L, const char *name) {
     lasync__misuse(L, "'%s': module '%s' is not a table", name, lua_tostring(L, -2));
   lua_getfield(L, -1, dot + 1);
   if (lua_type(L, -1) != LUA_TFUNCTION && !luaL_getmetafield(L, -1, "__call"))
-    lasync__misuse(L, "'%s' is not a function in the worker (it is %s)", name, luaL_typename(L, -1));
+    lasync__misuse(L, "'%s' is not a function in the worker (it is %s)", name,
+                   luaL_typename(L, -1));
   lua_remove(L, -2);
 }
 
@@ -903,10 +904,11 @@ static int opt_int(lua_State *L, const char *fname, const char *opt, int min, in
 ok:
   v = (lua_Integer)lua_tonumber(L, -1);
   if (v < min || v > max)
-    lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %d)", fname, opt, min, max,
-               (int)(v < INT_MIN   ? INT_MIN
-                     : v > INT_MAX ? INT_MAX
-                                   : v));
+    lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %d)", fname, opt, min,
+                   max,
+                   (int)(v < INT_MIN   ? INT_MIN
+                         : v > INT_MAX ? INT_MAX
+                                       : v));
   lua_pop(L, 1);
   return (int)v;
 }
@@ -1107,12 +1109,12 @@ static void check_fn(lua_State *L, int idx, const char *fname) {
     const char *bad = lasync__copy_bad_upvalue(L, idx);
     if (bad && !*bad)
       lasync__misuse(L,
-                 "%s: bad argument #1 (a C function cannot run in a worker thread; pass "
-                 "its name as \"module.function\")",
-                 fname);
+                     "%s: bad argument #1 (a C function cannot run in a worker thread; pass "
+                     "its name as \"module.function\")",
+                     fname);
     if (bad)
       lasync__misuse(L, "%s: bad argument #1 (function has upvalue '%s'; pass it as an argument)",
-                 fname, bad);
+                     fname, bad);
   } else if (lua_type(L, idx) == LUA_TSTRING) {
     const char *s = lua_tostring(L, idx);
     const char *sep = strrchr(s, ':');
