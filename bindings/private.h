@@ -457,6 +457,9 @@ int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argna
 /* Raises "<fname>: bad option '<opt>' (<expected> expected, got <type of the value at idx>)". */
 int lasync__opterror(lua_State *L, int idx, const char *fname, const char *opt,
                      const char *expected);
+/* Raises "<fname>: bad option '<key>' (unknown option)" for a key of the table at idx that is
+ * not in known (NULL-terminated): a misspelt option is misuse, never silently the default. */
+void lasync__check_options(lua_State *L, int idx, const char *fname, const char *const known[]);
 const char *lasync__typename(lua_State *L, int idx); /* luaL_typename, or a userdata's __name */
 int lasync__is_error_kind(lua_State *L, int idx, const char *kind);
 const char *lasync__describe(lua_State *L, int idx);
@@ -522,6 +525,8 @@ void lasync__xqueue_hold(lasync__xqueue *q, int delta);
  * function taking one pointer: fn(L) finds ud as a light userdata at index 1; its results and
  * any error are dropped. Returns the status. */
 int lasync__pcall(lua_State *L, int nargs, int nres);
+/* Pushes a new table whose keys ("k") or values ("v") are weak. */
+void lasync__push_weak_table(lua_State *L, const char *mode);
 int lasync__cpcall(lua_State *L, lua_CFunction fn, void *ud);
 /* Makes room in the ready ring for one more live task; raises a memory error otherwise, so
  * that waking a task never needs memory. */

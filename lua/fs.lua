@@ -31,13 +31,7 @@ local function check_opts(fname, n, opts)
   if type(opts) ~= "table" then
     error(format("%s: bad argument #%d 'opts' (table expected, got %s)", fname, n, type(opts)), 3)
   end
-  local known = KNOWN[fname]
-  for k in pairs(opts) do
-    if not known[k] then
-      error(format("%s: bad option '%s' (unknown option)", fname, tostring(k)), 3)
-    end
-  end
-  return opts
+  return core._check.options(fname, n, opts, KNOWN[fname])
 end
 
 local function too_long(fname, path, max)

@@ -58,11 +58,7 @@ local function check_opts(fname, opts, known)
   if type(opts) ~= "table" then
     misuse(format("%s: bad argument #2 'opts' (table expected, got %s)", fname, type(opts)))
   end
-  for k in pairs(opts) do
-    if not known[k] then
-      misuse(format("%s: bad option '%s' (unknown option)", fname, tostring(k)))
-    end
-  end
+  core._check.options(fname, 2, opts, known)
   if opts.cwd ~= nil and type(opts.cwd) ~= "string" then opterror(fname, "cwd", "string", opts.cwd) end
   if opts.env ~= nil and type(opts.env) ~= "table" then opterror(fname, "env", "table", opts.env) end
   for _, k in ipairs({ "timeout", "kill_grace" }) do

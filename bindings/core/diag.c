@@ -104,11 +104,7 @@ static int l_debug(lua_State *L) {
     rt->slow_step_ns = (uint64_t)(s * 1e9);
   }
   if (rt->debug && rt->parents_ref == LUA_NOREF) {
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
+    lasync__push_weak_table(L, "k");
     rt->parents_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   lua_pushboolean(L, was);

@@ -87,6 +87,21 @@ int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argna
                         got);
 }
 
+void lasync__check_options(lua_State *L, int idx, const char *fname,
+                           const char *const known[]) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int i = 0;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      while (known[i] && strcmp(known[i], lua_tostring(L, -1)) != 0) i++;
+    if (lua_type(L, -1) != LUA_TSTRING || known[i] == NULL)
+      lasync__misuse(L, "%s: bad option '%s' (unknown option)", fname,
+                     lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+  }
+}
+
 int lasync__opterror(lua_State *L, int idx, const char *fname, const char *opt,
                      const char *expected) {
   return lasync__misuse(L, "%s: bad option '%s' (%s expected, got %s)", fname, opt, expected,

@@ -40,6 +40,14 @@ void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref) {
  * on top of L are replaced by nres results (LUA_OK) or by one error value. The handler records
  * the traceback in the running task, if the error happens in one. A stack that cannot grow is
  * a memory error with a nil error value. */
+void lasync__push_weak_table(lua_State *L, const char *mode) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, mode);
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+}
+
 int lasync__pcall(lua_State *L, int nargs, int nres) {
   int base = lua_gettop(L) - nargs, status;
   if (!lua_checkstack(L, nres > 0 ? nres + 1 : 2)) {
@@ -491,11 +499,7 @@ static int open_lua_side(lua_State *L) {
   rt->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushliteral(L, "not enough memory");
   rt->oom_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  lasync__push_weak_table(L, "k");
   rt->owned_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* Last: once the state names the runtime, it is complete. */
   lua_pushlightuserdata(L, rt);

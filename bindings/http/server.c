@@ -1349,11 +1349,7 @@ void lasync__open_server(lua_State *L) {
   lua_pushcfunction(L, conn_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  lua_newtable(L); /* conn -> box, weak: the same object while Lua holds it */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "v");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  lasync__push_weak_table(L, "v"); /* conn -> box, weak: the same object while Lua holds it */
   lua_setfield(L, LUA_REGISTRYINDEX, CONN_MT ".boxes");
   lua_pushcfunction(L, l_listen);
   lua_setfield(L, -2, "_http_listen");

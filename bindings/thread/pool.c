@@ -913,21 +913,6 @@ ok:
   return (int)v;
 }
 
-/* A misspelt option is a misuse, not silently the default. */
-static void check_pool_options(lua_State *L, const char *fname) {
-  static const char *const known[] = {"size", "max_queue", "max_memory", NULL};
-  lua_pushnil(L);
-  while (lua_next(L, 1)) {
-    int i = 0;
-    lua_pop(L, 1);
-    if (lua_type(L, -1) == LUA_TSTRING)
-      while (known[i] && strcmp(known[i], lua_tostring(L, -1)) != 0) i++;
-    if (lua_type(L, -1) != LUA_TSTRING || known[i] == NULL)
-      lasync__misuse(L, "%s: bad option '%s' (unknown option)", fname,
-                     lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
-  }
-}
-
 /* core._thread_pool([opts]) -> a new pool. */
 static int l_pool(lua_State *L) {
   static const char *const fname = "async.thread.pool";
@@ -935,7 +920,10 @@ static int l_pool(lua_State *L) {
   if (!lua_isnoneornil(L, 1) && !lua_istable(L, 1))
     return lasync__argerror(L, 1, fname, "opts", "table");
   if (lua_isnoneornil(L, 1)) lua_newtable(L), lua_replace(L, 1);
-  check_pool_options(L, fname);
+  {
+    static const char *const known[] = {"size", "max_queue", "max_memory", NULL};
+    lasync__check_options(L, 1, fname, known);
+  }
   size = opt_int(L, fname, "size", 1, MAX_POOL_SIZE, default_size());
   max_queue = opt_int(L, fname, "max_queue", 0, INT_MAX, 0);
   mib = opt_int(L, fname, "max_memory", 0, 1 << 20, 0);
