@@ -201,6 +201,17 @@ lasync__service *lasync__service_find(lasync__runtime *rt, const lasync__service
 void lasync__services_turn(lasync__runtime *rt);
 void lasync__services_close(lasync__runtime *rt);
 
+/* alloc.c: a size-class heap for a Lua state lasync opens: lua_newstate(lasync__heap_alloc,
+ * heap). cap > 0 bounds the bytes Lua may hold (an allocation past it fails). Free the heap
+ * after lua_close. NULL from lasync__heap_new when out of memory. */
+typedef struct lasync__heap lasync__heap;
+lasync__heap *lasync__heap_new(size_t cap);
+void lasync__heap_free(lasync__heap *h);
+void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+size_t lasync__heap_used(const lasync__heap *h);
+/* A state on h with luaL_newstate's panic and warning functions, or NULL. */
+lua_State *lasync__heap_newstate(lasync__heap *h);
+
 /* ---- io/: the layers every I/O capability stands on ---- */
 
 /* io/req.c: a libuv request (uv_fs_t, uv_getaddrinfo_t, uv_connect_t, uv_write_t, ...) that one

@@ -16,6 +16,7 @@ static const char HELD_KEY = 'h'; /* registry: light(task) -> task, for the task
 typedef struct {
   lasync__service service; /* first: the service is the state */
   int owns_state;
+  lasync__heap *heap; /* the state's allocator, when lasync opened the state */
   uv_thread_t owner; /* the thread that created the runtime: the only one allowed in */
 } embed;
 
@@ -128,6 +129,7 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   lasync_options none;
   lua_State *L;
   lasync_runtime *rt;
+  lasync__heap *heap = NULL;
   embed *e;
   if (out == NULL) return LASYNC_EINVAL;
   *out = NULL;
@@ -137,7 +139,12 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   }
   L = opts->L;
   if (L == NULL) {
-    if ((L = luaL_newstate()) == NULL) return LASYNC_ENOMEM;
+    /* On lasync's size-class heap (bindings/core/alloc.c): tasks allocate small objects. */
+    if ((heap = lasync__heap_new(0)) == NULL) return LASYNC_ENOMEM;
+    if ((L = lasync__heap_newstate(heap)) == NULL) {
+      lasync__heap_free(heap);
+      return LASYNC_ENOMEM;
+    }
     luaL_openlibs(L);
   } else if (lasync__runtime_get(L) != NULL) {
     return LASYNC_EBUSY; /* one runtime per state */
@@ -145,6 +152,7 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   rt = lasync__runtime_open(L, opts->loop);
   if (rt == NULL) {
     if (opts->L == NULL) lua_close(L);
+    lasync__heap_free(heap);
     return LASYNC_ELOOP;
   }
   rt->data = opts->data;
@@ -152,10 +160,12 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   if ((e = embed_of(rt)) == NULL) {
     lasync__runtime_close(rt);
     if (opts->L == NULL) lua_close(L);
+    lasync__heap_free(heap);
     free(rt);
     return LASYNC_ENOMEM;
   }
   e->owns_state = opts->L == NULL;
+  e->heap = heap;
   luaL_requiref(L, "lasync", luaopen_lasync, 0);
   lua_pop(L, 1);
   lua_newtable(L);
@@ -167,14 +177,17 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
 int lasync_destroy(lasync_runtime *rt) {
   lua_State *L;
   int owns_state;
+  lasync__heap *heap;
   if (rt == NULL) return LASYNC_EINVAL;
   if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
   L = rt->L;
   owns_state = find_embed(rt) ? find_embed(rt)->owns_state : 0;
+  heap = find_embed(rt) ? find_embed(rt)->heap : NULL; /* the embed is freed with rt's services */
   lasync__runtime_close(rt);
   if (owns_state) {
     lua_close(L);
+    lasync__heap_free(heap);
   } else {
     /* The state lives on: forget the runtime so nothing in it points here any more. Failed
      * tasks nobody looked at and nobody holds are reported to on_error now, while it exists. */

@@ -29,33 +29,21 @@ enum {
 static lasync__runtime *runtime;
 
 /* LASYNC_MAX_MEMORY=<MiB>: a cap on the Lua heap. An allocation past it fails, which Lua turns
- * into a "not enough memory" error in the task that asked; the host and other tasks go on. */
-static size_t heap_used, heap_cap;
-
-static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  size_t old = ptr ? osize : 0;
-  (void)ud;
-  if (nsize == 0) {
-    heap_used -= old;
-    free(ptr);
-    return NULL;
-  }
-  if (nsize > old && heap_used - old + nsize > heap_cap) return NULL;
-  ptr = realloc(ptr, nsize);
-  if (ptr) heap_used = heap_used - old + nsize;
-  return ptr;
-}
+ * into a "not enough memory" error in the task that asked; the host and other tasks go on. The
+ * state lives on lasync's size-class heap (bindings/core/alloc.c), which counts as it goes, so
+ * the cap costs nothing. */
+static lasync__heap *heap;
 
 static lua_State *new_state(void) {
   const char *cap = getenv("LASYNC_MAX_MEMORY");
-  lua_State *L = luaL_newstate();
-  if (L == NULL || cap == NULL || atof(cap) <= 0) return L;
-  /* Switch allocators, counting what the state already holds as used. */
-  heap_cap = (size_t)(atof(cap) * 1024 * 1024);
-  heap_used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
-  lua_setallocf(L, capped_alloc, NULL);
+  lua_State *L;
+  heap = lasync__heap_new(cap && atof(cap) > 0 ? (size_t)(atof(cap) * 1024 * 1024) : 0);
+  if (heap == NULL) return NULL;
+  if ((L = lasync__heap_newstate(heap)) == NULL) lasync__heap_free(heap);
   return L;
-}static lasync__task *main_task;
+}
+
+static lasync__task *main_task;
 
 /* Pushes lua/host.lua as a chunk, under lua_pcall. */
 static int load_host(lua_State *L) {
@@ -377,6 +365,7 @@ int main(int argc, char **argv) {
   uv_close((uv_handle_t *)&sigquit, on_signal_closed);
   lasync__runtime_close(runtime);
   lua_close(L);
+  lasync__heap_free(heap);
   if (runtime->unhandled_failures && status == 0) status = 1;
   free(runtime);
   return status;
