@@ -161,6 +161,7 @@ struct lasync__runtime {
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */
   int sites_ref;    /* array of the source names that spawned tasks, see task.c */
+  const void *task_mt; /* the Task metatable's address: lasync__totask compares it */
   uint32_t nsites, last_site;
   char last_site_src[LUA_IDSIZE];
   /* Counters behind async._debug.counts(): specs assert they return to zero. */
