@@ -107,7 +107,8 @@ static void start_transfer(void) {
     exit(1);
   }
   CURL *e = x->easy;
-  /* The options bindings/http.c sets for async.fetch(url) with the defaults of lua/http.lua. */
+  /* The options bindings/http/client.c sets for async.fetch(url) with the defaults of
+   * lua/http/options.lua. */
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);

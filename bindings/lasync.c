@@ -51,10 +51,12 @@ static void add_lua_calls(lua_State *L, const char *name) {
 /* The Lua side of the module, in load order: each file adds its calls to the module table,
  * and may use what the files before it added. */
 static const char *const LUA_PARTS[] = {
-  "http",  /* async.fetch, async.http */
-  "sync",  /* semaphore, lock, event, queue */
-  "scope", /* scopes, wait, map, retry: builds on sync */
-  "net",   /* async.net */
+  "sync",         /* semaphore, lock, event, queue */
+  "scope",        /* scopes, wait, map, retry: builds on sync */
+  "http/options", /* fetch's option and header checks, shared by the HTTP code */
+  "http/client",  /* async.fetch, Response, retries */
+  "http/pool",    /* async.http.client: defaults and connection limits, on semaphores */
+  "net",          /* async.net */
   NULL};
 
 int luaopen_lasync(lua_State *L) {
@@ -68,6 +70,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_gather(L);
   lasync__open_diag(L);
   lasync__open_http(L);
+  lasync__open_json(L);
   lasync__open_net(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");

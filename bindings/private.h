@@ -508,6 +508,7 @@ void lasync__open_timer(lua_State *L);
 void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);
+void lasync__open_json(lua_State *L); /* http/json.c */
 
 /* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
  * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */

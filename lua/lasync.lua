@@ -2,7 +2,7 @@
 -- module table. Scheduling, timers, tasks and gather live in C (bindings/).
 local core = ...
 
-local error, pcall, type = error, pcall, type
+local error, pairs, pcall, rawget, type = error, pairs, pcall, rawget, type
 local format = string.format
 
 local async = {
@@ -23,25 +23,155 @@ local async = {
 
 local spawn, in_task, deadline = core.spawn, core._in_task, core._deadline
 local is_cancelled = core.is_cancelled
+local getinfo, getmetatable, mtype, tostring = debug.getinfo, getmetatable, math.type, tostring
+local LIB_SOURCE = "=[lasync]" -- the chunk name of every embedded file (bindings/lasync.c)
 
--- The checks below run before any C call, so a misuse is reported at the caller's line, not
--- at a line of this file.
-local function check_function(fname, n, fn)
-  if type(fn) ~= "function" then
-    error(format("%s: bad argument #%d (function expected, got %s)", fname, n, type(fn)), 3)
+-- ---- misuse: one format, reported at the user's line ----
+--
+-- These mirror bindings/core/errors.c (lasync__argerror, lasync__opterror) and are shared by
+-- every file of lua/ through core._check, so a message reads the same whichever side raised it:
+--   async.sleep: bad argument #1 'seconds' (number expected, got string)
+--   async.retry: bad option 'attemps' (unknown option)
+-- The position is the first caller outside lasync's own code (and outside C functions such as
+-- pcall), never a line of lua/*.lua: how deep the check sits does not matter.
+
+local check = {}
+core._check = check
+
+local function user_level()
+  local level = 3 -- 1 is this function, 2 is misuse(), 3 its caller
+  while true do
+    local info = getinfo(level, "S")
+    if not info then return 0 end
+    if info.source ~= LIB_SOURCE and info.what ~= "C" then return level - 1 end
+    level = level + 1
   end
 end
 
-local function check_seconds(fname, n, s)
+--- Raises msg (a string) as misuse, at the user's line.
+local function misuse(msg) error(msg, user_level()) end
+check.misuse = misuse
+
+--- The type of v for a message: a value whose metatable has a string __name shows as that
+--- (lasync.Future, lasync.Semaphore), as luaL_typeerror does.
+local function typename(v)
+  local mt = getmetatable(v)
+  if type(mt) == "table" and type(rawget(mt, "__name")) == "string" then return mt.__name end
+  return type(v)
+end
+check.typename = typename
+
+function check.argerror(fname, n, argname, expected, v)
+  if argname then
+    misuse(format("%s: bad argument #%d '%s' (%s expected, got %s)", fname, n, argname, expected,
+      typename(v)))
+  end
+  misuse(format("%s: bad argument #%d (%s expected, got %s)", fname, n, expected, typename(v)))
+end
+
+--- "fname: bad option 'opt' (why)"; option_message gives the text for callers that raise it in
+--- an error object (async.fetch's kind "invalid").
+local function option_message(fname, opt, why)
+  return format("%s: bad option '%s' (%s)", fname, tostring(opt), why)
+end
+check.option_message = option_message
+
+function check.opterror(fname, opt, why) misuse(option_message(fname, opt, why)) end
+
+--- "integer >= 1 expected, got string"; a number of the right type but out of range shows
+--- its value ("got 0.5").
+function check.expected(what, v)
+  if type(v) == "number" and (what:find("^integer") or what:find("^number")) then
+    return format("%s expected, got %s", what, tostring(v))
+  end
+  return format("%s expected, got %s", what, typename(v))
+end
+
+--- An options table (nil: {}); unknown names are misuse. known: a set of names.
+function check.options(fname, n, opts, known)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then check.argerror(fname, n, "options", "table", opts) end
+  for k in pairs(opts) do
+    if not known[k] then check.opterror(fname, k, "unknown option") end
+  end
+  return opts
+end
+
+--- A number option >= least (integer: a whole number); nil passes.
+function check.number_option(fname, opt, v, least, integer)
+  if v == nil then return end
+  if type(v) ~= "number" or v ~= v or v < least or (integer and mtype(v) ~= "integer") then
+    check.opterror(fname, opt, check.expected(format("%s >= %s", integer and "integer" or
+      "number", least), v))
+  end
+end
+
+local function is_callable(fn)
+  if type(fn) == "function" then return true end
+  local mt = getmetatable(fn)
+  return type(mt) == "table" and type(rawget(mt, "__call")) == "function"
+end
+check.is_callable = is_callable
+
+function check.callable(fname, n, argname, fn)
+  if not is_callable(fn) then check.argerror(fname, n, argname, "function", fn) end
+end
+
+--- For a call that suspends: in a task, and where Lua can yield (not in a table.sort
+--- comparator...), naming the call the user made. no_yield: the call needs the task only.
+local isyieldable = coroutine.isyieldable
+local function check_in_task(fname, no_yield)
+  if not in_task() then misuse(fname .. " must be called inside a task") end
+  if not no_yield and not isyieldable() then
+    misuse(fname .. " cannot suspend here: the task is inside a C call that cannot yield " ..
+      "(a table.sort comparator, a string.gsub callback, require, a __gc ...)")
+  end
+end
+check.in_task = check_in_task
+
+--- A method called with '.' instead of ':' (or on the wrong object).
+function check.self(self, mt, fname)
+  if getmetatable(self) ~= mt then
+    misuse(format("%s: bad self (%s expected, got %s); call it with ':'", fname,
+      rawget(mt, "__name") or "object", typename(self)))
+  end
+end
+
+--- Wraps every method of the class mt (its functions but the metamethods) so that one called
+--- with '.' instead of ':' says so, whichever method it is. prefix names them: "queue".
+function check.methods(mt, prefix)
+  for k, f in pairs(mt) do
+    if type(f) == "function" and type(k) == "string" and not k:find("^__") then
+      local fname = prefix .. ":" .. k
+      mt[k] = function(self, ...)
+        if getmetatable(self) ~= mt then check.self(self, mt, fname) end
+        return f(self, ...)
+      end
+    end
+  end
+end
+
+--- The delay before retry number `attempt` + 1: exponential from `backoff`, capped at
+--- `max_delay`, scaled by a random factor in [0.5, 1] with jitter. async.retry and fetch's
+--- retries share it.
+function check.backoff(attempt, backoff, max_delay, jitter)
+  local delay = math.min(backoff * 2 ^ (attempt - 1), max_delay)
+  if jitter then delay = delay * (0.5 + 0.5 * math.random()) end
+  return delay
+end
+
+-- The checks below run before any C call.
+local function check_function(fname, n, argname, fn)
+  check.callable(fname, n, argname, fn)
+end
+
+local function check_seconds(fname, n, argname, s)
   if type(s) ~= "number" then
-    error(format("%s: bad argument #%d (number of seconds expected, got %s)", fname, n, type(s)), 3)
+    check.argerror(fname, n, argname, "number", s)
   elseif s ~= s or s < 0 then
-    error(format("%s: bad argument #%d (seconds must be a number >= 0, got %s)", fname, n, s), 3)
+    misuse(format("%s: bad argument #%d '%s' (number >= 0 expected, got %s)", fname, n, argname,
+      tostring(s)))
   end
-end
-
-local function check_in_task(fname)
-  if not in_task() then error(fname .. " must be called inside a task", 3) end
 end
 
 local function timeout_error(fname, seconds)
@@ -61,8 +191,8 @@ end
 
 --- Runs fn(...) in the calling task with a deadline of `seconds`.
 function async.timeout(seconds, fn, ...)
-  check_seconds("async.timeout", 1, seconds)
-  check_function("async.timeout", 2, fn)
+  check_seconds("async.timeout", 1, "seconds", seconds)
+  check_function("async.timeout", 2, "fn", fn)
   check_in_task("async.timeout")
   return finish_timeout(deadline(seconds, "async.timeout"), seconds, pcall(fn, ...))
 end
@@ -91,19 +221,18 @@ end
 --- Runs fn(...) in the calling task so that a cancellation of the task waits for fn to finish
 --- (cleanup that must complete), then is delivered. Deadlines inside fn still apply.
 function async.shield(fn, ...)
-  check_function("async.shield", 1, fn)
+  check_function("async.shield", 1, "fn", fn)
   check_in_task("async.shield")
   return finish_shield(deadline(math.huge, "async.shield", true), pcall(fn, ...))
 end
 
 --- Awaits `task` for at most `seconds`; on expiry cancels it and raises a Timeout.
 function async.wait_for(task, seconds)
-  if not core._is_task(task) then
-    error(format("async.wait_for: bad argument #1 (task expected, got %s)", type(task)), 2)
-  end
-  check_seconds("async.wait_for", 2, seconds)
+  if not core._is_task(task) then check.argerror("async.wait_for", 1, "task", "task", task) end
+  check_seconds("async.wait_for", 2, "seconds", seconds)
   check_in_task("async.wait_for")
-  return finish_wait_for(deadline(seconds, "async.wait_for"), task, seconds, pcall(task.await, task))
+  return finish_wait_for(deadline(seconds, "async.wait_for"), task, seconds,
+    pcall(task.await, task))
 end
 
 --- Runs fn(...) as a task until it finishes. Outside the loop (stock lua, embedding) it drives
@@ -121,14 +250,15 @@ local function finish_child(child, ok, ...)
 end
 
 function async.run(fn, ...)
-  check_function("async.run", 1, fn)
+  check_function("async.run", 1, "fn", fn)
   if in_task() then
+    check_in_task("async.run")
     local child = spawn(fn, ...)
     return finish_child(child, pcall(child.await, child))
   end
   local task = spawn(fn, ...)
   if not core._run_until(task, true) then
-    error("async.run: deadlock: the main task waits on something that nothing can complete", 2)
+    check.misuse("async.run: deadlock: the main task waits on something that nothing can complete")
   end
   return task:result()
 end
@@ -144,6 +274,9 @@ async.debug = core.debug
 --- else a list, oldest first, each with its status, age, spawn site and what it waits on.
 function async.dump(out)
   out = out or io.stderr
+  if type(out) ~= "userdata" and type(out) ~= "table" or type(out.write) ~= "function" then
+    check.argerror("async.dump", 1, "out", "file", out)
+  end
   local list = core.tasks()
   table.sort(list, function(a, b) return a.age > b.age end)
   local children, roots, known = {}, {}, {}

@@ -18,20 +18,20 @@ local DEFAULT_CONNECT_TIMEOUT = 30 -- seconds: a connect never waits forever by 
 local net = {}
 async.net = net
 
--- Misuse is reported at the caller's line.
-local function bad_arg(fname, n, name, expected, v)
-  error(format("%s: bad argument #%d '%s' (%s expected, got %s)", fname, n, name, expected,
-    type(v)), 3)
-end
+-- Misuse: core._check's format, at the user's line (lua/lasync.lua).
+local check = core._check
+local misuse = check.misuse
+
+local function bad_arg(fname, n, name, expected, v) check.argerror(fname, n, name, expected, v) end
 
 local function bad_opt(fname, name, expected, v)
-  error(format("%s: bad option '%s' (%s expected, got %s)", fname, name, expected, type(v)), 3)
+  check.opterror(fname, name, check.expected(expected, v))
 end
 
 local function check_port(fname, n, port)
   if mtype(port) ~= "integer" then bad_arg(fname, n, "port", "integer", port) end
   if port < 0 or port > 65535 then
-    error(format("%s: bad argument #%d 'port' (0 to 65535 expected, got %d)", fname, n, port), 3)
+    misuse(format("%s: bad argument #%d 'port' (0 to 65535 expected, got %d)", fname, n, port))
   end
 end
 
@@ -50,7 +50,7 @@ end
 --- async.net.resolve(name) -> {"127.0.0.1", "::1", ...}; raises kind "dns".
 function net.resolve(name)
   if type(name) ~= "string" then bad_arg("async.net.resolve", 1, "name", "string", name) end
-  if not in_task() then error("async.net.resolve must be called inside a task", 2) end
+  if not in_task() then misuse("async.net.resolve must be called inside a task") end
   return resolve(name)
 end
 
@@ -85,7 +85,7 @@ function net.connect(host, port, opts)
   if opts ~= nil and type(opts) ~= "table" then bad_arg(fname, 3, "options", "table", opts) end
   local seconds = opts and opts.timeout
   check_seconds_opt(fname, "timeout", seconds)
-  if not in_task() then error(fname .. " must be called inside a task", 2) end
+  if not in_task() then misuse(fname .. " must be called inside a task") end
   seconds = seconds or DEFAULT_CONNECT_TIMEOUT
   return finish_connect(deadline(seconds, fname), host, port, seconds,
     pcall(try_addresses, host, port))
@@ -159,7 +159,7 @@ function net.listen(opts, handler)
   if type(host) ~= "string" then bad_opt(fname, "host", "string", host) end
   if mtype(port) ~= "integer" then bad_opt(fname, "port", "integer", port) end
   if port < 0 or port > 65535 then
-    error(format("%s: bad option 'port' (0 to 65535 expected, got %d)", fname, port), 2)
+    misuse(format("%s: bad option 'port' (0 to 65535 expected, got %d)", fname, port))
   end
   local backlog, max = opts.backlog or 511, opts.max_connections
   if mtype(backlog) ~= "integer" or backlog < 0 then
@@ -170,7 +170,7 @@ function net.listen(opts, handler)
   end
   local ip = host
   if not host:find("^[%d.]+$") and not host:find(":") then
-    if not in_task() then error(fname .. ": a host name needs a task to be resolved in", 2) end
+    if not in_task() then misuse(fname .. ": a host name needs a task to be resolved in") end
     ip = resolve(host)[1]
   end
   local handle = listen_ip(ip, port, backlog)
@@ -186,9 +186,7 @@ end
 --- srv:close([{grace = s}]): stops accepting; with grace, waits up to s seconds for the
 --- handlers to finish, then cancels the rest and waits for their cleanup.
 function Server:close(opts)
-  if getmetatable(self) ~= Server then
-    error("server:close: bad self (lasync.Server expected); call it with ':'", 2)
-  end
+  check.self(self, Server, "server:close")
   if opts ~= nil and type(opts) ~= "table" then
     bad_arg("server:close", 1, "options", "table", opts)
   end
@@ -200,7 +198,7 @@ function Server:close(opts)
     self.acceptor:cancel("server closed")
   end
   if grace == nil then return end
-  if not in_task() then error("server:close{grace} must be called inside a task", 2) end
+  if not in_task() then misuse("server:close{grace} must be called inside a task") end
   if self.active > 0 then
     local idle = self.idle or core.future()
     self.idle = idle

@@ -2,53 +2,30 @@
 -- async.retry: structured concurrency composed from tasks, futures and cancel scopes.
 local core, async = ...
 
-local error, getmetatable, ipairs, next, pairs, pcall = error, getmetatable, ipairs, next, pairs, pcall
+local error, ipairs, next, pcall = error, ipairs, next, pcall
 local rawget, select, setmetatable, tostring, type = rawget, select, setmetatable, tostring, type
 local format, rep, floor, min, max = string.format, string.rep, math.floor, math.min, math.max
 local pack, unpack = table.pack, table.unpack
-local spawn, current, in_task, deadline = core.spawn, core.current, core._in_task, core._deadline
-local is_cancelled, is_task, new_future, now = core.is_cancelled, core._is_task, core.future, core.now
+local spawn, current, deadline = core.spawn, core.current, core._deadline
+local is_cancelled, is_task = core.is_cancelled, core._is_task
+local new_future, now = core.future, core.now
 
--- ---- argument checks: misuse is reported at the caller's line ----
+-- ---- argument checks (core._check, shared by every file of lua/) ----
 
-local function is_callable(fn)
-  if type(fn) == "function" then return true end
-  local mt = getmetatable(fn)
-  return type(mt) == "table" and type(mt.__call) == "function"
-end
+local check = core._check
+local misuse, is_callable, check_in_task = check.misuse, check.is_callable, check.in_task
+local check_number = check.number_option
 
-local function check_callable(fname, n, fn)
-  if not is_callable(fn) then
-    error(format("%s: bad argument #%d (function expected, got %s)", fname, n, type(fn)), 3)
-  end
-end
-
-local function check_in_task(fname)
-  if not in_task() then error(fname .. " must be called inside a task", 3) end
-end
-
-local function check_opts(fname, n, opts)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then
-    error(format("%s: bad argument #%d (table of options expected, got %s)", fname, n, type(opts)), 3)
-  end
-  return opts
-end
-
-local function check_number(fname, key, v, min_value, integer)
-  if type(v) ~= "number" or v ~= v or v < min_value or (integer and math.type(v) ~= "integer") then
-    error(format("%s: option '%s' must be %s >= %s (got %s)", fname, key,
-      integer and "an integer" or "a number", min_value, tostring(v)), 3)
-  end
-end
+local function check_callable(fname, n, argname, fn) check.callable(fname, n, argname, fn) end
 
 local function check_tasks(fname, tasks)
   if type(tasks) ~= "table" then
-    error(format("%s: bad argument #1 (array of tasks expected, got %s)", fname, type(tasks)), 3)
+    check.argerror(fname, 1, "tasks", "array of tasks", tasks)
   end
   for i = 1, #tasks do
     if not is_task(tasks[i]) then
-      error(format("%s: bad argument #1 (item %d is a %s, not a task)", fname, i, type(tasks[i])), 3)
+      misuse(format("%s: bad argument #1 'tasks' (item %d is a %s, not a task)", fname, i,
+        check.typename(tasks[i])))
     end
   end
 end
@@ -111,11 +88,9 @@ end
 
 --- Starts fn(...) as a child task of the scope.
 function Scope:spawn(fn, ...)
-  if getmetatable(self) ~= Scope then
-    error("scope:spawn: bad self (scope expected); call it with ':'", 2)
-  end
-  check_callable("scope:spawn", 1, fn)
-  if not self.open then error("scope:spawn: the scope has already finished", 2) end
+  check.self(self, Scope, "scope:spawn")
+  check_callable("scope:spawn", 1, "fn", fn)
+  if not self.open then misuse("scope:spawn: the scope has already finished") end
   local t = spawn(run_child, self, fn, ...)
   local order = self.order
   if #order >= 2 * self.pruned_at + 32 then -- forget the children that have finished
@@ -190,9 +165,10 @@ end
 --- Runs body(s, ...) in the calling task; returns, with body's values, once the body and every
 --- child spawned with s:spawn have finished. See docs/toolkit.md.
 function async.scope(body, ...)
-  check_callable("async.scope", 1, body)
+  check_callable("async.scope", 1, "body", body)
   check_in_task("async.scope")
-  local s = setmetatable({ children = {}, order = {}, pruned_at = 0, errors = {}, failed = {}, open = true }, Scope)
+  local s = setmetatable({ children = {}, order = {}, pruned_at = 0, errors = {}, failed = {},
+    open = true }, Scope)
   s.deadline = deadline(math.huge, "async.scope")
   return finish_scope(s, pcall(body, s, ...))
 end
@@ -253,17 +229,19 @@ local function partition(tasks)
   return done, pending
 end
 
+local WAIT_OPTIONS = { return_when = true, timeout = true }
+
 --- Waits until the condition `return_when` holds or `timeout` passes; returns the done and the
 --- pending tasks, each in the order given. Never raises for a task's failure, nor on timeout.
 function async.wait(tasks, opts)
   check_tasks("async.wait", tasks)
-  opts = check_opts("async.wait", 2, opts)
+  opts = check.options("async.wait", 2, opts, WAIT_OPTIONS)
   local mode, timeout = opts.return_when or "all", opts.timeout
   if not RETURN_WHEN[mode] then
-    error(format("async.wait: option 'return_when' must be \"all\", \"first_completed\" or " ..
-      "\"first_error\" (got %s)", tostring(mode)), 2)
+    check.opterror("async.wait", "return_when", format(
+      "\"all\", \"first_completed\" or \"first_error\" expected, got %s", tostring(mode)))
   end
-  if timeout ~= nil then check_number("async.wait", "timeout", timeout, 0) end
+  check_number("async.wait", "timeout", timeout, 0)
   check_in_task("async.wait")
   local total = #tasks
   local w <close> = watch(tasks)
@@ -310,8 +288,7 @@ local function tasks_of(fname, ...)
   for i = 1, args.n do
     local a = args[i]
     if not is_task(a) and not is_callable(a) then
-      error(format("%s: bad argument #%d (task or function expected, got %s)", fname, i, type(a)),
-        3)
+      check.argerror(fname, i, nil, "task or function", a)
     end
   end
   local tasks = {}
@@ -341,7 +318,7 @@ end
 function async.first(...)
   check_in_task("async.first")
   local tasks = tasks_of("async.first", ...)
-  if #tasks == 0 then error("async.first: no tasks or functions given", 2) end
+  if #tasks == 0 then misuse("async.first: no tasks or functions given") end
   local errors = {}
   local ok, winner = pcall(pick_first, tasks, errors)
   for _, t in ipairs(tasks) do
@@ -407,21 +384,20 @@ local function settle_one(fn, item, i)
   return { ok = false, error = v }
 end
 
+local MAP_OPTIONS = { concurrency = true, progress = true, settled = true }
+
 --- Runs fn(item, index) over items with at most `concurrency` calls in flight; returns their
 --- first values in input order (field n = #items). See docs/toolkit.md for the options.
 function async.map(fn, items, opts)
-  check_callable("async.map", 1, fn)
-  if type(items) ~= "table" then
-    error(format("async.map: bad argument #2 (array expected, got %s)", type(items)), 2)
-  end
-  opts = check_opts("async.map", 3, opts)
+  check_callable("async.map", 1, "fn", fn)
+  if type(items) ~= "table" then check.argerror("async.map", 2, "items", "array", items) end
+  opts = check.options("async.map", 3, opts, MAP_OPTIONS)
   local total = #items
   local limit = opts.concurrency or math.max(total, 1)
   check_number("async.map", "concurrency", limit, 1, true)
   local progress, settled = opts.progress, opts.settled
   if progress ~= nil and progress ~= true and progress ~= false and not is_callable(progress) then
-    error(format("async.map: option 'progress' must be true, false or a function (got %s)",
-      type(progress)), 2)
+    check.opterror("async.map", "progress", check.expected("boolean or function", progress))
   end
   check_in_task("async.map")
   local results = { n = total }
@@ -450,20 +426,26 @@ end
 
 -- ---- async.retry ----
 
+local RETRY_OPTIONS = { attempts = true, backoff = true, max_delay = true, jitter = true,
+  retry_if = true }
+
 --- Calls fn(attempt) until it succeeds, sleeping between attempts with exponential backoff and
 --- jitter; raises the last error once `attempts` calls have failed. Never retries a cancellation.
 function async.retry(fn, opts)
-  check_callable("async.retry", 1, fn)
-  opts = check_opts("async.retry", 2, opts)
+  check_callable("async.retry", 1, "fn", fn)
+  opts = check.options("async.retry", 2, opts, RETRY_OPTIONS)
   local attempts, backoff = opts.attempts or 3, opts.backoff or 0.1
   local max_delay, retry_if = opts.max_delay or 30, opts.retry_if
   check_number("async.retry", "attempts", attempts, 1, true)
   check_number("async.retry", "backoff", backoff, 0)
   check_number("async.retry", "max_delay", max_delay, 0)
   if retry_if ~= nil and not is_callable(retry_if) then
-    error(format("async.retry: option 'retry_if' must be a function (got %s)", type(retry_if)), 2)
+    check.opterror("async.retry", "retry_if", check.expected("function", retry_if))
   end
   check_in_task("async.retry")
+  if opts.jitter ~= nil and type(opts.jitter) ~= "boolean" then
+    check.opterror("async.retry", "jitter", check.expected("boolean", opts.jitter))
+  end
   local jitter = opts.jitter ~= false
   for attempt = 1, attempts do
     local r = pack(pcall(fn, attempt))
@@ -472,8 +454,6 @@ function async.retry(fn, opts)
     if attempt == attempts or is_cancelled(err) or (retry_if and not retry_if(err, attempt)) then
       error(err, 0)
     end
-    local delay = min(backoff * 2 ^ (attempt - 1), max_delay)
-    if jitter then delay = delay * (0.5 + 0.5 * math.random()) end
-    async.sleep(delay)
+    async.sleep(check.backoff(attempt, backoff, max_delay, jitter))
   end
 end

@@ -9,25 +9,14 @@
 -- the next in line: either way the primitive is left exactly as if the waiter had never waited.
 local core, async = ...
 
-local error, getmetatable, pcall, setmetatable, type = error, getmetatable, pcall, setmetatable, type
+local error, pcall, setmetatable = error, pcall, setmetatable
 local format, mtype = string.format, math.type
-local new_future, in_task, current, new_error = core.future, core._in_task, core.current, core.error
+local new_future, current, new_error = core.future, core.current, core.error
+local check = core._check
+local check_in_task, misuse = check.in_task, check.misuse
 
 -- The states of a waiter: still in line, served, or sent away by close().
 local WAITING, GRANTED, REFUSED, GONE = 1, 2, 3, 4
-
--- ---- helpers ----
-
--- Misuse is reported at the caller's line (level 3: the caller of the method that checks).
-local function check_self(self, mt, fname, what)
-  if getmetatable(self) ~= mt then
-    error(format("%s: bad self (%s expected, got %s); call it with ':'", fname, what, type(self)), 3)
-  end
-end
-
-local function check_in_task(fname)
-  if not in_task() then error(fname .. " must be called inside a task", 3) end
-end
 
 -- A line of waiters. One that gives up is marked GONE and skipped later, rather than removed
 -- from the middle; the tail is trimmed at once, so a line of timed-out waiters does not grow.
@@ -114,8 +103,7 @@ Semaphore.__index = Semaphore
 function async.semaphore(n)
   if n == nil then n = 1 end
   if mtype(n) ~= "integer" or n < 0 then
-    error(format("async.semaphore: bad argument #1 (integer >= 0 expected, got %s)",
-      mtype(n) and n or type(n)), 2)
+    misuse("async.semaphore: bad argument #1 'n' (" .. check.expected("integer >= 0", n) .. ")")
   end
   return setmetatable({ free = n, limit = n, line = new_line() }, Semaphore)
 end
@@ -136,7 +124,6 @@ local function give_back_permit(sem)
 end
 
 function Semaphore:acquire()
-  check_self(self, Semaphore, "semaphore:acquire", "semaphore")
   check_in_task("semaphore:acquire")
   -- Free permits and waiters never coexist: a permit that frees up goes to the first waiter.
   if self.free > 0 then
@@ -148,16 +135,14 @@ function Semaphore:acquire()
 end
 
 function Semaphore:try_acquire()
-  check_self(self, Semaphore, "semaphore:try_acquire", "semaphore")
   if self.free == 0 then return false end
   self.free = self.free - 1
   return permit(self)
 end
 
 function Semaphore:release()
-  check_self(self, Semaphore, "semaphore:release", "semaphore")
   if self.free >= self.limit then
-    error("semaphore:release: released more times than acquired", 2)
+    misuse("semaphore:release: released more times than acquired")
   end
   give_back_permit(self)
 end
@@ -187,13 +172,12 @@ local function pass_lock(lock)
 end
 
 function Lock:acquire()
-  check_self(self, Lock, "lock:acquire", "lock")
   check_in_task("lock:acquire")
   local me = current()
   if self.holder == nil then
     self.holder = me
   elseif self.holder == me then
-    error("lock:acquire: this task already holds the lock (locks are not re-entrant)", 2)
+    misuse("lock:acquire: this task already holds the lock (locks are not re-entrant)")
   else
     wait_in(self.line, self, pass_lock, { task = me })
   end
@@ -201,18 +185,16 @@ function Lock:acquire()
 end
 
 function Lock:try_acquire()
-  check_self(self, Lock, "lock:try_acquire", "lock")
-  check_in_task("lock:try_acquire")
+  check_in_task("lock:try_acquire", true) -- the holder is a task; nothing suspends
   if self.holder ~= nil then return false end
   self.holder = current()
   return permit(self)
 end
 
 function Lock:release()
-  check_self(self, Lock, "lock:release", "lock")
-  if self.holder == nil then error("lock:release: the lock is not locked", 2) end
+  if self.holder == nil then misuse("lock:release: the lock is not locked") end
   if self.holder ~= current() then
-    error("lock:release: the lock is held by another task", 2)
+    misuse("lock:release: the lock is held by another task")
   end
   pass_lock(self)
 end
@@ -235,7 +217,6 @@ function async.event()
 end
 
 function Event:set()
-  check_self(self, Event, "event:set", "event")
   if self.flag then return end
   self.flag = true
   local f = self.future
@@ -244,19 +225,16 @@ function Event:set()
 end
 
 function Event:clear()
-  check_self(self, Event, "event:clear", "event")
   self.flag = false
 end
 
 function Event:is_set()
-  check_self(self, Event, "event:is_set", "event")
   return self.flag
 end
 
 -- Waiters share one future per set(): a cancelled waiter is unlinked from it by the core, and
 -- the event has no other state to restore.
 function Event:wait()
-  check_self(self, Event, "event:wait", "event")
   check_in_task("event:wait")
   if self.flag then return true end
   local f = self.future
@@ -279,8 +257,8 @@ function async.queue(maxsize)
   if maxsize == nil or maxsize == 0 then
     maxsize = math.huge
   elseif mtype(maxsize) ~= "integer" or maxsize < 0 then
-    error(format("async.queue: bad argument #1 (integer >= 0 expected, got %s)",
-      mtype(maxsize) and maxsize or type(maxsize)), 2)
+    misuse("async.queue: bad argument #1 'maxsize' (" .. check.expected("integer >= 0", maxsize)
+      .. ")")
   end
   -- Items live in self[head..tail]. A getter that is served is promised an item (`claimed`)
   -- which stays in the queue until it resumes and takes it; a putter that is served is promised
@@ -337,7 +315,7 @@ local function closed_error(fname)
 end
 
 local function check_item(fname, v)
-  if v == nil then error(fname .. ": bad argument #1 (a value other than nil expected)", 3) end
+  if v == nil then misuse(fname .. ": bad argument #1 'item' (a value other than nil expected)") end
 end
 
 local function take(q)
@@ -347,7 +325,6 @@ local function take(q)
 end
 
 function Queue:get()
-  check_self(self, Queue, "queue:get", "queue")
   check_in_task("queue:get")
   if count(self) - self.claimed > 0 then return take(self) end
   if self.closed then return nil end
@@ -357,14 +334,12 @@ function Queue:get()
 end
 
 function Queue:get_nowait()
-  check_self(self, Queue, "queue:get_nowait", "queue")
   if count(self) - self.claimed > 0 then return take(self) end
   if self.closed then return nil end
   error(new_error("queue_empty", "queue:get_nowait: the queue is empty"), 2)
 end
 
 function Queue:put(v)
-  check_self(self, Queue, "queue:put", "queue")
   check_item("queue:put", v)
   check_in_task("queue:put")
   if self.closed then error(closed_error("queue:put"), 2) end
@@ -381,7 +356,6 @@ function Queue:put(v)
 end
 
 function Queue:put_nowait(v)
-  check_self(self, Queue, "queue:put_nowait", "queue")
   check_item("queue:put_nowait", v)
   if self.closed then error(closed_error("queue:put_nowait"), 2) end
   if self.maxsize - count(self) - self.reserved <= 0 then
@@ -393,7 +367,6 @@ end
 
 --- Refuses further puts (waiting putters raise); get() drains what is left, then returns nil.
 function Queue:close()
-  check_self(self, Queue, "queue:close", "queue")
   if self.closed then return end
   self.closed = true
   while true do
@@ -412,7 +385,6 @@ function Queue:close()
 end
 
 function Queue:items()
-  check_self(self, Queue, "queue:items", "queue")
   return Queue.get, self
 end
 
@@ -424,3 +396,10 @@ function Queue:is_closed() return self.closed end
 function Queue:__tostring()
   return format("Queue (%d items%s)", count(self), self.closed and ", closed" or "")
 end
+
+-- Every method says "call it with ':'" when called with '.' (q.size()).
+check.methods(Permit, "permit")
+check.methods(Semaphore, "semaphore")
+check.methods(Lock, "lock")
+check.methods(Event, "event")
+check.methods(Queue, "queue")

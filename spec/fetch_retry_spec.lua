@@ -56,13 +56,15 @@ describe("async.fetch retry", function()
   end)
 
   it("retries a refused connection, then raises its error", function()
-    local f = io.popen([[python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]])
+    local f = io.popen([[python3 -c "import socket; s=socket.socket(); ]] ..
+      [[s.bind(('127.0.0.1',0)); ]] ..
+    [[print(s.getsockname()[1])"]])
     local port = f:read("n")
     f:close()
     local attempts = 0
     local ok, err = pcall(async.fetch, "http://127.0.0.1:" .. port .. "/", { retry = {
       attempts = 3, backoff = 0.01,
-      retry_if = function(e) attempts = attempts + 1; return true end } })
+      retry_if = function() attempts = attempts + 1; return true end } })
     assert.is_false(ok)
     assert.are.equal("connect", err.kind)
     assert.are.equal(2, attempts) -- asked before each of the two retries
@@ -74,6 +76,7 @@ describe("async.fetch retry", function()
     assert.are.equal("invalid", err.kind)
     assert.are.equal("retry", err.option)
     ok, err = pcall(async.fetch, base .. "/get", { retry = { tries = 2 } })
+    assert.is_false(ok)
     assert.are.equal("invalid", err.kind)
   end)
 

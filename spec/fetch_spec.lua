@@ -24,7 +24,8 @@ end
 
 -- A port nothing listens on: bound, then released.
 local function closed_port()
-  local f = io.popen([[python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]])
+  local f = io.popen([[python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); ]] ..
+    [[print(s.getsockname()[1])"]])
   local port = f:read("n")
   f:close()
   return port
@@ -180,10 +181,10 @@ describe("async.fetch", function()
   end)
 
   describe("invalid requests", function()
-    it("refuses schemes other than http and https", function()
+    it("refuses schemes other than http and https before any I/O", function()
       for _, url in ipairs { "file:///etc/passwd", "gopher://127.0.0.1/" } do
         local err = fetch_error(url)
-        assert.are.equal("protocol", err.kind, url)
+        assert.are.equal("invalid", err.kind, url)
         assert.are.equal(url, err.url)
       end
     end)

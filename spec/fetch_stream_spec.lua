@@ -211,12 +211,24 @@ describe("async.fetch with a body function", function()
   it("sends the chunks in order, chunked, even when the function suspends", function()
     local list = {}
     for i = 1, 20 do list[i] = string.rep(string.char(64 + i), i * 100) end
-    local echo = async.fetch(base .. "/echo", { method = "PUT", body = chunks_of(list, 0.01) }):json()
+    local echo = async.fetch(base .. "/echo",
+      { method = "PUT", body = chunks_of(list, 0.01) }):json()
     assert.are.equal("PUT", echo.method)
     assert.are.equal(table.concat(list), echo.body)
     assert.are.equal(21000, echo.body_length)
     assert.is_true(echo.chunked)
     assert.is_nil(echo.headers.expect)
+  end)
+
+  it("skips empty chunks, and sends an empty body (no zero offset on a NULL buffer)", function()
+    local echo = async.fetch(base .. "/echo",
+      { method = "PUT", body = chunks_of { "", "a", "", "", "b", "" } }):json()
+    assert.are.equal("ab", echo.body)
+    echo = async.fetch(base .. "/echo", { method = "POST", body = chunks_of { "", "" } }):json()
+    assert.are.equal("", echo.body)
+    assert.are.equal(0, echo.body_length)
+    echo = async.fetch(base .. "/echo", { method = "POST", body = "" }):json()
+    assert.are.equal("", echo.body)
   end)
 
   it("sends a large body", function()
@@ -368,7 +380,9 @@ describe("async.http.client limits", function()
   end)
 
   it("check their limits when made", function()
-    for _, opts in ipairs { { max_per_host = 0 }, { max_connections = 1.5 }, { max_per_host = "2" } } do
+    for _, opts in ipairs {
+      { max_per_host = 0 }, { max_connections = 1.5 }, { max_per_host = "2" },
+    } do
       local ok, err = pcall(async.http.client, opts)
       assert.is_false(ok)
       assert.are.equal("invalid", err.kind)

@@ -232,10 +232,10 @@ describe("misuse of the other calls", function()
   end)
 
   it("async.wait_for with a non-task names the call and the argument", function()
-    has("async.wait_for: bad argument #1 (task expected, got string)", message_of(async.wait_for, "x", 1))
+    has("async.wait_for: bad argument #1 'task' (task expected, got string)", message_of(async.wait_for, "x", 1))
   end)
 
   it("async.run with a non-function names the call and the argument", function()
-    has("async.run: bad argument #1 (function expected, got number)", message_of(async.run, 5))
+    has("async.run: bad argument #1 'fn' (function expected, got number)", message_of(async.run, 5))
   end)
 end)

@@ -190,6 +190,6 @@ describe("async.wait_for", function()
 
   it("raises a clear error for something that is not a task", function()
     local err = raises(async.wait_for, function() end, 1)
-    assert.matches("async.wait_for: bad argument #1 (task expected, got function)", tostring(err), 1, true)
+    assert.matches("async.wait_for: bad argument #1 'task' (task expected, got function)", tostring(err), 1, true)
   end)
 end)

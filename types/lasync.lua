@@ -239,12 +239,12 @@ function async.run(fn, ...) end
 ---@alias lasync.ErrorKind
 ---| "cancelled" # a cancelled task's suspension point
 ---| "timeout" # async.timeout, async.wait_for, a fetch's timeouts
----| "invalid" # a bad option (fetch), raised before any I/O
+---| "invalid" # a bad option or URL (fetch), raised before any I/O, never retried
 ---| "dns" # fetch, async.net: the host name does not resolve
 ---| "connect" # fetch, async.net.connect: refused or failed
 ---| "tls" # fetch: handshake or certificate
 ---| "too_large" # fetch: the body outgrew max_body
----| "protocol" # fetch: bad scheme, redirects, malformed or cut-off response
+---| "protocol" # fetch: redirects, malformed or cut-off response
 ---| "json" # res:json(): invalid JSON
 ---| "queue_full" # q:put_nowait
 ---| "queue_empty" # q:get_nowait
@@ -490,10 +490,10 @@ function Scope:cancel() end
 ---@field timeout? number whole transfer, seconds (default 30; 0: none)
 ---@field connect_timeout? number seconds (default 10)
 ---@field low_speed_limit? integer bytes/s
----@field low_speed_time? number seconds
+---@field low_speed_time? number seconds (curl counts whole seconds: a fraction is rounded up)
 ---@field follow_redirects? boolean default true
----@field max_redirects? integer default 10
----@field max_body? integer bytes of decoded body (default 64 MiB)
+---@field max_redirects? number a whole number, default 10; math.huge: no limit
+---@field max_body? number bytes of decoded body (default 64 MiB); math.huge: no limit; 0: no body
 ---@field verify_tls? boolean default true
 ---@field ca_file? string PEM file of trusted CAs
 ---@field proxy? string
@@ -501,7 +501,7 @@ function Scope:cancel() end
 ---@field decompress? boolean default true
 ---@field user_agent? string
 ---@field stream? boolean return at the headers; read the body with `res:read()`
----@field stream_buffer? integer bytes past which a stream is paused (default 1 MiB)
+---@field stream_buffer? number bytes unread past which a stream pauses (1 MiB); math.huge: never
 ---@field retry? lasync.FetchRetry
 
 ---Fetches `url`; returns the Response (an HTTP error status is a Response with `ok == false`),
@@ -535,7 +535,7 @@ local Response = {}
 ---@return string
 function Response:text() end
 
----The body decoded as JSON; raises kind `"json"` when invalid.
+---The body decoded as JSON (integer literals as Lua integers); raises kind `"json"` when invalid.
 ---@return any
 function Response:json() end
 

@@ -116,12 +116,11 @@ static void on_heap_timer(uv_timer_t *handle) {
 
 static double check_seconds(lua_State *L, int idx, const char *fname) {
   double s;
-  if (lua_type(L, idx) != LUA_TNUMBER)
-    luaL_error(L, "%s: bad argument #%d (number of seconds expected, got %s)", fname, idx,
-               luaL_typename(L, idx));
+  if (lua_type(L, idx) != LUA_TNUMBER) lasync__argerror(L, idx, fname, "seconds", "number");
   s = lua_tonumber(L, idx);
   if (isnan(s) || s < 0)
-    luaL_error(L, "%s: bad argument #%d (seconds must be a number >= 0, got %f)", fname, idx, s);
+    luaL_error(L, "%s: bad argument #%d 'seconds' (number >= 0 expected, got %s)", fname, idx,
+               lua_tostring(L, idx));
   return s;
 }
 

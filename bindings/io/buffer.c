@@ -5,6 +5,8 @@
  * Consumed bytes are not moved at once: the head advances, and the unread bytes move to the
  * front only when the tail needs the room, so reading a large buffer in small pieces stays
  * linear. */
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +21,9 @@ int lasync__buffer_reserve(lasync__buffer *b, size_t n) {
   char *data;
   if (b->max && (n > b->max || b->len > b->max - n)) return UV_ENOBUFS;
   if (n <= b->cap - b->start - b->len) return 0; /* room at the tail already */
-  if (n > SIZE_MAX - b->len) return UV_ENOMEM;
+  /* No object may exceed PTRDIFF_MAX bytes; refusing here also keeps the doubling below from
+   * overflowing, and a request that large from never reaching the allocator. */
+  if (n > (size_t)PTRDIFF_MAX - b->len) return UV_ENOMEM;
   if (b->start > 0 && b->len + n <= b->cap) {
     /* Room enough once the unread bytes move to the front. */
     memmove(b->data, b->data + b->start, b->len);
@@ -28,7 +32,7 @@ int lasync__buffer_reserve(lasync__buffer *b, size_t n) {
   }
   cap = b->cap ? b->cap : FIRST_CAP;
   while (cap < b->len + n) {
-    if (cap > SIZE_MAX / 2) {
+    if (cap > (size_t)PTRDIFF_MAX / 2) {
       cap = b->len + n;
       break;
     }

@@ -7,12 +7,12 @@
 #include "private.h"
 
 static int failures = 0;
-#define CHECK(cond)                                                 \
-  do {                                                              \
-    if (!(cond)) {                                                  \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
       fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                   \
-    }                                                               \
+      failures++;                                                              \
+    }                                                                          \
   } while (0)
 
 static void test_empty(void) {

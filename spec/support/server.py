@@ -117,6 +117,11 @@ JSON_DOC = json.dumps(
 ).encode("utf-8")
 
 BAD_JSON = b'{"ok": tru, "list": [1, 2,, "unterminated'
+# res:json()'s integers: integer literals among floats, in strings, nested; and a document
+# with only fractions and exponents.
+JSON_NUMBERS = ('{"int": 1, "neg": -42, "zero": 0, "float": 1.5, "exp": 2e3, "list": [1, 2, 3],'
+                ' "nested": {"id": 7, "deeper": [{"n": 12345678901}]}, "text": "12 not a number"}')
+JSON_FLOATS = '[1.5, 2.5e1, "7"]'
 
 DISCONNECT_ERRORS = (OSError,)  # BrokenPipe, ConnectionReset, ssl errors, timeouts
 
@@ -541,6 +546,10 @@ class Handler(BaseHTTPRequestHandler):
     def ep_json(self):
         self.respond(200, JSON_DOC, "application/json")
 
+    def ep_json_numbers(self):
+        self.respond(200, JSON_NUMBERS if self.qint("floats", 0) == 0 else JSON_FLOATS,
+                     "application/json")
+
     def ep_bad_json(self):
         self.respond(200, BAD_JSON, "application/json")
 
@@ -609,6 +618,7 @@ ROUTES = {
     "echo": Handler.ep_echo,
     "json": Handler.ep_json,
     "bad-json": Handler.ep_bad_json,
+    "json-numbers": Handler.ep_json_numbers,
     "headers-multi": Handler.ep_headers_multi,
     "retry-after": Handler.ep_retry_after,
     "count": Handler.ep_count,

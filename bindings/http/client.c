@@ -1,105 +1,56 @@
-/* HTTP: async.fetch's transfers, one curl multi handle per runtime, driven by the libuv loop.
+/* async.fetch's transfers: the easy handles, their callbacks, streamed responses and request
+ * bodies made by a Lua function. The multi handle and its libuv plumbing are in curl_multi.c,
+ * which calls back through on_wake only.
  *
- * The plumbing follows curl's docs/examples/multi-uv.c: curl tells us which sockets to watch
- * (cb_socket -> one uv_poll per socket) and when to call it back (cb_timer -> one uv_timer);
- * libuv tells us when they are ready (on_poll, on_timeout), we call curl_multi_socket_action,
- * and only afterwards read the finished transfers with curl_multi_info_read and wake their
- * tasks. Neither Lua nor curl is ever called from inside a curl callback.
- *
- * Options are checked and normalised in lua/http.lua; this file only turns the normalised
- * table into easy-handle options and a finished transfer into a raw response table.
+ * Options are checked and normalised in lua/http/options.lua; this file only turns the
+ * normalised table into easy-handle options and a finished transfer into a raw response table.
  *
  * Streaming (opts.stream) and request bodies made by a Lua function (opts.body_fn) need tasks
- * woken in the middle of a transfer: the curl callbacks only buffer and queue the transfer on
- * the notify list (notify), and after_curl wakes the waiting tasks once curl has returned.
- * Backpressure uses curl's own pause: the write callback returns CURL_WRITEFUNC_PAUSE when the
- * unread data passes the bound, the read callback CURL_READFUNC_PAUSE when no chunk is
- * buffered, and the Lua calls that drain or fill the buffers unpause with curl_easy_pause.
+ * woken in the middle of a transfer: the curl callbacks only buffer and notify the transfer,
+ * and on_wake wakes the waiting tasks once curl has returned. Backpressure uses curl's own
+ * pause: the write callback returns CURL_WRITEFUNC_PAUSE when the unread data passes the
+ * bound, the read callback CURL_READFUNC_PAUSE when no chunk is buffered, and the Lua calls
+ * that drain or fill the buffers unpause with lasync__curl_pause.
  */
-#include <curl/curl.h>
+#include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "private.h"
+#include "curl_multi.h"
 
 #define XFER_MT "lasync.Transfer"
-#define EASY_POOL_MAX 64
-#define ADMIT_PER_STEP 8
 #define MAX_HEADER_BYTES (1024 * 1024) /* all the header lines of one response */
 #define DEFAULT_STREAM_BUFFER (1024 * 1024)
+#define DEFAULT_MAX_BODY (64 * 1024 * 1024)
+#define NO_BODY_LIMIT LUA_MAXINTEGER /* max_body = math.huge; curl_off_t is 64 bits, as is it */
 
-typedef struct http http;
 typedef struct xfer xfer;
-
-/* The runtime's HTTP state, made on the first fetch. Freed in the timer's close callback,
- * since uv_close is asynchronous. */
-struct http {
-  lasync__service service; /* first: the service is the state */
-  lasync__runtime *rt;
-  CURLM *multi;
-  uv_timer_t timer;
-  xfer *transfers;    /* attached to the multi, in flight */
-  struct sock *socks; /* watched sockets */
-  xfer *notify;       /* transfers whose waiting tasks a curl callback wants woken */
-  /* Easy handles of finished transfers, reset and reused: creating one costs more than all
-   * the options set on it. */
-  CURL *easy_pool[EASY_POOL_MAX];
-  int easy_pooled;
-  /* The watched socket of each descriptor, so a descriptor never has two polls: if curl reuses
-   * a number whose old socket we still watch, the old poll is closed first. */
-  struct sock **by_fd;
-  size_t by_fd_len;
-  /* Under lasync_step, at most ADMIT_PER_STEP new transfers enter the multi per step: curl
-   * connects every new transfer inside one call, which no budget can interrupt, so a burst of
-   * a thousand fetches would stall one frame. The rest wait here, first come first served. */
-  xfer *admission_head, *admission_tail;
-  uint64_t admission_step; /* the step admitted counts */
-  unsigned admitted;
-};
-
-/* A socket curl asked us to watch. Allocated apart from everything else and freed in its
- * close callback. */
-typedef struct sock {
-  uv_poll_t poll;
-  curl_socket_t fd;
-  int events;  /* what curl asked us to watch */
-  int closing; /* uv_close called; freed in its close callback */
-  http *h;
-  struct sock *next, *prev;
-} sock;
 
 /* One transfer: a userdata left on the stack of the suspended fetch call, so the GC owns it;
  * a streamed response holds it afterwards. Its one user value keeps the error raised by a
  * request-body function. */
 struct xfer {
-  http *h;
-  CURL *easy;
+  lasync__curl_xfer c; /* first: the multi's part (c.easy, c.done, c.result) */
   struct curl_slist *headers;
   /* The task suspended in fetch or in res:read, and the body feeder suspended in
    * core._send_wait. Set only while suspended: cleared when woken or cancelled. */
   lasync__task *task;
   lasync__task *feeder;
-  xfer *next, *prev;
-  xfer *notify_next;
   lasync__buffer body; /* received and not read yet */
   lasync__buffer head; /* the header block of the response coming in, MAX_HEADER_BYTES at most */
   lasync__buffer send; /* request body chunks from the Lua function, not yet taken by curl */
   curl_off_t max_body;
-  curl_off_t received;  /* body bytes accepted, for max_body on streams */
-  size_t stream_buffer; /* unread bytes past which the transfer is paused */
-  CURLcode result;
+  curl_off_t received;    /* body bytes accepted, for max_body on streams */
+  size_t stream_buffer;   /* unread bytes past which the transfer is paused */
   int status;             /* of the response whose headers are coming in */
-  unsigned attached : 1;  /* in h->multi */
-  unsigned admitting : 1; /* in h->admission, waiting for a later step to enter the multi */
   unsigned too_large : 1; /* the body (or the headers) outgrew their limit */
   unsigned no_memory : 1;
-  unsigned notify_queued : 1;
   unsigned follow : 1;       /* follow_redirects */
   unsigned has_location : 1; /* the response coming in has a Location header */
   unsigned stream : 1;       /* fetch returns at the headers, res:read() takes the body */
   unsigned headers_done : 1; /* the final response's headers are in */
-  unsigned done : 1;         /* finished, failed or aborted: curl will not call back again */
   unsigned aborted : 1;      /* taken out before curl finished it */
   unsigned closed : 1;       /* res:close() */
   unsigned lua_failed : 1;   /* the body function raised; its error is the user value */
@@ -110,76 +61,21 @@ struct xfer {
   char errbuf[CURL_ERROR_SIZE];
 };
 
-/* ---- transfers in the multi ---- */
-
-static void link_xfer(http *h, xfer *x) {
-  x->prev = NULL;
-  x->next = h->transfers;
-  if (h->transfers) h->transfers->prev = x;
-  h->transfers = x;
-  x->attached = 1;
-}
-
-/* Queues the transfer so after_curl wakes its waiting tasks; curl callbacks call this. */
-static void notify(xfer *x) {
-  if (x->notify_queued) return;
-  x->notify_queued = 1;
-  x->notify_next = x->h->notify;
-  x->h->notify = x;
-}
-
-static void unnotify(xfer *x) {
-  xfer **p = &x->h->notify;
-  if (!x->notify_queued) return;
-  while (*p != x) p = &(*p)->notify_next;
-  *p = x->notify_next;
-  x->notify_next = NULL;
-  x->notify_queued = 0;
-}
-
-/* Takes the transfer out of the multi, so curl never calls back for it again. Must not be
- * called from inside a curl callback. */
-static void detach(xfer *x) {
-  http *h = x->h;
-  if (x->admitting) { /* never reached curl: just leave the line */
-    x->admitting = 0;
-    x->done = 1;
-    if (x->prev) x->prev->next = x->next; else h->admission_head = x->next;
-    if (x->next) x->next->prev = x->prev; else h->admission_tail = x->prev;
-    x->next = x->prev = NULL;
-    return;
-  }
-  if (!x->attached) return;
-  x->attached = 0;
-  x->done = 1;
-  unnotify(x);
-  if (x->prev)
-    x->prev->next = x->next;
-  else
-    h->transfers = x->next;
-  if (x->next) x->next->prev = x->prev;
-  x->next = x->prev = NULL;
-  curl_multi_remove_handle(h->multi, x->easy);
-}
+/* ---- transfers ---- */
 
 /* Frees everything but the userdata itself; __gc and a finished fetch share it. A finished
- * fetch passes its (live) http state, to which the easy handle returns for reuse. */
-static void release_to(xfer *x, http *pool) {
-  detach(x);
-  if (x->easy && pool && pool->easy_pooled < EASY_POOL_MAX) {
-    curl_easy_reset(x->easy);
-    pool->easy_pool[pool->easy_pooled++] = x->easy;
-  } else if (x->easy) {
-    curl_easy_cleanup(x->easy);
-  }
-  x->easy = NULL;
+ * fetch passes its (live) multi, to which the easy handle returns for reuse; __gc passes NULL,
+ * since at lua_close the multi has gone. */
+static void release_to(xfer *x, lasync__curl *pool) {
+  if (x->c.easy) lasync__curl_detach(&x->c);
+  lasync__curl_easy_release(pool, x->c.easy);
+  x->c.easy = NULL;
   curl_slist_free_all(x->headers);
   x->headers = NULL;
   lasync__buffer_free(&x->body);
   lasync__buffer_free(&x->head);
   lasync__buffer_free(&x->send);
 }
-
 static void release(xfer *x) { release_to(x, NULL); }
 
 static int xfer_gc(lua_State *L) {
@@ -190,13 +86,13 @@ static int xfer_gc(lua_State *L) {
 /* Wakes the tasks waiting on the transfer whose wait is over; each re-checks when it runs. */
 static void wake_waiters(xfer *x) {
   lasync__task *t = x->task;
-  int ready = x->done || (x->reading ? x->body.len > 0 : x->stream && x->headers_done);
+  int ready = x->c.done || (x->reading ? x->body.len > 0 : x->stream && x->headers_done);
   if (t && ready) {
     x->task = NULL;
     lasync__wake(t);
   }
   t = x->feeder;
-  if (t && (x->done || x->send.len == 0)) {
+  if (t && (x->c.done || x->send.len == 0)) {
     x->feeder = NULL;
     lasync__wake(t);
   }
@@ -205,216 +101,31 @@ static void wake_waiters(xfer *x) {
 /* Ends the transfer before curl has: a cancelled fetch or read, res:close(), a failed body
  * function. Must not be called from inside a curl callback. */
 static void abort_xfer(xfer *x) {
-  if (!x->done) x->aborted = 1;
-  detach(x);
-  x->done = 1;
+  if (!x->c.done) x->aborted = 1;
+  lasync__curl_detach(&x->c);
+  x->c.done = 1;
   wake_waiters(x);
 }
 
-/* ---- the multi, driven by libuv ---- */
-
-/* Reads the finished transfers, then wakes the tasks the callbacks queued. Runs after every
- * call that can run curl callbacks (curl_multi_socket_action, curl_easy_pause), outside them. */
-static void after_curl(http *h) {
-  CURLMsg *msg;
-  xfer *x;
-  int pending;
-  while ((msg = curl_multi_info_read(h->multi, &pending)) != NULL) {
-    x = NULL;
-    if (msg->msg != CURLMSG_DONE) continue;
-    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-    x->result = msg->data.result; /* msg dies with the handle's removal */
-    detach(x);
-    wake_waiters(x);
-  }
-  while ((x = h->notify) != NULL) {
-    h->notify = x->notify_next;
-    x->notify_next = NULL;
-    x->notify_queued = 0;
-    wake_waiters(x);
-  }
-}
-
-/* Sets the transfer's pause state from its two flags; may call the write and read callbacks
- * at once, which only buffer, so after_curl follows. Called from Lua calls, never from inside a
- * curl callback. */
+/* Sets the transfer's pause state from its two flags; curl may call the write and read
+ * callbacks at once, which only buffer, and on_wake follows. Called from Lua calls, never from
+ * inside a curl callback. */
 static void update_pause(xfer *x) {
-  int mask = (x->recv_paused ? CURLPAUSE_RECV : 0) | (x->send_paused ? CURLPAUSE_SEND : 0);
-  if (!x->attached) return;
-  curl_easy_pause(x->easy, mask);
-  after_curl(x->h);
+  lasync__curl_pause(&x->c,
+                     (x->recv_paused ? CURLPAUSE_RECV : 0) | (x->send_paused ? CURLPAUSE_SEND : 0));
 }
 
-/* libuv calls this when a watched socket is ready. */
-/* lasync_step's budget is spent: I/O waits for the next step. A poll is level-triggered, so the
- * socket is reported again; curl's timer is re-armed for the next turn. */
-static int over_budget(const lasync__runtime *rt) {
-  return rt->step_deadline && uv_hrtime() >= rt->step_deadline;
-}
+/* The multi's one callback: the transfer finished, or a curl callback notified it. */
+static void on_wake(lasync__curl_xfer *c) { wake_waiters((xfer *)c); }
 
-static void on_poll(uv_poll_t *handle, int status, int events) {
-  sock *s = (sock *)handle->data;
-  http *h = s->h;
-  int running, flags = 0;
-  if (status >= 0 && over_budget(h->rt)) return; /* an error stopped the poll: handle it now */
-  if (status < 0) {
-    /* POLLERR: libuv reports EBADF and stops the poll. Rather than CURL_CSELECT_ERR (which
-     * fails the transfer with "select/poll returned error"), let curl read or write and meet
-     * the real error: on a reused keep-alive connection the server closed, curl then retries
-     * on a fresh connection instead of failing. */
-    events = s->events;
-  }
-  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
-  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
-  curl_multi_socket_action(h->multi, s->fd, flags, &running); /* may close s */
-  /* After an error the poll is stopped; if curl still wants the socket watched, watch again. */
-  if (status < 0 && !s->closing && s->events && !uv_is_active((uv_handle_t *)&s->poll))
-    uv_poll_start(&s->poll, s->events, on_poll);
-  after_curl(h);
-}
-
-/* libuv calls this when curl's timeout is due. */
-static void on_timeout(uv_timer_t *handle) {
-  http *h = (http *)handle->data;
-  int running;
-  if (over_budget(h->rt)) {
-    uv_timer_start(&h->timer, on_timeout, 1, 0);
-    return;
-  }
-  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  after_curl(h);
-}
-
-static void on_sock_closed(uv_handle_t *handle) { free(handle->data); }
-
-static void close_sock(http *h, sock *s) {
-  s->closing = 1;
-  if ((size_t)s->fd < h->by_fd_len && h->by_fd[s->fd] == s) h->by_fd[s->fd] = NULL;
-  if (s->prev)
-    s->prev->next = s->next;
-  else
-    h->socks = s->next;
-  if (s->next) s->next->prev = s->prev;
-  uv_close((uv_handle_t *)&s->poll, on_sock_closed);
-}
-
-/* curl calls this to say which events to watch on a socket, or to stop watching it. */
-static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp) {
-  http *h = (http *)userp;
-  sock *s = (sock *)socketp;
-  int events = 0;
-  (void)easy;
-  if (action == CURL_POLL_REMOVE) {
-    if (s) {
-      close_sock(h, s);
-      curl_multi_assign(h->multi, fd, NULL);
-    }
-    return 0;
-  }
-  if (s == NULL) {
-    if (fd < 0) return -1;
-    if ((size_t)fd >= h->by_fd_len) {
-      size_t len = h->by_fd_len ? h->by_fd_len : 256;
-      sock **by_fd;
-      while (len <= (size_t)fd) len *= 2;
-      by_fd = (sock **)realloc(h->by_fd, len * sizeof *by_fd);
-      if (by_fd == NULL) return -1;
-      memset(by_fd + h->by_fd_len, 0, (len - h->by_fd_len) * sizeof *by_fd);
-      h->by_fd = by_fd;
-      h->by_fd_len = len;
-    }
-    if (h->by_fd[fd]) close_sock(h, h->by_fd[fd]); /* a stale watch of a closed socket */
-    s = (sock *)calloc(1, sizeof *s);
-    if (s == NULL) return -1;
-    if (uv_poll_init_socket(h->rt->loop, &s->poll, fd) != 0) {
-      free(s);
-      return -1;
-    }
-    s->fd = fd;
-    s->h = h;
-    s->poll.data = s;
-    s->next = h->socks;
-    if (h->socks) h->socks->prev = s;
-    h->socks = s;
-    h->by_fd[fd] = s;
-    curl_multi_assign(h->multi, fd, s);
-  }
-  if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) events |= UV_READABLE;
-  if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) events |= UV_WRITABLE;
-  s->events = events;
-  if (events)
-    uv_poll_start(&s->poll, events, on_poll);
-  else
-    uv_poll_stop(&s->poll); /* CURL_POLL_NONE: known, but nothing to wait for now */
-  return 0;
-}
-
-/* curl calls this to (re)arm or stop its one timer. */
-static int cb_timer(CURLM *multi, long timeout_ms, void *userp) {
-  http *h = (http *)userp;
-  (void)multi;
-  if (timeout_ms < 0)
-    uv_timer_stop(&h->timer);
-  else
-    uv_timer_start(&h->timer, on_timeout, (uint64_t)timeout_ms, 0);
-  return 0;
-}
-
-static void on_http_closed(uv_handle_t *handle) { free(handle->data); }
-
-/* The runtime's shutdown hook: no transfer is in flight any more once it returns. */
-static void http_close(lasync__runtime *rt, lasync__service *s) {
-  http *h = (http *)s;
-  (void)rt;
-  /* Their tasks were cancelled before this runs, so no one is left to wake. */
-  while (h->admission_head) detach(h->admission_head);
-  while (h->transfers) detach(h->transfers);
-  while (h->easy_pooled > 0) curl_easy_cleanup(h->easy_pool[--h->easy_pooled]);
-  curl_multi_cleanup(h->multi); /* closes the idle connections; may call cb_socket */
-  while (h->socks) close_sock(h, h->socks);
-  free(h->by_fd);
-  h->by_fd = NULL;
-  h->by_fd_len = 0;
-  uv_close((uv_handle_t *)&h->timer, on_http_closed);
-}
-
-static void on_turn(lasync__runtime *rt, lasync__service *s);
-
-static const lasync__service_ops HTTP_SERVICE = {"http", on_turn, http_close};
-
-static http *get_http(lua_State *L, lasync__runtime *rt) {
-  static int curl_ready = 0;
-  http *h = (http *)lasync__service_find(rt, &HTTP_SERVICE);
-  if (h) return h;
-  if (!curl_ready) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-      luaL_error(L, "async.fetch: cannot initialise libcurl");
-    curl_ready = 1;
-  }
-  h = (http *)calloc(1, sizeof *h);
-  if (h == NULL) luaL_error(L, "async.fetch: not enough memory");
-  h->rt = rt;
-  h->multi = curl_multi_init();
-  if (h->multi == NULL) {
-    free(h);
-    luaL_error(L, "async.fetch: cannot create a curl multi handle");
-  }
-  uv_timer_init(rt->loop, &h->timer);
-  h->timer.data = h;
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, cb_socket);
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, cb_timer);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-  lasync__service_add(rt, &h->service, &HTTP_SERVICE);
-  return h;
-}
+static const lasync__curl_ops CURL_OPS = {on_wake};
 
 /* ---- the easy handle's callbacks (curl calls them; they only touch C buffers) ---- */
 
 /* The final response's headers are in: a streaming fetch can return. */
 static void headers_in(xfer *x) {
   x->headers_done = 1;
-  if (x->task) notify(x);
+  if (x->task) lasync__curl_notify(&x->c);
 }
 
 static size_t cb_write(char *p, size_t size, size_t n, void *userp) {
@@ -439,7 +150,7 @@ static size_t cb_write(char *p, size_t size, size_t n, void *userp) {
     return 0;
   }
   x->received += (curl_off_t)n;
-  if (x->task && x->headers_done) notify(x);
+  if (x->task && x->headers_done) lasync__curl_notify(&x->c);
   return n;
 }
 
@@ -497,7 +208,7 @@ static size_t cb_read(char *p, size_t size, size_t n, void *userp) {
     if (n > avail) n = avail;
     memcpy(p, chunk, n);
     lasync__buffer_consume(&x->send, n);
-    if (x->send.len == 0 && x->feeder) notify(x);
+    if (x->send.len == 0 && x->feeder) lasync__curl_notify(&x->c);
     return n;
   }
   if (x->send_eof) return 0;
@@ -534,8 +245,8 @@ static const char *error_kind(CURLcode code) {
       return "too_large";
     case CURLE_BAD_FUNCTION_ARGUMENT:
       return "invalid";
-    /* The caller's URL was checked before any I/O (lua/http.lua), so a malformed one here came
-     * from the server: a bad Location. Falls through to "protocol". */
+    /* The caller's URL was checked before any I/O (lua/http/options.lua), so a malformed one here
+     * came from the server: a bad Location. Falls through to "protocol". */
     default:
       /* Unsupported protocol, too many redirects, weird reply, partial file, receive
        * errors, bad content encoding, HTTP/2 framing...: the server's answer was unusable. */
@@ -545,22 +256,23 @@ static const char *error_kind(CURLcode code) {
 
 /* Raises the error object of a failed transfer. */
 static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
-  const char *kind = x->too_large ? "too_large" : error_kind(x->result);
-  const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result);
+  const char *kind = x->too_large ? "too_large" : error_kind(x->c.result);
+  const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->c.result);
   if (x->no_memory) return luaL_error(L, "async.fetch: not enough memory for the response");
   if (x->too_large) detail = "the response exceeds max_body";
   lua_pushfstring(L, "async.fetch %s: %s", url, detail);
   lasync__push_error(L, kind, lua_tostring(L, -1));
   lua_pushstring(L, url);
   lua_setfield(L, -2, "url");
-  lua_pushinteger(L, (lua_Integer)x->result);
+  lua_pushinteger(L, (lua_Integer)x->c.result);
   lua_setfield(L, -2, "curl_code");
   return lua_error(L);
 }
 
 /* ---- building the raw response ---- */
 
-/* Stores curl's counter as raw[i], seconds: lua/http.lua makes `timings` of them when read. */
+/* Stores curl's counter as raw[i], seconds: lua/http/client.lua makes `timings` of them when read.
+ */
 static void set_seconds(lua_State *L, CURL *easy, CURLINFO info, int i) {
   curl_off_t us = 0;
   curl_easy_getinfo(easy, info, &us);
@@ -615,12 +327,12 @@ static int raise_aborted(lua_State *L, const char *fname) {
  * streaming, until the final headers are in), then pushes the raw response or raises the
  * error. The stack is [url, opts, x]. */
 static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
-  CURL *easy = x->easy;
+  CURL *easy = x->c.easy;
   const char *url = NULL;
   long status = 0, redirects = 0, version = 0;
   if (x->lua_failed) return raise_body_error(L, 3);
   if (x->aborted) return raise_aborted(L, "async.fetch");
-  if (!x->done && !(x->stream && x->headers_done)) {
+  if (!x->c.done && !(x->stream && x->headers_done)) {
     x->task = t;
     return lasync__suspend(L, t, &FETCH_OPS, x);
   }
@@ -628,8 +340,8 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
   lua_pushstring(L, url ? url : "");
   url = lua_tostring(L, -1);
   /* A stream that failed after its headers raises from res:read(), once the data is read. */
-  if (x->done && !(x->stream && x->headers_done) &&
-      (x->result != CURLE_OK || x->too_large || x->no_memory))
+  if (x->c.done && !(x->stream && x->headers_done) &&
+      (x->c.result != CURLE_OK || x->too_large || x->no_memory))
     return raise_transfer_error(L, x, url);
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_getinfo(easy, CURLINFO_REDIRECT_COUNT, &redirects);
@@ -652,7 +364,7 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
     lua_pushlstring(L, body, len);
     lua_setfield(L, -2, "body");
   }
-  /* The final response's header block, parsed in lua/http.lua when first used. */
+  /* The final response's header block, parsed in lua/http/client.lua when first used. */
   {
     size_t len;
     const char *head = lasync__buffer_peek(&x->head, &len);
@@ -664,7 +376,7 @@ static int fetch_step(lua_State *L, lasync__task *t, xfer *x) {
   set_seconds(L, easy, CURLINFO_APPCONNECT_TIME_T, 3);
   set_seconds(L, easy, CURLINFO_STARTTRANSFER_TIME_T, 4);
   set_seconds(L, easy, CURLINFO_TOTAL_TIME_T, 5);
-  if (!x->stream) release_to(x, x->h); /* the memory goes now, the easy handle to the pool */
+  if (!x->stream) release_to(x, x->c.multi); /* the memory goes now, the easy handle to the pool */
   return 1;
 }
 
@@ -707,16 +419,16 @@ static int read_step(lua_State *L, lasync__task *t, xfer *x) {
     }
     return 1;
   }
-  if (!x->done) {
+  if (!x->c.done) {
     x->task = t;
     x->reading = 1;
     return lasync__suspend(L, t, &READ_OPS, x);
   }
   if (x->lua_failed) return raise_body_error(L, 1);
   if (x->aborted) return raise_aborted(L, "res:read");
-  if (x->result != CURLE_OK || x->too_large || x->no_memory) {
+  if (x->c.result != CURLE_OK || x->too_large || x->no_memory) {
     const char *url = NULL;
-    curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
+    curl_easy_getinfo(x->c.easy, CURLINFO_EFFECTIVE_URL, &url);
     return raise_transfer_error(L, x, lua_pushstring(L, url ? url : ""));
   }
   lasync__buffer_free(&x->body);
@@ -751,7 +463,7 @@ static int l_buffered(lua_State *L) {
 
 /* ---- request bodies from a Lua function: core._send_wait, core._send, core._fail ----
  *
- * lua/http.lua runs the function in a feeder task: it waits until curl has taken the last
+ * lua/http/client.lua runs the function in a feeder task: it waits until curl has taken the last
  * chunk (send_wait), calls the function, and hands its chunk over (send). */
 
 static int send_step(lua_State *L, lasync__task *t, xfer *x);
@@ -768,7 +480,7 @@ static void send_cancel(lasync__task *t, void *data) {
 static const lasync__awaitable_ops SEND_OPS = {"fetch body", send_cancel, send_finish, NULL};
 
 static int send_step(lua_State *L, lasync__task *t, xfer *x) {
-  if (x->done || x->send_eof) {
+  if (x->c.done || x->send_eof) {
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -794,7 +506,7 @@ static int l_send(lua_State *L) {
   xfer *x = check_xfer(L);
   size_t n = 0;
   const char *p = lua_isnil(L, 2) ? NULL : luaL_checklstring(L, 2, &n);
-  if (x->done) return 0;
+  if (x->c.done) return 0;
   if (p == NULL)
     x->send_eof = 1;
   else if (lasync__buffer_append(&x->send, p, n) != 0)
@@ -810,7 +522,7 @@ static int l_send(lua_State *L) {
 static int l_fail(lua_State *L) {
   xfer *x = check_xfer(L);
   luaL_checkany(L, 2);
-  if (x->done) return 0;
+  if (x->c.done) return 0;
   lua_settop(L, 2);
   lua_setiuservalue(L, 1, 1);
   x->lua_failed = 1;
@@ -828,13 +540,31 @@ static const char *opt_string(lua_State *L, const char *field) {
   return s;
 }
 
-static lua_Integer opt_integer(lua_State *L, const char *field, lua_Integer dflt) {
-  lua_Integer v;
-  int isnum;
+/* A count option: lua/http/options.lua has checked it is a whole number >= 0, as an integer
+ * or a float (1e6, math.huge). Absent: dflt; past max (math.huge included): max. Reading a
+ * float with lua_tointegerx would fail and silently fall back to the default. */
+static lua_Integer opt_count(lua_State *L, const char *field, lua_Integer dflt, lua_Integer max) {
+  lua_Integer v = dflt;
   lua_getfield(L, 2, field);
-  v = lua_tointegerx(L, -1, &isnum);
+  if (lua_isinteger(L, -1)) {
+    v = lua_tointeger(L, -1);
+  } else if (lua_type(L, -1) == LUA_TNUMBER) {
+    lua_Number n = lua_tonumber(L, -1);
+    v = n >= (lua_Number)max ? max : n > 0 ? (lua_Integer)n : 0;
+  }
   lua_pop(L, 1);
-  return isnum ? v : dflt;
+  return v < 0 ? 0 : v > max ? max : v;
+}
+
+/* low_speed_time: curl counts whole seconds, so a fraction is rounded up (0.5 -> 1 s, not
+ * "off"); 0, and anything past a year, is off. */
+static long opt_whole_seconds(lua_State *L, const char *field) {
+  lua_Number s;
+  lua_getfield(L, 2, field);
+  s = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(s > 0) || s > 365.0 * 24 * 3600) return 0;
+  return (long)ceil(s);
 }
 
 static long opt_ms(lua_State *L, const char *field) {
@@ -856,15 +586,23 @@ static int opt_bool(lua_State *L, const char *field) {
   return b;
 }
 
-/* Sets the easy handle's options from the table that lua/http.lua normalised. */
+/* A body function's length from its Content-Length header, or -1 (chunked). */
+static curl_off_t body_length(lua_State *L) {
+  lua_getfield(L, 2, "body_length");
+  curl_off_t n = lua_isinteger(L, -1) ? (curl_off_t)lua_tointeger(L, -1) : -1;
+  lua_pop(L, 1);
+  return n;
+}
+
+/* Sets the easy handle's options from the table that lua/http/options.lua normalised. */
 static int setup(lua_State *L, xfer *x, const char *url) {
-  CURL *e = x->easy;
+  CURL *e = x->c.easy;
   const char *method = opt_string(L, "method"), *s;
   size_t body_len = 0;
   const char *body;
   int i, n;
-  curl_easy_setopt(e, CURLOPT_URL, url);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
+  /* The URL passed core._check_url; curl refuses one only when out of memory now. */
+  if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK) return -1;
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -876,7 +614,10 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   /* A proxy's "200 Connection established" must not pass for the final response's headers. */
   curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   x->stream = opt_bool(L, "stream");
-  x->stream_buffer = (size_t)opt_integer(L, "stream_buffer", DEFAULT_STREAM_BUFFER);
+  /* math.huge: no bound, the stream is never paused. */
+  x->stream_buffer =
+      (size_t)opt_count(L, "stream_buffer", DEFAULT_STREAM_BUFFER,
+                        (lua_Integer)(SIZE_MAX > LUA_MAXINTEGER ? LUA_MAXINTEGER : SIZE_MAX));
   if (x->stream_buffer == 0) x->stream_buffer = 1;
   /* Method and body. */
   lua_getfield(L, 2, "body");
@@ -890,7 +631,7 @@ static int setup(lua_State *L, xfer *x, const char *url) {
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_READFUNCTION, cb_read);
     curl_easy_setopt(e, CURLOPT_READDATA, x);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)opt_integer(L, "body_length", -1));
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, body_length(L));
     if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   } else if (body || strcmp(method, "POST") == 0) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
@@ -915,13 +656,22 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   /* Limits. */
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, opt_ms(L, "timeout"));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, opt_ms(L, "connect_timeout"));
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, (long)opt_integer(L, "low_speed_limit", 0));
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)opt_integer(L, "low_speed_time", 0));
-  x->max_body = (curl_off_t)opt_integer(L, "max_body", 64 * 1024 * 1024);
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, (long)opt_count(L, "low_speed_limit", 0, LONG_MAX));
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, opt_whole_seconds(L, "low_speed_time"));
+  /* max_body: absent, the default (64 MiB); math.huge, no limit; 0, no body at all (the
+   * write callback refuses the first byte). curl's MAXFILESIZE (checked against a declared
+   * Content-Length before the body comes) reads 0 as "no limit", so it is set only for a
+   * finite limit above 0. */
+  x->max_body = (curl_off_t)opt_count(L, "max_body", DEFAULT_MAX_BODY, NO_BODY_LIMIT);
+  if (x->max_body > 0 && x->max_body < NO_BODY_LIMIT)
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
   x->follow = opt_bool(L, "follow_redirects");
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)x->follow);
-  curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)opt_integer(L, "max_redirects", 10));
+  /* math.huge: no limit (curl's -1). */
+  {
+    lua_Integer redirs = opt_count(L, "max_redirects", 10, LONG_MAX);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, redirs == LONG_MAX ? -1L : (long)redirs);
+  }
   /* TLS. */
   if (!opt_bool(L, "verify_tls")) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -940,83 +690,30 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   return 0;
 }
 
-/* core._fetch(url, opts) -> raw response table. opts has been checked by lua/http.lua. */
-/* Hands the transfer to curl; curl's timer callback starts it from the loop. */
-static int admit(http *h, xfer *x) {
-  if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) return -1;
-  link_xfer(h, x);
-  h->admitted++;
-  return 0;
-}
-
-/* Whether this step's quota of new transfers is spent (never outside lasync_step). */
-static int must_wait_admission(http *h) {
-  lasync__runtime *rt = h->rt;
-  if (rt->step_deadline == 0) return h->admission_head != NULL; /* keep the line's order */
-  if (h->admission_step != rt->step_seq) {
-    h->admission_step = rt->step_seq;
-    h->admitted = 0;
-  }
-  return h->admitted >= ADMIT_PER_STEP || h->admission_head != NULL;
-}
-
-static void queue_admission(http *h, xfer *x) {
-  x->admitting = 1;
-  x->next = NULL;
-  x->prev = h->admission_tail;
-  if (h->admission_tail) h->admission_tail->next = x; else h->admission_head = x;
-  h->admission_tail = x;
-}
-
-/* Each loop turn: admits the waiting transfers this step's quota allows (all of them outside
- * lasync_step). A transfer curl refuses fails like any other. */
-static void on_turn(lasync__runtime *rt, lasync__service *s) {
-  http *h = (http *)s;
-  while (h->admission_head) {
-    xfer *x = h->admission_head;
-    if (rt->step_deadline) {
-      if (h->admission_step != rt->step_seq) {
-        h->admission_step = rt->step_seq;
-        h->admitted = 0;
-      }
-      if (h->admitted >= ADMIT_PER_STEP) break;
-    }
-    h->admission_head = x->next;
-    if (h->admission_head) h->admission_head->prev = NULL; else h->admission_tail = NULL;
-    x->next = x->prev = NULL;
-    x->admitting = 0;
-    if (admit(h, x) != 0) {
-      x->result = CURLE_OUT_OF_MEMORY;
-      x->done = 1;
-      wake_waiters(x);
-    }
-  }
-}
-
+/* core._fetch(url, opts) -> raw response table. opts has been checked by lua/http/options.lua. */
 static int l_fetch(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
+  const char *why = NULL;
   lasync__task *t;
-  http *h;
+  lasync__curl *m;
   xfer *x;
   luaL_checktype(L, 2, LUA_TTABLE);
   t = lasync__check_task(L, "async.fetch");
   if (t->rt->closing) return luaL_error(L, "async.fetch: the runtime is closing");
-  h = get_http(L, t->rt);
+  m = lasync__curl_get(t->rt, &CURL_OPS, &why);
+  if (m == NULL) return luaL_error(L, "async.fetch: %s", why);
   lua_settop(L, 2);
   /* Closed state first, so the __gc is safe whatever fails next. */
   x = (xfer *)lua_newuserdatauv(L, sizeof *x, 1); /* [url, opts, x]: kept across the yield */
   memset(x, 0, sizeof *x);
-  x->h = h;
+  x->c.multi = m;
   x->head.max = MAX_HEADER_BYTES;
   luaL_setmetatable(L, XFER_MT);
-  x->easy = h->easy_pooled > 0 ? h->easy_pool[--h->easy_pooled] : curl_easy_init();
-  if (x->easy == NULL || setup(L, x, url) != 0)
+  x->c.easy = lasync__curl_easy(m);
+  if (x->c.easy == NULL || setup(L, x, url) != 0)
     return luaL_error(L, "async.fetch: not enough memory for a transfer");
-  if (must_wait_admission(h)) {
-    queue_admission(h, x);
-  } else if (admit(h, x) != 0) {
+  if (lasync__curl_start(m, &x->c) != 0)
     return luaL_error(L, "async.fetch: cannot start the transfer");
-  }
   if (opt_bool(L, "start_only")) return 1; /* a body feeder needs x before fetch waits */
   return fetch_step(L, t, x);
 }
@@ -1033,19 +730,56 @@ static int l_fetch_wait(lua_State *L) {
   return fetch_step(L, t, x);
 }
 
+/* core._check_url(url) -> nil when curl can use the caller's URL, else why not. It runs
+ * curl's own parser (curl_url), so what passes here is what the transfer will parse: a port
+ * out of range, a missing host or a host name that has no punycode form are refused before
+ * any I/O, with kind "invalid" (lua/http/options.lua), rather than failing as "protocol" once
+ * the transfer runs, and being retried. */
+#define MAX_URL_LENGTH 8000000 /* curl's CURL_MAX_INPUT_LENGTH */
+static int l_check_url(lua_State *L) {
+  size_t len;
+  const char *url = luaL_checklstring(L, 1, &len);
+  CURLU *u;
+  CURLUcode rc;
+  char *part = NULL;
+  if (len > MAX_URL_LENGTH) {
+    lua_pushfstring(L, "a URL of %d bytes (at most %d)", (int)(len > INT_MAX ? INT_MAX : len),
+                    MAX_URL_LENGTH);
+    return 1;
+  }
+  u = curl_url();
+  if (u == NULL) return luaL_error(L, "async.fetch: not enough memory");
+  rc = curl_url_set(u, CURLUPART_URL, url, 0);
+  if (rc == CURLUE_OK) {
+    rc = curl_url_get(u, CURLUPART_SCHEME, &part, 0);
+    if (rc == CURLUE_OK && strcmp(part, "http") != 0 && strcmp(part, "https") != 0) {
+      lua_pushfstring(L, "scheme '%s' (http or https expected)", part);
+      curl_free(part);
+      curl_url_cleanup(u);
+      return 1;
+    }
+    curl_free(part);
+    part = NULL;
+  }
+  /* A host with non-ASCII letters goes out in its punycode form: one that has none can
+   * never be reached. */
+  if (rc == CURLUE_OK) rc = curl_url_get(u, CURLUPART_HOST, &part, CURLU_PUNYCODE);
+  curl_free(part);
+  curl_url_cleanup(u);
+  if (rc == CURLUE_OK) return 0;
+  lua_pushstring(L, curl_url_strerror(rc));
+  return 1;
+}
+
 void lasync__open_http(lua_State *L) {
   luaL_newmetatable(L, XFER_MT);
   lua_pushcfunction(L, xfer_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"_fetch", l_fetch},
-                                 {"_fetch_wait", l_fetch_wait},
-                                 {"_read", l_read},
-                                 {"_close", l_close},
-                                 {"_buffered", l_buffered},
-                                 {"_send_wait", l_send_wait},
-                                 {"_send", l_send},
-                                 {"_fail", l_fail},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"_fetch", l_fetch},         {"_fetch_wait", l_fetch_wait},
+                                 {"_read", l_read},           {"_close", l_close},
+                                 {"_buffered", l_buffered},   {"_send_wait", l_send_wait},
+                                 {"_send", l_send},           {"_fail", l_fail},
+                                 {"_check_url", l_check_url}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }
