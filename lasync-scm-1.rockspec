@@ -18,6 +18,7 @@ dependencies = { "lua >= 5.4, < 5.5" }
 external_dependencies = {
   LIBUV = { library = "uv" },
   LIBCURL = { library = "curl" },
+  LIBEDIT = { library = "edit" }, -- the REPL's line editor, in the executable
 }
 -- `luarocks --lua-version 5.4 make` (Debian's luarocks defaults to 5.1). LASYNC_ROCK builds
 -- only the module (into the rock's lib/, which luarocks deploys to lib/lua/5.4/) and the

@@ -57,6 +57,10 @@ static const char *const LUA_PARTS[] = {
   "http/client",  /* async.fetch, Response, retries */
   "http/pool",    /* async.http.client: defaults and connection limits, on semaphores */
   "net",          /* async.net */
+  "thread",       /* async.to_thread, async.thread.pool: builds on scope's map */
+  "fs",           /* async.fs: files and paths */
+  "process",      /* async.process: child processes, builds on async.timeout and streams */
+  "http/server",  /* async.http.serve, async.http.router: after net and http */
   NULL};
 
 int luaopen_lasync(lua_State *L) {
@@ -72,6 +76,10 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_http(L);
   lasync__open_json(L);
   lasync__open_net(L);
+  lasync__open_thread(L);
+  lasync__open_fs(L);
+  lasync__open_process(L);
+  lasync__open_server(L);
   lua_pushliteral(L, LASYNC_VERSION);
   lua_setfield(L, -2, "version");
   lasync__load_lua(L, "lasync", LASYNC__LIB_CHUNK);

@@ -340,8 +340,8 @@ void lasync__buffer_free(lasync__buffer *b);
  *
  * then hand s->u.stream to libuv (uv_spawn's stdio, uv_accept, uv_tty_init's fd) and return
  * the object. The struct is malloc'd by the handle layer and freed in the close callback;
- * the object's __gc, __close and close() close it. Until io/buffer.c reaches main, the unread
- * bytes live in the in_* fields. The fields above "private" may be read by other bindings;
+ * the object's __gc, __close and close() close it. The fields above "private" may be read
+ * by other bindings;
  * read_max, write_hwm and max_line may be set before the first read or write. */
 enum { LASYNC__STREAM_TCP, LASYNC__STREAM_PIPE, LASYNC__STREAM_TTY };
 #define LASYNC_STREAM_MT "lasync.Stream"
@@ -355,13 +355,12 @@ typedef struct lasync__stream {
     uv_tty_t tty;
   } u;
   int kind;         /* LASYNC__STREAM_* */
-  size_t read_max;  /* unread bytes past which reading stops (default 64 KiB) */
-  size_t write_hwm; /* queued bytes past which write suspends (default 64 KiB) */
+  size_t read_max;  /* unread bytes past which reading stops (default 256 KiB) */
+  size_t write_hwm; /* queued bytes past which write suspends (default 256 KiB) */
   size_t max_line;  /* longest line read_line returns (default 64 KiB) */
   /* private to stream.c */
   char *slab;       /* the loop's shared read slab */
-  char *in_data;
-  size_t in_start, in_len, in_cap;
+  lasync__buffer in; /* the unread bytes */
   size_t scanned;   /* unread bytes known to hold no LF */
   lasync__task *reader;
   size_t want_n;
@@ -509,6 +508,18 @@ void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);
 void lasync__open_json(lua_State *L); /* http/json.c */
+void lasync__open_server(lua_State *L); /* http/server.c */
+
+/* thread/pool.c: C work items on the default thread pool, behind lasync.h's lasync_work. */
+typedef struct lasync__work lasync__work;
+typedef void (*lasync__work_cb)(lasync__work *w, void *arg);
+typedef int (*lasync__work_push_cb)(lua_State *L, void *arg);
+int lasync__work_submit(lua_State *L, lasync__work_cb work, lasync__work_push_cb push, void *arg);
+int lasync__work_cancelled(const lasync__work *w);
+void lasync__work_fail(lasync__work *w, const char *message);
+void lasync__open_thread(lua_State *L);
+void lasync__open_fs(lua_State *L);      /* io/fs.c: core.fs */
+void lasync__open_process(lua_State *L); /* io/process.c: core.process */
 
 /* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
  * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */

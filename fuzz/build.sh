@@ -26,8 +26,12 @@ cmake -DOUT="$OUT/embedded.c" -DROOT="$ROOT" "-DSOURCES=${LUA_SOURCES%|}" -P "$R
 
 objs=() pids=()
 mapfile -t BINDINGS < <(find "$ROOT/bindings" -name '*.c' | sort)
-for src in "${BINDINGS[@]}" "$ROOT"/host/embed.c "$OUT/embedded.c"; do
+# llhttp from Debian's node-llhttp, as the CMake build takes it.
+LLHTTP=(/usr/share/llhttp/llhttp.c /usr/share/llhttp/api.c /usr/share/llhttp/http.c)
+PKG_CFLAGS+=(-I/usr/share/include/llhttp)
+for src in "${BINDINGS[@]}" "${LLHTTP[@]}" "$ROOT"/host/embed.c "$OUT/embedded.c"; do
   rel=${src#"$ROOT"/}
+  rel=${rel#/usr/share/}
   obj=$OUT/obj/${rel//\//_}
   obj=${obj%.c}.o
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$ROOT/bindings/private.h" -nt "$obj" ] ||

@@ -165,6 +165,34 @@ void lasync_future_on_cancel(lasync_future *f, lasync_future_cancel_cb cb, void 
 /* Drops C's reference: f must not be used after. Any thread, before or after lasync_destroy. */
 void lasync_future_release(lasync_future *f);
 
+/* ---- Work on the thread pool (host/work.c, bindings/thread/) ----
+ *
+ * Blocking C work (decoding an asset, a synchronous database driver) runs on one of the
+ * default pool's threads while the calling task suspends and other tasks run. From a
+ * lua_CFunction running in a task:
+ *
+ *   static void decode(lasync_work *w, void *arg) { ... }          // on a pool thread
+ *   static int push(lua_State *L, void *arg) { ...; free(arg); return 1; }  // loop thread
+ *   static int l_load(lua_State *L) { ...; return lasync_await_work(L, decode, push, job); }
+ *
+ * work(w, arg) runs on a pool thread and must not touch any lua_State; it reports a failure
+ * with lasync_work_fail(). Then push(L, arg) runs on the loop's thread, inside the awaiting
+ * task: it pushes the results and returns how many (it may raise a Lua error). push is called
+ * exactly once in every case: with L == NULL when nobody will take the results (the task was
+ * cancelled, the work never started, lasync_await_work itself failed), so it can free arg.
+ * A failure set with lasync_work_fail() is raised in the task as an error of kind "thread"
+ * (push is then called with L == NULL). A cancelled task's Cancelled error is raised only
+ * once work has returned: long loops should poll lasync_work_cancelled() and return early.
+ * lasync_destroy() waits for running work; none runs after it returns. */
+typedef struct lasync__work lasync_work;
+typedef void (*lasync_work_cb)(lasync_work *w, void *arg);
+typedef int (*lasync_work_push_cb)(lua_State *L, void *arg);
+int lasync_await_work(lua_State *L, lasync_work_cb work, lasync_work_push_cb push, void *arg);
+/* From work: whether the awaiting task was cancelled (or the runtime is closing). */
+int lasync_work_cancelled(const lasync_work *w);
+/* From work: fail it with this message (copied). */
+void lasync_work_fail(lasync_work *w, const char *message);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,6 +10,7 @@
 #include <lualib.h>
 
 #include "../bindings/private.h"
+#include "lineedit.h"
 
 int luaopen_lasync(lua_State *L);
 
@@ -50,7 +51,6 @@ static int load_host(lua_State *L) {
   lasync__load_lua(L, "host", "=[lasync host]");
   return 1;
 }
-static int interrupted;
 
 /* Prints the usage, to stdout when asked for (badoption NULL), else to stderr after the error. */
 static void print_usage(const char *badoption) {
@@ -220,6 +220,8 @@ static void build_plan(lua_State *L, char **argv, int argc, int script, int flag
     if ((flags & HAS_I) || isatty(0)) {
       if (!(flags & HAS_V)) print_version();
       add_step(L, plan, "repl");
+      lasync__repl_push(L); /* host/lineedit.c */
+      lua_setfield(L, -2, "run");
     } else {
       add_step(L, plan, "script"); /* no path: stdin */
       lua_createtable(L, 0, 1);
@@ -229,18 +231,6 @@ static void build_plan(lua_State *L, char **argv, int argc, int script, int flag
     }
     lua_pop(L, 1);
   }
-}
-
-/* libuv calls this on SIGINT: the first cancels every task so cleanup runs; the second does not
- * wait. */
-static void on_sigint(uv_signal_t *handle, int signum) {
-  (void)handle;
-  (void)signum;
-  if (interrupted++) {
-    fputs("\nlasync: interrupted again, exiting now\n", stderr);
-    _exit(130);
-  }
-  lasync__cancel_all(runtime, "interrupted");
 }
 
 static void on_signal_closed(uv_handle_t *handle) { (void)handle; }
@@ -277,7 +267,7 @@ static int run_to_completion(lasync__runtime *rt) {
 
 int main(int argc, char **argv) {
   lua_State *L;
-  uv_signal_t sigint, sigquit;
+  uv_signal_t sigquit;
   int flags = 0, script, status = 0, deadlocked;
   int main_ref;
   if (argv[0] && argv[0][0]) progname = argv[0];
@@ -333,9 +323,7 @@ int main(int argc, char **argv) {
   lua_pop(L, 1);
   main_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the host looks at it after it finishes */
 
-  uv_signal_init(runtime->loop, &sigint);
-  uv_signal_start(&sigint, on_sigint, SIGINT);
-  uv_unref((uv_handle_t *)&sigint);
+  lasync__signals_watch(runtime); /* SIGINT, SIGTERM: host/signals.c */
   uv_signal_init(runtime->loop, &sigquit);
   uv_signal_start(&sigquit, on_sigquit, SIGQUIT);
   uv_unref((uv_handle_t *)&sigquit);
@@ -343,8 +331,8 @@ int main(int argc, char **argv) {
   deadlocked = run_to_completion(runtime);
 
   if (main_task->status != LASYNC__DONE) {
-    if (main_task->status == LASYNC__CANCELLED && interrupted) {
-      status = 130;
+    if (main_task->status == LASYNC__CANCELLED && lasync__signals_status()) {
+      status = lasync__signals_status();
     } else {
       lua_rawgeti(L, LUA_REGISTRYINDEX, main_ref);
       lasync__mark_observed(L, main_task, -1); /* reported here, not again at collection */
@@ -357,11 +345,11 @@ int main(int argc, char **argv) {
       status = 1;
     }
   }
-  if (interrupted && status == 0) status = 130;
+  if (lasync__signals_status() && status == 0) status = lasync__signals_status();
   if (deadlocked && status == 0) status = 1;
   luaL_unref(L, LUA_REGISTRYINDEX, main_ref);
 
-  uv_close((uv_handle_t *)&sigint, on_signal_closed);
+  lasync__signals_unwatch();
   uv_close((uv_handle_t *)&sigquit, on_signal_closed);
   lasync__runtime_close(runtime);
   lua_close(L);

@@ -4,39 +4,7 @@ local plan = ...
 
 local function fail(err) error(err, 0) end
 
-local function repl()
-  local pack, unpack = table.pack, table.unpack
-  while true do
-    io.stdout:write("> ")
-    io.stdout:flush()
-    local line = io.read("L")
-    if not line then io.stdout:write("\n"); return end
-    local chunk, err = load("return " .. line, "=stdin")
-    if not chunk then
-      chunk, err = load(line, "=stdin")
-      while not chunk and err:match("<eof>$") do
-        io.stdout:write(">> ")
-        io.stdout:flush()
-        local more = io.read("L")
-        if not more then break end
-        line = line .. more
-        chunk, err = load(line, "=stdin")
-      end
-    end
-    if not chunk then
-      io.stderr:write(err, "\n")
-    else
-      local res = pack(xpcall(chunk, debug.traceback))
-      if not res[1] then
-        io.stderr:write(tostring(res[2]), "\n")
-      elseif res.n > 1 then
-        print(unpack(res, 2, res.n))
-      end
-    end
-  end
-end
-
-for _, step in ipairs(plan) do
+for i, step in ipairs(plan) do
   if step.kind == "e" then
     local chunk, err = load(step.code, step.name or "=(command line)")
     if not chunk then fail(err) end
@@ -54,8 +22,9 @@ for _, step in ipairs(plan) do
   elseif step.kind == "script" then
     local chunk, err = loadfile(step.path)
     if not chunk then fail(err) end
-    return chunk(table.unpack(step.args, 1, step.args.n))
+    if i == #plan then return chunk(table.unpack(step.args, 1, step.args.n)) end
+    chunk(table.unpack(step.args, 1, step.args.n)) -- lasync -i script: the REPL follows
   elseif step.kind == "repl" then
-    return repl()
+    return step.run() -- lua/repl.lua, through host/lineedit.c
   end
 end

@@ -115,15 +115,21 @@ end
 
 local function run_handler(srv, conn)
   local me = async.current()
-  local ok, err = xpcall(srv.handler, traceback, conn)
+  local trace
+  local ok, err = xpcall(srv.handler, function(e)
+    local shown, text = pcall(tostring, e)
+    trace = traceback(shown and text or "(an error object that cannot be shown)", 2)
+    return e
+  end, conn)
   conn:close()
   handler_done(srv, me)
   if not ok and not is_cancelled(err) then
+    srv.failures = srv.failures + 1
     -- Reported once, here; the task itself ends normally so it is not reported again.
+    if srv.on_error then return srv.on_error(err, conn) end
     local remote = conn.remote
     report(format("async.net.listen: the handler failed for the connection from %s port %s:\n%s",
-      remote and remote.host or "?", remote and remote.port or "?", tostring(err)))
-    srv.failures = srv.failures + 1
+      remote and remote.host or "?", remote and remote.port or "?", trace or tostring(err)))
   end
 end
 
@@ -168,6 +174,10 @@ function net.listen(opts, handler)
   if max ~= nil and (mtype(max) ~= "integer" or max < 1) then
     bad_opt(fname, "max_connections", "integer >= 1", max)
   end
+  local on_error = opts.on_error
+  if on_error ~= nil and not is_callable(on_error) then
+    bad_opt(fname, "on_error", "function", on_error)
+  end
   local ip = host
   if not host:find("^[%d.]+$") and not host:find(":") then
     if not in_task() then misuse(fname .. ": a host name needs a task to be resolved in") end
@@ -176,7 +186,7 @@ function net.listen(opts, handler)
   local handle = listen_ip(ip, port, backlog)
   local addr = handle:address()
   local srv = setmetatable({
-    handle = handle, handler = handler, host = addr.host, port = addr.port,
+    handle = handle, handler = handler, on_error = on_error, host = addr.host, port = addr.port,
     max = max or math.huge, active = 0, tasks = {}, failures = 0,
   }, Server)
   srv.acceptor = spawn(accept_loop, srv)

@@ -18,6 +18,8 @@ local TYPES = os.getenv("LASYNC_TYPES") or "types/lasync.lua"
 local INTERNAL = {
   ["lasync.Deadline"] = true, -- core._deadline: timeout/shield/scope's cancel scope
   ["lasync.TcpServer"] = true, -- the listening handle inside an async.net.listen Server
+  ["lasync.HttpListener"] = true, -- the C listener inside an async.http.serve Server
+  ["lasync.HttpConn"] = true, -- a server connection, held by a Request and its Response
 }
 
 -- Objects of the public API, made once so that every metatable exists: C bindings make theirs
@@ -30,6 +32,15 @@ local INSTANCES = {
   function() return async.semaphore() end,
   function() return async.future() end,
   function() return async.error("x", "y") end,
+  function(done) -- an HTTP server, a router, and a request with its response
+    local app = async.http.router()
+    local got = async.future()
+    app:get("/", function(req, res) got:set(req, res); return "ok" end)
+    local srv = async.http.serve(app)
+    async.fetch("http://127.0.0.1:" .. srv.port .. "/")
+    done[#done + 1] = function() srv:close() end
+    return srv, app, got:await()
+  end,
   function(done) -- a server, and a connection to it from both ends (lasync.Stream)
     local accepted, release = async.future(), async.future()
     local srv = async.net.listen({ port = 0 }, function(conn)
@@ -44,6 +55,11 @@ local INSTANCES = {
       srv:close({ grace = 5 })
     end
     return srv, conn, other
+  end,
+  function(done) -- a thread pool (lasync.ThreadPool)
+    local pool = async.thread.pool({ size = 1 })
+    done[#done + 1] = function() pool:close() end
+    return pool
   end,
 }
 

@@ -250,6 +250,8 @@ function async.run(fn, ...) end
 ---| "queue_empty" # q:get_nowait
 ---| "queue_closed" # a put on a closed queue
 ---| "closed" # streams: the stream ended, was closed, or failed (see `code`)
+---| "listen" # async.net.listen: cannot listen (see `code`, as `"EADDRINUSE"`)
+---| "accept" # a server could not accept a connection (see `code`)
 ---| "line_too_long" # stream:read_line past max_line
 ---| "nomem" # not enough memory for a stream or a request
 ---| string
@@ -570,6 +572,118 @@ async.http.Response = Response
 ---@return lasync.Client
 function async.http.client(opts) end
 
+---@class lasync.ServeOptions
+---@field host? string IP address to listen on (default "127.0.0.1")
+---@field port? integer 0 (the default) picks a free one
+---@field backlog? integer
+---@field max_connections? integer accepting pauses beyond it
+---@field max_header_bytes? integer default 16384 (beyond: 431)
+---@field max_headers? integer default 100 (beyond: 431)
+---@field max_body? integer default 1 MiB (beyond: 413, before reading it)
+---@field header_timeout? number seconds from the connection's start to a complete head (408)
+---@field keepalive_timeout? number seconds an idle keep-alive connection is kept (default 5)
+---@field request_timeout? number seconds a handler may run (default 30; then 503)
+---@field cancel_on_disconnect? boolean default true
+---@field on_error? fun(err: any, req: lasync.http.Request) instead of the report on stderr
+---@field log? boolean|fun(line: string) an access log line per request: to stderr (batched), or to the function
+
+---Serves HTTP/1.1 on TCP: each request runs `handler(req, res)` (or the router) in a task.
+---@param handler fun(req: lasync.http.Request, res: lasync.http.Response): any|lasync.http.Router
+---@param opts? lasync.ServeOptions
+---@return lasync.http.Server
+function async.http.serve(handler, opts) end
+
+---A router: `app:get("/items/{id}", fn)`; unknown paths are 404, wrong methods 405 with Allow.
+---@return lasync.http.Router
+function async.http.router() end
+
+---Decodes "a=1&b=2&a=3" into {a = {"1", "3"}, b = "2"}.
+---@param s string
+---@return table
+function async.http.decode_form(s) end
+
+---Closes every open server gracefully (what the host does on SIGINT and SIGTERM).
+---@param grace? number
+---@return lasync.Task[]
+function async.http.close_servers(grace) end
+
+---@class lasync.http.Server
+---@field port integer
+---@field host string
+local HttpServer = {}
+
+---Stops accepting, closes idle connections, sends Connection: close on in-flight responses,
+---waits up to `grace` seconds for them, then cancels the handlers still running.
+---@param opts? {grace?: number}
+function HttpServer:close(opts) end
+
+---@class lasync.http.Router
+local Router = {}
+---@param method string
+---@param pattern string
+---@param handler function
+---@param opts? {cancel_on_disconnect?: boolean}
+---@return lasync.http.Router
+function Router:route(method, pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:get(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:post(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:put(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:delete(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:patch(pattern, handler, opts) end
+---@return lasync.http.Router
+function Router:options(pattern, handler, opts) end
+---Serves GET and HEAD of `prefix/<path>` from `dir/<path>` (Content-Type by extension,
+---Last-Modified, 304 on If-Modified-Since); a path escaping `dir` is 404.
+---@param prefix string
+---@param dir string
+---@return lasync.http.Router
+function Router:static(prefix, dir) end
+
+---@class lasync.http.Request
+---@field method string
+---@field path string decoded
+---@field target string as sent
+---@field query table decoded; repeated keys as arrays
+---@field query_string? string
+---@field params table from {name} segments
+---@field headers table case-insensitive; repeated headers joined with ", "
+---@field headers_list {[1]: string, [2]: string}[] in order, with repeats
+---@field remote? lasync.Address
+---@field http_version string
+local Request = {}
+---@return string
+function Request:body() end
+---@return any
+function Request:json() end
+---@return string?
+function Request:read() end
+---@return fun(): string?
+function Request:chunks() end
+---@return table
+function Request:form() end
+---@param name string
+---@return string?
+function Request:header(name) end
+
+---@class lasync.http.Response
+local HttpResponse = {}
+---@param code integer
+---@return lasync.http.Response
+function HttpResponse:status(code) end
+---@param name string
+---@param value string
+---@return lasync.http.Response
+function HttpResponse:header(name, value) end
+---Sends the headers (chunked) on the first call, then the pieces; suspends under backpressure.
+function HttpResponse:write(...) end
+---@param body? string
+function HttpResponse:finish(body) end
+
 ---@class lasync.Client
 local Client = {}
 
@@ -609,6 +723,294 @@ function Client:delete(url, opts) end
 function Client:head(url, opts) end
 
 -- ---------------------------------------------------------------------------------------------
+-- Files (docs/fs.md)
+
+---Files and paths without blocking the loop. Failures raise errors of kind `fs` with `code`
+---(`"ENOENT"`), `errno`, `syscall`, `path` and, for two-path calls, `dest`.
+async.fs = {}
+
+---@class lasync.fs.Stat
+---@field type "file"|"directory"|"link"|"fifo"|"socket"|"char"|"block"|"unknown"
+---@field size integer
+---@field mode integer permission bits (`tonumber("644", 8)`)
+---@field uid integer
+---@field gid integer
+---@field nlink integer
+---@field ino integer
+---@field dev integer
+---@field blocks integer
+---@field atime number seconds, with fractions
+---@field mtime number
+---@field ctime number
+---@field birthtime number
+
+---@class lasync.fs.ReadOptions
+---@field max_size? integer fail with kind `too_large` for a larger file
+
+---@class lasync.fs.WriteOptions
+---@field mode? string|integer permissions as octal digits, `"644"`
+---@field atomic? boolean write a temporary file, fsync it, rename it over the path
+---@field exclusive? boolean fail with `EEXIST` if the file exists
+
+---The whole file; reads procfs files (stat size 0) to their end.
+---@param path string
+---@param opts? lasync.fs.ReadOptions
+---@return string
+function async.fs.read_file(path, opts) end
+
+---@param path string
+---@param data string
+---@param opts? lasync.fs.WriteOptions
+function async.fs.write_file(path, data, opts) end
+
+---@param path string
+---@param data string
+---@param opts? {mode?: string|integer}
+function async.fs.append_file(path, data, opts) end
+
+---`for line in async.fs.lines(path) do ... end`: LF or CRLF; a line over `max_line` bytes
+---(16 MiB by default) fails with kind `too_large`. The file is closed when the loop ends.
+---@param path string
+---@param opts? {max_line?: integer}
+---@return fun(): string?
+function async.fs.lines(path, opts) end
+
+---Opens a file with the modes of `io.open` (`r w a`, `+`, `b`) plus `x`: exclusive creation.
+---@param path string
+---@param mode? string
+---@param perm? string|integer permissions of a created file, `"644"`
+---@return lasync.File
+function async.fs.open(path, mode, perm) end
+
+---@param path string
+---@return lasync.fs.Stat
+function async.fs.stat(path) end
+
+---Like `stat`, of a symbolic link itself.
+---@param path string
+---@return lasync.fs.Stat
+function async.fs.lstat(path) end
+
+---@param path string
+---@return boolean
+function async.fs.exists(path) end
+
+---@param path string
+---@param opts? {parents?: boolean, mode?: string|integer}
+function async.fs.mkdir(path, opts) end
+
+---@param path string
+---@return {name: string, type: string}[]
+function async.fs.readdir(path) end
+
+---`for name, type in async.fs.dir(path) do ... end`
+---@param path string
+---@return fun(): string?, string?
+function async.fs.dir(path) end
+
+---@param from string
+---@param to string
+function async.fs.rename(from, to) end
+
+---Removes a file or an empty directory.
+---@param path string
+function async.fs.remove(path) end
+
+---Removes a file, or a directory tree with `recursive = true`; never follows symbolic links,
+---refuses `/`; `force = true` ignores a missing path.
+---@param path string
+---@param opts? {recursive?: boolean, force?: boolean}
+function async.fs.rm(path, opts) end
+
+---@param from string
+---@param to string
+---@param opts? {exclusive?: boolean}
+function async.fs.copyfile(from, to, opts) end
+
+---@param path string
+---@return string
+function async.fs.realpath(path) end
+
+---@param path string
+---@return string
+function async.fs.readlink(path) end
+
+---Makes `path` a symbolic link to `target`.
+---@param target string
+---@param path string
+function async.fs.symlink(target, path) end
+
+---@param path string
+---@param mode string|integer octal digits, `"640"`
+function async.fs.chmod(path, mode) end
+
+---Sets the access and modification times (seconds; now by default).
+---@param path string
+---@param atime? number
+---@param mtime? number
+function async.fs.utime(path, atime, mtime) end
+
+---Makes a new directory named `prefix` plus six random characters; returns its path.
+---@param prefix string
+---@return string
+function async.fs.mkdtemp(prefix) end
+
+---Change events under a path: `for ev in async.fs.watch(dir) do ... end`, each
+---`{name = "file", change = "change"|"rename"}`; the watcher is also the loop's closing value.
+---@param path string
+---@return lasync.fs.Watcher
+function async.fs.watch(path) end
+
+---An open file (`async.fs.open`).
+---@class lasync.File
+---@field path string
+local File = {}
+
+---Reads a count of bytes, `"a"` (the rest), `"l"` (a line) or `"L"` (a line with its newline);
+---nil at the end of the file (`"a"` gives `""`).
+---@param ... integer|"a"|"l"|"L"
+---@return string? ...
+function File:read(...) end
+
+---@param fmt? "l"|"L"|integer
+---@return fun(): string?
+function File:lines(fmt) end
+
+---Writes strings or numbers in full; returns the file.
+---@param ... string|number
+---@return lasync.File
+function File:write(...) end
+
+---@param whence? "set"|"cur"|"end"
+---@param offset? integer
+---@return integer position
+function File:seek(whence, offset) end
+
+function File:sync() end
+
+---@return lasync.fs.Stat
+function File:stat() end
+
+---@param size? integer the current position by default
+function File:truncate(size) end
+
+---Waits for the file's pending operations, then closes it; closing twice does nothing.
+function File:close() end
+
+---@return boolean
+function File:is_open() end
+
+---A pending libuv request (internal: bindings/io/req.c), seen only in the registry.
+---@class lasync.Request
+local Request = {}
+
+---The descriptor inside a File (internal: use the File's methods).
+---@class lasync.fs.fd
+local Fd = {}
+
+---@class lasync.fs.Watcher
+local Watcher = {}
+
+---The next change event, waiting for it; nil once the watcher is closed.
+---@return {name: string, change: "change"|"rename"|"overflow", dropped?: integer}?
+function Watcher:next() end
+
+function Watcher:close() end
+
+-- ---------------------------------------------------------------------------------------------
+-- Processes (docs/process.md)
+
+---Child processes, each in its own process group.
+async.process = {}
+
+---Signal numbers by name: `async.process.signals.SIGTERM`.
+---@type table<string, integer>
+async.process.signals = {}
+-- (Linux numbers shown; the table holds the platform's own.)
+async.process.signals.SIGHUP = 1
+async.process.signals.SIGINT = 2
+async.process.signals.SIGQUIT = 3
+async.process.signals.SIGKILL = 9
+async.process.signals.SIGUSR1 = 10
+async.process.signals.SIGUSR2 = 12
+async.process.signals.SIGPIPE = 13
+async.process.signals.SIGALRM = 14
+async.process.signals.SIGTERM = 15
+async.process.signals.SIGCONT = 18
+async.process.signals.SIGSTOP = 19
+async.process.signals.SIGTSTP = 20
+async.process.signals.SIGWINCH = 28
+
+---@class lasync.process.RunOptions
+---@field cwd? string
+---@field env? table<string, string|number|false> merged into the environment (false removes)
+---@field clear_env? boolean start from an empty environment instead
+---@field stdin? string|string[]|fun(): string?|"null"|"inherit" "null" by default
+---@field stdout? "capture"|"inherit"|"null"|fun(chunk: string) "capture" by default
+---@field stderr? "capture"|"inherit"|"null"|fun(chunk: string)
+---@field timeout? number seconds; then SIGTERM to the group, SIGKILL after kill_grace
+---@field kill_grace? number seconds, 5 by default
+---@field max_output? integer bytes of stdout and stderr together (64 MiB); beyond: too_large
+---@field check? boolean raise an error of kind `exit` unless the command succeeded
+
+---@class lasync.process.Result
+---@field code integer
+---@field signal? integer
+---@field ok boolean
+---@field timed_out boolean
+---@field pid integer
+---@field stdout? string
+---@field stderr? string
+
+---Runs argv (no shell) to its end and the end of its output.
+---@param argv string[]
+---@param opts? lasync.process.RunOptions
+---@return lasync.process.Result
+function async.process.run(argv, opts) end
+
+---`run({"/bin/sh", "-c", command}, opts)`.
+---@param command string
+---@param opts? lasync.process.RunOptions
+---@return lasync.process.Result
+function async.process.shell(command, opts) end
+
+---@class lasync.process.SpawnOptions
+---@field cwd? string
+---@field env? table<string, string|number|false>
+---@field clear_env? boolean
+---@field stdin? "pipe"|"inherit"|"null" "inherit" by default
+---@field stdout? "pipe"|"inherit"|"null"
+---@field stderr? "pipe"|"inherit"|"null"
+
+---Starts argv; its pipes, when asked for, are byte streams.
+---@param argv string[]
+---@param opts? lasync.process.SpawnOptions
+---@return lasync.Process
+function async.process.spawn(argv, opts) end
+
+---A child process (`async.process.spawn`).
+---@class lasync.Process
+---@field pid integer
+---@field stdin? lasync.Stream
+---@field stdout? lasync.Stream
+---@field stderr? lasync.Stream
+local Process = {}
+
+---Waits for the exit: `{code, signal, ok}`.
+---@return {code: integer, signal?: integer, ok: boolean}
+function Process:wait() end
+
+---`{code, signal, ok}`, or nil while the child runs.
+---@return {code: integer, signal?: integer, ok: boolean}?
+function Process:status() end
+
+---Signals the child's group (SIGTERM by default); false once it has exited.
+---@param signal? string|integer
+---@return boolean
+function Process:kill(signal) end
+
+---Kills a running child and its group, reaps it, closes the pipes.
+function Process:close() end
 -- TCP (async.net) and byte streams
 
 async.net = {}
@@ -634,6 +1036,7 @@ function async.net.connect(host, port, opts) end
 ---@field port? integer default 0: any free port (read it from `srv.port`)
 ---@field backlog? integer default 511
 ---@field max_connections? integer at most this many handlers at once; accepting pauses beyond
+---@field on_error? fun(err: any, conn: lasync.Stream) gets a handler's error instead of stderr
 
 ---Listens on TCP and runs `handler(conn)` in a task of its own for each connection; the
 ---connection is closed when the handler returns. A handler's error is reported, not raised.
@@ -684,9 +1087,10 @@ local Stream = {}
 ---@return string?
 function Stream:read(n) end
 
----Exactly `n` bytes; raises kind `"closed"`, code `"EOF"` if the stream ends first.
+---Exactly `n` bytes; nil if the stream ends before the first of them; raises kind `"closed"`,
+---code `"EOF"` (the bytes received in `err.partial`) if it ends midway.
 ---@param n integer
----@return string
+---@return string?
 function Stream:read_exactly(n) end
 
 ---The next line without its LF or CRLF (the last may lack one), or nil at the end.
@@ -721,5 +1125,59 @@ function Stream:stats() end
 ---Sets this stream's bounds.
 ---@param limits lasync.StreamLimits
 function Stream:set_limits(limits) end
+-- Worker threads (docs/threads.md)
+
+---Runs `fn(...)` on a worker thread of the default pool and returns its values; the calling task
+---suspends meanwhile and other tasks run. `fn` is a Lua function whose only upvalue is `_ENV`,
+---or a `"module.function"` / `"module:function"` name the worker resolves with `require`.
+---Arguments and results are copied (docs/threads.md: nil, booleans, numbers, strings, tables,
+---functions without upvalues); anything else is an error of kind `invalid` naming its path.
+---A job's error is raised as an error of kind `thread` with `traceback` and `value`.
+---@param fn function|string
+---@param ... any
+---@return any ...
+function async.to_thread(fn, ...) end
+
+---The same as `async.to_thread`, under asyncio's name.
+---@param fn function|string
+---@param ... any
+---@return any ...
+function async.run_in_executor(fn, ...) end
+
+---@class lasync.ThreadPoolOptions
+---@field size? integer threads at most (default: the CPUs available, or LASYNC_THREADS)
+---@field max_queue? integer jobs waiting at most; `run` suspends while it is full (0: no limit)
+---@field max_memory? integer MiB each worker's Lua state may hold (0: no cap)
+
+---Thread pools. `async.thread.default` is the pool `async.to_thread` uses.
+async.thread = {}
+
+---A pool of its own, with its own threads, made lazily as jobs arrive.
+---@param opts? lasync.ThreadPoolOptions
+---@return lasync.ThreadPool
+function async.thread.pool(opts) end
+
+---@class lasync.ThreadPool
+local ThreadPool = {}
+
+---Runs `fn(...)` on one of the pool's threads and returns its values (see async.to_thread).
+---@param fn function|string
+---@param ... any
+---@return any ...
+function ThreadPool:run(fn, ...) end
+
+---Runs `fn(item)` for each item on the pool; the first results in order, like async.map.
+---@param fn function|string
+---@param items any[]
+---@return any[]
+function ThreadPool:map(fn, items) end
+
+---Fails the queued jobs (kind `closed`), waits for the running ones, joins the threads. In a
+---task it suspends meanwhile. Also called by `<close>`.
+function ThreadPool:close() end
+
+---The number of threads the pool runs at most.
+---@return integer
+function ThreadPool:size() end
 
 return async

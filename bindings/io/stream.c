@@ -32,8 +32,8 @@
 
 #define SLAB_SIZE (64 * 1024)
 #define DIRECT_MIN (16 * 1024) /* free room in a stream's buffer worth reading into directly */
-#define DEFAULT_READ_MAX (64 * 1024)
-#define DEFAULT_WRITE_HWM (64 * 1024)
+#define DEFAULT_READ_MAX (256 * 1024)
+#define DEFAULT_WRITE_HWM (256 * 1024)
 #define DEFAULT_MAX_LINE (64 * 1024)
 #define MAX_PIECES_ON_STACK 16
 
@@ -77,41 +77,10 @@ static streams *get_streams(lasync__runtime *rt) {
   return st;
 }
 
-/* ---- the unread bytes (a local buffer until io/buffer.c reaches main) ---- */
-
-static int in_reserve(lasync__stream *s, size_t n) {
-  size_t cap;
-  char *data;
-  if (n <= s->in_cap - s->in_start - s->in_len) return 0;
-  if (s->in_start > 0 && s->in_len + n <= s->in_cap) {
-    memmove(s->in_data, s->in_data + s->in_start, s->in_len);
-    s->in_start = 0;
-    return 0;
-  }
-  cap = s->in_cap ? s->in_cap : 512; /* small first: ten thousand idle connections */
-  while (cap < s->in_len + n) cap *= 2;
-  if (s->in_start > 0) {
-    data = (char *)malloc(cap);
-    if (data == NULL) return UV_ENOMEM;
-    memcpy(data, s->in_data + s->in_start, s->in_len);
-    free(s->in_data);
-    s->in_start = 0;
-  } else {
-    data = (char *)realloc(s->in_data, cap);
-    if (data == NULL) return UV_ENOMEM;
-  }
-  s->in_data = data;
-  s->in_cap = cap;
-  return 0;
-}
+/* ---- the unread bytes (io/buffer.c) ---- */
 
 static void in_consume(lasync__stream *s, size_t n) {
-  if (n >= s->in_len) {
-    s->in_start = s->in_len = 0;
-  } else {
-    s->in_start += n;
-    s->in_len -= n;
-  }
+  lasync__buffer_consume(&s->in, n);
   s->scanned = 0;
 }
 
@@ -128,11 +97,13 @@ static size_t read_bound(const lasync__stream *s) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   lasync__stream *s = (lasync__stream *)LASYNC__HANDLE_OF(h);
-  size_t room = s->in_cap - s->in_start - s->in_len;
+  size_t room;
+  char *tail = lasync__buffer_tail(&s->in, &room);
   (void)suggested;
   if (room >= DIRECT_MIN) {
-    buf->base = s->in_data + s->in_start + s->in_len;
-    buf->len = room;
+    /* No more than the slab would take: the unread bytes stay within read_max + 64 KiB. */
+    buf->base = tail;
+    buf->len = room < SLAB_SIZE ? room : SLAB_SIZE;
   } else {
     buf->base = s->slab;
     buf->len = SLAB_SIZE;
@@ -144,15 +115,15 @@ static int reader_satisfied(lasync__stream *s) {
   if (s->eof || s->rerr) return 1;
   switch (s->want) {
   case WANT_EXACT:
-    return s->in_len >= s->want_n;
+    return s->in.len >= s->want_n;
   case WANT_LINE:
-    if (s->in_len > s->scanned &&
-        memchr(s->in_data + s->in_start + s->scanned, '\n', s->in_len - s->scanned))
+    if (s->in.len > s->scanned &&
+        memchr(s->in.data + s->in.start + s->scanned, '\n', s->in.len - s->scanned))
       return 1;
-    s->scanned = s->in_len;
-    return s->in_len >= s->want_n + 2;
+    s->scanned = s->in.len;
+    return s->in.len >= s->want_n + 2;
   default:
-    return s->in_len > 0;
+    return s->in.len > 0;
   }
 }
 
@@ -162,15 +133,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   lasync__stream *s = (lasync__stream *)LASYNC__HANDLE_OF(stream);
   if (nread > 0) {
     if (buf->base == s->slab) {
-      int err = in_reserve(s, (size_t)nread);
-      if (err == 0) {
-        memcpy(s->in_data + s->in_start + s->in_len, buf->base, (size_t)nread);
-        s->in_len += (size_t)nread;
-      } else {
-        s->rerr = err; /* the reader fails with ENOMEM; the process goes on */
-      }
+      int err = lasync__buffer_append(&s->in, buf->base, (size_t)nread);
+      if (err) s->rerr = err; /* the reader fails with ENOMEM; the process goes on */
     } else {
-      s->in_len += (size_t)nread;
+      lasync__buffer_commit(&s->in, (size_t)nread);
     }
   } else if (nread == UV_EOF) {
     s->eof = 1;
@@ -184,8 +150,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
 }
 
+/* Reading stops at the bound and starts again below half of it, so a stream near its bound
+ * does not stop and start (two epoll_ctl calls) for every read; a waiting reader that still
+ * lacks bytes has reading started at once. */
 static void update_reading(lasync__stream *s) {
-  int want = s->started && !s->eof && !s->rerr && !s->h.closing && s->in_len < read_bound(s);
+  size_t bound = read_bound(s);
+  int want = s->started && !s->eof && !s->rerr && !s->h.closing && s->in.len < bound;
+  if (want && !s->reading && s->in.len >= bound / 2 && s->reader == NULL) want = 0;
   if (want && !s->reading) {
     int err = uv_read_start(&s->u.stream, on_alloc, on_read);
     if (err)
@@ -209,6 +180,14 @@ static int raise_closed(lua_State *L, const char *what) {
   return lua_error(L);
 }
 
+/* Misuse of a method's argument: numbered as the caller wrote it (s:read(x): x is #1), as
+ * luaL_argerror does for methods. */
+static int bad_arg(lua_State *L, int idx, const char *fname, const char *argname,
+                   const char *expected) {
+  return luaL_error(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, idx - 1,
+                    argname, expected, lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
+}
+
 /* The stream in the box at index 1 of a resumed call, or NULL if it was closed meanwhile. The
  * box is the call's first argument, still on its stack: the one way to know whether the C
  * struct is still there. */
@@ -220,9 +199,8 @@ static lasync__stream *resumed_stream(lua_State *L) {
 /* One attempt to satisfy the read described by s->want: pushes the results and returns how
  * many, raises, or returns -1 when the reader must wait. */
 static int try_read(lua_State *L, lasync__stream *s) {
-  /* No buffer before the first byte: NULL + 0 is undefined (UBSan, as issue 14 item 10). */
-  const char *p = s->in_data ? s->in_data + s->in_start : "";
-  size_t len = s->in_len, n = s->want_n;
+  size_t len, n = s->want_n;
+  const char *p = lasync__buffer_peek(&s->in, &len);
   switch (s->want) {
   case WANT_ANY:
     if (len > 0) {
@@ -240,6 +218,7 @@ static int try_read(lua_State *L, lasync__stream *s) {
       update_reading(s);
       return 1;
     }
+    if (s->eof && len == 0) break; /* a clean end between messages: nil, as read_line */
     if (s->eof) {
       lasync__push_uv_error(L, "closed", UV_EOF, "the stream ended before the bytes asked for");
       lua_pushlstring(L, p, len);
@@ -342,9 +321,9 @@ static size_t opt_size(lua_State *L, int arg, const char *fname, const char *arg
                        size_t def) {
   lua_Integer n;
   if (lua_isnoneornil(L, arg)) return def;
-  if (!lua_isinteger(L, arg)) lasync__argerror(L, arg, fname, argname, "integer");
+  if (!lua_isinteger(L, arg)) bad_arg(L, arg, fname, argname, "integer");
   n = lua_tointeger(L, arg);
-  if (n <= 0) luaL_error(L, "%s: bad argument #%d '%s' (must be > 0)", fname, arg, argname);
+  if (n <= 0) luaL_error(L, "%s: bad argument #%d '%s' (must be > 0)", fname, arg - 1, argname);
   return (size_t)n;
 }
 
@@ -359,12 +338,13 @@ static int stream_read(lua_State *L) {
   return wait_read(L, t, s);
 }
 
-/* s:read_exactly(n) -> n bytes; raises kind "closed", code "EOF" if the stream ends first. */
+/* s:read_exactly(n) -> n bytes; nil if the stream ends before the first of them; raises kind
+ * "closed", code "EOF" (with the bytes as err.partial) if it ends in the middle. */
 static int stream_read_exactly(lua_State *L) {
   lasync__task *t;
   lasync__stream *s = begin_read(L, "stream:read_exactly", &t);
   size_t n;
-  if (lua_isnoneornil(L, 2)) lasync__argerror(L, 2, "stream:read_exactly", "n", "integer");
+  if (lua_isnoneornil(L, 2)) bad_arg(L, 2, "stream:read_exactly", "n", "integer");
   n = opt_size(L, 2, "stream:read_exactly", "n", 0);
   lua_settop(L, 1);
   s->want = WANT_EXACT;
@@ -467,6 +447,8 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
   const char *p;
   if (lua_type(L, idx) == LUA_TSTRING) {
     p = lua_tolstring(L, idx, &len);
+    if (len > UINT_MAX) /* a uv_buf_t's length is 32 bits */
+      luaL_error(L, "stream:write: bad argument #%d 'data' (a string over 4 GiB)", idx - 1);
     if (bufs) bufs[nb] = uv_buf_init((char *)p, (unsigned int)len);
     *total += len;
     return nb + 1;
@@ -479,6 +461,8 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
         luaL_error(L, "stream:write: bad argument #%d 'data' (item %I is a %s, string expected)",
                    idx - 1, i, luaL_typename(L, -1));
       p = lua_tolstring(L, -1, &len);
+      if (len > UINT_MAX)
+        luaL_error(L, "stream:write: bad argument #%d 'data' (item %I is over 4 GiB)", idx - 1, i);
       if (bufs) bufs[nb] = uv_buf_init((char *)p, (unsigned int)len);
       *total += len;
       nb++;
@@ -486,7 +470,7 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
     }
     return nb;
   }
-  return lasync__argerror(L, idx, "stream:write", "data", "string or array of strings");
+  return bad_arg(L, idx, "stream:write", "data", "string or array of strings");
 }
 
 /* s:write(data, ...): each data is a string or an array of strings; all are written in order,
@@ -616,8 +600,7 @@ static void on_handle_close(lasync__handle *h) { fail_waiters((lasync__stream *)
 
 static void on_handle_free(lasync__handle *h) {
   lasync__stream *s = (lasync__stream *)h;
-  free(s->in_data);
-  s->in_data = NULL;
+  lasync__buffer_free(&s->in);
 }
 
 void lasync__stream_close(lasync__stream *s) {
@@ -664,9 +647,9 @@ static int stream_closed(lua_State *L) {
 static int stream_stats(lua_State *L) {
   lasync__stream *s = check_stream(L, "stream:stats");
   lua_createtable(L, 0, 5);
-  lua_pushinteger(L, (lua_Integer)s->in_len);
+  lua_pushinteger(L, (lua_Integer)s->in.len);
   lua_setfield(L, -2, "buffered");
-  lua_pushinteger(L, (lua_Integer)s->in_cap);
+  lua_pushinteger(L, (lua_Integer)s->in.cap);
   lua_setfield(L, -2, "capacity");
   lua_pushinteger(L, (lua_Integer)uv_stream_get_write_queue_size(&s->u.stream));
   lua_setfield(L, -2, "queued");
@@ -683,7 +666,7 @@ static int stream_set_limits(lua_State *L) {
   lasync__stream *s = check_stream(L, "stream:set_limits");
   size_t v[3];
   int i;
-  if (!lua_istable(L, 2)) return lasync__argerror(L, 2, "stream:set_limits", "limits", "table");
+  if (!lua_istable(L, 2)) return bad_arg(L, 2, "stream:set_limits", "limits", "table");
   for (i = 0; i < 3; i++) {
     lua_getfield(L, 2, names[i]);
     if (lua_isnil(L, -1)) {

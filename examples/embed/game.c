@@ -2,13 +2,12 @@
  * frame with lasync_step(), and two C-defined awaitables:
  *
  *   game.wait_frames(n)   resolved by the frame loop n frames later
- *   game.load_asset(name) resolved by a worker thread, as a real loader would
+ *   game.load_asset(name) loaded on lasync's thread pool (lasync_await_work)
  *
  * Run: build/examples/embed/game examples/embed/game.lua [base_url]
  * With a base URL (the local test server, see examples/embed/README.md) the script also
  * fetches while the frames go on. It prints each frame's step time, then a summary. */
 #include <lauxlib.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,55 +52,42 @@ static void resolve_due_waits(lua_State *L) {
   }
 }
 
-/* game.load_asset(name): a worker thread "loads" it and resolves from its own thread. */
+/* game.load_asset(name): the blocking load runs on lasync's thread pool (lasync_await_work),
+ * and the task that asked gets the asset, or an error, once it is done. */
 typedef struct {
-  lasync_future *future;
   char name[64];
+  int bytes;
 } load_job;
 
-/* On the loop's thread with the values to push; or with L == NULL when nobody will see them
- * (the awaiting task was cancelled, or the runtime is gone): the job ends here either way. */
-static int push_asset(lua_State *L, void *arg) {
+/* On a pool thread: the blocking part. It never touches Lua. */
+static void load_in_worker(lasync_work *w, void *arg) {
   load_job *job = (load_job *)arg;
-  if (L) lua_pushfstring(L, "<asset %s, %d bytes>", job->name, (int)strlen(job->name) * 1000);
-  free(job);
-  return L ? 1 : 0;
+  int i;
+  for (i = 0; i < 50; i++) { /* disk, decoding, ...: 50 ms, giving up early when cancelled */
+    if (lasync_work_cancelled(w)) return;
+    uv_sleep(1);
+  }
+  if (strstr(job->name, "missing"))
+    lasync_work_fail(w, "no such asset");
+  else
+    job->bytes = (int)strlen(job->name) * 1000;
 }
 
-static void load_in_worker(void *arg) {
+/* On the loop's thread, in the task that asked; L is NULL when nobody will see the asset (the
+ * task was cancelled, the load failed): the job ends here either way. */
+static int push_asset(lua_State *L, void *arg) {
   load_job *job = (load_job *)arg;
-  lasync_future *f = job->future; /* push_asset may free the job before resolve returns */
-  uv_sleep(50); /* disk, decoding, ... */
-  if (lasync_future_cancelled(f)) {
-    free(job); /* its task was cancelled meanwhile: stop early */
-  } else if (strstr(job->name, "missing")) {
-    lasync_future_reject_async(f, "no such asset");
-    free(job);
-  } else {
-    lasync_future_resolve_async(f, push_asset, job);
-  }
-  /* The worker's handle: safe to drop even after lasync_destroy, which never waits for it. */
-  lasync_future_release(f);
+  if (L) lua_pushfstring(L, "<asset %s, %d bytes>", job->name, job->bytes);
+  free(job);
+  return L ? 1 : 0;
 }
 
 static int l_load_asset(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   load_job *job = (load_job *)calloc(1, sizeof *job);
-  uv_thread_t worker;
   if (job == NULL) return luaL_error(L, "game.load_asset: out of memory");
   snprintf(job->name, sizeof job->name, "%s", name);
-  if ((job->future = lasync_future_new(L)) == NULL) {
-    free(job);
-    return luaL_error(L, "game.load_asset: out of memory");
-  }
-  if (uv_thread_create(&worker, load_in_worker, job) != 0) {
-    lasync_future_reject(job->future, (lua_pushliteral(L, "no worker"), L));
-    lasync_future_release(job->future);
-    free(job);
-    return luaL_error(L, "game.load_asset: cannot start a worker");
-  }
-  pthread_detach(worker); /* the job frees itself; nobody joins the worker */
-  return lasync_await(L, job->future);
+  return lasync_await_work(L, load_in_worker, push_asset, job);
 }
 
 static int l_frame(lua_State *L) {

@@ -13,7 +13,7 @@ local cutscene = async.spawn(function()
 end)
 
 local loader = async.spawn(function()
-  local hero = game.load_asset("hero.png")   -- resolved by a worker thread
+  local hero = game.load_asset("hero.png")   -- loaded on the thread pool
   log("loaded %s", hero)
   local ok, err = pcall(game.load_asset, "missing.png")
   log("loading missing.png failed as expected: %s", err)

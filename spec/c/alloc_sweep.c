@@ -139,6 +139,15 @@ static const scenario SCENARIOS[] = {
     "assert(not ok and async.is_cancelled(e))\n"
     "return 'cancelled'",
     "cancelled" },
+  { "thread", /* the loop's side of a job: encoding, the request, decoding, the error object */
+    "local async = require 'lasync'\n"
+    "local sum, list = async.to_thread(function(t) return t.a + t.b, { t.a } end, { a = 4, b = 5 })\n"
+    "local ok, e = pcall(async.to_thread, function() error('boom') end)\n"
+    "assert(not ok and (e.kind == 'thread' or e == 'not enough memory'), tostring(e))\n"
+    "ok, e = pcall(async.to_thread, function(x) return x end, { f = io.stdout })\n"
+    "assert(not ok and (e.kind == 'invalid' or e == 'not enough memory'), tostring(e))\n"
+    "return sum + list[1]",
+    "13" },
 };
 
 enum outcome { OK_SUCCESS, OK_FAILED_CLEANLY, BAD };
@@ -218,8 +227,10 @@ static enum outcome run_once(const scenario *s, long n, int *hit) {
         int timeout;
         if (lasync_step(rt, 5) == 0) break;
         timeout = lasync_backend_timeout(rt);
-        if (timeout < 0) break; /* nothing can wake what is left: a lost wake-up */
-        if (timeout > 0) uv_sleep(1);
+        /* -1 with the loop still alive is work out on another thread (a job of the thread
+         * pool): it will post back. With nothing alive, nothing can wake what is left. */
+        if (timeout < 0 && !uv_loop_alive(lasync_loop(rt))) break;
+        if (timeout != 0) uv_sleep(1);
       }
       if (!finished(t)) { /* a task lost its wake-up to the failure: cancel it */
         lost_wakeups++;

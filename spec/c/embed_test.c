@@ -142,10 +142,9 @@ static void test_step_budget(void) {
   } while (alive > 0 && frames < 10000);
   CHECK(alive == 0);
   /* 200 x 5 slices of 0.2 ms is about 200 ms of work: a 2 ms budget must spread it over many
-   * frames. The worst step is only checked loosely (a loaded machine stretches any step); the
-   * benchmark (make bench) measures it properly. */
+   * frames. The worst step is printed, not asserted: a loaded machine preempts any step, so a
+   * bound here only measures the machine; the benchmark (make bench) measures it properly. */
   CHECK(frames > 20);
-  CHECK(worst < 2 + 50);
   printf("step budget: %d frames, worst step %.2f ms for a 2 ms budget\n", frames, worst);
   CHECK(lasync_destroy(rt) == LASYNC_OK);
 }

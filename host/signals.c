@@ -1,0 +1,108 @@
+/* SIGINT and SIGTERM for the lasync executable (host/main.c calls the three functions at the
+ * end). It reaches into the scheduler (the task step running now), so it lives apart from
+ * main.c, which keeps to the public API. */
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lineedit.h"
+
+static lasync__runtime *runtime;
+
+/* As lua.c's laction: the handler itself sets a hook on the task step that is running, which
+ * raises a Cancelled error there at the next Lua instruction, so a step that blocks the loop
+ * (`while true do end`) is interrupted and its cleanup runs. It then wakes the loop, which
+ * cancels every task (or, at the REPL, only the chunk running). A second signal before that is
+ * done, or after everything was cancelled, exits at once. */
+
+static volatile sig_atomic_t signal_pending; /* taken by the handler, not yet by the loop */
+static volatile sig_atomic_t stopping;       /* everything was cancelled: the exit status */
+static volatile sig_atomic_t hook_armed;     /* the hook raises once, then disarms */
+static uv_async_t signal_async;
+
+static void stop_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  if (!hook_armed) return; /* left on a coroutine that went on to run something else */
+  hook_armed = 0;
+  lasync__push_error(L, "cancelled", stopping == 143 ? "terminated" : "interrupted");
+  lua_error(L);
+}
+
+static void exit_now(int code) {
+  static const char msg[] = "\nlasync: signalled again, exiting now\n";
+  ssize_t ignored;
+  lasync__repl_restore_tty();
+  ignored = write(2, msg, sizeof msg - 1);
+  (void)ignored;
+  _exit(code);
+}
+
+static void on_signal(int signum) {
+  int code = signum == SIGTERM ? 143 : 130;
+  int repl = signum == SIGINT && lasync__repl_active();
+  lasync__task *t = runtime->current;
+  if (signal_pending || stopping) exit_now(code);
+  signal_pending = signum;
+  if (!repl) stopping = code;
+  /* At the REPL only the chunk is interrupted: a background task's step that happens to be
+   * running is left alone (a blocked loop is what a second Ctrl-C is for). */
+  if (t && t->co && (!repl || t == lasync__repl_chunk())) {
+    hook_armed = 1;
+    lua_sethook(t->co, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  }
+  uv_async_send(&signal_async);
+}
+
+/* While HTTP servers are open, a first SIGINT or SIGTERM closes them gracefully (5 s, see
+ * async.http.close_servers in lua/http/server.lua) instead of cancelling every task: responses
+ * in flight are finished with Connection: close. A second signal exits at once, as always. */
+static int close_servers(lasync__runtime *rt) {
+  lua_State *L = rt->L;
+  int took = 0, top = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lasync");
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_getfield(L, -1, "http") == LUA_TTABLE &&
+      lua_getfield(L, -1, "close_servers") == LUA_TFUNCTION) {
+    lua_pushnumber(L, 5);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
+  }
+  lua_settop(L, top);
+  return took;
+}
+
+/* libuv calls this on the loop after on_signal. */
+static void on_signal_async(uv_async_t *handle) {
+  int signum = signal_pending;
+  (void)handle;
+  hook_armed = 0;
+  signal_pending = 0;
+  if (signum == 0) return;
+  if (signum == SIGINT && !stopping && lasync__repl_interrupt(runtime)) return;
+  if (close_servers(runtime)) return;
+  lasync__cancel_all(runtime, signum == SIGTERM ? "terminated" : "interrupted");
+}
+
+void lasync__signals_watch(lasync__runtime *rt) {
+  struct sigaction sa;
+  runtime = rt;
+  uv_async_init(rt->loop, &signal_async, on_signal_async);
+  uv_unref((uv_handle_t *)&signal_async);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+}
+
+static void on_async_closed(uv_handle_t *handle) { (void)handle; }
+
+/* Before the runtime closes: the handler must not wake a closed handle. */
+void lasync__signals_unwatch(void) {
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  uv_close((uv_handle_t *)&signal_async, on_async_closed);
+}
+
+int lasync__signals_status(void) { return stopping; }
