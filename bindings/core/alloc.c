@@ -10,6 +10,14 @@
  * Slabs are only returned when the heap is destroyed, after lua_close: a steady workload
  * reuses them (the soak's RSS slope), a one-off burst keeps its peak, as malloc's arenas do.
  *
+ * Page faults were the next cost of a burst (a fault and a page cleared per 4 KiB: 77k faults
+ * for a million tasks). Once the heap holds BIG_HEAP bytes of slabs, new slabs are 2 MiB and
+ * blocks of BIG_BLOCK bytes or more (the arrays of a million-entry table) are mapped on their
+ * own; both are marked MADV_HUGEPAGE, so the kernel backs them with huge pages where it can
+ * (transparent huge pages "madvise" or "always"): one fault per 2 MiB. Small states (a worker's,
+ * a script that spawns a few tasks) never reach the threshold and keep their 4 KiB pages. A
+ * mapped block is unmapped when freed, so a burst's big arrays go back to the system.
+ *
  * The heap also counts the bytes Lua holds and can cap them (LASYNC_MAX_MEMORY): an
  * allocation past the cap fails, which Lua turns into a "not enough memory" error in the task
  * that asked. Counting is one addition per call, so the cap costs nothing measurable. */
@@ -17,6 +25,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#define HAVE_MMAP 1
+#endif
 
 #include "private.h"
 
@@ -24,6 +36,9 @@
 #define MAX_SMALL 1024 /* a coroutine with its basic stack is ~900 bytes: keep it small */
 #define NCLASSES (MAX_SMALL / GRAIN)
 #define SLAB_BYTES (64 * 1024)
+#define HUGE_BYTES (2 * 1024 * 1024)    /* a huge page, and the slab size past BIG_HEAP */
+#define BIG_HEAP (8 * 1024 * 1024)      /* slabs held before slabs become huge */
+#define BIG_BLOCK (HUGE_BYTES)          /* a block this big is mapped on its own, past BIG_HEAP */
 
 typedef struct free_block {
   struct free_block *next;
@@ -31,6 +46,7 @@ typedef struct free_block {
 
 typedef struct slab {
   struct slab *next;
+  size_t bytes; /* SLAB_BYTES from malloc, or HUGE_BYTES mapped */
   /* blocks follow, aligned to GRAIN */
 } slab;
 
@@ -38,6 +54,7 @@ struct lasync__heap {
   free_block *free[NCLASSES]; /* by class: (size - 1) / GRAIN */
   char *bump, *end;           /* the unused rest of the newest slab */
   slab *slabs;                /* every slab, freed with the heap */
+  size_t slab_bytes;          /* their total */
   size_t used;                /* bytes Lua holds (its own sizes, not rounded) */
   size_t cap;                 /* 0: none */
 };
@@ -50,11 +67,43 @@ lasync__heap *lasync__heap_new(size_t cap) {
   return h;
 }
 
+/* ---- mapped memory: huge slabs and big blocks ---- */
+
+#if HAVE_MMAP
+/* Whole huge pages, aligned to one (the kernel backs only aligned 2 MiB ranges with a huge
+ * page), marked for transparent huge pages. NULL when the system refuses. */
+static void *map_huge(size_t bytes) {
+  size_t span = bytes + HUGE_BYTES;
+  char *p = (char *)mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  char *aligned;
+  if (p == MAP_FAILED) return NULL;
+  aligned = (char *)(((uintptr_t)p + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
+  if (aligned > p) munmap(p, (size_t)(aligned - p));
+  if (aligned + bytes < p + span) munmap(aligned + bytes, (size_t)(p + span - (aligned + bytes)));
+  madvise(aligned, bytes, MADV_HUGEPAGE); /* advice: without THP it is ignored, and harmless */
+  return aligned;
+}
+
+static size_t huge_round(size_t n) { return (n + HUGE_BYTES - 1) & ~(size_t)(HUGE_BYTES - 1); }
+
+/* Whether a block of Lua's size n is mapped: by size alone, so a block needs no header to be
+ * freed the way it was made. glibc maps blocks this big itself; ours are huge-page aligned. */
+#define MAPPED(n) ((n) >= BIG_BLOCK)
+#else
+#define MAPPED(n) 0
+#endif
+
 void lasync__heap_free(lasync__heap *h) {
   slab *s, *next;
   if (h == NULL) return;
   for (s = h->slabs; s; s = next) {
     next = s->next;
+#if HAVE_MMAP
+    if (s->bytes == HUGE_BYTES) {
+      munmap(s, HUGE_BYTES);
+      continue;
+    }
+#endif
     free(s);
   }
   free(h);
@@ -72,12 +121,18 @@ static void *small_alloc(lasync__heap *h, size_t cls) {
   if ((size_t)(h->end - h->bump) < bytes) {
     /* The slab's tail (under MAX_SMALL bytes) is left unused rather than split into classes:
      * simpler, and under 2 % of a slab. */
-    slab *s = (slab *)malloc(SLAB_BYTES);
-    if (s == NULL) return NULL;
+    slab *s = NULL;
+    size_t size = SLAB_BYTES;
+#if HAVE_MMAP
+    if (h->slab_bytes >= BIG_HEAP && (s = (slab *)map_huge(HUGE_BYTES)) != NULL) size = HUGE_BYTES;
+#endif
+    if (s == NULL && (s = (slab *)malloc(SLAB_BYTES)) == NULL) return NULL;
     s->next = h->slabs;
+    s->bytes = size;
     h->slabs = s;
+    h->slab_bytes += size;
     h->bump = (char *)s + SLAB_HEADER;
-    h->end = (char *)s + SLAB_BYTES;
+    h->end = (char *)s + size;
   }
   b = (free_block *)h->bump;
   h->bump += bytes;
@@ -90,6 +145,47 @@ static void small_free(lasync__heap *h, void *p, size_t cls) {
   h->free[cls] = b;
 }
 
+/* A block over MAX_SMALL: malloc'd, or mapped when MAPPED(size). */
+static void big_free(void *p, size_t size) {
+#if HAVE_MMAP
+  if (MAPPED(size)) {
+    munmap(p, huge_round(size));
+    return;
+  }
+#endif
+  free(p);
+}
+
+static void *big_alloc(size_t size) {
+#if HAVE_MMAP
+  if (MAPPED(size)) return map_huge(huge_round(size));
+#endif
+  return malloc(size);
+}
+
+/* Resizes a block over MAX_SMALL to another over MAX_SMALL; NULL (the block untouched) when
+ * out of memory. */
+static void *big_realloc(void *p, size_t old, size_t nsize) {
+  void *q;
+#if HAVE_MMAP
+  if (MAPPED(old) || MAPPED(nsize)) {
+    if (MAPPED(old) && MAPPED(nsize) && huge_round(nsize) <= huge_round(old)) {
+      if (huge_round(nsize) < huge_round(old)) /* a shrink stays in place */
+        munmap((char *)p + huge_round(nsize), huge_round(old) - huge_round(nsize));
+      return p;
+    }
+    /* Moved rather than mremap'd: the new mapping keeps its huge-page alignment. A table's
+     * arrays double, so the copies add up to the final size once. */
+    if ((q = big_alloc(nsize)) == NULL) return NULL;
+    memcpy(q, p, old < nsize ? old : nsize);
+    big_free(p, old);
+    return q;
+  }
+#endif
+  (void)q;
+  return realloc(p, nsize);
+}
+
 void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   lasync__heap *h = (lasync__heap *)ud;
   size_t old = ptr ? osize : 0; /* with ptr NULL, osize is the object's type: not a size */
@@ -100,7 +196,7 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
       if (old <= MAX_SMALL)
         small_free(h, ptr, (old - 1) / GRAIN);
       else
-        free(ptr);
+        big_free(ptr, old);
     }
     return NULL;
   }
@@ -122,18 +218,20 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
       return NULL;
     }
   } else if (ptr && old > MAX_SMALL) {
-    if ((p = realloc(ptr, nsize)) == NULL) return NULL;
+    /* A mapped block shrunk under BIG_BLOCK must move to malloc, which can fail: Lua 5.4
+     * raises a memory error then (luaH_resize, luaS_resize restores), it does not crash. */
+    if ((p = big_realloc(ptr, old, nsize)) == NULL) return NULL;
     h->used = h->used - old + nsize;
     return p;
-  } else if ((p = malloc(nsize)) == NULL) {
+  } else if ((p = big_alloc(nsize)) == NULL) {
     return NULL;
   }
-  if (ptr) { /* moved between a class and malloc, or between classes */
+  if (ptr) { /* moved between a class and a big block, or between classes */
     memcpy(p, ptr, old < nsize ? old : nsize);
     if (old <= MAX_SMALL)
       small_free(h, ptr, (old - 1) / GRAIN);
     else
-      free(ptr);
+      big_free(ptr, old);
   }
   h->used = h->used - old + nsize;
   return p;
