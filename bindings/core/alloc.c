@@ -36,9 +36,9 @@
 #define MAX_SMALL 1024 /* a coroutine with its basic stack is ~900 bytes: keep it small */
 #define NCLASSES (MAX_SMALL / GRAIN)
 #define SLAB_BYTES (64 * 1024)
-#define HUGE_BYTES (2 * 1024 * 1024)    /* a huge page, and the slab size past BIG_HEAP */
-#define BIG_HEAP (8 * 1024 * 1024)      /* slabs held before slabs become huge */
-#define BIG_BLOCK (HUGE_BYTES)          /* a block this big is mapped on its own, past BIG_HEAP */
+#define HUGE_BYTES (2 * 1024 * 1024) /* a huge page, and the slab size past BIG_HEAP */
+#define BIG_HEAP (8 * 1024 * 1024)   /* slabs held before slabs become huge */
+#define BIG_BLOCK (HUGE_BYTES)       /* a block this big is mapped on its own, past BIG_HEAP */
 
 typedef struct free_block {
   struct free_block *next;
