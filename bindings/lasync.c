@@ -10,7 +10,7 @@ static int guard_gc(lua_State *L) {
   lasync__runtime **slot = (lasync__runtime **)lua_touserdata(L, 1);
   if (*slot) {
     lasync__runtime_close(*slot);
-    free(*slot);
+    lasync__runtime_free(*slot); /* lua_close is under way: nothing of ours runs after it */
     *slot = NULL;
   }
   return 0;
@@ -63,6 +63,12 @@ static const char *const LUA_PARTS[] = {
   "http/server",  /* async.http.serve, async.http.router: after net and http */
   NULL};
 
+/* async._host(): lua/host.lua as a function, the lasync executable's main task. */
+static int l_host(lua_State *L) {
+  lasync__load_lua(L, "host", "=[lasync host]");
+  return 1;
+}
+
 int luaopen_lasync(lua_State *L) {
   const char *const *part;
   if (lasync__runtime_get(L) == NULL) open_module_runtime(L);
@@ -86,5 +92,7 @@ int luaopen_lasync(lua_State *L) {
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1); /* [core, async] */
   for (part = LUA_PARTS; *part; part++) add_lua_calls(L, *part);
+  lua_pushcfunction(L, l_host);
+  lua_setfield(L, -2, "_host");
   return 1;
 }

@@ -16,7 +16,9 @@
 #include <lua.h>
 #include <uv.h>
 
-#define LASYNC_VERSION "0.1.0"
+#ifndef LASYNC_VERSION /* from CMake, which reads it from host/lasync.h: defined once */
+#define LASYNC_VERSION "unknown (built outside CMake)"
+#endif
 
 #define LASYNC_TASK_MT "lasync.Task"
 #define LASYNC_FUTURE_MT "lasync.Future"
@@ -113,9 +115,10 @@ enum {
 };
 
 /* A million tasks must fit in a few hundred megabytes, so fields are packed: keep the struct
- * at 96 bytes or less (with its user values, the allocation stays at 208 bytes). */
+ * at 112 bytes or less (with its user values, the allocation stays at 224 bytes). */
 struct lasync__task {
   lasync__runtime *rt;
+  lasync__task *live_prev, *live_next; /* the runtime's live tasks, spawn to settle */
   lua_State *co;              /* the coroutine running it, while it runs */
   const lasync__awaitable_ops *wait_ops; /* what it is suspended on, until its continuation */
   void *wait_data;
@@ -142,6 +145,7 @@ struct lasync__task {
 
 struct lasync__runtime {
   lua_State *L; /* the main thread */
+  struct lasync__heap *lua_heap; /* L's allocator when lasync opened L (alloc.c), or NULL */
   uv_loop_t *loop;
   uv_loop_t own_loop;
   int owns_loop;
@@ -151,12 +155,16 @@ struct lasync__runtime {
   lasync__timer **heap;
   uint32_t heap_len, heap_cap;
   uint32_t timer_seq;
-  lasync__task **ready;   /* ring buffer of ready tasks; cap is a power of two */
+  lasync__task **ready;   /* ring of ready tasks; cap: a power of two >= live tasks (spawn) */
   uint32_t ready_head, ready_len, ready_cap;
   lasync__task *current;
   int pool_ref;     /* table of idle coroutines, reused by later tasks */
   int pool_len;
   int entry_ref;    /* {xpcall, handler}: what every task body runs under */
+  int owned_ref;    /* weak-keyed: coroutine Lua has seen -> its task, or true when idle */
+  int exposed;      /* owned_ref has entries: task coroutines must be marked (runtime.c) */
+  int oom_ref;      /* the string "not enough memory", for failing a task without allocating */
+  lasync__task *live_head; /* live tasks, newest first */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */
@@ -184,7 +192,12 @@ struct lasync__runtime {
 /* runtime.c */
 lasync__runtime *lasync__runtime_get(lua_State *L);
 lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop);
+/* Shutdown in one order: refuse new work, cancel the tasks and await their cleanup, close the
+ * services (curl, held futures, the cross-thread queue, open handles), close the runtime's own
+ * handles and turn the loop until every close callback has fired. Then the owner closes the
+ * state (or detaches), then lasync__runtime_free closes the loop. */
 void lasync__runtime_close(lasync__runtime *rt);
+int lasync__runtime_free(lasync__runtime *rt);
 void lasync__runtime_detach(lasync__runtime *rt);
 int lasync__pin(lasync__runtime *rt, lua_State *L);
 void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref);
@@ -396,6 +409,7 @@ lasync__task *lasync__check_task(lua_State *L, const char *fname);
  * one has arrived, since running cleanup then is what it is for. */
 lasync__task *lasync__check_suspendable(lua_State *L, const char *fname);
 lasync__task *lasync__totask(lua_State *L, int idx);
+int lasync__is_callable(lua_State *L, int idx); /* a function, or a value with __call */
 /* The task at idx, or raises "<fname>: bad argument #idx (task expected, got ...)". */
 lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname);
 extern const char *const lasync__status_names[]; /* indexed by enum lasync__status */
@@ -421,6 +435,8 @@ void lasync__push_spawn_site(lua_State *L, int task_idx); /* "file:line" */
 void lasync__open_diag(lua_State *L);
 void lasync__debug_spawned(lua_State *L, lasync__runtime *rt, lasync__task *parent);
 void lasync__push_spawn_chain(lua_State *L, int task_idx);
+/* Pushes "task 'name'" or "task spawned at file:line". */
+void lasync__push_task_label(lua_State *L, int task_idx);
 void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, int finished);
 int lasync__task_finished(const lasync__task *t);
 int lasync__trace_handler(lua_State *L);
@@ -499,8 +515,14 @@ void lasync__xqueue_release(lasync__xqueue *q); /* any thread; frees it after th
  * out on other threads and will post back). */
 void lasync__xqueue_hold(lasync__xqueue *q, int delta);
 
-/* runtime.c: the one protected call from C into Lua (see there). */
+/* runtime.c: the one protected call from C into Lua (see there), and its form for a C
+ * function taking one pointer: fn(L) finds ud as a light userdata at index 1; its results and
+ * any error are dropped. Returns the status. */
 int lasync__pcall(lua_State *L, int nargs, int nres);
+int lasync__cpcall(lua_State *L, lua_CFunction fn, void *ud);
+/* Makes room in the ready ring for one more live task; raises a memory error otherwise, so
+ * that waking a task never needs memory. */
+void lasync__reserve_ready(lua_State *L, lasync__runtime *rt);
 
 /* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
 void lasync__open_timer(lua_State *L);

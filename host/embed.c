@@ -16,7 +16,6 @@ static const char HELD_KEY = 'h'; /* registry: light(task) -> task, for the task
 typedef struct {
   lasync__service service; /* first: the service is the state */
   int owns_state;
-  lasync__heap *heap; /* the state's allocator, when lasync opened the state */
   uv_thread_t owner; /* the thread that created the runtime: the only one allowed in */
 } embed;
 
@@ -125,12 +124,31 @@ void lasync_future_release(lasync_future *f) {
 
 /* ---- runtimes ---- */
 
+static int open_libs(lua_State *L) {
+  luaL_openlibs(L);
+  return 0;
+}
+
+/* Under lasync__pcall: [light rt, owns_state] -> []: what lasync_new adds to the state. */
+static int new_protected(lua_State *L) {
+  lasync_runtime *rt = (lasync_runtime *)lua_touserdata(L, 1);
+  embed *e = embed_of(rt);
+  if (e == NULL) {
+    lua_pushliteral(L, "not enough memory");
+    return lua_error(L);
+  }
+  e->owns_state = lua_toboolean(L, 2);
+  luaL_requiref(L, "lasync", luaopen_lasync, 0);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
+  return 0;
+}
+
 int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   lasync_options none;
   lua_State *L;
   lasync_runtime *rt;
   lasync__heap *heap = NULL;
-  embed *e;
   if (out == NULL) return LASYNC_EINVAL;
   *out = NULL;
   if (opts == NULL) {
@@ -139,13 +157,26 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   }
   L = opts->L;
   if (L == NULL) {
-    /* On lasync's size-class heap (bindings/core/alloc.c): tasks allocate small objects. */
-    if ((heap = lasync__heap_new(0)) == NULL) return LASYNC_ENOMEM;
-    if ((L = lasync__heap_newstate(heap)) == NULL) {
+    if (opts->alloc) {
+      L = lua_newstate(opts->alloc, opts->alloc_ud);
+    } else {
+      /* lasync's size-class heap (bindings/core/alloc.c): tasks allocate small objects at a
+       * high rate, and the heap counts them, so max_memory costs nothing. */
+      if ((heap = lasync__heap_new(opts->max_memory)) == NULL) return LASYNC_ENOMEM;
+      if ((L = lasync__heap_newstate(heap)) == NULL) lasync__heap_free(heap);
+    }
+    if (L == NULL) return LASYNC_ENOMEM;
+    if (opts->ignore_env) {
+      lua_pushboolean(L, 1); /* a short string key and a boolean: fits the fresh state's room */
+      lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+    }
+    /* lua.c opens the libraries under a protected call too: they allocate. */
+    lua_pushcfunction(L, open_libs);
+    if (lasync__pcall(L, 0, 0) != LUA_OK) {
+      lua_close(L);
       lasync__heap_free(heap);
       return LASYNC_ENOMEM;
     }
-    luaL_openlibs(L);
   } else if (lasync__runtime_get(L) != NULL) {
     return LASYNC_EBUSY; /* one runtime per state */
   }
@@ -153,23 +184,32 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   if (rt == NULL) {
     if (opts->L == NULL) lua_close(L);
     lasync__heap_free(heap);
-    return LASYNC_ELOOP;
+    return LASYNC_ENOMEM; /* out of memory, or libuv could not make a loop */
   }
+  rt->lua_heap = heap; /* freed by lasync__runtime_free, after lua_close */
   rt->data = opts->data;
   rt->on_error = (void (*)(lasync__runtime *, const char *, void *))opts->on_error;
-  if ((e = embed_of(rt)) == NULL) {
+  if (!lua_checkstack(L, 3)) {
     lasync__runtime_close(rt);
+    lasync__runtime_detach(rt);
     if (opts->L == NULL) lua_close(L);
-    lasync__heap_free(heap);
-    free(rt);
+    lasync__runtime_free(rt);
     return LASYNC_ENOMEM;
   }
-  e->owns_state = opts->L == NULL;
-  e->heap = heap;
-  luaL_requiref(L, "lasync", luaopen_lasync, 0);
-  lua_pop(L, 1);
-  lua_newtable(L);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
+  lua_pushcfunction(L, new_protected);
+  lua_pushlightuserdata(L, rt);
+  lua_pushboolean(L, opts->L == NULL);
+  if (lasync__pcall(L, 2, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lasync__runtime_close(rt);
+    if (opts->L == NULL) {
+      lua_close(L);
+    } else {
+      lasync__runtime_detach(rt);
+    }
+    lasync__runtime_free(rt);
+    return LASYNC_ENOMEM;
+  }
   *out = rt;
   return LASYNC_OK;
 }
@@ -177,17 +217,14 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
 int lasync_destroy(lasync_runtime *rt) {
   lua_State *L;
   int owns_state;
-  lasync__heap *heap;
   if (rt == NULL) return LASYNC_EINVAL;
   if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
   L = rt->L;
   owns_state = find_embed(rt) ? find_embed(rt)->owns_state : 0;
-  heap = find_embed(rt) ? find_embed(rt)->heap : NULL; /* the embed is freed with rt's services */
   lasync__runtime_close(rt);
   if (owns_state) {
-    lua_close(L);
-    lasync__heap_free(heap);
+    lua_close(L); /* failures found as it closes still reach on_error: rt is alive */
   } else {
     /* The state lives on: forget the runtime so nothing in it points here any more. Failed
      * tasks nobody looked at and nobody holds are reported to on_error now, while it exists. */
@@ -196,8 +233,7 @@ int lasync_destroy(lasync_runtime *rt) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
     lasync__runtime_detach(rt);
   }
-  free(rt);
-  return LASYNC_OK;
+  return lasync__runtime_free(rt) == 0 ? LASYNC_OK : LASYNC_ELOOP;
 }
 
 lua_State *lasync_lua(lasync_runtime *rt) { return rt->L; }
@@ -207,7 +243,7 @@ void lasync_set_data(lasync_runtime *rt, void *data) { rt->data = data; }
 
 /* ---- tasks ---- */
 
-/* Under lua_pcall: [hold, fn, args...] -> [task, light(task)]. Making the task and holding it
+/* Under lasync__pcall: [hold, fn, args...] -> [task, light(task)]. Making the task and holding it
  * both allocate, and the embedder's call is not a protected one. */
 static int spawn_protected(lua_State *L) {
   int hold = lua_toboolean(L, 1);
@@ -240,7 +276,7 @@ static int spawn(lasync_runtime *rt, int nargs, lasync_task **out) {
   lua_pushcfunction(L, spawn_protected);
   lua_pushboolean(L, out != NULL);
   lua_rotate(L, base, 2); /* [spawn_protected, hold, fn, args...] */
-  if (lua_pcall(L, nargs + 2, 2, 0) != LUA_OK) {
+  if (lasync__pcall(L, nargs + 2, 2) != LUA_OK) {
     lua_pop(L, 1); /* a memory error: nothing was spawned */
     return LASYNC_ENOMEM;
   }
@@ -279,6 +315,8 @@ int lasync_task_result(lasync_task *t, lua_State *L) {
   int i;
   if (t == NULL || L == NULL) return LASYNC_EINVAL;
   if (!lasync__task_finished(t)) return LASYNC_EPENDING;
+  /* Room for the results, the task and its table first: this is not a protected call. */
+  if (!lua_checkstack(L, (t->status == LASYNC__DONE ? t->nargs : 1) + 3)) return LASYNC_ENOMEM;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
   if (lua_rawgetp(L, -1, t) != LUA_TUSERDATA) {
     lua_pop(L, 2);
@@ -318,6 +356,70 @@ void lasync_task_release(lasync_task *t) {
   lua_pop(L, 1);
 }
 
+/* Under lasync__pcall: [light t, name] -> []. */
+static int set_name_protected(lua_State *L) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
+  if (lua_rawgetp(L, -1, t) != LUA_TUSERDATA) return 0;
+  lasync__push_extra(L, -1);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "name");
+  return 0;
+}
+
+int lasync_task_set_name(lasync_task *t, const char *name) {
+  lua_State *L;
+  if (t == NULL || name == NULL) return LASYNC_EINVAL;
+  if (foreign_thread(t->rt)) return LASYNC_ETHREAD;
+  L = t->rt->L;
+  if (!lua_checkstack(L, 3)) return LASYNC_ENOMEM;
+  lua_pushcfunction(L, set_name_protected);
+  lua_pushlightuserdata(L, t);
+  lua_pushstring(L, name); /* an interned short string or an allocation: see below */
+  if (lasync__pcall(L, 2, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return LASYNC_ENOMEM;
+  }
+  return LASYNC_OK;
+}
+
+/* Under lasync__pcall: [light t] -> [report]. */
+static int report_protected(lua_State *L) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
+  if (lua_rawgetp(L, -1, t) != LUA_TUSERDATA) return luaL_error(L, "released");
+  lasync__mark_observed(L, t, -1);
+  /* The failure report wants the task pinned, as it is until it settles: re-pin briefly. */
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lasync__push_failure_report(L, t);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+  t->ref = LUA_NOREF;
+  return 1;
+}
+
+const char *lasync_task_report(lasync_task *t, lua_State *L) {
+  if (t == NULL || L == NULL || t->status != LASYNC__FAILED) return NULL;
+  if (foreign_thread(t->rt) || !lua_checkstack(L, 3)) return NULL;
+  lua_pushcfunction(L, report_protected);
+  lua_pushlightuserdata(L, t);
+  if (lasync__pcall(L, 1, 1) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->oom_ref);
+  }
+  return lua_tostring(L, -1);
+}
+
+long lasync_unhandled_failures(const lasync_runtime *rt) { return rt->unhandled_failures; }
+
+int lasync_cancel_all(lasync_runtime *rt, const char *message) {
+  if (rt == NULL) return LASYNC_EINVAL;
+  if (foreign_thread(rt)) return LASYNC_ETHREAD;
+  lasync__cancel_all(rt, message);
+  return LASYNC_OK;
+}
+
+const char *lasync_version(void) { return LASYNC_VERSION; }
+
 /* ---- driving ---- */
 
 int lasync_run(lasync_runtime *rt) {
@@ -329,10 +431,13 @@ int lasync_run(lasync_runtime *rt) {
 
 int lasync_step(lasync_runtime *rt, double budget_ms) {
   uint64_t start = uv_hrtime();
-  if (rt == NULL || budget_ms < 0) return LASYNC_EINVAL;
+  if (rt == NULL || !(budget_ms >= 0)) return LASYNC_EINVAL; /* NaN too */
   if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
-  rt->step_deadline = start + (uint64_t)(budget_ms * 1e6);
+  /* A budget past ~584 years (INFINITY included) is no limit: the cast would be undefined. */
+  rt->step_deadline = budget_ms * 1e6 < (double)(UINT64_MAX - start)
+                          ? start + (uint64_t)(budget_ms * 1e6)
+                          : UINT64_MAX;
   rt->step_seq++;
   rt->in_callback++;
   do {

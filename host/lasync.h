@@ -59,6 +59,15 @@ typedef struct {
   uv_loop_t *loop;       /* share this loop (not closed by lasync_destroy); NULL: own one */
   lasync_error_cb on_error;
   void *data;            /* for the embedder: lasync_get_data() returns it */
+  /* For a state lasync opens (L NULL): its allocator (NULL: the standard one), and whether the
+   * package library ignores LUA_PATH and LUA_CPATH (as lua -E). */
+  lua_Alloc alloc;
+  void *alloc_ud;
+  int ignore_env;
+  /* For a state lasync opens on its own allocator (L and alloc NULL): a cap on the bytes Lua
+   * may hold, 0 for none. An allocation past it fails, which Lua turns into a "not enough
+   * memory" error in the task that asked. */
+  size_t max_memory;
 } lasync_options;
 
 /* Returns a message for an error code. Never NULL. */
@@ -68,8 +77,11 @@ const char *lasync_strerror(int err);
  * libraries; either way `require "lasync"` then works in it. */
 int lasync_new(lasync_runtime **out, const lasync_options *opts);
 
-/* Cancels the tasks still pending, lets their cleanup run, closes the runtime's handles, and
- * frees it; closes the Lua state and the loop if it made them. Not from inside a task. */
+/* Shuts down in one order: refuses new work, cancels the tasks still pending and lets their
+ * cleanup run, closes the runtime's parts and handles (running the loop until their close
+ * callbacks have fired), closes the Lua state if it made it, then the loop if it made it.
+ * LASYNC_ELOOP if that loop would not close (a handle left open on it: the runtime is then
+ * leaked, not freed under libuv). Not from inside a task. */
 int lasync_destroy(lasync_runtime *rt);
 
 /* The runtime's Lua state (its main thread) and loop. */
@@ -94,22 +106,47 @@ int lasync_spawn_call(lasync_runtime *rt, int nargs, lasync_task **out);
 lasync_task_status_t lasync_task_status(const lasync_task *t);
 
 /* Pushes a finished task's results on L (a thread of the runtime's state) and returns how many,
- * or pushes its error and returns LASYNC_ELUA, or returns LASYNC_EPENDING. */
+ * or pushes its error and returns LASYNC_ELUA, or returns LASYNC_EPENDING (LASYNC_ENOMEM when
+ * L's stack cannot grow to hold them). */
 int lasync_task_result(lasync_task *t, lua_State *L);
 
 /* Requests cancellation, as task:cancel() does. Returns 1 if the task had not finished. */
 int lasync_task_cancel(lasync_task *t);
 
+/* Names a held task, as async.spawn{name = ...} does: async.tasks(), dumps and failure reports
+ * show it. */
+int lasync_task_set_name(lasync_task *t, const char *name);
+
+/* For a held task that failed: pushes its failure report on L ("task 'main' failed: <message>"
+ * and the traceback), counts the failure as seen, and returns the string; NULL (and nothing
+ * pushed) if the task did not fail. */
+const char *lasync_task_report(lasync_task *t, lua_State *L);
+
 /* Lets go of a task returned by a spawn call. */
 void lasync_task_release(lasync_task *t);
+
+/* Requests cancellation of every live task, with message (may be NULL) as their Cancelled
+ * error's message: what the lasync executable does on SIGINT. Safe from a libuv callback on the
+ * loop's thread; out of memory drops the message, not the cancellation. */
+int lasync_cancel_all(lasync_runtime *rt, const char *message);
+
+/* How many tasks have failed with nobody to await them so far: each was reported to on_error
+ * (or stderr) once. Other reports that reach on_error, such as a server's handler failing
+ * (logged, the server goes on), are not counted. Readable inside on_error, including the calls
+ * lasync_destroy makes as the state closes: the lasync executable's exit status is 1 if any. */
+long lasync_unhandled_failures(const lasync_runtime *rt);
+
+/* "0.1.0". */
+const char *lasync_version(void);
 
 /* Runs the loop until no task is left. Returns LASYNC_EBUSY if tasks remain that nothing can
  * wake (they wait on futures nobody will settle). */
 int lasync_run(lasync_runtime *rt);
 
 /* Resumes ready tasks and polls I/O without blocking, for at most budget_ms milliseconds
- * (tasks still ready then run at the next step). The call a game makes once per frame.
- * Returns the number of tasks still alive. */
+ * (tasks still ready then run at the next step); INFINITY means no limit, a negative or NaN
+ * budget is LASYNC_EINVAL. The call a game makes once per frame. Returns the number of tasks
+ * still alive plus the futures C holds unsettled: at 0 nothing is left to wait for. */
 int lasync_step(lasync_runtime *rt, double budget_ms);
 
 /* For hosts with their own poller: the loop's backend descriptor, and how long the host may

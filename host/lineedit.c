@@ -283,7 +283,7 @@ static char **complete(const char *text, int start, int end) {
   free_matches();
   lua_pushcfunction(L, collect_matches);
   lua_pushlightuserdata(L, (void *)text);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* a broken completer completes nothing */
+  if (lasync__pcall(L, 1, 0) != LUA_OK) lua_pop(L, 1); /* a broken completer completes nothing */
   lua_settop(L, top);
   if (nmatches > 0) list = rl_completion_matches(text, next_completion);
   free_matches();

@@ -7,12 +7,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <lauxlib.h>
 #include <lualib.h>
 
-#include "../bindings/private.h"
-#include "lineedit.h"
-
-int luaopen_lasync(lua_State *L);
+#include "cli.h"    /* the executable-only parts: line editor, signals */
+#include "lasync.h" /* only the public API, as lua.c uses only lua.h */
 
 static const char *progname = "lasync";
 
@@ -27,29 +26,22 @@ enum {
   HAS_DEBUG = 64
 };
 
-static lasync__runtime *runtime;
+static lasync_runtime *runtime;
+static long unhandled; /* failures nobody awaited, as on_error last saw the count */
 
-/* LASYNC_MAX_MEMORY=<MiB>: a cap on the Lua heap. An allocation past it fails, which Lua turns
- * into a "not enough memory" error in the task that asked; the host and other tasks go on. The
- * state lives on lasync's size-class heap (bindings/core/alloc.c), which counts as it goes, so
- * the cap costs nothing. */
-static lasync__heap *heap;
+/* LASYNC_MAX_MEMORY=<MiB>: a cap on the Lua heap (lasync_options.max_memory). An allocation
+ * past it fails, which Lua turns into a "not enough memory" error in the task that asked; the
+ * host and other tasks go on. */
 
-static lua_State *new_state(void) {
-  const char *cap = getenv("LASYNC_MAX_MEMORY");
-  lua_State *L;
-  heap = lasync__heap_new(cap && atof(cap) > 0 ? (size_t)(atof(cap) * 1024 * 1024) : 0);
-  if (heap == NULL) return NULL;
-  if ((L = lasync__heap_newstate(heap)) == NULL) lasync__heap_free(heap);
-  return L;
-}
+static lasync_task *main_task;
 
-static lasync__task *main_task;
-
-/* Pushes lua/host.lua as a chunk, under lua_pcall. */
-static int load_host(lua_State *L) {
-  lasync__load_lua(L, "host", "=[lasync host]");
-  return 1;
+/* A failed task nobody awaited (exit status 1), or a failure handled by reporting it, such as a
+ * server's handler (exit status unchanged): the same lines as the default handler. */
+static void on_error(lasync_runtime *rt, const char *report, void *data) {
+  (void)data;
+  unhandled = lasync_unhandled_failures(rt);
+  fprintf(stderr, "lasync: a task failed and nobody awaited it:\n%s\n", report);
+  fflush(stderr);
 }
 
 /* Prints the usage, to stdout when asked for (badoption NULL), else to stderr after the error. */
@@ -78,7 +70,7 @@ static void print_usage(const char *badoption) {
 }
 
 static void print_version(void) {
-  printf("lasync %s (%s, libuv %s)\n", LASYNC_VERSION, LUA_RELEASE, uv_version_string());
+  printf("lasync %s (%s, libuv %s)\n", lasync_version(), LUA_RELEASE, uv_version_string());
   fflush(stdout);
 }
 
@@ -235,41 +227,74 @@ static void build_plan(lua_State *L, char **argv, int argc, int script, int flag
 
 static void on_signal_closed(uv_handle_t *handle) { (void)handle; }
 
-/* libuv calls this on SIGQUIT (Ctrl-\\): prints the live tasks, as async.dump() does. */
+/* libuv calls this on SIGQUIT (Ctrl-\\): prints the live tasks, as async.dump() does, from a
+ * task of its own, so a failure there is reported like any other. */
 static void on_sigquit(uv_signal_t *handle, int signum) {
-  lua_State *L = runtime->L;
+  lua_State *L = lasync_lua(runtime);
   (void)handle;
   (void)signum;
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "lasync");
-  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_getfield(L, -1, "dump") == LUA_TFUNCTION) {
-    if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
+  if (lasync_spawn_string(runtime, "require('lasync').dump()", "=[SIGQUIT]", NULL) != LASYNC_OK) {
+    fprintf(stderr, "lasync: cannot dump the tasks: %s\n",
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "not enough memory");
+    lua_settop(L, 0);
   }
-  lua_settop(L, 0);
 }
 
-/* Runs the loop until no task is left; a task that waits on something nothing can complete is
- * cancelled so its cleanup runs, and reported. */
-static int run_to_completion(lasync__runtime *rt) {
+/* Runs the loop until no task is left; tasks that wait on something nothing can complete are
+ * cancelled so their cleanup runs, and reported. */
+static int run_to_completion(lasync_runtime *rt) {
   int rounds = 0;
-  while (lasync__run_until_done(rt, NULL) != 0) {
+  while (lasync_run(rt) == LASYNC_EBUSY) {
     if (rounds++ == 3) {
-      fprintf(stderr, "lasync: %ld task(s) still wait after being cancelled; giving up\n",
-              rt->live_tasks);
+      fputs("lasync: tasks still wait after being cancelled; giving up\n", stderr);
       break;
     }
-    fprintf(stderr, "lasync: %ld task(s) wait on something that nothing can complete "
-                    "(deadlock); cancelling them\n", rt->live_tasks);
-    lasync__cancel_all(rt, "deadlock: nothing left could wake this task");
+    fputs("lasync: tasks wait on something that nothing can complete (deadlock); "
+          "cancelling them\n", stderr);
+    lasync_cancel_all(rt, "deadlock: nothing left could wake this task");
   }
   return rounds > 0;
 }
 
+/* What the host does in the state before the main task starts, under one protected call as
+ * lua.c's pmain: [argv, argc, script, flags] -> [host chunk, plan]. */
+static int pmain(lua_State *L) {
+  char **argv = (char **)lua_touserdata(L, 1);
+  int argc = (int)lua_tointeger(L, 2), script = (int)lua_tointeger(L, 3);
+  int flags = (int)lua_tointeger(L, 4);
+  lua_settop(L, 0);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lasync");
+  lua_call(L, 1, 1); /* [async] */
+  if (flags & HAS_DEBUG) {
+    lua_getfield(L, 1, "debug");
+    lua_pushboolean(L, 1);
+    lua_call(L, 1, 0);
+  }
+  create_arg_table(L, argv, argc, script);
+  lua_getfield(L, 1, "_host"); /* lua/host.lua, the main task's body */
+  lua_call(L, 0, 1);
+  build_plan(L, argv, argc, script, flags);
+  lua_remove(L, 1);
+  return 2;
+}
+
+/* A load failure (a syntax error, a missing script) is one line, as lua5.4 prints it: the host
+ * returns it as {lasync_load_error = message} rather than raising it from its own frames. */
+static const char *load_error(lua_State *L, int n) {
+  if (n < 1 || lua_type(L, -n) != LUA_TTABLE) return NULL;
+  lua_getfield(L, -n, "lasync_load_error");
+  if (lua_type(L, -1) == LUA_TSTRING) return lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   lua_State *L;
+  lasync_options opts;
   uv_signal_t sigquit;
-  int flags = 0, script, status = 0, deadlocked;
-  int main_ref;
+  const char *cap = getenv("LASYNC_MAX_MEMORY");
+  int flags = 0, script, status = 0, deadlocked, err, n;
   if (argv[0] && argv[0][0]) progname = argv[0];
   signal(SIGPIPE, SIG_IGN);
   script = collect_args(argc, argv, &flags);
@@ -283,78 +308,76 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (flags & HAS_V) print_version();
-  L = new_state();
-  if (L == NULL) {
-    fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
-    return 1;
-  }
-  if (flags & HAS_E) {
-    lua_pushboolean(L, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
-  }
-  luaL_openlibs(L);
+  memset(&opts, 0, sizeof opts);
+  opts.on_error = on_error;
+  opts.ignore_env = (flags & HAS_E) != 0;
+  if (cap != NULL && atof(cap) > 0) opts.max_memory = (size_t)(atof(cap) * 1024 * 1024);
   /* lua.c switches to the generational collector; it measured slower here, where many tasks
    * stay alive together (bench/), so the host keeps Lua's incremental default. */
-  runtime = lasync__runtime_open(L, NULL);
-  if (runtime == NULL) {
-    fprintf(stderr, "%s: cannot open the event loop\n", progname);
+  if ((err = lasync_new(&runtime, &opts)) != LASYNC_OK) {
+    fprintf(stderr, "%s: cannot start: %s\n", progname, lasync_strerror(err));
     return 1;
   }
-  /* Loaded before the main task exists, since the module registers the Task type. */
-  luaL_requiref(L, "lasync", luaopen_lasync, 0);
-  if (flags & HAS_DEBUG) {
-    lua_getfield(L, -1, "debug");
-    lua_pushboolean(L, 1);
-    lua_call(L, 1, 0);
-  }
-  lua_pop(L, 1);
-  create_arg_table(L, argv, argc, script);
-
-  lua_pushcfunction(L, load_host);
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-    fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+  L = lasync_lua(runtime);
+  lua_pushcfunction(L, pmain);
+  lua_pushlightuserdata(L, argv);
+  lua_pushinteger(L, argc);
+  lua_pushinteger(L, script);
+  lua_pushinteger(L, flags);
+  if (lua_pcall(L, 4, 2, 0) != LUA_OK) {
+    fprintf(stderr, "%s: %s\n", progname,
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "not enough memory");
+    lasync_destroy(runtime);
     return 1;
   }
-  build_plan(L, argv, argc, script, flags);
-  main_task = lasync__spawn(L, -2, 1);
-  lasync__push_extra(L, -1); /* it shows as 'main' in async.tasks() and tracebacks' labels */
-  lua_pushliteral(L, "main");
-  lua_setfield(L, -2, "name");
-  lua_pop(L, 1);
-  main_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the host looks at it after it finishes */
+  if ((err = lasync_spawn_call(runtime, 1, &main_task)) != LASYNC_OK ||
+      (err = lasync_task_set_name(main_task, "main")) != LASYNC_OK) {
+    fprintf(stderr, "%s: cannot start the main task: %s\n", progname, lasync_strerror(err));
+    lasync_destroy(runtime);
+    return 1;
+  }
 
   lasync__signals_watch(runtime); /* SIGINT, SIGTERM: host/signals.c */
-  uv_signal_init(runtime->loop, &sigquit);
+  uv_signal_init(lasync_loop(runtime), &sigquit);
   uv_signal_start(&sigquit, on_sigquit, SIGQUIT);
   uv_unref((uv_handle_t *)&sigquit);
 
   deadlocked = run_to_completion(runtime);
 
-  if (main_task->status != LASYNC__DONE) {
-    if (main_task->status == LASYNC__CANCELLED && lasync__signals_status()) {
-      status = lasync__signals_status();
-    } else {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, main_ref);
-      lasync__mark_observed(L, main_task, -1); /* reported here, not again at collection */
-      lua_getiuservalue(L, -1, LASYNC__UV_FN);
-      fprintf(stderr, "%s: %s\n", progname, lasync__describe(L, -1));
-      lua_pop(L, 2);
-      if (lua_getiuservalue(L, -1, LASYNC__UV_ARGS) == LUA_TSTRING)
-        fprintf(stderr, "%s\n", lua_tostring(L, -1));
-      lua_pop(L, 2);
+  switch (lasync_task_status(main_task)) {
+    case LASYNC_TASK_DONE: {
+      const char *msg;
+      n = lasync_task_result(main_task, L);
+      if ((msg = load_error(L, n)) != NULL) {
+        fprintf(stderr, "%s: %s\n", progname, msg);
+        status = 1;
+      }
+      lua_settop(L, 0);
+      break;
+    }
+    case LASYNC_TASK_CANCELLED:
+      if (lasync__signals_status()) {
+        status = lasync__signals_status();
+        break;
+      }
+      /* Cancelled by a deadlock, say: a failure of the program. */
+      /* fall through */
+    default: {
+      const char *report = lasync_task_report(main_task, L);
+      if (report == NULL && lasync_task_result(main_task, L) == LASYNC_ELUA)
+        report = luaL_tolstring(L, -1, NULL);
+      fprintf(stderr, "%s: %s\n", progname, report ? report : "the main task did not finish");
+      lua_settop(L, 0);
       status = 1;
     }
   }
   if (lasync__signals_status() && status == 0) status = lasync__signals_status();
   if (deadlocked && status == 0) status = 1;
-  luaL_unref(L, LUA_REGISTRYINDEX, main_ref);
+  lasync_task_release(main_task);
 
   lasync__signals_unwatch();
   uv_close((uv_handle_t *)&sigquit, on_signal_closed);
-  lasync__runtime_close(runtime);
-  lua_close(L);
-  lasync__heap_free(heap);
-  if (runtime->unhandled_failures && status == 0) status = 1;
-  free(runtime);
+  lasync_destroy(runtime); /* failures found as the state closes are counted too */
+  if (unhandled && status == 0) status = 1;
   return status;
 }

@@ -57,17 +57,26 @@ static void on_signal(int signum) {
 /* While HTTP servers are open, a first SIGINT or SIGTERM closes them gracefully (5 s, see
  * async.http.close_servers in lua/http/server.lua) instead of cancelling every task: responses
  * in flight are finished with Connection: close. A second signal exits at once, as always. */
-static int close_servers(lasync__runtime *rt) {
-  lua_State *L = rt->L;
-  int took = 0, top = lua_gettop(L);
+/* Under lasync__cpcall: [light int *took] -> []. */
+static int close_servers_protected(lua_State *L) {
+  int *took = (int *)lua_touserdata(L, 1);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lasync");
-  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_getfield(L, -1, "http") == LUA_TTABLE &&
+  lua_call(L, 1, 1);
+  if (lua_getfield(L, -1, "http") == LUA_TTABLE &&
       lua_getfield(L, -1, "close_servers") == LUA_TFUNCTION) {
     lua_pushnumber(L, 5);
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
+    lua_call(L, 1, 1);
+    *took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
   }
-  lua_settop(L, top);
+  return 0;
+}
+
+/* Whether open servers took the signal; a failure there (out of memory, say) falls back to
+ * cancelling everything, which is what the signal asks for anyway. */
+static int close_servers(lasync__runtime *rt) {
+  int took = 0;
+  if (lasync__cpcall(rt->L, close_servers_protected, &took) != LUA_OK) return 0;
   return took;
 }
 

@@ -2,16 +2,18 @@
 -- side (host/main.c) parses the options and hands over the plan.
 local plan = ...
 
-local function fail(err) error(err, 0) end
+-- A chunk that does not load (a syntax error, a missing file) is one line on stderr, as lua5.4
+-- prints it, without the host's frames: main.c prints the message returned this way.
+local function load_failed(err) return { lasync_load_error = err } end
 
 for i, step in ipairs(plan) do
   if step.kind == "e" then
     local chunk, err = load(step.code, step.name or "=(command line)")
-    if not chunk then fail(err) end
+    if not chunk then return load_failed(err) end
     chunk()
   elseif step.kind == "f" then
     local chunk, err = loadfile(step.path)
-    if not chunk then fail(err) end
+    if not chunk then return load_failed(err) end
     chunk()
   elseif step.kind == "l" then
     local global, mod = step.name:match("^([^=]+)=(.+)$")
@@ -21,7 +23,7 @@ for i, step in ipairs(plan) do
     warn("@on")
   elseif step.kind == "script" then
     local chunk, err = loadfile(step.path)
-    if not chunk then fail(err) end
+    if not chunk then return load_failed(err) end
     if i == #plan then return chunk(table.unpack(step.args, 1, step.args.n)) end
     chunk(table.unpack(step.args, 1, step.args.n)) -- lasync -i script: the REPL follows
   elseif step.kind == "repl" then

@@ -106,11 +106,9 @@ function check.number_option(fname, opt, v, least, integer)
   end
 end
 
-local function is_callable(fn)
-  if type(fn) == "function" then return true end
-  local mt = getmetatable(fn)
-  return type(mt) == "table" and type(rawget(mt, "__call")) == "function"
-end
+-- The one callable check, in task.c (spawn and gather use it there): functions and values with
+-- a __call function.
+local is_callable = core._is_callable
 check.is_callable = is_callable
 
 function check.callable(fname, n, argname, fn)
@@ -208,6 +206,12 @@ local function finish_wait_for(scope, task, seconds, ok, ...)
     if not settled and not task:done() then error(outer, 0) end
     error(timeout_error("async.wait_for", seconds), 0)
   end
+  if is_cancelled(err) and not task:done() then
+    -- The waiter itself was cancelled: as asyncio's wait_for, the task goes with it, and its
+    -- cleanup is awaited (shielded: the waiter's cancellation is already under way).
+    task:cancel("async.wait_for's caller was cancelled")
+    async.shield(pcall, task.await, task)
+  end
   error(err, 0)
 end
 
@@ -228,7 +232,12 @@ end
 
 --- Awaits `task` for at most `seconds`; on expiry cancels it and raises a Timeout.
 function async.wait_for(task, seconds)
-  if not core._is_task(task) then check.argerror("async.wait_for", 1, "task", "task", task) end
+  if not core._is_task(task) then
+    if not is_callable(task) then
+      check.argerror("async.wait_for", 1, "task", "task or function", task)
+    end
+    task = spawn(task) -- a callable becomes the task waited for, as asyncio wraps a coroutine
+  end
   check_seconds("async.wait_for", 2, "seconds", seconds)
   check_in_task("async.wait_for")
   return finish_wait_for(deadline(seconds, "async.wait_for"), task, seconds,

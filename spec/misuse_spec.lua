@@ -38,12 +38,12 @@ describe("misuse of async.spawn", function()
   after_each(assert_clean)
 
   it("spawn(nil) names the call, the argument and the type", function()
-    assert.are.equal("async.spawn: bad argument #1 (function expected, got nil)",
+    assert.are.equal("async.spawn: bad argument #1 'fn' (function expected, got nil)",
       message_of(async.spawn, nil))
   end)
 
   it("rejects a non-callable value", function()
-    has("async.spawn: bad argument #1 (function expected, got number)", message_of(async.spawn, 3))
+    has("async.spawn: bad argument #1 'fn' (function expected, got number)", message_of(async.spawn, 3))
     has("async.spawn: bad argument #1", message_of(async.spawn, {}))
   end)
 end)
@@ -232,7 +232,7 @@ describe("misuse of the other calls", function()
   end)
 
   it("async.wait_for with a non-task names the call and the argument", function()
-    has("async.wait_for: bad argument #1 'task' (task expected, got string)", message_of(async.wait_for, "x", 1))
+    has("async.wait_for: bad argument #1 'task' (task or function expected, got string)", message_of(async.wait_for, "x", 1))
   end)
 
   it("async.run with a non-function names the call and the argument", function()

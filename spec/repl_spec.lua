@@ -110,7 +110,7 @@ describe("the REPL", function()
       assert.is_nil(err, out)
       assert.are.equal(1, status, out) -- as for any script: a failure nobody saw is an error
       assert.truthy(out:find("> abc\r?\27%[Jlasync: a task failed and nobody awaited it:\n" ..
-        "background boom", 1), out)
+        "task spawned at stdin:1 failed: background boom", 1), out)
     end)
 
     it("cancels the running chunk on Ctrl-C, cleanup and all, leaving background tasks", function()

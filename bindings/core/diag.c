@@ -38,7 +38,7 @@ static int task_set_name(lua_State *L) {
 }
 
 /* A short label for messages: the name, else where it was spawned. */
-static void push_label(lua_State *L, int task_idx) {
+void lasync__push_task_label(lua_State *L, int task_idx) {
   task_idx = lua_absindex(L, task_idx);
   if (push_name(L, task_idx)) {
     lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
@@ -50,53 +50,46 @@ static void push_label(lua_State *L, int task_idx) {
   lua_remove(L, -2);
 }
 
-/* The live tasks: each pinned in the registry from spawn until it settles. */
+/* The live tasks, from the runtime's list (oldest last there; async.dump sorts by age). */
 static int l_tasks(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   double now = (double)uv_now(rt->loop);
   lua_Integer n = 0;
-  lua_newtable(L);           /* the list */
-  lua_newtable(L);           /* seen: a task may be in the registry twice (the host holds one) */
-  lua_pushnil(L);
-  while (lua_next(L, LUA_REGISTRYINDEX)) {
-    lasync__task *t = (lasync__task *)luaL_testudata(L, -1, LASYNC_TASK_MT);
-    if (t && !lasync__task_finished(t) && lua_rawgetp(L, -3, t) == LUA_TNIL) {
-      int task = lua_gettop(L) - 1;
+  lasync__task *t;
+  lua_createtable(L, (int)(rt->live_tasks < 1 << 20 ? rt->live_tasks : 1 << 20), 0);
+  for (t = rt->live_head; t; t = t->live_next) {
+    int task;
+    luaL_checkstack(L, 4, NULL);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    task = lua_gettop(L);
+    lua_createtable(L, 0, 7);
+    lua_pushvalue(L, task);
+    lua_setfield(L, -2, "task");
+    if (push_name(L, task))
+      lua_setfield(L, -2, "name");
+    else
       lua_pop(L, 1);
-      lua_pushboolean(L, 1);
-      lua_rawsetp(L, -4, t);
-      lua_createtable(L, 0, 7);
+    lua_pushstring(L, lasync__status_names[t->status]);
+    lua_setfield(L, -2, "status");
+    lua_pushnumber(L, (now - (double)t->spawned_ms) / 1000.0);
+    lua_setfield(L, -2, "age");
+    lasync__push_spawn_site(L, task);
+    lua_setfield(L, -2, "site");
+    if (t->wait_ops && t->suspended)
+      lua_pushstring(L, t->wait_ops->name);
+    else
+      lua_pushstring(L, t == rt->current ? "running now" : t->queued ? "ready" : "nothing");
+    lua_setfield(L, -2, "waiting_on");
+    if (rt->parents_ref != LUA_NOREF) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, rt->parents_ref);
       lua_pushvalue(L, task);
-      lua_setfield(L, -2, "task");
-      if (push_name(L, task))
-        lua_setfield(L, -2, "name");
-      else
-        lua_pop(L, 1);
-      lua_pushstring(L, lasync__status_names[t->status]);
-      lua_setfield(L, -2, "status");
-      lua_pushnumber(L, (now - (double)t->spawned_ms) / 1000.0);
-      lua_setfield(L, -2, "age");
-      lasync__push_spawn_site(L, task);
-      lua_setfield(L, -2, "site");
-      if (t->wait_ops && t->suspended)
-        lua_pushstring(L, t->wait_ops->name);
-      else
-        lua_pushstring(L, t == rt->current ? "running now" : t->queued ? "ready" : "nothing");
-      lua_setfield(L, -2, "waiting_on");
-      if (rt->parents_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->parents_ref);
-        lua_pushvalue(L, task);
-        lua_rawget(L, -2);
-        lua_setfield(L, -3, "parent");
-        lua_pop(L, 1);
-      }
-      lua_rawseti(L, -5, ++n);
-    } else if (t && !lasync__task_finished(t)) {
+      lua_rawget(L, -2);
+      lua_setfield(L, -3, "parent");
       lua_pop(L, 1);
     }
+    lua_rawseti(L, -3, ++n);
     lua_pop(L, 1);
   }
-  lua_pop(L, 1);
   return 1;
 }
 
@@ -147,7 +140,7 @@ void lasync__push_spawn_chain(lua_State *L, int task_idx) {
       break;
     }
     lua_replace(L, top + 2);
-    push_label(L, top + 2);
+    lasync__push_task_label(L, top + 2);
     lua_pushfstring(L, "\n\t(spawned by %s)", lua_tostring(L, -1));
     lua_remove(L, -2);
     n++;
@@ -167,7 +160,7 @@ void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, 
   const char *where = "(unknown)";
   int level;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  push_label(L, -1);
+  lasync__push_task_label(L, -1);
   if (!finished && t->co) {
     for (level = 0; lua_getstack(t->co, level, &ar); level++) {
       lua_getinfo(t->co, "Sl", &ar);
@@ -178,8 +171,16 @@ void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, 
       }
     }
   }
+  if (finished && lua_getiuservalue(L, top + 1, LASYNC__UV_FN) == LUA_TFUNCTION) {
+    /* Its frames are gone: the function it ran (kept in debug mode, see start_task). */
+    lua_getinfo(L, ">S", &ar);
+    if (ar.linedefined > 0) {
+      lua_pushfstring(L, "in the function at %s:%d", ar.short_src, ar.linedefined);
+      where = lua_tostring(L, -1);
+    }
+  }
   fprintf(stderr, "lasync: %s held the loop for %.0f ms before it %s %s\n", lua_tostring(L, top + 2),
-          (double)ns / 1e6, finished ? "finished" : "suspended at", finished ? "" : where);
+          (double)ns / 1e6, finished ? "finished" : "suspended at", where);
   fflush(stderr);
   lua_settop(L, top);
 }

@@ -90,7 +90,7 @@ const char *lasync__describe(lua_State *L, int idx) {
   } else {
     lua_pushcfunction(L, describe_protected);
     lua_pushvalue(L, idx);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+    if (lasync__pcall(L, 1, 1) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
       lua_pop(L, 1);
       lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
     }

@@ -102,16 +102,6 @@ static int gather_finish(lua_State *L, lasync__task *t, void *data) {
 
 static const lasync__awaitable_ops GATHER_OPS = {"gather", gather_cancel, gather_finish, NULL};
 
-/* A function, or a value whose metatable has __call: what async.spawn takes. */
-static int callable(lua_State *L, int idx) {
-  int yes = lua_type(L, idx) == LUA_TFUNCTION;
-  if (!yes && luaL_getmetafield(L, idx, "__call") != LUA_TNIL) {
-    yes = lua_type(L, -1) == LUA_TFUNCTION;
-    lua_pop(L, 1);
-  }
-  return yes;
-}
-
 /* Leaves at index 1 a new array of tasks made from the arguments: tasks as they are, functions
  * spawned; a single plain table is taken as the list (and left as it was). Every argument is
  * checked before any function is spawned, so misuse starts no task. */
@@ -126,7 +116,7 @@ static int normalise(lua_State *L, lasync__task *self, const char *fname) {
     else
       lua_pushvalue(L, i);
     child = lasync__totask(L, -1);
-    if (child == NULL && !callable(L, -1))
+    if (child == NULL && !lasync__is_callable(L, -1))
       return luaL_error(L, "%s: bad argument #%d (task or function expected, got %s)", fname, i,
                         lasync__typename(L, -1));
     if (child != NULL && child == self)
@@ -168,6 +158,8 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
     member *m = &g->members[i];
     lua_rawgeti(L, 1, i + 1);
     m->child = lasync__totask(L, -1);
+    /* Looked at (docs/toolkit.md): the group reports or returns its outcome. */
+    if (lasync__task_finished(m->child)) lasync__mark_observed(L, m->child, -1);
     lua_pop(L, 1);
     m->group = g;
     m->waiter.on_settle = on_child_settled;

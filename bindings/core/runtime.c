@@ -63,20 +63,34 @@ int lasync__pcall(lua_State *L, int nargs, int nres) {
   return status;
 }
 
+int lasync__cpcall(lua_State *L, lua_CFunction fn, void *ud) {
+  int status;
+  if (!lua_checkstack(L, 3)) return LUA_ERRMEM;
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, ud);
+  status = lasync__pcall(L, 1, 0);
+  if (status != LUA_OK) lua_pop(L, 1);
+  return status;
+}
+
 /* ---- the ready queue ---- */
 
 static void on_idle(uv_idle_t *handle) {
   (void)handle; /* Its only job is to keep the poll from blocking; on_check does the work. */
 }
 
-/* Doubles the ring, keeping the queue in order from index 0. Out of memory here leaves no
- * way to keep a promise to any task, so it ends the process with a message. */
-static void grow_ready(lasync__runtime *rt) {
-  uint32_t i, cap = rt->ready_cap ? rt->ready_cap * 2 : 256;
-  lasync__task **ring = (lasync__task **)malloc(cap * sizeof *ring);
+/* Doubles the ring, keeping the queue in order from index 0. The ring always has room for
+ * every live task (each is queued at most once), grown at spawn where a memory error has a
+ * task to fail, so enqueueing (from timers, completions, cancellation) never allocates. */
+void lasync__reserve_ready(lua_State *L, lasync__runtime *rt) {
+  uint32_t i, cap;
+  lasync__task **ring;
+  if ((uint64_t)rt->live_tasks < rt->ready_cap) return;
+  cap = rt->ready_cap ? rt->ready_cap * 2 : 256;
+  ring = cap > rt->ready_cap ? (lasync__task **)malloc(cap * sizeof *ring) : NULL;
   if (ring == NULL) {
-    fputs("lasync: out of memory for the ready queue\n", stderr);
-    abort();
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
+    lua_error(L);
   }
   for (i = 0; i < rt->ready_len; i++)
     ring[i] = rt->ready[(rt->ready_head + i) & (rt->ready_cap - 1)];
@@ -92,9 +106,9 @@ void lasync__enqueue(lasync__task *t, int wake) {
     if (wake == LASYNC__WAKE_CANCEL) t->wake = (uint8_t)wake;
     return;
   }
+  if (rt->ready_len == rt->ready_cap) return; /* unreachable: reserved at spawn */
   t->queued = 1;
   t->wake = (uint8_t)wake;
-  if (rt->ready_len == rt->ready_cap) grow_ready(rt);
   rt->ready[(rt->ready_head + rt->ready_len) & (rt->ready_cap - 1)] = t;
   if (rt->ready_len++ == 0) uv_idle_start(&rt->idle, on_idle);
 }
@@ -104,9 +118,35 @@ static int new_thread(lua_State *L) {
   return 1;
 }
 
+/* A coroutine of the scheduler that Lua code has seen (coroutine.running, task.c) is recorded
+ * in the owned table for its life, so the wrapped coroutine.resume can refuse it: marks it as
+ * running the task at task_idx of the main thread's stack, or (task_idx 0) as idle. Only
+ * replaces the value of an existing key, which never allocates; unseen ones cost nothing. */
+static void mark_owned(lasync__runtime *rt, lua_State *co, int task_idx) {
+  lua_State *L = rt->L;
+  if (!rt->exposed) return;
+  task_idx = task_idx ? lua_absindex(L, task_idx) : 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    if (task_idx)
+      lua_pushvalue(L, task_idx);
+    else
+      lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  } else {
+    lua_pop(L, 2);
+  }
+}
+
 /* A coroutine for a new task: an idle one from the pool, else a fresh thread. Leaves it on the
  * main thread's stack, or returns NULL with the memory error there: this runs in a libuv
- * callback, outside any protected call, so a fresh thread is made under lua_pcall. */
+ * callback, outside any protected call, so a fresh thread is made under lasync__pcall. */
 static lua_State *acquire_coroutine(lasync__runtime *rt) {
   lua_State *L = rt->L;
   lua_State *co;
@@ -119,7 +159,7 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
     return lua_tothread(L, -1);
   }
   lua_pushcfunction(L, new_thread);
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) return NULL;
+  if (lasync__pcall(L, 0, 1) != LUA_OK) return NULL;
   co = lua_tothread(L, -1);
   return co;
 }
@@ -127,6 +167,7 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
 /* Returns a coroutine whose task ended normally to the pool. Its stack must be empty. */
 static void release_coroutine(lasync__runtime *rt, lua_State *co) {
   lua_State *L = rt->L;
+  mark_owned(rt, co, 0);
   if (rt->pool_len >= POOL_MAX || lua_status(co) != LUA_OK) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
   lua_pushthread(co);
@@ -141,7 +182,7 @@ static int start_task(lasync__runtime *rt, lasync__task *t) {
   lua_State *L = rt->L;
   lua_State *co;
   int i, args, nargs = t->nargs;
-  lua_checkstack(L, nargs + 6);
+  if (!lua_checkstack(L, nargs + 6)) return -2;
   lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);                      /* [task] */
   co = acquire_coroutine(rt);                         /* [task, co] */
   if (co == NULL) {                                  /* [task, error]: fail it, unstarted */
@@ -150,9 +191,17 @@ static int start_task(lasync__runtime *rt, lasync__task *t) {
     return -1;
   }
   lua_setiuservalue(L, -2, LASYNC__UV_CO);           /* [task] */
+  mark_owned(rt, co, -1);
   t->co = co;
   t->status = LASYNC__RUNNING;
-  lua_checkstack(co, nargs + 3);
+  if (!lua_checkstack(co, nargs + 3)) { /* the coroutine is fresh or pooled: still usable */
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, LASYNC__UV_CO);
+    lua_pop(L, 1);
+    t->co = NULL;
+    t->status = LASYNC__PENDING;
+    return -2;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->entry_ref);  /* [task, entry] */
   lua_rawgeti(L, -1, 1);                             /* [task, entry, xpcall] */
   lua_getiuservalue(L, -3, LASYNC__UV_FN);           /* [task, entry, xpcall, fn] */
@@ -167,13 +216,43 @@ static int start_task(lasync__runtime *rt, lasync__task *t) {
   }
   lua_xmove(L, co, 3 + nargs);                       /* [task, entry] */
   lua_pop(L, 1);
-  /* The function and its arguments now live on the coroutine; drop the task's copies. */
-  lua_pushnil(L);
-  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  /* The function and its arguments now live on the coroutine; drop the task's copies (debug
+   * mode keeps the function, so a slow last step can say where it ran; results replace it). */
+  if (!rt->debug) {
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  }
   lua_pushnil(L);
   lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
   lua_pop(L, 1);
   return nargs + 2;
+}
+
+/* Fails a task with "not enough memory" without allocating: the way out when storing its
+ * outcome, making its error or its report ran out of memory. */
+static void fail_oom(lasync__runtime *rt, lasync__task *t) {
+  lua_State *L = rt->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
+  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+  lua_pop(L, 1);
+  lasync__task_settle(rt, t, LASYNC__FAILED, 0);
+}
+
+/* Under lasync__cpcall: moves the n > 1 results on the task's coroutine into a table. */
+static int store_results(lua_State *L) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
+  lua_State *co = t->co;
+  int i, n = t->nargs;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref); /* 2: task */
+  lua_createtable(L, n, 0);                  /* 3: results */
+  luaL_checkstack(L, n, "too many results");
+  lua_xmove(co, L, n);
+  for (i = n; i >= 1; i--) lua_rawseti(L, 3, i);
+  lua_setiuservalue(L, 2, LASYNC__UV_ARGS);
+  return 0;
 }
 
 /* The task's body returned: the coroutine holds xpcall's results, [ok, values...] or
@@ -182,21 +261,20 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int nres) {
   lua_State *L = rt->L;
   lua_State *co = t->co;
   int ok = nres > 0 && lua_toboolean(co, -nres);
-  int n = nres - 1, status, i;
-  lua_checkstack(L, n + 4);
+  int n = nres - 1, status, stored = 1;
   lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);               /* [task] */
   if (ok) {
     status = LASYNC__DONE;
     if (n >= 1) {
-      lua_pushvalue(co, -n);
+      lua_pushvalue(co, -n); /* room: the results left as many free slots as they took */
       lua_xmove(co, L, 1);
-      lua_setiuservalue(L, -2, LASYNC__UV_FN);
+    } else {
+      lua_pushnil(L); /* debug mode kept the function here */
     }
+    lua_setiuservalue(L, -2, LASYNC__UV_FN);
     if (n > 1) {
-      lua_createtable(L, n, 0);
-      lua_xmove(co, L, n);                    /* [task, results, v1..vn] */
-      for (i = n; i >= 1; i--) lua_rawseti(L, -2 - (i - 1), i);
-      lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+      t->nargs = n;
+      stored = lasync__cpcall(L, store_results, t) == LUA_OK;
     }
   } else {
     n = 1;
@@ -210,7 +288,10 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int nres) {
   lua_pushnil(L);
   lua_setiuservalue(L, -2, LASYNC__UV_CO);
   lua_pop(L, 1);
-  lasync__task_settle(rt, t, status, ok ? n : 0);
+  if (!stored)
+    fail_oom(rt, t); /* its results did not fit in memory */
+  else
+    lasync__task_settle(rt, t, status, ok ? n : 0);
 }
 
 /* The error escaped the body's xpcall (a memory error while handling an error, for example):
@@ -222,11 +303,21 @@ static void fail_task(lasync__runtime *rt, lasync__task *t) {
   lua_xmove(co, L, 1);
   lua_setiuservalue(L, -2, LASYNC__UV_FN);
   lua_resetthread(co);
+  mark_owned(rt, co, 0);
   t->co = NULL;
   lua_pushnil(L);
   lua_setiuservalue(L, -2, LASYNC__UV_CO);
   lua_pop(L, 1);
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
+}
+
+/* Under lasync__cpcall: the error of a task cancelled before it started. */
+static int cancel_unstarted(lua_State *L) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lasync__push_error(L, "cancelled", "task cancelled before it started");
+  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  return 0;
 }
 
 /* The one place that resumes a task. */
@@ -235,16 +326,19 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   if (t->status == LASYNC__PENDING) {
     if (t->cancel_level != LASYNC__NO_CANCEL) {
       /* Cancelled before it ever ran: its function never starts. */
-      lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);
-      lasync__push_error(rt->L, "cancelled", "task cancelled before it started");
-      lua_setiuservalue(rt->L, -2, LASYNC__UV_FN);
-      lua_pop(rt->L, 1);
-      lasync__task_settle(rt, t, LASYNC__CANCELLED, 0);
+      if (lasync__cpcall(rt->L, cancel_unstarted, t) == LUA_OK)
+        lasync__task_settle(rt, t, LASYNC__CANCELLED, 0);
+      else
+        fail_oom(rt, t);
       return;
     }
     nargs = start_task(rt, t);
+    if (nargs == -1) {
+      lasync__task_settle(rt, t, LASYNC__FAILED, 0); /* with the memory error it stored */
+      return;
+    }
     if (nargs < 0) {
-      lasync__task_settle(rt, t, LASYNC__FAILED, 0);
+      fail_oom(rt, t);
       return;
     }
   }
@@ -307,29 +401,32 @@ int lasync__run_until_done(lasync__runtime *rt, lasync__task *t) {
   return 0;
 }
 
+typedef struct {
+  lasync__task *t;
+  const char *msg;
+} cancel_req;
+
+/* Under lasync__cpcall: cancels one task with a message (recording it allocates). */
+static int cancel_protected(lua_State *L) {
+  cancel_req *c = (cancel_req *)lua_touserdata(L, 1);
+  lua_pushstring(L, c->msg);
+  lasync__cancel(L, c->t, 0, 2);
+  return 0;
+}
+
+/* Walks the live list (no allocation to collect them: this runs from SIGINT's callback too).
+ * Cancelling never settles a task at once, so the list holds still meanwhile. */
 void lasync__cancel_all(lasync__runtime *rt, const char *msg) {
-  lua_State *L = rt->L;
-  int top = lua_gettop(L);
-  lua_Integer i, n;
-  /* Collect first: cancelling changes nothing in the registry, but settle() may. */
-  lua_newtable(L);
-  n = 0;
-  lua_pushnil(L);
-  while (lua_next(L, LUA_REGISTRYINDEX)) {
-    lasync__task *t = (lasync__task *)luaL_testudata(L, -1, LASYNC_TASK_MT);
-    if (t && !lasync__task_finished(t)) {
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, top + 1, ++n);
-    }
-    lua_pop(L, 1);
+  lasync__task *t, *next;
+  for (t = rt->live_head; t; t = next) {
+    cancel_req c;
+    next = t->live_next;
+    c.t = t;
+    c.msg = msg;
+    /* Without memory for the message the cancellation still goes through, unexplained. */
+    if (msg == NULL || lasync__cpcall(rt->L, cancel_protected, &c) != LUA_OK)
+      lasync__cancel(rt->L, t, 0, 0);
   }
-  for (i = 1; i <= n; i++) {
-    lua_rawgeti(L, top + 1, i);
-    if (msg) lua_pushstring(L, msg); else lua_pushnil(L);
-    lasync__cancel(L, (lasync__task *)lua_touserdata(L, -2), 0, lua_gettop(L));
-    lua_pop(L, 2);
-  }
-  lua_settop(L, top);
 }
 
 typedef struct {
@@ -352,8 +449,44 @@ int lasync__count_handles(lasync__runtime *rt) {
   return c.n;
 }
 
+/* Under lasync__pcall: the runtime's Lua side (registry entries), all of which allocate. */
+static int open_lua_side(lua_State *L) {
+  lasync__runtime *rt = (lasync__runtime *)lua_touserdata(L, 1);
+  lua_newtable(L);
+  rt->sites_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* Sized for POOL_MAX up front, so putting a coroutine back never allocates (it happens in a
+   * libuv callback, where a memory error would have no protected call to land in). */
+  lua_createtable(L, POOL_MAX, 0);
+  rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* The entry every task body runs through: xpcall with the traceback handler. */
+  lua_createtable(L, 2, 0);
+  lua_getglobal(L, "xpcall");
+  lua_rawseti(L, -2, 1);
+  lua_pushcfunction(L, lasync__trace_handler);
+  lua_rawseti(L, -2, 2);
+  rt->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushliteral(L, "not enough memory");
+  rt->oom_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  rt->owned_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* Last: once the state names the runtime, it is complete. */
+  lua_pushlightuserdata(L, rt);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
+  return 0;
+}
+
+static void on_own_handle_closed(uv_handle_t *h);
+
+/* Opens a runtime on L (any thread of the state) and loop (NULL: its own). Returns NULL when
+ * out of memory or when libuv fails, with nothing left behind; never raises. */
 lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
-  lasync__runtime *rt = (lasync__runtime *)calloc(1, sizeof *rt);
+  lasync__runtime *rt;
+  if (!lua_checkstack(L, 4)) return NULL;
+  rt = (lasync__runtime *)calloc(1, sizeof *rt);
   if (rt == NULL) return NULL;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   rt->L = lua_tothread(L, -1);
@@ -373,25 +506,27 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   rt->idle.data = rt->check.data = rt->timer.data = rt;
   uv_check_start(&rt->check, on_check);
   uv_unref((uv_handle_t *)&rt->check);
-  rt->pool_ref = LUA_NOREF;
-  rt->entry_ref = LUA_NOREF;
-  rt->parents_ref = LUA_NOREF;
+  rt->pool_ref = rt->entry_ref = rt->parents_ref = rt->sites_ref = LUA_NOREF;
+  rt->owned_ref = rt->oom_ref = LUA_NOREF;
   rt->slow_step_ns = 100000000; /* 100 ms, as asyncio's debug mode */
-  lua_newtable(L);
-  rt->sites_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushcfunction(L, open_lua_side);
   lua_pushlightuserdata(L, rt);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
-  /* Sized for POOL_MAX up front, so putting a coroutine back never allocates (it happens in a
-   * libuv callback, where a memory error would have no protected call to land in). */
-  lua_createtable(L, POOL_MAX, 0);
-  rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  /* The entry every task body runs through: xpcall with the traceback handler. */
-  lua_createtable(L, 2, 0);
-  lua_getglobal(L, "xpcall");
-  lua_rawseti(L, -2, 1);
-  lua_pushcfunction(L, lasync__trace_handler);
-  lua_rawseti(L, -2, 2);
-  rt->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (lasync__pcall(L, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->oom_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->owned_ref);
+    rt->open_handles = 3;
+    uv_close((uv_handle_t *)&rt->idle, on_own_handle_closed);
+    uv_close((uv_handle_t *)&rt->check, on_own_handle_closed);
+    uv_close((uv_handle_t *)&rt->timer, on_own_handle_closed);
+    while (rt->open_handles > 0) uv_run(rt->loop, UV_RUN_NOWAIT);
+    if (rt->owns_loop) uv_loop_close(rt->loop);
+    free(rt);
+    return NULL;
+  }
   return rt;
 }
 
@@ -401,12 +536,11 @@ static void on_own_handle_closed(uv_handle_t *h) { ((lasync__runtime *)h->data)-
  * the runtime's handles, then close the loop if it is ours. Leaves lua_close to the owner. */
 void lasync__runtime_close(lasync__runtime *rt) {
   if (rt->closing) return;
+  rt->closing = 1; /* refuse new work: spawns and C futures from here on fail */
   if (rt->in_callback == 0 && rt->live_tasks > 0) {
     lasync__cancel_all(rt, "runtime closed");
     lasync__run_until_done(rt, NULL);
   }
-  rt->closing = 1;
-  if (last_rt == rt) last_rt = NULL; /* and lasync__runtime_get caches no closing runtime */
   lasync__services_close(rt); /* curl's transfers, held futures: before the handles close */
   free(rt->ready);
   rt->ready = NULL;
@@ -422,13 +556,24 @@ void lasync__runtime_close(lasync__runtime *rt) {
    * allowed; the process is about to exit then, so the loop is left as it is. A shared loop is
    * only turned until our own handles are closed: the rest of it belongs to the embedder. */
   if (rt->in_callback == 0) {
-    if (rt->owns_loop) {
-      uv_run(rt->loop, UV_RUN_DEFAULT);
-      uv_loop_close(rt->loop);
-    } else {
+    if (rt->owns_loop)
+      uv_run(rt->loop, UV_RUN_DEFAULT); /* until every close callback has fired */
+    else
       while (rt->open_handles > 0) uv_run(rt->loop, UV_RUN_NOWAIT);
-    }
   }
+}
+
+/* The last step, after lua_close (or detaching): closes the loop if it is ours and frees the
+ * runtime. Returns uv_loop_close's answer, which must be 0: anything else is a handle someone
+ * left open (the runtime is then leaked rather than freed under libuv's feet). */
+int lasync__runtime_free(lasync__runtime *rt) {
+  int err = 0;
+  if (last_rt == rt) last_rt = NULL;
+  lasync__heap_free(rt->lua_heap); /* the state is closed (or was never lasync's) */
+  rt->lua_heap = NULL;
+  if (rt->owns_loop && rt->in_callback == 0 && (err = uv_loop_close(rt->loop)) != 0) return err;
+  free(rt);
+  return err;
 }
 
 /* For a runtime attached to a state that outlives it: forgets it in that state. */
@@ -438,6 +583,8 @@ void lasync__runtime_detach(lasync__runtime *rt) {
   luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->owned_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->oom_ref);
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
 }

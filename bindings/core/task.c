@@ -114,6 +114,11 @@ static int on_resume(lua_State *L, int status, lua_KContext ctx) {
   const lasync__awaitable_ops *ops = t->wait_ops;
   void *data = t->wait_data;
   (void)status;
+  if (t->rt->current != t) {
+    /* Resumed by someone other than the scheduler (lua_resume from C, past the wrapped
+     * coroutine.resume): refuse by suspending again, still waiting on the same thing. */
+    return lua_yieldk(L, 0, ctx, on_resume);
+  }
   t->wait_ops = NULL;
   t->wait_data = NULL;
   t->wake = LASYNC__WAKE_NONE;
@@ -192,8 +197,9 @@ void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx) {
   }
 }
 
-static void attach_sentinel(lasync__runtime *rt, lasync__task *t) {
-  lua_State *L = rt->L;
+/* Under lasync__cpcall: gives the failed task its sentinel, which holds its report. */
+static int attach_sentinel(lua_State *L) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
   sentinel *s;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                         /* [task] */
   s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 1);   /* [task, s] */
@@ -206,7 +212,15 @@ static void attach_sentinel(lasync__runtime *rt, lasync__task *t) {
   }
   lua_setmetatable(L, -2);
   lua_setiuservalue(L, -2, LASYNC__UV_CO);
-  lua_pop(L, 1);
+  return 0;
+}
+
+/* Under lasync__cpcall: reports the failure at once. */
+static int report_now(lua_State *L) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
+  lasync__push_failure_report(L, t);
+  lasync__report(t->rt, lua_tostring(L, -1));
+  return 0;
 }
 
 /* Hands a failure nobody saw to the embedder's callback, or to stderr. */
@@ -228,12 +242,23 @@ void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int n
     /* Started from C with nobody to await it: the embedder hears of it at once. */
     t->observed = 1;
     rt->unhandled_failures++;
-    lasync__push_failure_report(rt->L, t);
-    lasync__report(rt, lua_tostring(rt->L, -1));
-    lua_pop(rt->L, 1);
+    if (lasync__cpcall(rt->L, report_now, t) != LUA_OK)
+      lasync__report(rt, "not enough memory (and none left to describe the failure)");
   }
-  if (status == LASYNC__FAILED && !t->observed) attach_sentinel(rt, t);
+  if (status == LASYNC__FAILED && !t->observed &&
+      lasync__cpcall(rt->L, attach_sentinel, t) != LUA_OK) {
+    /* No memory to keep the report until collection: it is reported now, once. */
+    t->observed = 1;
+    rt->unhandled_failures++;
+    lasync__report(rt, "not enough memory (and none left to keep its traceback)");
+  }
   lasync__waitlist_settle(&t->waiters);
+  if (t->live_prev)
+    t->live_prev->live_next = t->live_next;
+  else
+    rt->live_head = t->live_next;
+  if (t->live_next) t->live_next->live_prev = t->live_prev;
+  t->live_prev = t->live_next = NULL;
   rt->live_tasks--;
   lasync__unpin(rt, rt->L, t->ref);
   t->ref = LUA_NOREF;
@@ -288,7 +313,7 @@ void lasync__push_spawn_site(lua_State *L, int task_idx) {
  * traceback. Cancellations carry none: they are not failures. */
 int lasync__trace_handler(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
-  lasync__task *t = rt->current;
+  lasync__task *t = rt ? rt->current : NULL;
   if (lasync__is_error_kind(L, 1, "cancelled") || t == NULL || t->co != L) return 1;
   lua_settop(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                    /* 2: task */
@@ -317,19 +342,27 @@ int lasync__trace_handler(lua_State *L) {
   return 1;
 }
 
+/* "task 'worker-2' failed: <message>\n<traceback>": the report of a failure nobody saw.
+ * Allocates: callers on callback paths run it protected. */
 void lasync__push_failure_report(lua_State *L, lasync__task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  lua_getiuservalue(L, -1, LASYNC__UV_FN);
-  lasync__describe(L, -1);                           /* [task, err, msg] */
-  if (lua_getiuservalue(L, -3, LASYNC__UV_ARGS) == LUA_TSTRING) {
+  int top = lua_gettop(L);
+  luaL_checkstack(L, 6, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);         /* top+1: task */
+  lasync__push_task_label(L, top + 1);
+  lua_pushliteral(L, " failed: ");
+  lua_getiuservalue(L, top + 1, LASYNC__UV_FN);
+  lasync__describe(L, -1);
+  lua_remove(L, -2);                                 /* [task, label, " failed: ", msg] */
+  if (lua_getiuservalue(L, top + 1, LASYNC__UV_ARGS) == LUA_TSTRING) {
     lua_pushliteral(L, "\n");
     lua_rotate(L, -2, 1);
-    lua_concat(L, 3);
+    lua_concat(L, 5);
   } else {
     lua_pop(L, 1);
+    lua_concat(L, 3);
   }
-  lua_replace(L, -3);
-  lua_pop(L, 1);
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
 }
 
 /* ---- spawning ---- */
@@ -373,7 +406,9 @@ lasync__task *lasync__totask(lua_State *L, int idx) {
   return mt == rt->task_mt ? (lasync__task *)p : NULL;
 }
 
-static int is_callable(lua_State *L, int idx) {
+/* The one callable check: functions, and values whose metatable has a __call function. spawn,
+ * gather and (through core._is_callable) timeout, shield, run and wait_for all use it. */
+int lasync__is_callable(lua_State *L, int idx) {
   int ok;
   if (lua_isfunction(L, idx)) return 1;
   if (!luaL_getmetafield(L, idx, "__call")) return 0;
@@ -422,9 +457,13 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
     }
   }
   if (rt->debug) lasync__debug_spawned(L, rt, rt->current);
+  lasync__reserve_ready(L, rt); /* before it counts: raising now leaves nothing behind */
   lua_pushvalue(L, -1);
   t->ref = lasync__pin(rt, L);
   rt->live_tasks++;
+  t->live_next = rt->live_head;
+  if (rt->live_head) rt->live_head->live_prev = t;
+  rt->live_head = t;
   lua_replace(L, fn_idx);
   lua_settop(L, fn_idx);
   lasync__enqueue(t, LASYNC__WAKE_VALUE);
@@ -432,21 +471,31 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
 }
 
 static void check_callable(lua_State *L, int idx, const char *fname) {
-  if (!is_callable(L, idx))
-    luaL_error(L, "%s: bad argument #%d (function expected, got %s)", fname, idx,
-               luaL_typename(L, idx));
+  if (!lasync__is_callable(L, idx)) lasync__argerror(L, idx, fname, "fn", "function");
+}
+
+/* async.spawn's options: a misspelt one is a misuse, not silently ignored. */
+static void check_spawn_options(lua_State *L) {
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "name") != 0) {
+      lua_pop(L, 1);
+      luaL_error(L, "async.spawn: unknown option '%s' (the options are: name)",
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+  }
+  if (lua_getfield(L, 1, "name") != LUA_TNIL && lua_type(L, -1) != LUA_TSTRING)
+    lasync__opterror(L, -1, "async.spawn", "name", "string");
+  lua_pop(L, 1);
 }
 
 /* async.spawn([opts,] fn, ...): opts is a table such as {name = "fetcher"}. */
 static int l_spawn(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   int fn = 1;
-  if (lua_type(L, 1) == LUA_TTABLE && !is_callable(L, 1) && is_callable(L, 2)) {
-    int type = lua_getfield(L, 1, "name");
-    if (type != LUA_TNIL && type != LUA_TSTRING)
-      return luaL_error(L, "async.spawn: bad option 'name' (string expected, got %s)",
-                        luaL_typename(L, -1));
-    lua_pop(L, 1);
+  if (lua_type(L, 1) == LUA_TTABLE && !lasync__is_callable(L, 1) && lua_gettop(L) >= 2) {
+    check_spawn_options(L);
     fn = 2;
   }
   check_callable(L, fn, "async.spawn");
@@ -535,6 +584,72 @@ static int l_yield(lua_State *L) {
   return lasync__suspend(L, t, &YIELD_OPS, NULL);
 }
 
+/* The scheduler owns its coroutines: a task's (or an idle pooled one) may be resumed or closed
+ * only by it. A luv- or copas-style "resume me from a callback" helper would otherwise return a
+ * task early from whatever it waits on and leave the scheduler pointing at a state that is
+ * gone (issue 14, crash 1). Pushes "false, message" and returns 2 if co is the scheduler's, or
+ * returns 0. */
+static int refuse_owned(lua_State *L, const char *fname) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  if (rt == NULL || rt->owned_ref == LUA_NOREF || lua_type(L, 1) != LUA_TTHREAD) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
+  lua_pushvalue(L, 1);
+  switch (lua_rawget(L, -2)) {
+    case LUA_TUSERDATA:
+      lasync__push_task_label(L, -1);
+      lua_pushboolean(L, 0);
+      lua_pushfstring(L,
+                      "%s: the coroutine belongs to %s; only the scheduler resumes it (wait for a "
+                      "callback with async.future or async.event instead)",
+                      fname, lua_tostring(L, -2));
+      return 2;
+    case LUA_TBOOLEAN:
+      lua_pushboolean(L, 0);
+      lua_pushfstring(L, "%s: the coroutine belongs to the scheduler (an idle task coroutine)",
+                      fname);
+      return 2;
+    default:
+      lua_pop(L, 2);
+      return 0;
+  }
+}
+
+/* coroutine.resume and coroutine.close: Lua's own (upvalue 1), except on the scheduler's
+ * coroutines, where they fail the way they fail on a dead one: false and a message. */
+static int l_coresume(lua_State *L) {
+  if (refuse_owned(L, "coroutine.resume")) return 2;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET); /* Lua's resume never yields: no continuation */
+  return lua_gettop(L);
+}
+
+/* coroutine.running: Lua's own; in a task it also records the coroutine as the scheduler's
+ * (the only way Lua code gets one), for the two above. */
+static int l_corunning(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  if (rt && rt->current && rt->current->co == L && rt->owned_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
+    lua_pushthread(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->ref);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    rt->exposed = 1;
+  }
+  lua_settop(L, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_call(L, 0, 2);
+  return 2;
+}
+
+static int l_coclose(lua_State *L) {
+  if (refuse_owned(L, "coroutine.close")) return 2;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 static int task_cancel(lua_State *L) {
   lasync__task *t = lasync__check_task_arg(L, 1, "task:cancel");
   if (!lua_isnoneornil(L, 2) && !lua_isstring(L, 2))
@@ -544,13 +659,20 @@ static int task_cancel(lua_State *L) {
   return 1;
 }
 
+/* "Looked at", one rule (docs/toolkit.md): any call that tells the caller a task has finished
+ * (await, result, done, status, gather, gather_settled, wait, as_completed, wait_for) counts as
+ * looking at its outcome, so a failure seen that way is not reported again at exit. */
 static int task_done(lua_State *L) {
-  lua_pushboolean(L, lasync__task_finished(lasync__check_task_arg(L, 1, "task:done")));
+  lasync__task *t = lasync__check_task_arg(L, 1, "task:done");
+  if (lasync__task_finished(t)) lasync__mark_observed(L, t, 1);
+  lua_pushboolean(L, lasync__task_finished(t));
   return 1;
 }
 
 static int task_status(lua_State *L) {
-  lua_pushstring(L, lasync__status_names[lasync__check_task_arg(L, 1, "task:status")->status]);
+  lasync__task *t = lasync__check_task_arg(L, 1, "task:status");
+  if (lasync__task_finished(t)) lasync__mark_observed(L, t, 1);
+  lua_pushstring(L, lasync__status_names[t->status]);
   return 1;
 }
 
@@ -582,6 +704,12 @@ static int l_current(lua_State *L) {
 static int l_in_task(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lua_pushboolean(L, rt->current && rt->current->co == L);
+  return 1;
+}
+
+/* core._is_callable(v): the callable check for lua/'s functions. */
+static int l_is_callable(lua_State *L) {
+  lua_pushboolean(L, lasync__is_callable(L, 1));
   return 1;
 }
 
@@ -649,6 +777,7 @@ void lasync__open_task(lua_State *L) {
                                    {"now", l_now},               {"_in_task", l_in_task},
                                    {"_run_until", l_run_until},  {"_debug_counts", l_debug_counts},
                                    {"_is_task", l_is_task},
+                                   {"_is_callable", l_is_callable},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);
   luaL_newlib(L, methods);
@@ -663,6 +792,26 @@ void lasync__open_task(lua_State *L) {
   if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
     lua_pushcfunction(L, l_yield);
     lua_setfield(L, -2, "yield");
+    /* Wrapped once per state: a second require must not wrap the wrappers. */
+    if (lua_getfield(L, -1, "resume") == LUA_TFUNCTION && lua_tocfunction(L, -1) != l_coresume) {
+      lua_pushcclosure(L, l_coresume, 1);
+      lua_setfield(L, -2, "resume");
+    } else {
+      lua_pop(L, 1);
+    }
+    if (lua_getfield(L, -1, "close") == LUA_TFUNCTION && lua_tocfunction(L, -1) != l_coclose) {
+      lua_pushcclosure(L, l_coclose, 1);
+      lua_setfield(L, -2, "close");
+    } else {
+      lua_pop(L, 1);
+    }
+    if (lua_getfield(L, -1, "running") == LUA_TFUNCTION &&
+        lua_tocfunction(L, -1) != l_corunning) {
+      lua_pushcclosure(L, l_corunning, 1);
+      lua_setfield(L, -2, "running");
+    } else {
+      lua_pop(L, 1);
+    }
   }
   lua_pop(L, 1);
 }

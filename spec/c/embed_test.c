@@ -97,7 +97,7 @@ static void test_own_state_and_loop(void) {
                                 "                       function() async.sleep(0.02) return 2 end)\n"
                                 "return r[1] + r[2]"), "3") == 0);
   CHECK(strncmp(run_string(rt, "error('boom', 0)"), "error: boom", 11) == 0);
-  CHECK(lasync_destroy(rt) == LASYNC_OK);
+  CHECK(lasync_destroy(rt) == LASYNC_OK); /* OK includes uv_loop_close() == 0 on its loop */
 }
 
 static void test_attach_to_state_and_loop(void) {
@@ -436,6 +436,43 @@ static void test_future_outlives_runtime(void) {
   (void)L;
 }
 
+/* ---- what host/main.c needs from the public API ---- */
+
+static void test_host_api(void) {
+  lasync_runtime *rt;
+  lasync_task *t, *sleeper;
+  lua_State *L;
+  const char *report;
+  int alive, steps = 0;
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  L = lasync_lua(rt);
+  CHECK(strcmp(lasync_version(), "0.0.0") > 0);
+  CHECK(lasync_spawn_string(rt, "error('named failure')", "=named", &t) == 0);
+  CHECK(lasync_task_set_name(t, "worker-2") == LASYNC_OK);
+  CHECK(lasync_task_set_name(t, NULL) == LASYNC_EINVAL);
+  CHECK(lasync_spawn_string(rt, "require('lasync').sleep(100)", "=sleeper", &sleeper) == 0);
+  /* INFINITY is no limit (it was an undefined cast); NaN and negatives are refused. */
+  CHECK(lasync_step(rt, 1.0 / 0.0) == 1);
+  CHECK(lasync_step(rt, 0.0 / 0.0) == LASYNC_EINVAL);
+  CHECK(lasync_step(rt, -1) == LASYNC_EINVAL);
+  CHECK(lasync_task_status(t) == LASYNC_TASK_FAILED);
+  report = lasync_task_report(t, L);
+  CHECK(report && strncmp(report, "task 'worker-2' failed: named:1: named failure", 46) == 0);
+  CHECK(report && strstr(report, "stack traceback") != NULL);
+  lua_pop(L, 1);
+  CHECK(lasync_task_report(sleeper, L) == NULL); /* it has not failed */
+  CHECK(lasync_cancel_all(rt, "host shutting down") == LASYNC_OK);
+  do alive = lasync_step(rt, 5); while (alive > 0 && ++steps < 1000);
+  CHECK(alive == 0 && lasync_task_status(sleeper) == LASYNC_TASK_CANCELLED);
+  CHECK(lasync_task_result(sleeper, L) == LASYNC_ELUA);
+  lua_getfield(L, -1, "message");
+  CHECK(lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "host shutting down") == 0);
+  lua_pop(L, 2);
+  lasync_task_release(t);
+  lasync_task_release(sleeper);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+}
+
 int main(void) {
   uv_thread_t server;
   start_server(&server);
@@ -446,6 +483,7 @@ int main(void) {
   RUN(test_destroy_with_pending_tasks_and_errors);
   RUN(test_misuse_is_refused);
   RUN(test_future_outlives_runtime);
+  RUN(test_host_api);
   RUN(test_fetches_admitted_per_step);
   stop_server(&server);
   printf("%d passed, %d failed\n", tests_run - tests_failed, tests_failed);

@@ -1,0 +1,170 @@
+-- The scheduler owns its coroutines (issue 14, crash 1): coroutine.* used on a task's coroutine,
+-- as a luv- or copas-style "resume me from a callback" helper would, is refused and cannot
+-- corrupt the scheduler. Before the fix the first test returned the task early from its sleep
+-- and the cancel then crashed the process (task.c: member access within null pointer).
+package.path = "spec/support/?.lua;" .. package.path
+local async = require "lasync"
+local assert_clean = require "clean"
+
+describe("the scheduler's coroutines", function()
+  after_each(assert_clean)
+
+  it("refuses coroutine.resume from outside, naming the task; cancel afterwards is safe", function()
+    local co
+    local woke = false
+    local t = async.spawn({ name = "sleeper" }, function()
+      co = coroutine.running()
+      async.sleep(10)
+      woke = true
+    end)
+    async.sleep(0)
+    local ok, msg = coroutine.resume(co)
+    assert.is_false(ok)
+    assert.matches("coroutine.resume: the coroutine belongs to task 'sleeper'", msg, 1, true)
+    assert.is_false(woke) -- the sleep did not return early
+    assert.are.equal("running", t:status())
+    t:cancel()
+    local ok2, err = pcall(t.await, t)
+    assert.is_false(ok2)
+    assert.are.equal("cancelled", err.kind)
+    assert.is_false(woke)
+  end)
+
+  it("names an unnamed task by where it was spawned", function()
+    local co
+    local t = async.spawn(function() co = coroutine.running(); async.sleep(10) end)
+    async.sleep(0)
+    local ok, msg = coroutine.resume(co, 1, 2, 3)
+    assert.is_false(ok)
+    assert.matches("task spawned at spec/coroutine_spec.lua:%d+", msg)
+    t:cancel()
+    pcall(t.await, t)
+  end)
+
+  it("refuses coroutine.close; the task goes on and finishes normally", function()
+    local co
+    local t = async.spawn(function()
+      co = coroutine.running()
+      async.sleep(0.02)
+      return "finished"
+    end)
+    async.sleep(0)
+    local ok, msg = coroutine.close(co)
+    assert.is_false(ok)
+    assert.matches("coroutine.close: the coroutine belongs to task", msg, 1, true)
+    assert.are.equal("suspended", coroutine.status(co))
+    assert.are.equal("finished", t:await())
+  end)
+
+  it("refuses a resume from another task, and from the task itself", function()
+    local co
+    local t = async.spawn(function()
+      co = coroutine.running()
+      local ok, msg = coroutine.resume(co)
+      async.sleep(0.02)
+      return ok, msg
+    end)
+    async.sleep(0)
+    local other = async.spawn(function() return coroutine.resume(co, "x") end)
+    local ok, msg = other:await()
+    assert.is_false(ok)
+    assert.matches("belongs to task", msg, 1, true)
+    local self_ok, self_msg = t:await()
+    assert.is_false(self_ok)
+    assert.matches("belongs to task", self_msg, 1, true)
+  end)
+
+  it("refuses an idle coroutine back in the pool, and the task that reuses it is unharmed", function()
+    local co
+    async.spawn(function() co = coroutine.running() end):await()
+    local ok, msg = coroutine.resume(co)
+    assert.is_false(ok)
+    assert.matches("belongs to the scheduler", msg, 1, true)
+    assert.is_false((coroutine.close(co)))
+    -- the next task may run on that very coroutine
+    local t = async.spawn(function() async.sleep(0.01); return coroutine.running() end)
+    assert.are.equal("thread", type(t:await()))
+  end)
+
+  it("refuses a coroutine seen by one task once the pool gives it to another", function()
+    local co
+    async.spawn(function() co = coroutine.running() end):await()
+    local b = async.spawn({ name = "b-task" }, function() async.sleep(0.02); return "b done" end)
+    async.sleep(0)
+    local ok, msg = coroutine.resume(co)
+    assert.is_false(ok)
+    assert.matches("belongs to task 'b-task'", msg, 1, true) -- the pool is last in, first out
+    assert.are.equal("b done", b:await())
+  end)
+
+  it("leaves coroutine.status, isyieldable and running truthful", function()
+    local co
+    local t = async.spawn(function()
+      co = coroutine.running()
+      assert.is_true(coroutine.isyieldable())
+      local _, ismain = coroutine.running()
+      assert.is_false(ismain)
+      async.sleep(0.01)
+    end)
+    async.sleep(0)
+    assert.are.equal("suspended", coroutine.status(co))
+    t:await()
+    assert.are.equal("dead", coroutine.status(co)) -- idle in the pool: nothing to resume
+  end)
+
+  it("leaves plain coroutines alone: resume, close, wrap, yield with values", function()
+    local t = async.spawn(function()
+      local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
+      local seen = { gen(), gen(), gen() }
+      local c = coroutine.create(function(a) local b = coroutine.yield(a + 1); return b * 2 end)
+      local _, x = coroutine.resume(c, 1)
+      local _, y = coroutine.resume(c, 10)
+      local d = coroutine.create(function() coroutine.yield() end)
+      coroutine.resume(d)
+      local closed = coroutine.close(d)
+      return seen, x, y, closed
+    end)
+    local seen, x, y, closed = t:await()
+    assert.are.same({ 1, 2, 3 }, seen)
+    assert.are.equal(2, x)
+    assert.are.equal(20, y)
+    assert.is_true(closed)
+  end)
+
+  it("a plain coroutine inside a task cannot suspend the task: a clear error", function()
+    local t = async.spawn(function()
+      local c = coroutine.create(function() async.sleep(0.01) end)
+      return coroutine.resume(c)
+    end)
+    local ok, msg = t:await()
+    assert.is_false(ok)
+    assert.matches("must be called inside a task", msg, 1, true)
+  end)
+
+  it("survives a hostile mix: resume and close attempts during gather and cancellation", function()
+    local cos = {}
+    local ts = {}
+    for i = 1, 20 do
+      ts[i] = async.spawn(function()
+        cos[i] = coroutine.running()
+        async.sleep(0.005 * (i % 4))
+        return i
+      end)
+    end
+    async.sleep(0)
+    for i = 1, 20 do
+      assert.is_false((coroutine.resume(cos[i])))
+      if i % 3 == 0 then ts[i]:cancel() end
+      assert.is_false((coroutine.close(cos[i])))
+    end
+    local results = async.gather_settled(table.unpack(ts))
+    for i = 1, 20 do
+      if i % 3 == 0 then
+        assert.is_false(results[i].ok)
+        assert.are.equal("cancelled", results[i].error.kind)
+      else
+        assert.are.equal(i, results[i].value)
+      end
+    end
+  end)
+end)
