@@ -171,6 +171,7 @@ struct lasync__runtime {
   int sites_ref;    /* array of the source names that spawned tasks, see task.c */
   const void *task_mt; /* the Task metatable's address: lasync__totask compares it */
   uint32_t nsites, last_site;
+  const void *last_site_fn; /* the function last_site was found in (task.c) */
   char last_site_src[LUA_IDSIZE];
   /* Counters behind async._debug.counts(): specs assert they return to zero. */
   long live_tasks;
