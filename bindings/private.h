@@ -183,8 +183,11 @@ struct lasync__runtime {
   struct lasync__handle *handles; /* open handles owned by Lua objects (io/handle.c) */
   long live_handles;
   void (*on_error)(lasync__runtime *rt, const char *report, void *data);
-  uint64_t step_deadline; /* lasync_step: drain stops once uv_hrtime() passes it; 0: no limit */
+  uint64_t step_deadline; /* lasync_step: work stops before uv_hrtime() passes it; 0: no limit */
   uint64_t step_seq;       /* counts lasync_step calls, for quotas per step */
+  uint64_t step_budget;    /* lasync_step's budget, ns */
+  uint32_t step_resumes;   /* resumes in the current lasync_step */
+  uint64_t resume_ns;      /* what a resume costs under lasync_step (lasync__step_measure) */
   int debug;               /* debug mode: slow steps are reported, parents recorded */
   uint64_t slow_step_ns;   /* what counts as a slow step in debug mode */
   int parents_ref;         /* debug mode: weak table task -> the task that spawned it */
@@ -204,6 +207,13 @@ int lasync__pin(lasync__runtime *rt, lua_State *L);
 void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref);
 void lasync__enqueue(lasync__task *t, int wake);
 void lasync__drain(lasync__runtime *rt);
+/* lasync_step's budget, for each kind of work it does: whether the time left has room for a
+ * piece that costs about *avg ns (twice over, since an average hides the slow ones); always
+ * outside lasync_step. A refusal lowers *avg, so that one slow measure cannot keep the work
+ * out of every later step. */
+int lasync__step_fits(const lasync__runtime *rt, uint64_t *avg);
+/* Folds a measured piece of work (ns) into its moving average. */
+void lasync__step_measure(uint64_t *avg, uint64_t sample);
 int lasync__run_until_done(lasync__runtime *rt, lasync__task *t);
 void lasync__cancel_all(lasync__runtime *rt, const char *msg);
 int lasync__count_handles(lasync__runtime *rt);
@@ -381,7 +391,10 @@ typedef struct lasync__stream {
   lasync__waitlist writers;
   int rerr, werr;
   unsigned pending_writes;
+  unsigned direct_turn; /* the loop turn direct_bytes counts in */
+  size_t direct_bytes;  /* read by the reader itself (stream.c direct_read) this turn */
   uint8_t want, reader_woken, started, reading, eof, shut, lingering;
+  uint8_t more; /* the last read filled its buffer: the socket likely holds more */
 } lasync__stream;
 
 /* Pushes a new Stream object and returns its struct, uv handle not yet initialised; raises
@@ -448,6 +461,9 @@ void lasync__push_error(lua_State *L, const char *kind, const char *message);
 /* Pushes an error object for a libuv error: kind, message "ECONNREFUSED: connection refused[,
  * what]", code ("ECONNREFUSED") and errno (positive). */
 void lasync__push_uv_error(lua_State *L, const char *kind, int err, const char *what);
+/* Raises misuse formatted as luaL_error, positioned at the user's line (the first caller
+ * outside lasync's embedded Lua), so no message carries an internal "[lasync]:NNN:". */
+int lasync__misuse(lua_State *L, const char *fmt, ...);
 /* Misuse, one format everywhere: raises "<fname>: bad argument #<arg> '<argname>' (<expected>
  * expected, got <type>)" (argname may be NULL), a userdata's type being its __name. */
 int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argname,
@@ -544,16 +560,24 @@ void lasync__open_thread(lua_State *L);
 void lasync__open_fs(lua_State *L);      /* io/fs.c: core.fs */
 void lasync__open_process(lua_State *L); /* io/process.c: core.process */
 
-/* embedded.c, generated from lua/ by cmake/embed.cmake: every file under lua/, by its path
- * there without ".lua" ("lasync", "http/client"), ending with a {NULL} entry. */
+/* embedded.c, generated from lua/ by cmake/embed_lua.c: every file under lua/, by its path
+ * there without ".lua" ("lasync", "http/client"), precompiled with its debug information under
+ * its chunk name, and its source; ending with a {NULL} entry. */
 typedef struct {
   const char *name;
+  const char *chunkname; /* LASYNC__LIB_CHUNK unless CMakeLists.txt names another */
   const char *source;
-  unsigned long len;
+  unsigned long source_len;
+  const char *code; /* lua_dump of the compiled source */
+  unsigned long code_len;
 } lasync__lua_file;
 extern const lasync__lua_file lasync__lua_files[];
-/* Loads the embedded file `name` as a chunk (named "=[lasync]", so spawn sites skip it) and
- * pushes it; raises if there is no such file or it does not compile. */
+/* Loads the embedded file `name` as a chunk named `chunkname` (the one it was compiled with:
+ * "=[lasync]", so spawn sites skip it, or the one CMakeLists.txt gives it) and pushes it;
+ * raises if there is no such file. */
 void lasync__load_lua(lua_State *L, const char *name, const char *chunkname);
+/* Loads the part of the module that sets async[field] if it is not loaded yet (lasync.c), for C
+ * that needs what a lazily loaded part registers; raises if it fails. */
+void lasync__load_part(lua_State *L, const char *field);
 
 #endif

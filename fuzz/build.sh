@@ -18,11 +18,14 @@ CFLAGS=(-g -O1 -std=gnu11 -Wall -Wno-unused-parameter "${SAN[@]}")
 # shellcheck disable=SC2207 # word lists from pkg-config
 PKG_CFLAGS=($(pkg-config --cflags lua5.4 libuv libcurl))
 # shellcheck disable=SC2207
-PKG_LIBS=($(pkg-config --libs lua5.4 libuv libcurl))
+PKG_LIBS=($(pkg-config --libs lua5.4 libuv) -ldl) # libcurl: loaded by the first fetch
 
-# lua/*.lua as C arrays, with the same script the CMake build runs.
-LUA_SOURCES=$(find "$ROOT/lua" -name '*.lua' -printf '%p|' | sort)
-cmake -DOUT="$OUT/embedded.c" -DROOT="$ROOT" "-DSOURCES=${LUA_SOURCES%|}" -P "$ROOT/cmake/embed.cmake"
+# lua/*.lua precompiled into C arrays, by the same tool the CMake build runs (with its options).
+mapfile -t LUA_SOURCES < <(find "$ROOT/lua" -name '*.lua' | sort)
+"$CC" -O1 "${PKG_CFLAGS[@]}" -I"$ROOT/bindings" "$ROOT/cmake/embed_lua.c" "${PKG_LIBS[@]}" \
+  -o "$OUT/embed_lua"
+"$OUT/embed_lua" "$OUT/embedded.c" "$ROOT/lua" --chunkname host "=[lasync host]" \
+  "${LUA_SOURCES[@]}"
 
 objs=() pids=()
 mapfile -t BINDINGS < <(find "$ROOT/bindings" -name '*.c' | sort)

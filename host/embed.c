@@ -435,14 +435,19 @@ int lasync_step(lasync_runtime *rt, double budget_ms) {
   if (foreign_thread(rt)) return LASYNC_ETHREAD;
   if (rt->in_callback) return LASYNC_EBUSY;
   /* A budget past ~584 years (INFINITY included) is no limit: the cast would be undefined. */
-  rt->step_deadline = budget_ms * 1e6 < (double)(UINT64_MAX - start)
-                          ? start + (uint64_t)(budget_ms * 1e6)
-                          : UINT64_MAX;
+  if (budget_ms * 1e6 < (double)(UINT64_MAX - start)) {
+    rt->step_budget = (uint64_t)(budget_ms * 1e6);
+    rt->step_deadline = start + rt->step_budget;
+  } else {
+    rt->step_budget = rt->step_deadline = UINT64_MAX;
+  }
   rt->step_seq++;
+  rt->step_resumes = 0;
   rt->in_callback++;
+  /* Another turn while tasks are ready and one more resume fits (lasync__drain's test). */
   do {
     uv_run(rt->loop, UV_RUN_NOWAIT);
-  } while (rt->ready_len > 0 && uv_hrtime() < rt->step_deadline);
+  } while (rt->ready_len > 0 && lasync__step_fits(rt, &rt->resume_ns));
   rt->in_callback--;
   rt->step_deadline = 0;
   return (int)(rt->live_tasks + lasync__futures_held(rt));

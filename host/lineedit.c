@@ -11,7 +11,6 @@
  */
 #include "lineedit.h"
 
-#include <editline/readline.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -21,6 +20,8 @@
 #include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
+
+#include "libedit.h"
 
 enum { GOT_NOTHING, GOT_LINE, GOT_EOF, GOT_INTERRUPT };
 
@@ -344,6 +345,13 @@ static int l_start(lua_State *L) {
     ed.input = NULL;
   }
   if (ed.input == NULL) tty = 0; /* a terminal can always be polled; this is a file */
+  if (tty) {
+    const char *why = NULL;
+    if (lasync__edit_load(&why) != 0) {
+      fprintf(stderr, "lasync: %s; lines are read without editing\n", why);
+      tty = 0;
+    }
+  }
   if (!lua_isnil(L, 2)) {
     lua_pushvalue(L, 2);
     ed.complete_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -63,7 +63,10 @@ static int close_servers_protected(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lasync");
   lua_call(L, 1, 1);
-  if (lua_getfield(L, -1, "http") == LUA_TTABLE &&
+  /* rawget: a script that never read async.http has not loaded it (bindings/lasync.c), and then
+   * has no server to close. */
+  if (lua_type(L, -1) == LUA_TTABLE &&
+      (lua_pushliteral(L, "http"), lua_rawget(L, -2)) == LUA_TTABLE &&
       lua_getfield(L, -1, "close_servers") == LUA_TFUNCTION) {
     lua_pushnumber(L, 5);
     lua_call(L, 1, 1);

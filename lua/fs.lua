@@ -15,11 +15,29 @@ local DEFAULT_MAX_LINE = 16 << 20
 
 local fs = {}
 
+-- The options each call knows: anything else is a misspelling, refused at the call.
+local KNOWN = {
+  ["async.fs.read_file"] = { max_size = true },
+  ["async.fs.write_file"] = { mode = true, exclusive = true, atomic = true },
+  ["async.fs.append_file"] = { mode = true },
+  ["async.fs.lines"] = { max_line = true },
+  ["async.fs.copyfile"] = { exclusive = true },
+  ["async.fs.mkdir"] = { parents = true, mode = true },
+  ["async.fs.rm"] = { force = true, recursive = true },
+}
+
 local function check_opts(fname, n, opts)
-  if opts ~= nil and type(opts) ~= "table" then
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
     error(format("%s: bad argument #%d 'opts' (table expected, got %s)", fname, n, type(opts)), 3)
   end
-  return opts or {}
+  local known = KNOWN[fname]
+  for k in pairs(opts) do
+    if not known[k] then
+      error(format("%s: bad option '%s' (unknown option)", fname, tostring(k)), 3)
+    end
+  end
+  return opts
 end
 
 local function too_long(fname, path, max)

@@ -77,13 +77,19 @@ local function finish_connect(scope, host, port, seconds, ok, ...)
   error(err, 0)
 end
 
+-- The options each call knows: anything else is a misspelling, refused at the call.
+local CONNECT_OPTIONS = { timeout = true }
+local LISTEN_OPTIONS = { host = true, port = true, backlog = true, max_connections = true,
+  on_error = true }
+local CLOSE_OPTIONS = { grace = true }
+
 --- async.net.connect(host, port [, {timeout = s}]) -> Stream (conn.remote, conn.local).
 function net.connect(host, port, opts)
   local fname = "async.net.connect"
   if type(host) ~= "string" then bad_arg(fname, 1, "host", "string", host) end
   check_port(fname, 2, port)
-  if opts ~= nil and type(opts) ~= "table" then bad_arg(fname, 3, "options", "table", opts) end
-  local seconds = opts and opts.timeout
+  opts = check.options(fname, 3, opts, CONNECT_OPTIONS)
+  local seconds = opts.timeout
   check_seconds_opt(fname, "timeout", seconds)
   if not in_task() then misuse(fname .. " must be called inside a task") end
   seconds = seconds or DEFAULT_CONNECT_TIMEOUT
@@ -160,6 +166,7 @@ end
 function net.listen(opts, handler)
   local fname = "async.net.listen"
   if type(opts) ~= "table" then bad_arg(fname, 1, "options", "table", opts) end
+  check.options(fname, 1, opts, LISTEN_OPTIONS)
   if not is_callable(handler) then bad_arg(fname, 2, "handler", "function", handler) end
   local host, port = opts.host or "127.0.0.1", opts.port or 0
   if type(host) ~= "string" then bad_opt(fname, "host", "string", host) end
@@ -197,10 +204,8 @@ end
 --- handlers to finish, then cancels the rest and waits for their cleanup.
 function Server:close(opts)
   check.self(self, Server, "server:close")
-  if opts ~= nil and type(opts) ~= "table" then
-    bad_arg("server:close", 1, "options", "table", opts)
-  end
-  local grace = opts and opts.grace
+  opts = check.options("server:close", 1, opts, CLOSE_OPTIONS)
+  local grace = opts.grace
   check_seconds_opt("server:close", "grace", grace)
   if not self.closed then
     self.closed = true

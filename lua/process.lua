@@ -47,10 +47,21 @@ local function opterror(fname, opt, expected, v)
     type(v) == "string" and ("'" .. v .. "'") or type(v)))
 end
 
-local function check_opts(fname, opts)
+-- The options each call knows: anything else is a misspelling, refused at the call.
+local SPAWN_OPTIONS = { cwd = true, env = true, clear_env = true, stdin = true, stdout = true,
+  stderr = true }
+local RUN_OPTIONS = { timeout = true, kill_grace = true, max_output = true, check = true }
+for k in pairs(SPAWN_OPTIONS) do RUN_OPTIONS[k] = true end
+
+local function check_opts(fname, opts, known)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
     misuse(format("%s: bad argument #2 'opts' (table expected, got %s)", fname, type(opts)))
+  end
+  for k in pairs(opts) do
+    if not known[k] then
+      misuse(format("%s: bad option '%s' (unknown option)", fname, tostring(k)))
+    end
   end
   if opts.cwd ~= nil and type(opts.cwd) ~= "string" then opterror(fname, "cwd", "string", opts.cwd) end
   if opts.env ~= nil and type(opts.env) ~= "table" then opterror(fname, "env", "table", opts.env) end
@@ -167,7 +178,7 @@ end
 function process.spawn(argv, opts)
   local fname = "async.process.spawn"
   local args = check_argv(fname, argv)
-  opts = check_opts(fname, opts)
+  opts = check_opts(fname, opts, SPAWN_OPTIONS)
   return start(fname, args, opts, check_kinds(fname, opts))
 end
 
@@ -184,7 +195,7 @@ local function passes(err) return is_cancelled(err) end
 function process.run(argv, opts)
   local fname = "async.process.run"
   local args = check_argv(fname, argv)
-  opts = check_opts(fname, opts)
+  opts = check_opts(fname, opts, RUN_OPTIONS)
   local stdin = opts.stdin
   if stdin == nil then stdin = "null" end
   local tin = type(stdin)

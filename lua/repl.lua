@@ -4,6 +4,9 @@
 -- (host/signals.c) cancels that task, or clears the line at an idle prompt.
 local editor = ...
 local async = require "lasync"
+-- Completion reads tables raw (never calling a metamethod), so the module's parts that load on
+-- first use (bindings/lasync.c) are loaded now: pairs does that.
+pairs(async)
 
 local pack, unpack, select, type = table.pack, table.unpack, select, type
 local stdout, stderr = io.stdout, io.stderr

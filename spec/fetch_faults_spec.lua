@@ -78,6 +78,46 @@ describe("fetch under faults", function()
     assert.are.equal("protocol", err.kind)
   end)
 
+  it("keeps its kept-alive connections when many transfers finish at once", function()
+    -- curl sizes its connection cache by the transfers it holds: had the finished ones left the
+    -- multi before their tasks ran, a burst finishing together would have closed connections
+    -- under the next fetches, which would connect again. The local server counts them.
+    local ports, nports = {}, 0
+    local srv = async.http.serve(function(req)
+      if not ports[req.remote.port] then ports[req.remote.port], nports = true, nports + 1 end
+      if req.path == "/slow" then async.sleep(0.2) end -- all 20 answered at about once
+      return "ok"
+    end, { host = "127.0.0.1", port = 0 })
+    local url = "http://127.0.0.1:" .. srv.port
+    local function round(path)
+      local jobs = {}
+      for i = 1, 20 do jobs[i] = function() return async.fetch(url .. path).body end end
+      for _, body in ipairs(async.gather(jobs)) do assert.are.equal("ok", body) end
+    end
+    round("/slow")
+    local first = nports
+    assert.is_true(first <= 20)
+    round("/slow")
+    round("/fast")
+    assert.are.equal(first, nports)
+    srv:close()
+  end)
+
+  it("opens its connections close-on-exec: a process the script starts inherits none", function()
+    -- The child counts the descriptors it inherited that are TCP sockets (their inode is in
+    -- /proc/net/tcp); its own stdio are Unix sockets and pipes.
+    local count_tcp = table.concat({
+      [[n=0; for f in /proc/$$/fd/*; do]],
+      [[i=$(readlink "$f" | sed -n 's/^socket:\[\([0-9]*\)\]$/\1/p');]],
+      [[[ -n "$i" ] && grep -q " $i " /proc/net/tcp /proc/net/tcp6 2>/dev/null && n=$((n+1));]],
+      [[done; echo $n]] }, " ")
+    local jobs = {}
+    for i = 1, 10 do jobs[i] = function() return async.fetch(base .. "/get").status end end
+    async.gather(jobs) -- ten kept-alive connections stay open in curl's cache
+    local r = async.process.run({ "sh", "-c", count_tcp })
+    assert.are.equal(0, tonumber(r.stdout))
+  end)
+
   it("takes an endless timeout as no limit", function()
     assert.are.equal(200, async.fetch(base .. "/get", { timeout = math.huge,
       connect_timeout = 1e300 }).status)

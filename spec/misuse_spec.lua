@@ -238,4 +238,13 @@ describe("misuse of the other calls", function()
   it("async.run with a non-function names the call and the argument", function()
     has("async.run: bad argument #1 'fn' (function expected, got number)", message_of(async.run, 5))
   end)
+
+  -- A C check reached through a lua/ wrapper is positioned at the user's line, never at an
+  -- internal "[lasync]:NNN:" (lasync__misuse in bindings/core/errors.c).
+  it("names the user's line, not lasync's, for checks in C behind a Lua wrapper", function()
+    local msg = message_of(function() async.fs.open("/tmp/x", "r", {}) end)
+    assert.is_nil(msg:find("[lasync]", 1, true), msg)
+    assert.truthy(msg:find("^spec/misuse_spec%.lua:%d+: async%.fs%.open: bad argument #3 'mode'"),
+      msg)
+  end)
 end)

@@ -249,6 +249,12 @@ describe("the REPL", function()
         { "send", ENTER }, { "expect", "\nfunction: ", 10 },
         { "send", "=type(strin" .. TAB }, { "expect", "g", 10 }, { "send", ")" .. ENTER },
         { "expect", "table", 10 },
+        -- Fields of the parts that load on first use (bindings/lasync.c) complete too, before
+        -- anything read them.
+        { "send", "=async.fet" .. TAB }, { "expect", "ch", 10 }, { "send", ENTER },
+        { "expect", "\nfunction: ", 10 },
+        { "send", "=async.fs.read_fi" .. TAB }, { "expect", "le", 10 }, { "send", ENTER },
+        { "expect", "\nfunction: ", 10 },
         { "send", "s = 'x'" .. ENTER }, { "expect", PROMPT, 10 },
         { "send", "=s:upp" .. TAB }, { "expect", "er", 10 }, { "send", "()" .. ENTER },
         { "expect", "\nX", 10 },
@@ -256,6 +262,24 @@ describe("the REPL", function()
       })
       assert.is_nil(err, out)
       assert.are.equal(0, status, out)
+    end)
+
+    it("reads plain lines on a terminal when libedit cannot be loaded", function()
+      -- libedit is loaded when the REPL starts (host/libedit.c); a libedit.so.2 that is no
+      -- library, found first, stands for a system without it.
+      local dir = home .. "/lib"
+      assert(os.execute("mkdir " .. sub.q(dir)))
+      local f = assert(io.open(dir .. "/libedit.so.2", "w"))
+      f:write("not a shared object\n")
+      f:close()
+      local out, status, err = pty.run({}, {
+        { "expect", "without editing", 10 }, { "expect", "> ", 10 },
+        { "send", "print(1+2)" .. ENTER }, { "expect", "\n3\r?\n", 10 },
+        { "send", CTRL_D }, { "wait", 10 },
+      }, { env = { HOME = home, LD_LIBRARY_PATH = dir } })
+      assert.is_nil(err, out)
+      assert.are.equal(0, status, out)
+      assert.truthy(out:find("cannot load libedit: ", 1, true), out)
     end)
   end)
 

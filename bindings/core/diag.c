@@ -28,7 +28,7 @@ static int task_name(lua_State *L) {
 static int task_set_name(lua_State *L) {
   lasync__check_task_arg(L, 1, "task:set_name");
   if (!lua_isstring(L, 2))
-    return luaL_error(L, "task:set_name: bad argument #1 (string expected, got %s)",
+    return lasync__misuse(L, "task:set_name: bad argument #1 (string expected, got %s)",
                       luaL_typename(L, 2));
   lasync__push_extra(L, 1);
   lua_pushvalue(L, 2);
@@ -100,7 +100,7 @@ static int l_debug(lua_State *L) {
   if (!lua_isnone(L, 1)) rt->debug = lua_toboolean(L, 1);
   if (!lua_isnoneornil(L, 2)) {
     lua_Number s = luaL_checknumber(L, 2);
-    if (!(s >= 0)) return luaL_error(L, "async.debug: bad argument #2 (seconds must be >= 0)");
+    if (!(s >= 0)) return lasync__misuse(L, "async.debug: bad argument #2 (seconds must be >= 0)");
     rt->slow_step_ns = (uint64_t)(s * 1e9);
   }
   if (rt->debug && rt->parents_ref == LUA_NOREF) {

@@ -4,6 +4,7 @@
  * `kind` and `message` under one metatable, so it survives gather, awaits and tracebacks, and
  * async.is_cancelled / async.is_timeout recognise it. A plain error("x") is never wrapped.
  */
+#include <stdarg.h>
 #include <string.h>
 
 #include "private.h"
@@ -48,19 +49,48 @@ const char *lasync__typename(lua_State *L, int idx) {
   return name;
 }
 
+/* The position of the first caller outside lasync's embedded Lua, like luaL_where(L, 1) but
+ * skipping lua/ frames: a check reached through a lua/ wrapper (async.fs.open calls the
+ * C open) names the user's line, never "[lasync]:225:". Pushes "" when there is none. */
+static void push_user_where(lua_State *L) {
+  lua_Debug ar;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Sl", &ar);
+    if (strcmp(ar.source, "=[lasync]") == 0) continue;
+    if (ar.currentline > 0) { /* a C caller (pcall) gives no position, as luaL_error does */
+      lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+      return;
+    }
+    break;
+  }
+  lua_pushliteral(L, "");
+}
+
+int lasync__misuse(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  luaL_checkstack(L, 3, NULL);
+  push_user_where(L);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
 int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argname,
                      const char *expected) {
   const char *got = lua_isnone(L, arg) ? "no value" : lasync__typename(L, arg);
   if (argname)
-    return luaL_error(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, arg, argname,
-                      expected, got);
-  return luaL_error(L, "%s: bad argument #%d (%s expected, got %s)", fname, arg, expected, got);
+    return lasync__misuse(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, arg,
+                          argname, expected, got);
+  return lasync__misuse(L, "%s: bad argument #%d (%s expected, got %s)", fname, arg, expected,
+                        got);
 }
 
 int lasync__opterror(lua_State *L, int idx, const char *fname, const char *opt,
                      const char *expected) {
-  return luaL_error(L, "%s: bad option '%s' (%s expected, got %s)", fname, opt, expected,
-                    lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
+  return lasync__misuse(L, "%s: bad option '%s' (%s expected, got %s)", fname, opt, expected,
+                        lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
 }
 
 void lasync__push_uv_error(lua_State *L, const char *kind, int err, const char *what) {

@@ -56,7 +56,7 @@ static void settle_at(lua_State *L, int idx, lasync__future *f, int state, int n
 static int settle(lua_State *L, int state, const char *fname) {
   lasync__future *f = check_future(L, fname);
   if (f->state != LASYNC__FUTURE_PENDING)
-    return luaL_error(L, "%s: the future is already settled", fname);
+    return lasync__misuse(L, "%s: the future is already settled", fname);
   settle_at(L, 1, f, state, lua_gettop(L) - 1);
   return 0;
 }
@@ -405,9 +405,9 @@ int lasync__future_post(lasync_future *h, lasync__push_cb push, void *arg, const
 
 void lasync__future_push_held(lua_State *L, lasync_future *h) {
   if (h->rt == NULL || h->ref == LUA_NOREF)
-    luaL_error(L, "lasync_await: the future was already settled");
+    lasync__misuse(L, "lasync_await: the future was already settled");
   if (atomic_load(&h->state) == HELD_CANCELLED)
-    luaL_error(L, "lasync_await: the future was abandoned (its waiter was cancelled)");
+    lasync__misuse(L, "lasync_await: the future was abandoned (its waiter was cancelled)");
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref);
 }
 

@@ -117,10 +117,10 @@ static int normalise(lua_State *L, lasync__task *self, const char *fname) {
       lua_pushvalue(L, i);
     child = lasync__totask(L, -1);
     if (child == NULL && !lasync__is_callable(L, -1))
-      return luaL_error(L, "%s: bad argument #%d (task or function expected, got %s)", fname, i,
+      return lasync__misuse(L, "%s: bad argument #%d (task or function expected, got %s)", fname, i,
                         lasync__typename(L, -1));
     if (child != NULL && child == self)
-      return luaL_error(L, "%s: a task cannot gather itself", fname);
+      return lasync__misuse(L, "%s: a task cannot gather itself", fname);
     to_spawn += child == NULL;
     lua_pop(L, 1);
   }

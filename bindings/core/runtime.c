@@ -364,17 +364,50 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   }
 }
 
+int lasync__step_fits(const lasync__runtime *rt, uint64_t *avg) {
+  uint64_t now;
+  if (rt->step_deadline == 0) return 1;
+  now = uv_hrtime();
+  if (now < rt->step_deadline && rt->step_deadline - now > 2 * *avg) return 1;
+  *avg -= *avg / 8;
+  return 0;
+}
+
+void lasync__step_measure(uint64_t *avg, uint64_t sample) {
+  /* An average that follows the slow pieces more than the quick ones (half the weight to a
+   * sample above it, a quarter below), since what matters is how long the next piece may take.
+   * A sample counts as at most 16 times the average (or 160 us, for the first ones): on a
+   * loaded machine the thread may be preempted in the middle of a piece, which says little
+   * about the next one, while work that really got slower is still learnt within a few
+   * samples. */
+  uint64_t cap = 16 * (*avg > 10000 ? *avg : 10000);
+  if (sample > cap) sample = cap;
+  *avg = sample > *avg ? (*avg + sample) / 2 : (*avg * 3 + sample) / 4;
+}
+
 void lasync__drain(lasync__runtime *rt) {
   uint32_t n;
   lasync__services_turn(rt); /* may make tasks ready */
   n = rt->ready_len; /* only those ready now; later arrivals wait for the next turn */
   while (n-- > 0) {
-    lasync__task *t = rt->ready[rt->ready_head];
+    lasync__task *t;
+    uint64_t start = 0;
+    if (rt->step_deadline) {
+      /* lasync_step's budget: a resume only if one fits in what is left, so the step ends
+       * within it. When resumes have grown too slow to ever fit, the first of each step runs
+       * anyway, so every step makes progress. */
+      if (!lasync__step_fits(rt, &rt->resume_ns) &&
+          (rt->step_resumes > 0 || 2 * rt->resume_ns < rt->step_budget))
+        break;
+      rt->step_resumes++;
+      start = uv_hrtime();
+    }
+    t = rt->ready[rt->ready_head];
     rt->ready_head = (rt->ready_head + 1) & (rt->ready_cap - 1);
     rt->ready_len--;
     t->queued = 0;
     resume_task(rt, t);
-    if (rt->step_deadline && uv_hrtime() >= rt->step_deadline) break; /* lasync_step's budget */
+    if (start) lasync__step_measure(&rt->resume_ns, uv_hrtime() - start);
   }
   if (rt->ready_len == 0) uv_idle_stop(&rt->idle);
 }

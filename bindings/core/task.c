@@ -97,9 +97,9 @@ lasync__task *lasync__check_suspendable(lua_State *L, const char *fname) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lasync__task *t = rt ? rt->current : NULL;
   if (t == NULL || t->co != L)
-    luaL_error(L, "%s must be called inside a task", fname);
+    lasync__misuse(L, "%s must be called inside a task", fname);
   if (!lua_isyieldable(L))
-    luaL_error(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
+    lasync__misuse(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
                   "(a table.sort comparator, a string.gsub callback, require, a __gc ...)",
                fname);
   return t;
@@ -502,7 +502,7 @@ static void check_spawn_options(lua_State *L) {
   while (lua_next(L, 1)) {
     if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "name") != 0) {
       lua_pop(L, 1);
-      luaL_error(L, "async.spawn: unknown option '%s' (the options are: name)",
+      lasync__misuse(L, "async.spawn: unknown option '%s' (the options are: name)",
                  lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
     }
     lua_pop(L, 1);
@@ -521,7 +521,7 @@ static int l_spawn(lua_State *L) {
     fn = 2;
   }
   check_callable(L, fn, "async.spawn");
-  if (rt->closing) return luaL_error(L, "async.spawn: the runtime is shutting down");
+  if (rt->closing) return lasync__misuse(L, "async.spawn: the runtime is shutting down");
   lasync__spawn(L, fn, lua_gettop(L) - fn); /* [opts?, task] */
   if (fn == 2 && lua_getfield(L, 1, "name") == LUA_TSTRING) {
     lasync__push_extra(L, 2);
@@ -537,7 +537,7 @@ static int l_spawn(lua_State *L) {
 lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname) {
   lasync__task *t = lasync__totask(L, idx);
   if (t == NULL)
-    luaL_error(L, "%s: bad argument #%d (task expected, got %s)", fname, idx,
+    lasync__misuse(L, "%s: bad argument #%d (task expected, got %s)", fname, idx,
                luaL_typename(L, idx));
   return t;
 }
@@ -557,7 +557,7 @@ static const lasync__awaitable_ops AWAIT_TASK_OPS = {"task", await_cancel, await
 
 static int await_task(lua_State *L, lasync__task *a, const char *fname) {
   lasync__task *t = lasync__check_task(L, fname);
-  if (a == t) return luaL_error(L, "%s: a task cannot await itself", fname);
+  if (a == t) return lasync__misuse(L, "%s: a task cannot await itself", fname);
   lua_settop(L, 1);
   if (lasync__task_finished(a)) return lasync__push_outcome(L, a, 1);
   t->waiter.on_settle = on_awaited_settled;
@@ -587,7 +587,7 @@ static int l_await(lua_State *L) {
     lua_callk(L, 1, LUA_MULTRET, 0, return_all);
     return lua_gettop(L);
   }
-  return luaL_error(L, "async.await: bad argument #1 (awaitable expected, got %s)",
+  return lasync__misuse(L, "async.await: bad argument #1 (awaitable expected, got %s)",
                     luaL_typename(L, 1));
 }
 
@@ -675,7 +675,7 @@ static int l_coclose(lua_State *L) {
 static int task_cancel(lua_State *L) {
   lasync__task *t = lasync__check_task_arg(L, 1, "task:cancel");
   if (!lua_isnoneornil(L, 2) && !lua_isstring(L, 2))
-    return luaL_error(L, "task:cancel: bad argument #1 (string expected, got %s)",
+    return lasync__misuse(L, "task:cancel: bad argument #1 (string expected, got %s)",
                       luaL_typename(L, 2));
   lua_pushboolean(L, lasync__cancel(L, t, 0, lua_isnoneornil(L, 2) ? 0 : 2));
   return 1;
@@ -701,7 +701,7 @@ static int task_status(lua_State *L) {
 static int task_result(lua_State *L) {
   lasync__task *t = lasync__check_task_arg(L, 1, "task:result");
   if (!lasync__task_finished(t))
-    return luaL_error(L, "task:result: the task has not finished (status: %s)",
+    return lasync__misuse(L, "task:result: the task has not finished (status: %s)",
                       lasync__status_names[t->status]);
   return lasync__push_outcome(L, t, 1);
 }
@@ -751,7 +751,7 @@ static int l_run_until(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lasync__task *t = lasync__check_task_arg(L, 1, "async.run");
   if (rt->in_callback)
-    return luaL_error(L, "async.run cannot start a loop while the loop is running "
+    return lasync__misuse(L, "async.run cannot start a loop while the loop is running "
                          "(call it from the main chunk, or from inside a task)");
   if (lasync__run_until_done(rt, t) != 0) {
     /* Nothing left can wake the task: cancel everything so cleanup runs, then report. */

@@ -72,7 +72,7 @@ void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double secon
     lasync__timer **heap = (lasync__timer **)realloc(rt->heap, cap * sizeof *heap);
     if (heap == NULL) {
       lua_State *L = rt->current ? rt->current->co : rt->L;
-      luaL_error(L, "not enough memory for a timer");
+      lasync__misuse(L, "not enough memory for a timer");
     }
     rt->heap = heap;
     rt->heap_cap = cap;
@@ -119,7 +119,7 @@ static double check_seconds(lua_State *L, int idx, const char *fname) {
   if (lua_type(L, idx) != LUA_TNUMBER) lasync__argerror(L, idx, fname, "seconds", "number");
   s = lua_tonumber(L, idx);
   if (isnan(s) || s < 0)
-    luaL_error(L, "%s: bad argument #%d 'seconds' (number >= 0 expected, got %s)", fname, idx,
+    lasync__misuse(L, "%s: bad argument #%d 'seconds' (number >= 0 expected, got %s)", fname, idx,
                lua_tostring(L, idx));
   return s;
 }
@@ -194,8 +194,8 @@ static int deadline_close(lua_State *L) {
   deadline *d = (deadline *)luaL_checkudata(L, 1, SCOPE_MT);
   lasync__task *t = d->task;
   int mine;
-  if (!d->open) return luaL_error(L, "deadline closed twice");
-  if (t->scope_depth != d->depth) return luaL_error(L, "deadlines closed out of order");
+  if (!d->open) return lasync__misuse(L, "deadline closed twice");
+  if (t->scope_depth != d->depth) return lasync__misuse(L, "deadlines closed out of order");
   d->open = 0;
   lasync__timer_stop(d->rt, &d->timer);
   mine = t->cancel_level == d->depth;

@@ -258,7 +258,7 @@ static const char *error_kind(CURLcode code) {
 static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
   const char *kind = x->too_large ? "too_large" : error_kind(x->c.result);
   const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->c.result);
-  if (x->no_memory) return luaL_error(L, "async.fetch: not enough memory for the response");
+  if (x->no_memory) return lasync__misuse(L, "async.fetch: not enough memory for the response");
   if (x->too_large) detail = "the response exceeds max_body";
   lua_pushfstring(L, "async.fetch %s: %s", url, detail);
   lasync__push_error(L, kind, lua_tostring(L, -1));
@@ -267,6 +267,18 @@ static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
   lua_pushinteger(L, (lua_Integer)x->c.result);
   lua_setfield(L, -2, "curl_code");
   return lua_error(L);
+}
+
+/* Loads libcurl on the first fetch (libcurl.h), or raises kind "unavailable": without it a
+ * script still runs everything but HTTP. */
+static void need_curl(lua_State *L, const char *fname, const char *url) {
+  const char *why = NULL;
+  if (lasync__curl_load(&why) == 0) return;
+  lua_pushfstring(L, "%s %s: %s", fname, url, why);
+  lasync__push_error(L, "unavailable", lua_tostring(L, -1));
+  lua_pushstring(L, url);
+  lua_setfield(L, -2, "url");
+  lua_error(L);
 }
 
 /* ---- building the raw response ---- */
@@ -405,7 +417,7 @@ static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish,
 
 /* res:read(), each time its task runs; the stack is [x]. */
 static int read_step(lua_State *L, lasync__task *t, xfer *x) {
-  if (x->closed) return luaL_error(L, "res:read: the response is closed");
+  if (x->closed) return lasync__misuse(L, "res:read: the response is closed");
   if (x->body.len > 0) {
     size_t len;
     const char *chunk = lasync__buffer_peek(&x->body, &len);
@@ -441,7 +453,7 @@ static int l_read(lua_State *L) {
   xfer *x = check_xfer(L);
   lasync__task *t = lasync__check_task(L, "res:read");
   lua_settop(L, 1);
-  if (x->task) return luaL_error(L, "res:read: another task is already reading this response");
+  if (x->task) return lasync__misuse(L, "res:read: another task is already reading this response");
   return read_step(L, t, x);
 }
 
@@ -510,7 +522,7 @@ static int l_send(lua_State *L) {
   if (p == NULL)
     x->send_eof = 1;
   else if (lasync__buffer_append(&x->send, p, n) != 0)
-    return luaL_error(L, "async.fetch: not enough memory for the request body");
+    return lasync__misuse(L, "async.fetch: not enough memory for the request body");
   if (x->send_paused) {
     x->send_paused = 0;
     update_pause(x);
@@ -699,9 +711,10 @@ static int l_fetch(lua_State *L) {
   xfer *x;
   luaL_checktype(L, 2, LUA_TTABLE);
   t = lasync__check_task(L, "async.fetch");
-  if (t->rt->closing) return luaL_error(L, "async.fetch: the runtime is closing");
+  if (t->rt->closing) return lasync__misuse(L, "async.fetch: the runtime is closing");
+  need_curl(L, "async.fetch", url);
   m = lasync__curl_get(t->rt, &CURL_OPS, &why);
-  if (m == NULL) return luaL_error(L, "async.fetch: %s", why);
+  if (m == NULL) return lasync__misuse(L, "async.fetch: %s", why);
   lua_settop(L, 2);
   /* Closed state first, so the __gc is safe whatever fails next. */
   x = (xfer *)lua_newuserdatauv(L, sizeof *x, 1); /* [url, opts, x]: kept across the yield */
@@ -711,9 +724,9 @@ static int l_fetch(lua_State *L) {
   luaL_setmetatable(L, XFER_MT);
   x->c.easy = lasync__curl_easy(m);
   if (x->c.easy == NULL || setup(L, x, url) != 0)
-    return luaL_error(L, "async.fetch: not enough memory for a transfer");
+    return lasync__misuse(L, "async.fetch: not enough memory for a transfer");
   if (lasync__curl_start(m, &x->c) != 0)
-    return luaL_error(L, "async.fetch: cannot start the transfer");
+    return lasync__misuse(L, "async.fetch: cannot start the transfer");
   if (opt_bool(L, "start_only")) return 1; /* a body feeder needs x before fetch waits */
   return fetch_step(L, t, x);
 }
@@ -730,7 +743,7 @@ static int l_fetch_wait(lua_State *L) {
   return fetch_step(L, t, x);
 }
 
-/* core._check_url(url) -> nil when curl can use the caller's URL, else why not. It runs
+/* core._check_url(url, fname) -> nil when curl can use the caller's URL, else why not. It runs
  * curl's own parser (curl_url), so what passes here is what the transfer will parse: a port
  * out of range, a missing host or a host name that has no punycode form are refused before
  * any I/O, with kind "invalid" (lua/http/options.lua), rather than failing as "protocol" once
@@ -739,6 +752,7 @@ static int l_fetch_wait(lua_State *L) {
 static int l_check_url(lua_State *L) {
   size_t len;
   const char *url = luaL_checklstring(L, 1, &len);
+  const char *fname = luaL_optstring(L, 2, "async.fetch");
   CURLU *u;
   CURLUcode rc;
   char *part = NULL;
@@ -747,8 +761,9 @@ static int l_check_url(lua_State *L) {
                     MAX_URL_LENGTH);
     return 1;
   }
+  need_curl(L, fname, url);
   u = curl_url();
-  if (u == NULL) return luaL_error(L, "async.fetch: not enough memory");
+  if (u == NULL) return lasync__misuse(L, "async.fetch: not enough memory");
   rc = curl_url_set(u, CURLUPART_URL, url, 0);
   if (rc == CURLUE_OK) {
     rc = curl_url_get(u, CURLUPART_SCHEME, &part, 0);

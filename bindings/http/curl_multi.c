@@ -8,11 +8,20 @@
  */
 #include "curl_multi.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define EASY_POOL_MAX 64
-#define ADMIT_PER_STEP 8
+#define ADMIT_PER_STEP 8 /* at most, however cheap they turn out to be */
+/* What a new transfer's first run is assumed to cost before one has been measured: about a
+ * loopback connect on a loaded 2-core machine. */
+#define ADMIT_COST_GUESS_NS 150000
+/* A step with nothing admitted for this many steps admits one anyway, so a loop that spends
+ * every budget elsewhere still starts its transfers. */
+#define ADMIT_STARVE_STEPS 4
 
 typedef struct sock sock;
 
@@ -23,7 +32,7 @@ struct lasync__curl {
   const lasync__curl_ops *ops;
   CURLM *multi;
   uv_timer_t timer;
-  lasync__curl_xfer *transfers; /* attached to the multi, in flight */
+  lasync__curl_xfer *transfers; /* attached to the multi: in flight, or done and not detached */
   sock *socks;                  /* watched sockets */
   lasync__curl_xfer *notify;    /* transfers a curl callback wants on_wake'd */
   /* Easy handles of finished transfers, reset and reused: creating one costs more than all
@@ -34,21 +43,36 @@ struct lasync__curl {
    * a number whose old socket we still watch, the old poll is closed first. */
   sock **by_fd;
   size_t by_fd_len;
-  /* Under lasync_step, at most ADMIT_PER_STEP new transfers enter the multi per step: curl
-   * connects every new transfer inside one call, which no budget can interrupt, so a burst of
-   * a thousand fetches would stall one frame. The rest wait here, first come first served. */
+  /* Under lasync_step, new transfers enter the multi only as fast as the step's time allows:
+   * curl connects every new transfer inside one call, which no budget can interrupt, so a
+   * burst of a thousand fetches would stall one frame. They wait here, first come first
+   * served, and on_turn admits as many as the time left in the step pays for (at most
+   * ADMIT_PER_STEP), then drives them at once, so their cost is spent where it was counted. */
   lasync__curl_xfer *admission_head, *admission_tail;
   uint64_t admission_step; /* the step admitted counts */
   unsigned admitted;
+  uint64_t last_admit_step; /* the last step that admitted one, against starvation */
+  /* What curl's calls cost under lasync_step, measured (moving averages, ns): a new
+   * transfer's first run, and one socket_action for a ready socket or curl's timer. A call is
+   * only started while the step has twice its cost left. */
+  uint64_t admit_ns, poll_ns, timeout_ns;
 };
 
 /* A socket curl asked us to watch. Allocated apart from everything else and freed in its
- * close callback. */
+ * close callback.
+ *
+ * The sockets of curl's connections are opened and closed here (cb_opensocket,
+ * cb_closesocket), so their watch lives as long as the socket: when a connection goes back to
+ * curl's cache between two transfers, curl stops watching it (CURL_POLL_REMOVE) and watches it
+ * again on reuse, and the poll is only stopped and started, not closed and made anew (an
+ * allocation, a uv_poll_init and its ioctl, per request on a kept-alive connection). Other
+ * sockets (curl's resolver) are watched from the first CURL_POLL_* to the REMOVE. */
 struct sock {
   uv_poll_t poll;
   curl_socket_t fd;
-  int events;  /* what curl asked us to watch */
-  int closing; /* uv_close called; freed in its close callback */
+  int events;     /* what curl asked us to watch */
+  int closing;    /* uv_close called; freed in its close callback */
+  unsigned owned; /* opened by cb_opensocket: closed by cb_closesocket only */
   lasync__curl *m;
   sock *next, *prev;
 };
@@ -127,7 +151,13 @@ static void after_curl(lasync__curl *m) {
     if (msg->msg != CURLMSG_DONE) continue;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
     x->result = msg->data.result; /* msg dies with the handle's removal */
-    lasync__curl_detach(x);
+    /* The handle stays in the multi until its owner detaches it (when the task has read the
+     * response, usually just before it starts its next fetch). curl sizes its connection
+     * cache by the handles it holds (4 per handle): removing a burst of finished ones here,
+     * before their tasks run, would shrink the cache under the idle keep-alive connections
+     * and close them, and the next fetches would connect again. */
+    x->done = 1;
+    unnotify(x);
     m->ops->on_wake(x);
   }
   while ((x = m->notify) != NULL) {
@@ -139,23 +169,34 @@ static void after_curl(lasync__curl *m) {
 }
 
 void lasync__curl_pause(lasync__curl_xfer *x, int mask) {
-  if (!x->attached) return;
+  if (!x->attached || x->done) return;
   curl_easy_pause(x->easy, mask);
   after_curl(x->multi);
 }
 
-/* lasync_step's budget is spent: I/O waits for the next step. A poll is level-triggered, so the
- * socket is reported again; curl's timer is re-armed for the next turn. */
-static int over_budget(const lasync__runtime *rt) {
-  return rt->step_deadline && uv_hrtime() >= rt->step_deadline;
+/* Nanoseconds left in the current lasync_step, or UINT64_MAX outside one. */
+static uint64_t step_left(const lasync__runtime *rt) {
+  uint64_t now;
+  if (rt->step_deadline == 0) return UINT64_MAX;
+  now = uv_hrtime();
+  return now < rt->step_deadline ? rt->step_deadline - now : 0;
+}
+
+/* curl_multi_socket_action, timed into *avg when it runs under lasync_step. */
+static void socket_action(lasync__curl *m, curl_socket_t fd, int flags, uint64_t *avg) {
+  int running;
+  uint64_t start = m->rt->step_deadline ? uv_hrtime() : 0;
+  curl_multi_socket_action(m->multi, fd, flags, &running);
+  if (start) lasync__step_measure(avg, uv_hrtime() - start);
 }
 
 /* libuv calls this when a watched socket is ready. */
 static void on_poll(uv_poll_t *handle, int status, int events) {
   sock *s = (sock *)handle->data;
   lasync__curl *m = s->m;
-  int running, flags = 0;
-  if (status >= 0 && over_budget(m->rt)) return; /* an error stopped the poll: handle it now */
+  int flags = 0;
+  /* Past lasync_step's budget the socket waits; an error, which stopped the poll, cannot. */
+  if (status >= 0 && !lasync__step_fits(m->rt, &m->poll_ns)) return;
   if (status < 0) {
     /* POLLERR: libuv reports EBADF and stops the poll. Rather than CURL_CSELECT_ERR (which
      * fails the transfer with "select/poll returned error"), let curl read or write and meet
@@ -165,7 +206,7 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
   }
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
-  curl_multi_socket_action(m->multi, s->fd, flags, &running); /* may close s */
+  socket_action(m, s->fd, flags, &m->poll_ns); /* may close s */
   /* After an error the poll is stopped; if curl still wants the socket watched, watch again. */
   if (status < 0 && !s->closing && s->events && !uv_is_active((uv_handle_t *)&s->poll))
     uv_poll_start(&s->poll, s->events, on_poll);
@@ -175,12 +216,11 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
 /* libuv calls this when curl's timeout is due. */
 static void on_timeout(uv_timer_t *handle) {
   lasync__curl *m = (lasync__curl *)handle->data;
-  int running;
-  if (over_budget(m->rt)) {
+  if (!lasync__step_fits(m->rt, &m->timeout_ns)) {
     uv_timer_start(&m->timer, on_timeout, 1, 0);
     return;
   }
-  curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  socket_action(m, CURL_SOCKET_TIMEOUT, 0, &m->timeout_ns);
   after_curl(m);
 }
 
@@ -197,6 +237,60 @@ static void close_sock(lasync__curl *m, sock *s) {
   uv_close((uv_handle_t *)&s->poll, on_sock_closed);
 }
 
+/* A new watch of fd (not started), replacing a stale one; NULL when out of memory. */
+static sock *new_sock(lasync__curl *m, curl_socket_t fd) {
+  sock *s;
+  if (fd < 0) return NULL;
+  if ((size_t)fd >= m->by_fd_len) {
+    size_t len = m->by_fd_len ? m->by_fd_len : 256;
+    sock **by_fd;
+    while (len <= (size_t)fd) len *= 2;
+    by_fd = (sock **)realloc(m->by_fd, len * sizeof *by_fd);
+    if (by_fd == NULL) return NULL;
+    memset(by_fd + m->by_fd_len, 0, (len - m->by_fd_len) * sizeof *by_fd);
+    m->by_fd = by_fd;
+    m->by_fd_len = len;
+  }
+  if (m->by_fd[fd]) close_sock(m, m->by_fd[fd]); /* a stale watch of a closed socket */
+  s = (sock *)calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  if (uv_poll_init_socket(m->rt->loop, &s->poll, fd) != 0) {
+    free(s);
+    return NULL;
+  }
+  s->fd = fd;
+  s->m = m;
+  s->poll.data = s;
+  s->next = m->socks;
+  if (m->socks) m->socks->prev = s;
+  m->socks = s;
+  m->by_fd[fd] = s;
+  return s;
+}
+
+/* curl calls this to open a connection's socket. Without memory for its watch, the socket is
+ * still curl's, watched like the others once curl asks. */
+static curl_socket_t cb_opensocket(void *clientp, curlsocktype purpose,
+                                   struct curl_sockaddr *address) {
+  lasync__curl *m = (lasync__curl *)clientp;
+  sock *s;
+  curl_socket_t fd;
+  (void)purpose;
+  /* Close-on-exec, which curl's own socket() leaves out: a process the script starts would
+   * otherwise inherit every open connection. */
+  fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+  if (fd != CURL_SOCKET_BAD && (s = new_sock(m, fd)) != NULL) s->owned = 1;
+  return fd;
+}
+
+/* curl calls this to close a socket cb_opensocket opened: the watch goes first, while the
+ * descriptor is still this socket's. */
+static int cb_closesocket(void *clientp, curl_socket_t fd) {
+  lasync__curl *m = (lasync__curl *)clientp;
+  if (fd >= 0 && (size_t)fd < m->by_fd_len && m->by_fd[fd]) close_sock(m, m->by_fd[fd]);
+  return close(fd);
+}
+
 /* curl calls this to say which events to watch on a socket, or to stop watching it. */
 static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp) {
   lasync__curl *m = (lasync__curl *)userp;
@@ -205,37 +299,20 @@ static int cb_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void
   (void)easy;
   if (action == CURL_POLL_REMOVE) {
     if (s) {
-      close_sock(m, s);
+      if (s->owned) { /* a connection going idle: watched again when reused */
+        s->events = 0;
+        uv_poll_stop(&s->poll);
+      } else {
+        close_sock(m, s);
+      }
       curl_multi_assign(m->multi, fd, NULL);
     }
     return 0;
   }
   if (s == NULL) {
-    if (fd < 0) return -1;
-    if ((size_t)fd >= m->by_fd_len) {
-      size_t len = m->by_fd_len ? m->by_fd_len : 256;
-      sock **by_fd;
-      while (len <= (size_t)fd) len *= 2;
-      by_fd = (sock **)realloc(m->by_fd, len * sizeof *by_fd);
-      if (by_fd == NULL) return -1;
-      memset(by_fd + m->by_fd_len, 0, (len - m->by_fd_len) * sizeof *by_fd);
-      m->by_fd = by_fd;
-      m->by_fd_len = len;
-    }
-    if (m->by_fd[fd]) close_sock(m, m->by_fd[fd]); /* a stale watch of a closed socket */
-    s = (sock *)calloc(1, sizeof *s);
+    s = fd >= 0 && (size_t)fd < m->by_fd_len ? m->by_fd[fd] : NULL;
+    if (s == NULL || !s->owned) s = new_sock(m, fd);
     if (s == NULL) return -1;
-    if (uv_poll_init_socket(m->rt->loop, &s->poll, fd) != 0) {
-      free(s);
-      return -1;
-    }
-    s->fd = fd;
-    s->m = m;
-    s->poll.data = s;
-    s->next = m->socks;
-    if (m->socks) m->socks->prev = s;
-    m->socks = s;
-    m->by_fd[fd] = s;
     curl_multi_assign(m->multi, fd, s);
   }
   if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) events |= UV_READABLE;
@@ -263,6 +340,10 @@ static int cb_timer(CURLM *multi, long timeout_ms, void *userp) {
 
 static int admit(lasync__curl *m, lasync__curl_xfer *x) {
   curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *)x);
+  curl_easy_setopt(x->easy, CURLOPT_OPENSOCKETFUNCTION, cb_opensocket);
+  curl_easy_setopt(x->easy, CURLOPT_OPENSOCKETDATA, m);
+  curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETFUNCTION, cb_closesocket);
+  curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETDATA, m);
   if (curl_multi_add_handle(m->multi, x->easy) != CURLM_OK) return -1;
   x->prev = NULL;
   x->next = m->transfers;
@@ -273,21 +354,38 @@ static int admit(lasync__curl *m, lasync__curl_xfer *x) {
   return 0;
 }
 
-/* Starts a new step's count; whether this step's quota of new transfers is spent. */
-static int quota_spent(lasync__curl *m) {
+/* How many waiting transfers the time left in this step pays for: half of it at most, the
+ * rest being for the tasks, each transfer costing what the last ones did, and at most
+ * ADMIT_PER_STEP a step; one after ADMIT_STARVE_STEPS steps without any. Unbounded outside
+ * lasync_step. */
+static unsigned admissible(lasync__curl *m) {
   lasync__runtime *rt = m->rt;
-  if (rt->step_deadline == 0) return 0; /* never outside lasync_step */
-  if (m->admission_step != rt->step_seq) {
+  uint64_t cost = m->admit_ns ? m->admit_ns : ADMIT_COST_GUESS_NS, n;
+  if (rt->step_deadline == 0) return UINT_MAX;
+  if (m->admission_step != rt->step_seq) { /* a new step */
     m->admission_step = rt->step_seq;
     m->admitted = 0;
   }
-  return m->admitted >= ADMIT_PER_STEP;
+  if (m->admitted >= ADMIT_PER_STEP) return 0;
+  n = step_left(rt) / 2 / cost; /* half for new transfers, the rest for their tasks */
+  if (n > ADMIT_PER_STEP - m->admitted) n = ADMIT_PER_STEP - m->admitted;
+  if (n == 0 && m->admitted == 0 && rt->step_seq - m->last_admit_step >= ADMIT_STARVE_STEPS) n = 1;
+  return (unsigned)n;
+}
+
+/* While transfers wait in the line, the loop must go on turning (on_turn admits them): with
+ * nothing else active it would stop, and a host stepping it would see nothing to wait for.
+ * curl's timer keeps it alive; running curl's timeout early does no harm. */
+static void keep_turning(lasync__curl *m) {
+  if (m->admission_head && !uv_is_active((uv_handle_t *)&m->timer))
+    uv_timer_start(&m->timer, on_timeout, 0, 0);
 }
 
 int lasync__curl_start(lasync__curl *m, lasync__curl_xfer *x) {
   x->multi = m;
-  /* Those already waiting keep their place in the line. */
-  if (m->admission_head == NULL && !quota_spent(m)) return admit(m, x);
+  /* Outside lasync_step a transfer goes straight in, unless others wait (they keep their
+   * place in the line); under it, always through the line, for on_turn to time. */
+  if (m->admission_head == NULL && m->rt->step_deadline == 0) return admit(m, x);
   x->admitting = 1;
   x->next = NULL;
   x->prev = m->admission_tail;
@@ -296,15 +394,19 @@ int lasync__curl_start(lasync__curl *m, lasync__curl_xfer *x) {
   else
     m->admission_head = x;
   m->admission_tail = x;
+  keep_turning(m);
   return 0;
 }
 
-/* Each loop turn: admits the waiting transfers this step's quota allows (all of them outside
- * lasync_step). A transfer curl refuses fails like any other. */
+/* Each loop turn: admits the waiting transfers this step's time allows (all of them outside
+ * lasync_step). Under lasync_step it also runs them at once, so their connects are spent, and
+ * measured, in the step that counted them, instead of at the start of the next one. A transfer
+ * curl refuses fails like any other. */
 static void on_turn(lasync__runtime *rt, lasync__service *s) {
   lasync__curl *m = (lasync__curl *)s;
-  (void)rt;
-  while (m->admission_head && !quota_spent(m)) {
+  unsigned n = m->admission_head ? admissible(m) : 0, added = 0;
+  uint64_t start = rt->step_deadline && n > 0 ? uv_hrtime() : 0;
+  while (m->admission_head && added < n) {
     lasync__curl_xfer *x = m->admission_head;
     m->admission_head = x->next;
     if (m->admission_head)
@@ -317,8 +419,18 @@ static void on_turn(lasync__runtime *rt, lasync__service *s) {
       x->result = CURLE_OUT_OF_MEMORY;
       x->done = 1;
       m->ops->on_wake(x);
+    } else {
+      added++;
     }
   }
+  if (start && added > 0) {
+    int running;
+    curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    lasync__step_measure(&m->admit_ns, (uv_hrtime() - start) / added);
+    m->last_admit_step = rt->step_seq;
+    after_curl(m);
+  }
+  keep_turning(m);
 }
 
 /* ---- the service ---- */
@@ -344,16 +456,9 @@ static void multi_close(lasync__runtime *rt, lasync__service *s) {
 static const lasync__service_ops CURL_SERVICE = {"http", on_turn, multi_close};
 
 lasync__curl *lasync__curl_get(lasync__runtime *rt, const lasync__curl_ops *ops, const char **why) {
-  static int curl_ready = 0;
   lasync__curl *m = (lasync__curl *)lasync__service_find(rt, &CURL_SERVICE);
   if (m) return m;
-  if (!curl_ready) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-      *why = "cannot initialise libcurl";
-      return NULL;
-    }
-    curl_ready = 1;
-  }
+  if (lasync__curl_load(why) != 0) return NULL;
   m = (lasync__curl *)calloc(1, sizeof *m);
   if (m == NULL) {
     *why = "not enough memory";

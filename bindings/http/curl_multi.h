@@ -8,8 +8,7 @@
 #ifndef LASYNC_CURL_MULTI_H
 #define LASYNC_CURL_MULTI_H
 
-#include <curl/curl.h>
-
+#include "libcurl.h"
 #include "private.h"
 
 typedef struct lasync__curl lasync__curl;
@@ -29,14 +28,14 @@ struct lasync__curl_xfer {
   lasync__curl_xfer *next, *prev; /* in flight, or waiting for admission */
   lasync__curl_xfer *notify_next;
   CURLcode result;        /* once done */
-  unsigned attached : 1;  /* in curl's multi */
+  unsigned attached : 1;  /* in curl's multi (until detached, even once done) */
   unsigned admitting : 1; /* waiting for a later lasync_step to enter the multi */
   unsigned notify_queued : 1;
   unsigned done : 1; /* finished or detached: curl will not call back again */
 };
 
 /* The runtime's multi, made on first use (a service: closed at shutdown, when every transfer
- * is detached). NULL on failure, with *why set. */
+ * is detached), after loading libcurl (libcurl.h). NULL on failure, with *why set. */
 lasync__curl *lasync__curl_get(lasync__runtime *rt, const lasync__curl_ops *ops, const char **why);
 /* An easy handle, reused from a finished transfer when one is pooled; NULL when out of memory. */
 CURL *lasync__curl_easy(lasync__curl *m);

@@ -834,7 +834,7 @@ static int l_listen(lua_State *L) {
   memset(&ss, 0, sizeof ss);
   if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) != 0 &&
       uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss) != 0)
-    return luaL_error(L, "async.http.serve: bad option 'host' (an IP address expected, got '%s')",
+    return lasync__misuse(L, "async.http.serve: bad option 'host' (an IP address expected, got '%s')",
                       ip);
   box = (server_box *)lua_newuserdatauv(L, sizeof *box, 0);
   box->sv = NULL;
@@ -1180,9 +1180,9 @@ static int conn_respond(lua_State *L) {
     k = lua_tolstring(L, -2, &kn);
     v = lua_tolstring(L, -1, &vn);
     if (k == NULL || !check_token(k, kn))
-      return luaL_error(L, "res:header: bad header name '%s'", k ? k : "?");
+      return lasync__misuse(L, "res:header: bad header name '%s'", k ? k : "?");
     if (v == NULL || !check_value(v, vn))
-      return luaL_error(L, "res:header: CR, LF or NUL in the value of '%s'", k);
+      return lasync__misuse(L, "res:header: CR, LF or NUL in the value of '%s'", k);
     if (kn == 4 && strncasecmp(k, "date", 4) == 0) has_date = 1;
     if (kn == 12 && strncasecmp(k, "content-type", 12) == 0) has_ct = 1;
     if (kn == 10 && strncasecmp(k, "connection", 10) == 0 && strncasecmp(v, "close", 5) == 0)

@@ -347,8 +347,8 @@ static const char *check_path(lua_State *L, int arg, const char *fname, const ch
   if (lua_type(L, arg) != LUA_TSTRING) lasync__argerror(L, arg, fname, argname, "string");
   s = lua_tolstring(L, arg, &len);
   if (strlen(s) != len)
-    luaL_error(L, "%s: bad argument #%d '%s' (path contains a NUL byte)", fname, arg, argname);
-  if (len == 0) luaL_error(L, "%s: bad argument #%d '%s' (empty path)", fname, arg, argname);
+    lasync__misuse(L, "%s: bad argument #%d '%s' (path contains a NUL byte)", fname, arg, argname);
+  if (len == 0) lasync__misuse(L, "%s: bad argument #%d '%s' (empty path)", fname, arg, argname);
   return s;
 }
 
@@ -375,7 +375,7 @@ static int check_mode(lua_State *L, int arg, const char *fname, int dflt) {
     lua_Integer m = lua_tointeger(L, arg);
     if (m >= 0 && m <= 07777) return (int)m;
   }
-  return luaL_error(
+  return lasync__misuse(
       L, "%s: bad argument #%d 'mode' (octal digits such as \"644\" expected, got %s)", fname, arg,
       lua_type(L, arg) == LUA_TSTRING ? lua_tostring(L, arg) : lasync__typename(L, arg));
 }
@@ -476,7 +476,7 @@ static int l_open(lua_State *L) {
   if (lua_type(L, 2) != LUA_TSTRING && !lua_isnoneornil(L, 2))
     lasync__argerror(L, 2, fname, "mode", "string");
   if (parse_open_mode(mode, &flags) != 0)
-    return luaL_error(L, "%s: bad argument #2 'mode' (invalid mode '%s')", fname, mode);
+    return lasync__misuse(L, "%s: bad argument #2 'mode' (invalid mode '%s')", fname, mode);
   perm = check_mode(L, 3, fname, 0666);
   t = lasync__check_task(L, fname);
   r = new_path_req(L, OP_OPEN, 1, 0);
@@ -1037,7 +1037,7 @@ static int watch_next(lua_State *L) {
   if (pop_event(L, box) > 0) return 1;
   w = (watcher *)*box;
   if (w->waiter)
-    return luaL_error(L, "watcher:next: another task is already waiting on this watcher");
+    return lasync__misuse(L, "watcher:next: another task is already waiting on this watcher");
   w->waiter = t;
   return lasync__suspend(L, t, &WATCH_AWAIT, box);
 }
@@ -1051,7 +1051,7 @@ static int l_watch(lua_State *L) {
   lua_settop(L, 1);
   lasync__check_task(L, fname);
   w = (watcher *)lasync__handle_new(rt, sizeof *w);
-  if (w == NULL) return luaL_error(L, "%s: out of memory", fname);
+  if (w == NULL) return lasync__misuse(L, "%s: out of memory", fname);
   w->h.on_close = watcher_on_close;
   w->h.on_free = watcher_on_free;
   uv_fs_event_init(rt->loop, &w->ev);

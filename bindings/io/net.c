@@ -30,7 +30,7 @@ static int check_port(lua_State *L, int arg, const char *fname) {
   if (!lua_isinteger(L, arg)) return lasync__argerror(L, arg, fname, "port", "integer");
   port = lua_tointeger(L, arg);
   if (port < 0 || port > 65535)
-    return luaL_error(L, "%s: bad argument #%d 'port' (0 to 65535 expected, got %I)", fname, arg,
+    return lasync__misuse(L, "%s: bad argument #%d 'port' (0 to 65535 expected, got %I)", fname, arg,
                       port);
   return (int)port;
 }
@@ -41,7 +41,7 @@ static const char *check_ip(lua_State *L, int arg, const char *fname,
   if (lua_type(L, arg) != LUA_TSTRING) lasync__argerror(L, arg, fname, "host", "string");
   ip = lua_tostring(L, arg);
   if (parse_ip(ip, port, ss) != 0)
-    luaL_error(L, "%s: bad argument #%d 'host' (an IP address expected, got '%s')", fname, arg,
+    lasync__misuse(L, "%s: bad argument #%d 'host' (an IP address expected, got '%s')", fname, arg,
                ip);
   return ip;
 }
@@ -353,7 +353,7 @@ static int server_accept(lua_State *L) {
   lasync__task *t = lasync__check_task(L, "server:accept");
   server *sv = (server *)lasync__handle_check(L, 1, SERVER_MT, "server:accept");
   if (sv->acceptor)
-    return luaL_error(L, "server:accept: another task is already accepting on this server");
+    return lasync__misuse(L, "server:accept: another task is already accepting on this server");
   lua_settop(L, 1);
   return try_accept(L, t, sv);
 }

@@ -70,7 +70,7 @@ static int stdio_kind(lua_State *L, int idx, int fd) {
   s = lua_tostring(L, idx);
   for (i = 0; s && kinds[i]; i++)
     if (strcmp(kinds[i], s) == 0) return i;
-  return luaL_error(L,
+  return lasync__misuse(L,
                     "async.process.spawn: bad option '%s' (\"pipe\", \"inherit\" or \"null\" "
                     "expected, got %s)",
                     fd == 0   ? "stdin"

@@ -7,7 +7,9 @@
  * window fills instead. libuv asks for memory before each read; an idle connection must not
  * own 64 KiB for that, so the loop has one shared slab that every read goes through, and only
  * what arrived is copied into the stream's buffer. A stream that already holds a large enough
- * buffer (a busy one) reads straight into it, which saves the copy on bulk transfers.
+ * buffer (a busy one) reads straight into it, which saves the copy on bulk transfers. A busy
+ * TCP reader the buffer cannot satisfy reads the socket itself before suspending (direct_read),
+ * within a budget per loop turn.
  *
  * Writing. s:write() hands all its pieces to one uv_write (after a uv_try_write that usually
  * sends everything at once) and returns; it suspends only while the bytes queued in libuv
@@ -23,10 +25,14 @@
  * Nothing here calls Lua from a libuv callback: callbacks fill C state and wake tasks, and the
  * waiting task does the rest when it resumes.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#ifndef _WIN32
+#include <unistd.h>
+#endif
 
 #include "private.h"
 
@@ -36,6 +42,9 @@
 #define DEFAULT_WRITE_HWM (256 * 1024)
 #define DEFAULT_MAX_LINE (64 * 1024)
 #define MAX_PIECES_ON_STACK 16
+/* Bytes a reader may take straight from the socket in one loop turn before it must wait for
+ * the loop like everyone else: a peer that always has more cannot starve the other tasks. */
+#define DIRECT_BUDGET (256 * 1024)
 
 #define TASK_OF_WAITER(w) ((lasync__task *)((char *)(w)-offsetof(lasync__task, waiter)))
 
@@ -46,15 +55,23 @@ enum { WANT_ANY, WANT_LINE, WANT_EXACT };
  * back to back for one stream at a time, and the callback never runs Lua. */
 typedef struct {
   lasync__service service;
+  unsigned turn; /* counts the loop's turns: the direct-read budget is per turn */
   char slab[SLAB_SIZE];
 } streams;
+
+#define STREAMS_OF_SLAB(p) ((streams *)((p)-offsetof(streams, slab)))
+
+static void streams_turn(lasync__runtime *rt, lasync__service *s) {
+  (void)rt;
+  ((streams *)s)->turn++;
+}
 
 static void streams_close(lasync__runtime *rt, lasync__service *s) {
   (void)rt;
   free(s);
 }
 
-static const lasync__service_ops STREAMS_SERVICE = {"streams", NULL, streams_close};
+static const lasync__service_ops STREAMS_SERVICE = {"streams", streams_turn, streams_close};
 
 static streams *get_streams(lasync__runtime *rt) {
   streams *st = (streams *)lasync__service_find(rt, &STREAMS_SERVICE);
@@ -132,6 +149,9 @@ static void update_reading(lasync__stream *s);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   lasync__stream *s = (lasync__stream *)LASYNC__HANDLE_OF(stream);
   if (nread > 0) {
+    /* A read that filled its buffer likely left more in the socket (libuv's own heuristic):
+     * the reader may then take it without waiting for the loop (direct_read). */
+    s->more = (size_t)nread == buf->len;
     if (buf->base == s->slab) {
       int err = lasync__buffer_append(&s->in, buf->base, (size_t)nread);
       if (err) s->rerr = err; /* the reader fails with ENOMEM; the process goes on */
@@ -184,7 +204,7 @@ static int raise_closed(lua_State *L, const char *what) {
  * luaL_argerror does for methods. */
 static int bad_arg(lua_State *L, int idx, const char *fname, const char *argname,
                    const char *expected) {
-  return luaL_error(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, idx - 1,
+  return lasync__misuse(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, idx - 1,
                     argname, expected, lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
 }
 
@@ -285,8 +305,59 @@ static void read_abandon(lua_State *L, lasync__task *t, void *data) {
 static const lasync__awaitable_ops READ_OPS = {"stream.read", read_cancel, read_finish,
                                                read_abandon};
 
+/* The bytes a waiting reader lacks, read by the reader itself with read(2) when the last read
+ * suggests the socket holds more: on a busy connection a task goes on reading without a trip
+ * through the loop (a suspension, a wakeup, uv_read_stop/start), and the socket is drained as
+ * fast as the task consumes, so its queue stays short and in cache. The bytes go into the
+ * stream's buffer, as the loop's reads do, and only while it is empty or short of the reader's
+ * need, so they stay in order after what the loop read. Only TCP: libuv makes every TCP socket
+ * non-blocking, and nothing else reads its descriptor. Returns 1 if bytes, the end or an error
+ * arrived. */
+static int direct_read(lasync__stream *s) {
+#ifdef _WIN32
+  (void)s;
+  return 0;
+#else
+  streams *st = STREAMS_OF_SLAB(s->slab);
+  uv_os_fd_t fd;
+  size_t room;
+  char *tail;
+  ssize_t n;
+  if (!s->more || s->kind != LASYNC__STREAM_TCP || s->eof || s->rerr || s->h.closing) return 0;
+  if (s->direct_turn != st->turn) {
+    s->direct_turn = st->turn;
+    s->direct_bytes = 0;
+  }
+  if (s->direct_bytes >= DIRECT_BUDGET) return 0; /* wait for the next turn */
+  if (s->in.len >= read_bound(s)) return 0;
+  if (uv_fileno(&s->u.handle, &fd) != 0) return 0;
+  if (lasync__buffer_reserve(&s->in, SLAB_SIZE) != 0) return 0; /* the loop's read will tell */
+  tail = lasync__buffer_tail(&s->in, &room);
+  if (room > SLAB_SIZE) room = SLAB_SIZE;
+  do n = read(fd, tail, room);
+  while (n < 0 && errno == EINTR);
+  if (n > 0) {
+    lasync__buffer_commit(&s->in, (size_t)n);
+    s->direct_bytes += (size_t)n;
+    s->more = (size_t)n == room;
+    return 1;
+  }
+  s->more = 0;
+  if (n == 0) {
+    s->eof = 1;
+  } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    return 0;
+  } else {
+    s->rerr = uv_translate_sys_error(errno);
+  }
+  update_reading(s);
+  return 1;
+#endif
+}
+
 static int wait_read(lua_State *L, lasync__task *t, lasync__stream *s) {
   int n = try_read(L, s);
+  while (n < 0 && direct_read(s)) n = try_read(L, s);
   if (n >= 0) return n;
   s->reader = t;
   s->reader_woken = 0;
@@ -312,7 +383,7 @@ static lasync__stream *begin_read(lua_State *L, const char *fname, lasync__task 
   *t = lasync__check_task(L, fname);
   s = check_stream(L, fname);
   if (s->reader)
-    luaL_error(L, "%s: another task is already reading this stream (one reader at a time)",
+    lasync__misuse(L, "%s: another task is already reading this stream (one reader at a time)",
                fname);
   return s;
 }
@@ -323,7 +394,7 @@ static size_t opt_size(lua_State *L, int arg, const char *fname, const char *arg
   if (lua_isnoneornil(L, arg)) return def;
   if (!lua_isinteger(L, arg)) bad_arg(L, arg, fname, argname, "integer");
   n = lua_tointeger(L, arg);
-  if (n <= 0) luaL_error(L, "%s: bad argument #%d '%s' (must be > 0)", fname, arg - 1, argname);
+  if (n <= 0) lasync__misuse(L, "%s: bad argument #%d '%s' (must be > 0)", fname, arg - 1, argname);
   return (size_t)n;
 }
 
@@ -448,7 +519,7 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
   if (lua_type(L, idx) == LUA_TSTRING) {
     p = lua_tolstring(L, idx, &len);
     if (len > UINT_MAX) /* a uv_buf_t's length is 32 bits */
-      luaL_error(L, "stream:write: bad argument #%d 'data' (a string over 4 GiB)", idx - 1);
+      lasync__misuse(L, "stream:write: bad argument #%d 'data' (a string over 4 GiB)", idx - 1);
     if (bufs) bufs[nb] = uv_buf_init((char *)p, (unsigned int)len);
     *total += len;
     return nb + 1;
@@ -458,11 +529,11 @@ static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *tot
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, idx, i);
       if (lua_type(L, -1) != LUA_TSTRING)
-        luaL_error(L, "stream:write: bad argument #%d 'data' (item %I is a %s, string expected)",
+        lasync__misuse(L, "stream:write: bad argument #%d 'data' (item %I is a %s, string expected)",
                    idx - 1, i, luaL_typename(L, -1));
       p = lua_tolstring(L, -1, &len);
       if (len > UINT_MAX)
-        luaL_error(L, "stream:write: bad argument #%d 'data' (item %I is over 4 GiB)", idx - 1, i);
+        lasync__misuse(L, "stream:write: bad argument #%d 'data' (item %I is over 4 GiB)", idx - 1, i);
       if (bufs) bufs[nb] = uv_buf_init((char *)p, (unsigned int)len);
       *total += len;
       nb++;

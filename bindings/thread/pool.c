@@ -299,7 +299,7 @@ static int co_wrap(lua_State *L) {
 
 /* lasync inside a worker: every call raises, since nothing there can suspend. */
 static int unavailable(lua_State *L) {
-  return luaL_error(L, "async.%s is not available in a worker thread",
+  return lasync__misuse(L, "async.%s is not available in a worker thread",
                     lua_tostring(L, lua_upvalueindex(1)));
 }
 
@@ -392,10 +392,10 @@ static void push_named(lua_State *L, const char *name) {
   lua_pushlstring(L, name, (size_t)(dot - name));
   lua_call(L, 1, 1);
   if (lua_type(L, -1) != LUA_TTABLE)
-    luaL_error(L, "'%s': module '%s' is not a table", name, lua_tostring(L, -2));
+    lasync__misuse(L, "'%s': module '%s' is not a table", name, lua_tostring(L, -2));
   lua_getfield(L, -1, dot + 1);
   if (lua_type(L, -1) != LUA_TFUNCTION && !luaL_getmetafield(L, -1, "__call"))
-    luaL_error(L, "'%s' is not a function in the worker (it is %s)", name, luaL_typename(L, -1));
+    lasync__misuse(L, "'%s' is not a function in the worker (it is %s)", name, luaL_typename(L, -1));
   lua_remove(L, -2);
 }
 
@@ -813,18 +813,18 @@ static pool *new_pool(lua_State *L, int size, int max_queue, size_t max_memory) 
   *box = NULL;
   luaL_setmetatable(L, POOL_MT);
   p = (pool *)calloc(1, sizeof *p);
-  if (p == NULL) luaL_error(L, "not enough memory for a thread pool");
+  if (p == NULL) lasync__misuse(L, "not enough memory for a thread pool");
   p->workers = (worker *)calloc((size_t)size, sizeof *p->workers);
   if (p->workers == NULL || uv_mutex_init(&p->lock) != 0) {
     free(p->workers);
     free(p);
-    luaL_error(L, "not enough memory for a thread pool");
+    lasync__misuse(L, "not enough memory for a thread pool");
   }
   if (uv_cond_init(&p->cond) != 0) {
     uv_mutex_destroy(&p->lock);
     free(p->workers);
     free(p);
-    luaL_error(L, "cannot create a condition variable for a thread pool");
+    lasync__misuse(L, "cannot create a condition variable for a thread pool");
   }
   uv_once(&signal_once, install_signal);
   /* Got before the pool registers as a service, so the queue closes after the pool: the
@@ -835,7 +835,7 @@ static pool *new_pool(lua_State *L, int size, int max_queue, size_t max_memory) 
     uv_mutex_destroy(&p->lock);
     free(p->workers);
     free(p);
-    luaL_error(L, "cannot make the cross-thread queue for a thread pool");
+    lasync__misuse(L, "cannot make the cross-thread queue for a thread pool");
     return NULL;
   }
   lasync__xqueue_retain(p->xq);
@@ -855,7 +855,7 @@ static pool *new_pool(lua_State *L, int size, int max_queue, size_t max_memory) 
 static pool *check_pool(lua_State *L, int idx, const char *fname) {
   pool **box = (pool **)luaL_testudata(L, idx, POOL_MT);
   if (box == NULL) lasync__argerror(L, idx, fname, "pool", "thread pool");
-  if (*box == NULL) luaL_error(L, "%s: the pool has been collected", fname);
+  if (*box == NULL) lasync__misuse(L, "%s: the pool has been collected", fname);
   return *box;
 }
 
@@ -903,12 +903,27 @@ static int opt_int(lua_State *L, const char *fname, const char *opt, int min, in
 ok:
   v = (lua_Integer)lua_tonumber(L, -1);
   if (v < min || v > max)
-    luaL_error(L, "%s: bad option '%s' (must be between %d and %d, got %d)", fname, opt, min, max,
+    lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %d)", fname, opt, min, max,
                (int)(v < INT_MIN   ? INT_MIN
                      : v > INT_MAX ? INT_MAX
                                    : v));
   lua_pop(L, 1);
   return (int)v;
+}
+
+/* A misspelt option is a misuse, not silently the default. */
+static void check_pool_options(lua_State *L, const char *fname) {
+  static const char *const known[] = {"size", "max_queue", "max_memory", NULL};
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    int i = 0;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      while (known[i] && strcmp(known[i], lua_tostring(L, -1)) != 0) i++;
+    if (lua_type(L, -1) != LUA_TSTRING || known[i] == NULL)
+      lasync__misuse(L, "%s: bad option '%s' (unknown option)", fname,
+                     lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+  }
 }
 
 /* core._thread_pool([opts]) -> a new pool. */
@@ -918,6 +933,7 @@ static int l_pool(lua_State *L) {
   if (!lua_isnoneornil(L, 1) && !lua_istable(L, 1))
     return lasync__argerror(L, 1, fname, "opts", "table");
   if (lua_isnoneornil(L, 1)) lua_newtable(L), lua_replace(L, 1);
+  check_pool_options(L, fname);
   size = opt_int(L, fname, "size", 1, MAX_POOL_SIZE, default_size());
   max_queue = opt_int(L, fname, "max_queue", 0, INT_MAX, 0);
   mib = opt_int(L, fname, "max_memory", 0, 1 << 20, 0);
@@ -1090,19 +1106,19 @@ static void check_fn(lua_State *L, int idx, const char *fname) {
   if (lua_type(L, idx) == LUA_TFUNCTION) {
     const char *bad = lasync__copy_bad_upvalue(L, idx);
     if (bad && !*bad)
-      luaL_error(L,
+      lasync__misuse(L,
                  "%s: bad argument #1 (a C function cannot run in a worker thread; pass "
                  "its name as \"module.function\")",
                  fname);
     if (bad)
-      luaL_error(L, "%s: bad argument #1 (function has upvalue '%s'; pass it as an argument)",
+      lasync__misuse(L, "%s: bad argument #1 (function has upvalue '%s'; pass it as an argument)",
                  fname, bad);
   } else if (lua_type(L, idx) == LUA_TSTRING) {
     const char *s = lua_tostring(L, idx);
     const char *sep = strrchr(s, ':');
     if (sep == NULL) sep = strrchr(s, '.');
     if (sep == NULL || sep == s || sep[1] == '\0')
-      luaL_error(L, "%s: bad argument #1 (\"module.function\" expected, got \"%s\")", fname, s);
+      lasync__misuse(L, "%s: bad argument #1 (\"module.function\" expected, got \"%s\")", fname, s);
   } else {
     lasync__argerror(L, idx, fname, "fn", "function or \"module.function\"");
   }
@@ -1145,7 +1161,7 @@ static int l_submit(lua_State *L) {
     lasync__push_error(L, "invalid", err);
     return lua_error(L);
   }
-  if (rc < 0) return luaL_error(L, "not enough memory");
+  if (rc < 0) return lasync__misuse(L, "not enough memory");
   j = (job *)lasync__req_new(L, &JOB_OPS, sizeof *j, offsetof(job, uv));
   j->in = *box; /* the job owns the bytes now; the box is left empty for its __gc */
   memset(box, 0, sizeof *box);
@@ -1163,7 +1179,7 @@ static int buffer_gc(lua_State *L) {
 
 static job *check_job(lua_State *L, int idx) {
   job *j = (job *)luaL_testudata(L, idx, "lasync.Request"); /* io/req.c's metatable */
-  if (j == NULL || j->req.ops != &JOB_OPS) luaL_error(L, "lasync: a thread job expected");
+  if (j == NULL || j->req.ops != &JOB_OPS) lasync__misuse(L, "lasync: a thread job expected");
   return j;
 }
 
@@ -1171,7 +1187,7 @@ static job *check_job(lua_State *L, int idx) {
 static int l_await(lua_State *L) {
   job *j = check_job(L, 1);
   lasync__task *t = lasync__check_task(L, "async.to_thread");
-  if (j->completed) return luaL_error(L, "lasync: the job was already awaited");
+  if (j->completed) return lasync__misuse(L, "lasync: the job was already awaited");
   return lasync__req_await(L, t, &j->req);
 }
 
@@ -1255,11 +1271,16 @@ static int work_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L) - (int)ctx;
 }
 
+static int load_thread_part(lua_State *L) {
+  lasync__load_part(L, "thread");
+  return 0;
+}
+
 int lasync__work_submit(lua_State *L, lasync__work_cb work, lasync__work_push_cb push, void *arg) {
   work_args a;
   int base = lua_gettop(L);
   if (work == NULL || push == NULL)
-    return luaL_error(L, "lasync_await_work: work and push are required");
+    return lasync__misuse(L, "lasync_await_work: work and push are required");
   a.work = work;
   a.push = push;
   a.arg = arg;
@@ -1271,9 +1292,18 @@ int lasync__work_submit(lua_State *L, lasync__work_cb work, lasync__work_push_cb
     if (t == NULL || t->co != L || !lua_isyieldable(L)) {
       lua_pop(L, 2);
       push(NULL, arg);
-      return luaL_error(L, "lasync_await_work must be called inside a task");
+      return lasync__misuse(L, "lasync_await_work must be called inside a task");
     }
   }
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &AWAIT_KEY) == LUA_TNIL) {
+    /* lua/thread.lua sets await(job) when it first loads (bindings/lasync.c). */
+    lua_pushcfunction(L, load_thread_part);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+      push(NULL, arg);
+      return lua_error(L);
+    }
+  }
+  lua_pop(L, 1);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     /* Nothing was queued: the work is the caller's again, released through push. */
     push(NULL, arg);

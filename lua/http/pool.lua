@@ -159,6 +159,7 @@ local function new_client(opts)
       http.invalid(fname, nil, "base_url", check.expected("string", base_url))
     end
     local ok, err = pcall(http.check_url, fname, base_url)
+    if not ok and err.kind ~= "invalid" then error(err, 0) end -- "unavailable": no libcurl
     if not ok then http.invalid(fname, base_url, "base_url", err.message:match("%((.*)%)$")) end
   end
   http.normalise(fname, base_url or "http://127.0.0.1/", defaults)

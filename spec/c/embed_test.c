@@ -149,6 +149,39 @@ static void test_step_budget(void) {
   CHECK(lasync_destroy(rt) == LASYNC_OK);
 }
 
+/* A step starts another resume only if one fits in what is left: tasks that each take 1 ms of
+ * a 2 ms budget run one a step once that cost is measured (resuming until the deadline had
+ * passed ran two, the second ending past it). Preemption only makes a task longer, so the
+ * count holds on a loaded machine. */
+static void test_step_stops_before_budget(void) {
+  lasync_runtime *rt;
+  lua_State *L;
+  int steps = 0, last = 0, done = 0, most = 0;
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  L = lasync_lua(rt);
+  CHECK(lasync_spawn_string(rt,
+                            "local async = require 'lasync'\n"
+                            "done = 0\n"
+                            "for i = 1, 12 do async.spawn(function()\n"
+                            "  local t = async.now() + 0.001\n"
+                            "  while async.now() < t do end\n"
+                            "  done = done + 1 end) end",
+                            "=fits", NULL) == LASYNC_OK);
+  lasync_step(rt, 2); /* runs the spawning chunk */
+  while (done < 12 && steps < 200) {
+    lasync_step(rt, 2);
+    steps++;
+    lua_getglobal(L, "done");
+    done = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (done > 3 && done - last > most) most = done - last; /* once the cost is learnt */
+    last = done;
+  }
+  CHECK(done == 12);
+  CHECK(most == 1);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+}
+
 static void test_futures_from_loop_and_threads(void) {
   lasync_runtime *rt;
   lasync_task *t;
@@ -479,6 +512,7 @@ int main(void) {
   RUN(test_own_state_and_loop);
   RUN(test_attach_to_state_and_loop);
   RUN(test_step_budget);
+  RUN(test_step_stops_before_budget);
   RUN(test_futures_from_loop_and_threads);
   RUN(test_destroy_with_pending_tasks_and_errors);
   RUN(test_misuse_is_refused);

@@ -1,0 +1,83 @@
+package.path = "spec/support/?.lua;" .. package.path
+-- A misspelt option is a misuse at the call, on every public function taking an options table
+-- (issue 14: "unknown or malformed options are misuse errors at the call"), never silently the
+-- default.
+local async = require "lasync"
+local assert_clean = require "clean"
+
+local function refuses(fname, key, fn)
+  local ok, err = pcall(fn)
+  assert.is_false(ok, fname .. " accepted '" .. key .. "'")
+  assert.is_string(err)
+  assert.truthy(err:find(fname .. ": bad option '" .. key .. "' (unknown option)", 1, true), err)
+  -- reported at the caller's line, not inside lasync
+  assert.is_nil(err:find("[lasync]", 1, true), err)
+end
+
+describe("unknown options", function()
+  after_each(assert_clean)
+
+  it("are refused by async.net", function()
+    async.run(function()
+      refuses("async.net.connect", "timeot", function()
+        return async.net.connect("127.0.0.1", 9, { timeot = 1 })
+      end)
+      refuses("async.net.listen", "backlg", function()
+        return async.net.listen({ port = 0, backlg = 1 }, function() end)
+      end)
+      local srv = async.net.listen({ port = 0 }, function() end)
+      refuses("server:close", "grce", function() return srv:close({ grce = 1 }) end)
+      srv:close()
+    end)
+  end)
+
+  it("are refused by async.process", function()
+    async.run(function()
+      refuses("async.process.run", "cwdd", function()
+        return async.process.run({ "/bin/true" }, { cwdd = "/" })
+      end)
+      refuses("async.process.spawn", "timeout", function() -- run's option, not spawn's
+        return async.process.spawn({ "/bin/true" }, { timeout = 1 })
+      end)
+      refuses("async.process.run", "cwdd", function()
+        return async.process.shell("true", { cwdd = "/" })
+      end)
+    end)
+  end)
+
+  it("are refused by async.fs", function()
+    async.run(function()
+      refuses("async.fs.read_file", "max_sise", function()
+        return async.fs.read_file("/etc/hostname", { max_sise = 1 })
+      end)
+      refuses("async.fs.write_file", "atomc", function()
+        return async.fs.write_file("/nonexistent/x", "", { atomc = true })
+      end)
+      refuses("async.fs.mkdir", "parent", function()
+        return async.fs.mkdir("/nonexistent/x", { parent = true })
+      end)
+      refuses("async.fs.rm", "recursiv", function()
+        return async.fs.rm("/nonexistent/x", { recursiv = true })
+      end)
+    end)
+  end)
+
+  it("are refused by async.thread.pool", function()
+    refuses("async.thread.pool", "sizee", function() return async.thread.pool({ sizee = 2 }) end)
+    local pool <close> = async.thread.pool({ size = 1 })
+    assert.is_not_nil(pool)
+  end)
+
+  it("still accept every documented option", function()
+    async.run(function()
+      local srv = async.net.listen({ host = "127.0.0.1", port = 0, backlog = 8,
+        max_connections = 2, on_error = function() end }, function() end)
+      local c = async.net.connect("127.0.0.1", srv.port, { timeout = 5 })
+      c:close()
+      srv:close({ grace = 0.1 })
+      local r = async.process.run({ "/bin/echo", "hi" }, { cwd = "/", env = { X = "1" },
+        timeout = 5, kill_grace = 1, max_output = 1024, stdout = "capture" })
+      assert.are.equal("hi\n", r.stdout)
+    end)
+  end)
+end)
