@@ -145,6 +145,7 @@ struct lasync__task {
 
 struct lasync__runtime {
   lua_State *L; /* the main thread */
+  struct lasync__heap *lua_heap; /* L's allocator when lasync opened L (alloc.c), or NULL */
   uv_loop_t *loop;
   uv_loop_t own_loop;
   int owns_loop;
@@ -168,7 +169,9 @@ struct lasync__runtime {
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */
   int sites_ref;    /* array of the source names that spawned tasks, see task.c */
+  const void *task_mt; /* the Task metatable's address: lasync__totask compares it */
   uint32_t nsites, last_site;
+  const void *last_site_fn; /* the function last_site was found in (task.c) */
   char last_site_src[LUA_IDSIZE];
   /* Counters behind async._debug.counts(): specs assert they return to zero. */
   long live_tasks;
@@ -222,6 +225,17 @@ void lasync__service_remove(lasync__runtime *rt, lasync__service *s);
 lasync__service *lasync__service_find(lasync__runtime *rt, const lasync__service_ops *ops);
 void lasync__services_turn(lasync__runtime *rt);
 void lasync__services_close(lasync__runtime *rt);
+
+/* alloc.c: a size-class heap for a Lua state lasync opens: lua_newstate(lasync__heap_alloc,
+ * heap). cap > 0 bounds the bytes Lua may hold (an allocation past it fails). Free the heap
+ * after lua_close. NULL from lasync__heap_new when out of memory. */
+typedef struct lasync__heap lasync__heap;
+lasync__heap *lasync__heap_new(size_t cap);
+void lasync__heap_free(lasync__heap *h);
+void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+size_t lasync__heap_used(const lasync__heap *h);
+/* A state on h with luaL_newstate's panic and warning functions, or NULL. */
+lua_State *lasync__heap_newstate(lasync__heap *h);
 
 /* ---- io/: the layers every I/O capability stands on ---- */
 

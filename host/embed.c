@@ -148,6 +148,7 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   lasync_options none;
   lua_State *L;
   lasync_runtime *rt;
+  lasync__heap *heap = NULL;
   if (out == NULL) return LASYNC_EINVAL;
   *out = NULL;
   if (opts == NULL) {
@@ -156,7 +157,14 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   }
   L = opts->L;
   if (L == NULL) {
-    L = opts->alloc ? lua_newstate(opts->alloc, opts->alloc_ud) : luaL_newstate();
+    if (opts->alloc) {
+      L = lua_newstate(opts->alloc, opts->alloc_ud);
+    } else {
+      /* lasync's size-class heap (bindings/core/alloc.c): tasks allocate small objects at a
+       * high rate, and the heap counts them, so max_memory costs nothing. */
+      if ((heap = lasync__heap_new(opts->max_memory)) == NULL) return LASYNC_ENOMEM;
+      if ((L = lasync__heap_newstate(heap)) == NULL) lasync__heap_free(heap);
+    }
     if (L == NULL) return LASYNC_ENOMEM;
     if (opts->ignore_env) {
       lua_pushboolean(L, 1); /* a short string key and a boolean: fits the fresh state's room */
@@ -166,6 +174,7 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
     lua_pushcfunction(L, open_libs);
     if (lasync__pcall(L, 0, 0) != LUA_OK) {
       lua_close(L);
+      lasync__heap_free(heap);
       return LASYNC_ENOMEM;
     }
   } else if (lasync__runtime_get(L) != NULL) {
@@ -174,8 +183,10 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   rt = lasync__runtime_open(L, opts->loop);
   if (rt == NULL) {
     if (opts->L == NULL) lua_close(L);
+    lasync__heap_free(heap);
     return LASYNC_ENOMEM; /* out of memory, or libuv could not make a loop */
   }
+  rt->lua_heap = heap; /* freed by lasync__runtime_free, after lua_close */
   rt->data = opts->data;
   rt->on_error = (void (*)(lasync__runtime *, const char *, void *))opts->on_error;
   if (!lua_checkstack(L, 3)) {

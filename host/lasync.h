@@ -64,6 +64,10 @@ typedef struct {
   lua_Alloc alloc;
   void *alloc_ud;
   int ignore_env;
+  /* For a state lasync opens on its own allocator (L and alloc NULL): a cap on the bytes Lua
+   * may hold, 0 for none. An allocation past it fails, which Lua turns into a "not enough
+   * memory" error in the task that asked. */
+  size_t max_memory;
 } lasync_options;
 
 /* Returns a message for an error code. Never NULL. */

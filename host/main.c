@@ -29,23 +29,9 @@ enum {
 static lasync_runtime *runtime;
 static long unhandled; /* failures nobody awaited, as on_error last saw the count */
 
-/* LASYNC_MAX_MEMORY=<MiB>: a cap on the Lua heap. An allocation past it fails, which Lua turns
- * into a "not enough memory" error in the task that asked; the host and other tasks go on. */
-static size_t heap_used, heap_cap;
-
-static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  size_t old = ptr ? osize : 0;
-  (void)ud;
-  if (nsize == 0) {
-    heap_used -= old;
-    free(ptr);
-    return NULL;
-  }
-  if (nsize > old && heap_used - old + nsize > heap_cap) return NULL;
-  ptr = realloc(ptr, nsize);
-  if (ptr) heap_used = heap_used - old + nsize;
-  return ptr;
-}
+/* LASYNC_MAX_MEMORY=<MiB>: a cap on the Lua heap (lasync_options.max_memory). An allocation
+ * past it fails, which Lua turns into a "not enough memory" error in the task that asked; the
+ * host and other tasks go on. */
 
 static lasync_task *main_task;
 
@@ -325,10 +311,7 @@ int main(int argc, char **argv) {
   memset(&opts, 0, sizeof opts);
   opts.on_error = on_error;
   opts.ignore_env = (flags & HAS_E) != 0;
-  if (cap != NULL && atof(cap) > 0) {
-    heap_cap = (size_t)(atof(cap) * 1024 * 1024);
-    opts.alloc = capped_alloc;
-  }
+  if (cap != NULL && atof(cap) > 0) opts.max_memory = (size_t)(atof(cap) * 1024 * 1024);
   /* lua.c switches to the generational collector; it measured slower here, where many tasks
    * stay alive together (bench/), so the host keeps Lua's incremental default. */
   if ((err = lasync_new(&runtime, &opts)) != LASYNC_OK) {

@@ -1,0 +1,292 @@
+/* A size-class allocator for the Lua states lasync opens (issue 15).
+ *
+ * Lua allocates and frees small objects at a high rate: each task is a userdata, a coroutine
+ * (its lua_State, CallInfo and stack), closures, small tables. malloc/free per object showed
+ * in the profile (and its per-chunk headers in the RSS). Here blocks up to MAX_SMALL bytes are
+ * carved from 64 KiB slabs in 16-byte classes and kept on a free list per class on free, so a
+ * burst of short-lived tasks recycles the same memory without a trip through malloc; larger
+ * blocks go to malloc. Lua passes the old size on every free and realloc, so no header is
+ * needed. One heap per lua_State (a state is used by one thread at a time): no locking.
+ * Slabs are only returned when the heap is destroyed, after lua_close: a steady workload
+ * reuses them (the soak's RSS slope), a one-off burst keeps its peak, as malloc's arenas do.
+ *
+ * Page faults were the next cost of a burst (a fault and a page cleared per 4 KiB: 77k faults
+ * for a million tasks). Once the heap holds BIG_HEAP bytes of slabs, new slabs are 2 MiB and
+ * blocks of BIG_BLOCK bytes or more (the arrays of a million-entry table) are mapped on their
+ * own; both are marked MADV_HUGEPAGE, so the kernel backs them with huge pages where it can
+ * (transparent huge pages "madvise" or "always"): one fault per 2 MiB. Small states (a worker's,
+ * a script that spawns a few tasks) never reach the threshold and keep their 4 KiB pages. A
+ * mapped block is unmapped when freed, so a burst's big arrays go back to the system.
+ *
+ * The heap also counts the bytes Lua holds and can cap them (LASYNC_MAX_MEMORY): an
+ * allocation past the cap fails, which Lua turns into a "not enough memory" error in the task
+ * that asked. Counting is one addition per call, so the cap costs nothing measurable. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#define HAVE_MMAP 1
+#endif
+
+#include "private.h"
+
+#define GRAIN 16
+#define MAX_SMALL 1024 /* a coroutine with its basic stack is ~900 bytes: keep it small */
+#define NCLASSES (MAX_SMALL / GRAIN)
+#define SLAB_BYTES (64 * 1024)
+#define HUGE_BYTES (2 * 1024 * 1024) /* a huge page, and the slab size past BIG_HEAP */
+#define BIG_HEAP (8 * 1024 * 1024)   /* slabs held before slabs become huge */
+#define BIG_BLOCK (HUGE_BYTES)       /* a block this big is mapped on its own, past BIG_HEAP */
+
+typedef struct free_block {
+  struct free_block *next;
+} free_block;
+
+typedef struct slab {
+  struct slab *next;
+  size_t bytes; /* SLAB_BYTES from malloc, or HUGE_BYTES mapped */
+  /* blocks follow, aligned to GRAIN */
+} slab;
+
+struct lasync__heap {
+  free_block *free[NCLASSES]; /* by class: (size - 1) / GRAIN */
+  char *bump, *end;           /* the unused rest of the newest slab */
+  slab *slabs;                /* every slab, freed with the heap */
+  size_t slab_bytes;          /* their total */
+  size_t used;                /* bytes Lua holds (its own sizes, not rounded) */
+  size_t cap;                 /* 0: none */
+};
+
+#define SLAB_HEADER (((sizeof(slab) + GRAIN - 1) / GRAIN) * GRAIN)
+
+lasync__heap *lasync__heap_new(size_t cap) {
+  lasync__heap *h = (lasync__heap *)calloc(1, sizeof *h);
+  if (h) h->cap = cap;
+  return h;
+}
+
+/* ---- mapped memory: huge slabs and big blocks ---- */
+
+#if HAVE_MMAP
+/* Whole huge pages, aligned to one (the kernel backs only aligned 2 MiB ranges with a huge
+ * page), marked for transparent huge pages. NULL when the system refuses. */
+static void *map_huge(size_t bytes) {
+  size_t span = bytes + HUGE_BYTES;
+  char *p = (char *)mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  char *aligned;
+  if (p == MAP_FAILED) return NULL;
+  aligned = (char *)(((uintptr_t)p + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
+  if (aligned > p) munmap(p, (size_t)(aligned - p));
+  if (aligned + bytes < p + span) munmap(aligned + bytes, (size_t)(p + span - (aligned + bytes)));
+  madvise(aligned, bytes, MADV_HUGEPAGE); /* advice: without THP it is ignored, and harmless */
+  return aligned;
+}
+
+static size_t huge_round(size_t n) { return (n + HUGE_BYTES - 1) & ~(size_t)(HUGE_BYTES - 1); }
+
+/* Whether a block of Lua's size n is mapped: by size alone, so a block needs no header to be
+ * freed the way it was made. glibc maps blocks this big itself; ours are huge-page aligned. */
+#define MAPPED(n) ((n) >= BIG_BLOCK)
+#else
+#define MAPPED(n) 0
+#endif
+
+void lasync__heap_free(lasync__heap *h) {
+  slab *s, *next;
+  if (h == NULL) return;
+  for (s = h->slabs; s; s = next) {
+    next = s->next;
+#if HAVE_MMAP
+    if (s->bytes == HUGE_BYTES) {
+      munmap(s, HUGE_BYTES);
+      continue;
+    }
+#endif
+    free(s);
+  }
+  free(h);
+}
+
+size_t lasync__heap_used(const lasync__heap *h) { return h->used; }
+
+static void *small_alloc(lasync__heap *h, size_t cls) {
+  free_block *b = h->free[cls];
+  size_t bytes = (cls + 1) * GRAIN;
+  if (b) {
+    h->free[cls] = b->next;
+    return b;
+  }
+  if ((size_t)(h->end - h->bump) < bytes) {
+    /* The slab's tail (under MAX_SMALL bytes) is left unused rather than split into classes:
+     * simpler, and under 2 % of a slab. */
+    slab *s = NULL;
+    size_t size = SLAB_BYTES;
+#if HAVE_MMAP
+    if (h->slab_bytes >= BIG_HEAP && (s = (slab *)map_huge(HUGE_BYTES)) != NULL) size = HUGE_BYTES;
+#endif
+    if (s == NULL && (s = (slab *)malloc(SLAB_BYTES)) == NULL) return NULL;
+    s->next = h->slabs;
+    s->bytes = size;
+    h->slabs = s;
+    h->slab_bytes += size;
+    h->bump = (char *)s + SLAB_HEADER;
+    h->end = (char *)s + size;
+  }
+  b = (free_block *)h->bump;
+  h->bump += bytes;
+  return b;
+}
+
+static void small_free(lasync__heap *h, void *p, size_t cls) {
+  free_block *b = (free_block *)p;
+  b->next = h->free[cls];
+  h->free[cls] = b;
+}
+
+/* A block over MAX_SMALL: malloc'd, or mapped when MAPPED(size). */
+static void big_free(void *p, size_t size) {
+#if HAVE_MMAP
+  if (MAPPED(size)) {
+    munmap(p, huge_round(size));
+    return;
+  }
+#endif
+  free(p);
+}
+
+static void *big_alloc(size_t size) {
+#if HAVE_MMAP
+  if (MAPPED(size)) return map_huge(huge_round(size));
+#endif
+  return malloc(size);
+}
+
+/* Resizes a block over MAX_SMALL to another over MAX_SMALL; NULL (the block untouched) when
+ * out of memory. */
+static void *big_realloc(void *p, size_t old, size_t nsize) {
+  void *q;
+#if HAVE_MMAP
+  if (MAPPED(old) || MAPPED(nsize)) {
+    if (MAPPED(old) && MAPPED(nsize) && huge_round(nsize) <= huge_round(old)) {
+      if (huge_round(nsize) < huge_round(old)) /* a shrink stays in place */
+        munmap((char *)p + huge_round(nsize), huge_round(old) - huge_round(nsize));
+      return p;
+    }
+    /* Moved rather than mremap'd: the new mapping keeps its huge-page alignment. A table's
+     * arrays double, so the copies add up to the final size once. */
+    if ((q = big_alloc(nsize)) == NULL) return NULL;
+    memcpy(q, p, old < nsize ? old : nsize);
+    big_free(p, old);
+    return q;
+  }
+#endif
+  (void)q;
+  return realloc(p, nsize);
+}
+
+void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  lasync__heap *h = (lasync__heap *)ud;
+  size_t old = ptr ? osize : 0; /* with ptr NULL, osize is the object's type: not a size */
+  void *p;
+  if (nsize == 0) {
+    if (ptr) {
+      h->used -= old;
+      if (old <= MAX_SMALL)
+        small_free(h, ptr, (old - 1) / GRAIN);
+      else
+        big_free(ptr, old);
+    }
+    return NULL;
+  }
+  if (h->cap && nsize > old && h->used - old + nsize > h->cap) return NULL;
+  if (nsize <= MAX_SMALL) {
+    size_t cls = (nsize - 1) / GRAIN;
+    if (ptr && old <= MAX_SMALL && (old - 1) / GRAIN == cls) {
+      h->used = h->used - old + nsize; /* same class: the block already fits */
+      return ptr;
+    }
+    if ((p = small_alloc(h, cls)) == NULL) {
+      /* Lua assumes a shrink never fails: keep the larger block. Freed later with the small
+       * size, it joins that class's list (malloc'd memory then outlives the heap: only on
+       * this out-of-memory path). */
+      if (ptr && nsize < old) {
+        h->used = h->used - old + nsize;
+        return ptr;
+      }
+      return NULL;
+    }
+  } else if (ptr && old > MAX_SMALL) {
+    /* A mapped block shrunk under BIG_BLOCK must move to malloc, which can fail: Lua 5.4
+     * raises a memory error then (luaH_resize, luaS_resize restores), it does not crash. */
+    if ((p = big_realloc(ptr, old, nsize)) == NULL) return NULL;
+    h->used = h->used - old + nsize;
+    return p;
+  } else if ((p = big_alloc(nsize)) == NULL) {
+    return NULL;
+  }
+  if (ptr) { /* moved between a class and a big block, or between classes */
+    memcpy(p, ptr, old < nsize ? old : nsize);
+    if (old <= MAX_SMALL)
+      small_free(h, ptr, (old - 1) / GRAIN);
+    else
+      big_free(ptr, old);
+  }
+  h->used = h->used - old + nsize;
+  return p;
+}
+
+/* ---- a state on a heap, set up as luaL_newstate sets up its own ---- */
+
+static int panic(lua_State *L) {
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  fprintf(stderr, "PANIC: unprotected error in call to Lua API (%s)\n",
+          msg ? msg : "error object is not a string");
+  fflush(stderr);
+  return 0; /* Lua aborts */
+}
+
+/* lauxlib's warning functions (static there): "@on"/"@off" switch warnings, which start off;
+ * a message in parts is printed as one line. */
+static void warn_on(void *ud, const char *message, int tocont);
+static void warn_off(void *ud, const char *message, int tocont);
+
+static int warn_control(lua_State *L, const char *message, int tocont) {
+  if (tocont || *(message++) != '@') return 0;
+  if (strcmp(message, "off") == 0)
+    lua_setwarnf(L, warn_off, L);
+  else if (strcmp(message, "on") == 0)
+    lua_setwarnf(L, warn_on, L);
+  return 1;
+}
+
+static void warn_off(void *ud, const char *message, int tocont) {
+  warn_control((lua_State *)ud, message, tocont);
+}
+
+static void warn_cont(void *ud, const char *message, int tocont) {
+  lua_State *L = (lua_State *)ud;
+  fprintf(stderr, "%s", message);
+  if (tocont) {
+    lua_setwarnf(L, warn_cont, L);
+  } else {
+    fprintf(stderr, "\n");
+    fflush(stderr);
+    lua_setwarnf(L, warn_on, L);
+  }
+}
+
+static void warn_on(void *ud, const char *message, int tocont) {
+  if (warn_control((lua_State *)ud, message, tocont)) return;
+  fprintf(stderr, "Lua warning: ");
+  warn_cont(ud, message, tocont);
+}
+
+lua_State *lasync__heap_newstate(lasync__heap *h) {
+  lua_State *L = lua_newstate(lasync__heap_alloc, h);
+  if (L == NULL) return NULL;
+  lua_atpanic(L, panic);
+  lua_setwarnf(L, warn_off, L);
+  return L;
+}
