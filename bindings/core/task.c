@@ -59,13 +59,56 @@ int lasync__cancel_active(const lasync__task *t) {
   return t->cancel_level <= t->scope_depth && t->cancel_level >= t->shield_floor;
 }
 
+/* The extras are made on demand: most tasks never have a name, a cancel message or an error,
+ * and their second user value holds only the phase value. With extras, it holds the extras
+ * table, and the phase value moves to its [1] (an array slot made with the table, so setting
+ * it later never allocates). */
 void lasync__push_extra(lua_State *L, int task_idx) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
   task_idx = lua_absindex(L, task_idx);
-  if (lua_getiuservalue(L, task_idx, LASYNC__UV_EXTRA) != LUA_TTABLE) {
+  if (t->has_extra) {
+    lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
+    return;
+  }
+  lua_createtable(L, 1, 3);
+  lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, task_idx, LASYNC__UV_AUX);
+  t->has_extra = 1;
+}
+
+int lasync__get_extra(lua_State *L, int task_idx, const char *name) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  if (!t->has_extra) {
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  return lua_type(L, -1);
+}
+
+void lasync__push_aux(lua_State *L, int task_idx) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
+  if (t->has_extra) {
+    lua_rawgeti(L, -1, 1);
+    lua_replace(L, -2);
+  }
+}
+
+void lasync__set_aux(lua_State *L, int task_idx) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  task_idx = lua_absindex(L, task_idx);
+  if (t->has_extra) {
+    lua_getiuservalue(L, task_idx, LASYNC__UV_AUX); /* [value, extras] */
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
     lua_pop(L, 1);
-    lua_createtable(L, 0, 2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, task_idx, LASYNC__UV_EXTRA);
+  } else {
+    lua_setiuservalue(L, task_idx, LASYNC__UV_AUX);
   }
 }
 
@@ -75,10 +118,9 @@ static int raise_cancelled(lua_State *L, lasync__task *t) {
   const char *msg = "task cancelled";
   if (level > 0) {
     msg = "deadline exceeded";
-  } else {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-    if (lua_getiuservalue(L, -1, LASYNC__UV_EXTRA) == LUA_TTABLE &&
-        lua_getfield(L, -1, "cancel_message") == LUA_TSTRING)
+  } else if (t->has_extra) {
+    lasync__push_task(L, t);
+    if (lasync__get_extra(L, -1, "cancel_message") == LUA_TSTRING)
       msg = lua_tostring(L, -1); /* anchored on the stack until push_error copies it */
   }
   lasync__push_error(L, "cancelled", msg);
@@ -144,7 +186,7 @@ void lasync__wake(lasync__task *t) {
 int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx) {
   if (lasync__task_finished(t)) return 0;
   if (level == 0 && msg_idx && lua_isstring(L, msg_idx) && t->cancel_level > 0) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    lasync__push_task(L, t);
     lasync__push_extra(L, -1);
     lua_pushvalue(L, msg_idx);
     lua_setfield(L, -2, "cancel_message");
@@ -190,35 +232,38 @@ static int sentinel_gc(lua_State *L) {
 
 void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx) {
   t->observed = 1;
-  if (t->status == LASYNC__FAILED) {
-    if (lua_getiuservalue(L, task_idx, LASYNC__UV_CO) == LUA_TUSERDATA)
+  if (t->status == LASYNC__FAILED && t->has_extra) {
+    if (lasync__get_extra(L, task_idx, "sentinel") == LUA_TUSERDATA)
       ((sentinel *)lua_touserdata(L, -1))->observed = 1;
     lua_pop(L, 1);
   }
 }
 
-/* Under lasync__cpcall: gives the failed task its sentinel, which holds its report. */
+/* Under lasync__cpcall: gives the failed task its sentinel (in its extras), which holds its
+ * report. */
 static int attach_sentinel(lua_State *L) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
   sentinel *s;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                         /* [task] */
-  s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 1);   /* [task, s] */
+  lasync__push_task(L, t);                            /* 2: task */
+  lasync__push_extra(L, 2);                           /* 3: extras */
+  s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 1); /* 4: s */
   s->observed = 0;
-  lasync__push_failure_report(L, t);
-  lua_setiuservalue(L, -2, 1);
+  lasync__push_failure_report(L, 2);
+  lua_setiuservalue(L, 4, 1);
   if (luaL_newmetatable(L, "lasync.Sentinel")) {
     lua_pushcfunction(L, sentinel_gc);
     lua_setfield(L, -2, "__gc");
   }
-  lua_setmetatable(L, -2);
-  lua_setiuservalue(L, -2, LASYNC__UV_CO);
+  lua_setmetatable(L, 4);
+  lua_setfield(L, 3, "sentinel");
   return 0;
 }
 
 /* Under lasync__cpcall: reports the failure at once. */
 static int report_now(lua_State *L) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
-  lasync__push_failure_report(L, t);
+  lasync__push_task(L, t);
+  lasync__push_failure_report(L, 2);
   lasync__report(t->rt, lua_tostring(L, -1));
   return 0;
 }
@@ -234,8 +279,8 @@ void lasync__report(lasync__runtime *rt, const char *report) {
 }
 
 void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int nres) {
-  t->status = (uint8_t)status;
-  t->nargs = nres;
+  t->status = (unsigned)status;
+  t->nargs = (unsigned)nres;
   t->wait_ops = NULL;
   if (t->waiters.head) t->observed = 1;
   if (status == LASYNC__FAILED && !t->observed && t->report_now) {
@@ -253,15 +298,8 @@ void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int n
     lasync__report(rt, "not enough memory (and none left to keep its traceback)");
   }
   lasync__waitlist_settle(&t->waiters);
-  if (t->live_prev)
-    t->live_prev->live_next = t->live_next;
-  else
-    rt->live_head = t->live_next;
-  if (t->live_next) t->live_next->live_prev = t->live_prev;
-  t->live_prev = t->live_next = NULL;
   rt->live_tasks--;
-  lasync__unpin(rt, rt->L, t->ref);
-  t->ref = LUA_NOREF;
+  lasync__unanchor_task(rt->L, rt, t);
 }
 
 /* Pushes the finished task's results, or raises its error. */
@@ -270,21 +308,22 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
   task_idx = lua_absindex(L, task_idx);
   lasync__mark_observed(L, t, task_idx);
   if (t->status == LASYNC__DONE) {
-    if (t->nargs <= 1) {
-      if (t->nargs == 1) lua_getiuservalue(L, task_idx, LASYNC__UV_FN);
-      return t->nargs;
+    int n = (int)t->nargs;
+    if (n <= 1) {
+      if (n == 1) lua_getiuservalue(L, task_idx, LASYNC__UV_FN);
+      return n;
     }
-    luaL_checkstack(L, t->nargs + 1, "too many results");
-    lua_getiuservalue(L, task_idx, LASYNC__UV_ARGS);
-    for (i = 1; i <= t->nargs; i++) lua_rawgeti(L, -i, i);
-    return t->nargs;
+    luaL_checkstack(L, n + 1, "too many results");
+    lasync__push_aux(L, task_idx);
+    for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+    return n;
   }
   /* Remember where the error came from, so the re-raising task's traceback can show it. */
   {
     lasync__runtime *rt = lasync__runtime_get(L);
     lasync__task *cur = rt->current;
     if (cur && cur->co == L) {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, cur->ref);
+      lasync__push_task(L, cur);
       lasync__push_extra(L, -1);
       lua_pushvalue(L, task_idx);
       lua_setfield(L, -2, "cause");
@@ -310,13 +349,14 @@ void lasync__push_spawn_site(lua_State *L, int task_idx) {
 
 /* The message handler of every task body: records the traceback at the point of failure, with
  * where the task was spawned and, when the error came from an awaited task, that task's own
- * traceback. Cancellations carry none: they are not failures. */
+ * traceback, in the task's extras (its phase value is the coroutine, which must stay anchored
+ * while it runs). Cancellations carry none: they are not failures. */
 int lasync__trace_handler(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lasync__task *t = rt ? rt->current : NULL;
   if (lasync__is_error_kind(L, 1, "cancelled") || t == NULL || t->co != L) return 1;
   lua_settop(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                    /* 2: task */
+  lasync__push_task(L, t);                         /* 2: task */
   luaL_traceback(L, L, NULL, 1);                   /* 3: traceback */
   lasync__push_spawn_site(L, 2);                   /* 4: file:line */
   lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
@@ -326,34 +366,35 @@ int lasync__trace_handler(lua_State *L) {
     lua_concat(L, 2);
   }
   lua_pushliteral(L, "");                          /* 5: the awaited task's story, if any */
-  if (lua_getiuservalue(L, 2, LASYNC__UV_EXTRA) == LUA_TTABLE &&
-      lua_getfield(L, 6, "cause") == LUA_TUSERDATA) {
-    lua_getiuservalue(L, 7, LASYNC__UV_FN);        /* 8: its error */
-    lua_getiuservalue(L, 7, LASYNC__UV_ARGS);      /* 9: its traceback */
-    if (lua_rawequal(L, 8, 1) && lua_type(L, 9) == LUA_TSTRING) {
-      lua_pushfstring(L, "\nraised by an awaited task, %s", lua_tostring(L, 9));
+  if (lasync__get_extra(L, 2, "cause") == LUA_TUSERDATA) { /* 6: the awaited task */
+    lua_getiuservalue(L, 6, LASYNC__UV_FN);              /* 7: its error */
+    lasync__get_extra(L, 6, "traceback");                /* 8: its traceback */
+    if (lua_rawequal(L, 7, 1) && lua_type(L, 8) == LUA_TSTRING) {
+      lua_pushfstring(L, "\nraised by an awaited task, %s", lua_tostring(L, 8));
       lua_replace(L, 5);
     }
   }
   lua_settop(L, 5);
-  lua_concat(L, 3);
-  lua_setiuservalue(L, 2, LASYNC__UV_ARGS);
+  lua_concat(L, 3);                                /* 3: the whole traceback */
+  lasync__push_extra(L, 2);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "traceback");
   lua_settop(L, 1);
   return 1;
 }
 
-/* "task 'worker-2' failed: <message>\n<traceback>": the report of a failure nobody saw.
- * Allocates: callers on callback paths run it protected. */
-void lasync__push_failure_report(lua_State *L, lasync__task *t) {
+/* "task 'worker-2' failed: <message>\n<traceback>": the report of a failure nobody saw, for the
+ * task at task_idx. Allocates: callers on callback paths run it protected. */
+void lasync__push_failure_report(lua_State *L, int task_idx) {
   int top = lua_gettop(L);
+  task_idx = lua_absindex(L, task_idx);
   luaL_checkstack(L, 6, NULL);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);         /* top+1: task */
-  lasync__push_task_label(L, top + 1);
+  lasync__push_task_label(L, task_idx);              /* top+1: label */
   lua_pushliteral(L, " failed: ");
-  lua_getiuservalue(L, top + 1, LASYNC__UV_FN);
+  lua_getiuservalue(L, task_idx, LASYNC__UV_FN);
   lasync__describe(L, -1);
-  lua_remove(L, -2);                                 /* [task, label, " failed: ", msg] */
-  if (lua_getiuservalue(L, top + 1, LASYNC__UV_ARGS) == LUA_TSTRING) {
+  lua_remove(L, -2);                                 /* [label, " failed: ", msg] */
+  if (lasync__get_extra(L, task_idx, "traceback") == LUA_TSTRING) {
     lua_pushliteral(L, "\n");
     lua_rotate(L, -2, 1);
     lua_concat(L, 5);
@@ -361,7 +402,6 @@ void lasync__push_failure_report(lua_State *L, lasync__task *t) {
     lua_pop(L, 1);
     lua_concat(L, 3);
   }
-  lua_replace(L, top + 1);
   lua_settop(L, top + 1);
 }
 
@@ -428,24 +468,28 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   t = (lasync__task *)lua_newuserdatauv(L, sizeof *t, LASYNC__TASK_NUV);
   memset(t, 0, sizeof *t);
   t->rt = rt;
-  t->ref = LUA_NOREF;
   t->cancel_level = LASYNC__NO_CANCEL;
   t->timer.index = LASYNC__UNARMED;
   t->spawned_ms = (uint32_t)uv_now(rt->loop);
-  t->nargs = nargs;
-  luaL_setmetatable(L, LASYNC_TASK_MT);
+  t->nargs = (unsigned)nargs;
+  if (rt->task_mt_ref != LUA_NOREF) { /* kept since lasync__open_task */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->task_mt_ref);
+    lua_setmetatable(L, -2);
+  } else {
+    luaL_setmetatable(L, LASYNC_TASK_MT);
+  }
   lua_pushvalue(L, fn_idx);
   lua_setiuservalue(L, -2, LASYNC__UV_FN);
   if (nargs == 1) {
     lua_pushvalue(L, fn_idx + 1);
-    lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+    lua_setiuservalue(L, -2, LASYNC__UV_AUX);
   } else if (nargs > 1) {
     lua_createtable(L, nargs, 0);
     for (i = 1; i <= nargs; i++) {
       lua_pushvalue(L, fn_idx + i);
       lua_rawseti(L, -2, i);
     }
-    lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+    lua_setiuservalue(L, -2, LASYNC__UV_AUX);
   }
   /* The spawn site: the nearest Lua function up the stack outside lasync's own chunk. A loop
    * spawns from one function: that function is remembered (anchored in the sites table, so
@@ -480,12 +524,8 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   }
   if (rt->debug) lasync__debug_spawned(L, rt, rt->current);
   lasync__reserve_ready(L, rt); /* before it counts: raising now leaves nothing behind */
-  lua_pushvalue(L, -1);
-  t->ref = lasync__pin(rt, L);
+  lasync__anchor_task(L, rt, t);
   rt->live_tasks++;
-  t->live_next = rt->live_head;
-  if (rt->live_head) rt->live_head->live_prev = t;
-  rt->live_head = t;
   lua_replace(L, fn_idx);
   lua_settop(L, fn_idx);
   lasync__enqueue(t, LASYNC__WAKE_VALUE);
@@ -653,7 +693,7 @@ static int l_corunning(lua_State *L) {
   if (rt && rt->current && rt->current->co == L && rt->owned_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
     lua_pushthread(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->ref);
+    lasync__push_task(L, rt->current);
     lua_rawset(L, -3);
     lua_pop(L, 1);
     rt->exposed = 1;
@@ -717,7 +757,7 @@ static int task_tostring(lua_State *L) {
 static int l_current(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   if (rt->current && rt->current->co == L)
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->ref);
+    lasync__push_task(L, rt->current);
   else
     lua_pushnil(L);
   return 1;
@@ -779,7 +819,7 @@ static int l_debug_counts(lua_State *L) {
   lua_setfield(L, -2, "timers");
   lua_pushinteger(L, lasync__count_handles(rt));
   lua_setfield(L, -2, "handles");
-  lua_pushinteger(L, rt->pinned_refs - rt->live_tasks);
+  lua_pushinteger(L, rt->pinned_refs); /* tasks are anchored apart (lasync__anchor_task) */
   lua_setfield(L, -2, "refs");
   lua_pushinteger(L, rt->pool_len);
   lua_setfield(L, -2, "pooled_coroutines");
@@ -808,7 +848,14 @@ void lasync__open_task(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pushliteral(L, "Task");
   lua_setfield(L, -2, "__name");
-  if (lasync__runtime_get(L)) lasync__runtime_get(L)->task_mt = lua_topointer(L, -1);
+  if (lasync__runtime_get(L)) {
+    lasync__runtime *rt = lasync__runtime_get(L);
+    rt->task_mt = lua_topointer(L, -1);
+    if (rt->task_mt_ref == LUA_NOREF) { /* once: a second require finds the same table */
+      lua_pushvalue(L, -1);
+      rt->task_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+  }
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
   if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
