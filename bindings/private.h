@@ -47,13 +47,19 @@ struct lasync__service {
   lasync__service *next;
 };
 
+/* What a waiter does once the awaited thing settles: called once, after the node has been
+ * unlinked, with the hook itself, so that a hook embedded in a larger struct finds it (one
+ * gather group serves its million nodes, which then need no pointer back to it). */
+typedef struct lasync__settle_hook {
+  void (*on_settle)(lasync__waiter *w, const struct lasync__settle_hook *hook);
+} lasync__settle_hook;
+
 /* A node in the list of those waiting on an awaitable (a task or a future). It is embedded in
- * the waiter, so waiting allocates nothing. on_settle is called once, after the node has been
- * unlinked. */
+ * the waiter, so waiting allocates nothing. */
 struct lasync__waiter {
   lasync__waiter *next;
   lasync__waiter *prev;
-  void (*on_settle)(lasync__waiter *w);
+  const lasync__settle_hook *hook;
 };
 
 typedef struct {
@@ -61,8 +67,10 @@ typedef struct {
 } lasync__waitlist;
 
 void lasync__waitlist_add(lasync__waitlist *list, lasync__waiter *w);
+/* Links the task's own node (t->waiter), whose hook wakes the task (lasync__wake). */
+void lasync__waitlist_add_task(lasync__waitlist *list, lasync__task *t);
 void lasync__waitlist_remove(lasync__waitlist *list, lasync__waiter *w);
-/* Unlinks every waiter and calls its on_settle, in the order they started waiting. */
+/* Unlinks every waiter and calls its hook, in the order they started waiting. */
 void lasync__waitlist_settle(lasync__waitlist *list);
 
 /* A deadline in the runtime's timer heap: one libuv timer serves them all. */
@@ -118,8 +126,8 @@ enum {
 };
 
 /* A million tasks must fit in the memory Node needs for a million promises (issue 15), so
- * fields are packed: keep the struct at 96 bytes or less (with its two user values, the
- * allocation is 168 bytes). */
+ * fields are packed: keep the struct at 88 bytes or less (with its two user values, the
+ * allocation is 160 bytes). */
 struct lasync__task {
   lasync__runtime *rt;
   lua_State *co;              /* the coroutine running it, while it runs */
@@ -131,8 +139,7 @@ struct lasync__task {
   };
   lasync__waitlist waiters;   /* those awaiting it */
   uint32_t slot;              /* its index in the runtime's anchors, spawn to settle; 0 after */
-  uint32_t site;              /* where it was spawned: an index into the runtime's sources */
-  int spawn_line;
+  uint32_t site;              /* where it was spawned: a (source, line) pair of the runtime's */
   uint32_t spawned_ms;        /* loop time at spawn, for its age */
   uint16_t cancel_level;      /* outermost cancelled scope, or LASYNC__NO_CANCEL */
   uint16_t scope_depth;       /* 0 is the task itself; each async.timeout adds one */
@@ -181,9 +188,19 @@ struct lasync__runtime {
   int sites_ref;    /* array of the source names that spawned tasks, see task.c */
   const void *task_mt; /* the Task metatable's address: lasync__totask compares it */
   int task_mt_ref;     /* the Task metatable, for spawn (by name it is a string lookup) */
-  uint32_t nsites, last_site;
-  const void *last_site_fn; /* the function last_site was found in (task.c) */
-  char last_site_src[LUA_IDSIZE];
+  uint32_t nsources, last_source;
+  char last_source_src[LUA_IDSIZE];
+  /* Spawn sites, (source, line) pairs numbered from 1 (t->site - 1 indexes site_pairs), and an
+   * open-addressing hash of them (task.c): a pair costs a task 4 bytes, a source and a line 8. */
+  struct lasync__site_pair {
+    uint32_t source;
+    int line;
+  } *site_pairs;
+  uint32_t *site_index;
+  uint32_t nsite_pairs, site_index_cap;
+  const void *last_site_fn; /* the function of the last spawn (task.c), its line and pair */
+  int last_line;
+  uint32_t last_site;
   /* Counters behind async._debug.counts(): specs assert they return to zero. */
   long live_tasks;
   long pinned_refs;

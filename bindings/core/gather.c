@@ -4,19 +4,21 @@
  * one block, and the gathering task is woken once: when the last child settles, or, unless
  * settled, when the first one fails.
  */
+#include <stddef.h>
 #include <string.h>
 
 #include "private.h"
 
 typedef struct group group;
 
+/* 32 bytes a child: the node finds its group through its hook, which the group holds. */
 typedef struct {
   lasync__waiter waiter; /* first, so a waiter pointer is a member pointer */
-  group *group;
   lasync__task *child;
 } member;
 
 struct group {
+  lasync__settle_hook hook; /* every member's: on_child_settled */
   lasync__task *owner;
   int settled_mode;
   int remaining;
@@ -38,9 +40,9 @@ static void cancel_children(group *g) {
   for (i = 0; i < g->n; i++) lasync__cancel(g->owner->rt->L, g->members[i].child, 0, 0);
 }
 
-static void on_child_settled(lasync__waiter *w) {
+static void on_child_settled(lasync__waiter *w, const lasync__settle_hook *hook) {
   member *m = (member *)w;
-  group *g = m->group;
+  group *g = (group *)((char *)hook - offsetof(group, hook));
   g->remaining--;
   if (!g->settled_mode && m->child->status != LASYNC__DONE && g->first_failure == 0) {
     g->first_failure = (int)(m - g->members) + 1;
@@ -151,6 +153,7 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
   n = normalise(L, t, fname);
   g = (group *)lua_newuserdatauv(L, sizeof *g + (n > 0 ? n - 1 : 0) * sizeof(member), 0);
   memset(g, 0, sizeof *g);
+  g->hook.on_settle = on_child_settled;
   g->owner = t;
   g->settled_mode = settled_mode;
   g->n = n;
@@ -161,8 +164,7 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
     /* Looked at (docs/toolkit.md): the group reports or returns its outcome. */
     if (lasync__task_finished(m->child)) lasync__mark_observed(L, m->child, -1);
     lua_pop(L, 1);
-    m->group = g;
-    m->waiter.on_settle = on_child_settled;
+    m->waiter.hook = &g->hook;
     m->waiter.prev = m->waiter.next = NULL;
     if (lasync__task_finished(m->child)) {
       if (!settled_mode && m->child->status != LASYNC__DONE && !g->first_failure)

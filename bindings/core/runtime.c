@@ -661,6 +661,10 @@ int lasync__runtime_free(lasync__runtime *rt) {
   int err = 0;
   if (last_rt == rt) last_rt = NULL;
   lasync__heap_free(rt->lua_heap); /* the state is closed (or was never lasync's) */
+  free(rt->site_pairs);
+  free(rt->site_index);
+  rt->site_pairs = NULL;
+  rt->site_index = NULL;
   rt->lua_heap = NULL;
   if (rt->owns_loop && rt->in_callback == 0 && (err = uv_loop_close(rt->loop)) != 0) return err;
   free(rt);

@@ -4,6 +4,7 @@
  * when it ends, so a task that has not started or has finished costs no coroutine.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "private.h"
@@ -47,8 +48,20 @@ void lasync__waitlist_settle(lasync__waitlist *list) {
   while (list->head) {
     lasync__waiter *w = list->head;
     lasync__waitlist_remove(list, w);
-    w->on_settle(w);
+    w->hook->on_settle(w, w->hook);
   }
+}
+
+static void wake_waiting_task(lasync__waiter *w, const lasync__settle_hook *hook) {
+  (void)hook;
+  lasync__wake(TASK_OF(w, waiter));
+}
+
+static const lasync__settle_hook WAKE_TASK = {wake_waiting_task};
+
+void lasync__waitlist_add_task(lasync__waitlist *list, lasync__task *t) {
+  t->waiter.hook = &WAKE_TASK;
+  lasync__waitlist_add(list, &t->waiter);
 }
 
 /* ---- suspending and waking ---- */
@@ -336,13 +349,15 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
 
 void lasync__push_spawn_site(lua_State *L, int task_idx) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  const struct lasync__site_pair *site;
   if (t->site == 0) {
     lua_pushliteral(L, "(the host)");
     return;
   }
+  site = &t->rt->site_pairs[t->site - 1];
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->sites_ref);
-  lua_rawgeti(L, -1, t->site);
-  lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), t->spawn_line);
+  lua_rawgeti(L, -1, site->source);
+  lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), site->line);
   lua_replace(L, -3);
   lua_pop(L, 1);
 }
@@ -407,18 +422,18 @@ void lasync__push_failure_report(lua_State *L, int task_idx) {
 
 /* ---- spawning ---- */
 
-/* Spawn sites are kept as (source, line), the source an index into the runtime's `sites`
+/* Spawn sites are kept as (source, line) pairs, the source an index into the runtime's `sites`
  * array: sources are few, so each name is stored once, and the last one is remembered in C
  * because consecutive spawns nearly always come from the same chunk. */
-static uint32_t site_of(lua_State *L, lasync__runtime *rt, const char *short_src) {
+static uint32_t source_of(lua_State *L, lasync__runtime *rt, const char *short_src) {
   uint32_t id;
-  if (rt->last_site && strcmp(rt->last_site_src, short_src) == 0) return rt->last_site;
+  if (rt->last_source && strcmp(rt->last_source_src, short_src) == 0) return rt->last_source;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->sites_ref);   /* [sites] */
   lua_pushstring(L, short_src);
   if (lua_rawget(L, -2) == LUA_TNUMBER) {
     id = (uint32_t)lua_tointeger(L, -1);
   } else {
-    id = ++rt->nsites;
+    id = ++rt->nsources;
     lua_pushstring(L, short_src);
     lua_pushinteger(L, id);
     lua_rawset(L, -4);
@@ -426,8 +441,55 @@ static uint32_t site_of(lua_State *L, lasync__runtime *rt, const char *short_src
     lua_rawseti(L, -3, id);
   }
   lua_pop(L, 2);
-  rt->last_site = id;
-  strcpy(rt->last_site_src, short_src);
+  rt->last_source = id;
+  strcpy(rt->last_source_src, short_src);
+  return id;
+}
+
+static uint32_t hash_site(uint32_t source, int line) {
+  return (source * 0x9E3779B1u) ^ ((uint32_t)line * 0x85EBCA77u);
+}
+
+static void index_site(lasync__runtime *rt, uint32_t id) {
+  const struct lasync__site_pair *p = &rt->site_pairs[id - 1];
+  uint32_t mask = rt->site_index_cap - 1, i = hash_site(p->source, p->line) & mask;
+  while (rt->site_index[i] != 0) i = (i + 1) & mask;
+  rt->site_index[i] = id;
+}
+
+/* Doubles the pairs' room and rehashes them; raises a memory error with nothing changed. */
+static void grow_sites(lua_State *L, lasync__runtime *rt) {
+  uint32_t cap = rt->site_index_cap ? rt->site_index_cap * 2 : 64, id;
+  uint32_t *index = cap > rt->site_index_cap ? (uint32_t *)calloc(cap, sizeof *index) : NULL;
+  struct lasync__site_pair *pairs =
+      index ? (struct lasync__site_pair *)realloc(rt->site_pairs, cap / 2 * sizeof *pairs) : NULL;
+  if (pairs == NULL) {
+    free(index);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
+    lua_error(L);
+  }
+  free(rt->site_index);
+  rt->site_pairs = pairs;
+  rt->site_index = index;
+  rt->site_index_cap = cap;
+  for (id = 1; id <= rt->nsite_pairs; id++) index_site(rt, id);
+}
+
+/* The id of the spawn site (source, line), numbered from 1, made if it is new (at most half
+ * the index is full, so a probe ends soon). */
+static uint32_t site_of(lua_State *L, lasync__runtime *rt, uint32_t source, int line) {
+  uint32_t id, i, mask = rt->site_index_cap - 1;
+  if (rt->site_index) {
+    for (i = hash_site(source, line) & mask; (id = rt->site_index[i]) != 0; i = (i + 1) & mask) {
+      if (rt->site_pairs[id - 1].source == source && rt->site_pairs[id - 1].line == line)
+        return id;
+    }
+  }
+  if ((rt->nsite_pairs + 1) * 2 > rt->site_index_cap) grow_sites(L, rt);
+  id = ++rt->nsite_pairs;
+  rt->site_pairs[id - 1].source = source;
+  rt->site_pairs[id - 1].line = line;
+  index_site(rt, id);
   return id;
 }
 
@@ -503,7 +565,10 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
     }
     if (rt->last_site && lua_topointer(L, -1) == rt->last_site_fn) {
       lua_pop(L, 1);
-      t->spawn_line = ar.currentline;
+      if (ar.currentline != rt->last_line) {
+        rt->last_site = site_of(L, rt, rt->site_pairs[rt->last_site - 1].source, ar.currentline);
+        rt->last_line = ar.currentline;
+      }
       t->site = rt->last_site;
       break;
     }
@@ -513,8 +578,9 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
       lua_pop(L, 1);
       continue;
     }
-    t->spawn_line = ar.currentline;
-    t->site = site_of(L, rt, ar.short_src); /* [.., fn] */
+    t->site = site_of(L, rt, source_of(L, rt, ar.short_src), ar.currentline); /* [.., fn] */
+    rt->last_site = t->site;
+    rt->last_line = ar.currentline;
     rt->last_site_fn = lua_topointer(L, -1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->sites_ref);
     lua_insert(L, -2);
@@ -582,8 +648,6 @@ lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname) {
   return t;
 }
 
-static void on_awaited_settled(lasync__waiter *w) { lasync__wake(TASK_OF(w, waiter)); }
-
 static void await_cancel(lasync__task *t, void *data) {
   lasync__waitlist_remove(&((lasync__task *)data)->waiters, &t->waiter);
 }
@@ -600,8 +664,7 @@ static int await_task(lua_State *L, lasync__task *a, const char *fname) {
   if (a == t) return lasync__misuse(L, "%s: a task cannot await itself", fname);
   lua_settop(L, 1);
   if (lasync__task_finished(a)) return lasync__push_outcome(L, a, 1);
-  t->waiter.on_settle = on_awaited_settled;
-  lasync__waitlist_add(&a->waiters, &t->waiter);
+  lasync__waitlist_add_task(&a->waiters, t);
   return lasync__suspend(L, t, &AWAIT_TASK_OPS, a);
 }
 

@@ -509,7 +509,6 @@ static int drain_finish(lua_State *L, lasync__task *t, void *data) {
 
 static const lasync__awaitable_ops DRAIN_OPS = {"stream.write", drain_cancel, drain_finish, NULL};
 
-static void on_writer_settle(lasync__waiter *w) { lasync__wake(TASK_OF_WAITER(w)); }
 
 /* Adds the string at idx (or, for a table, its array of strings) to bufs; returns the count,
  * or -1 when bufs is NULL and only counting. */
@@ -601,8 +600,7 @@ static int stream_write(lua_State *L) {
   s->pending_writes++;
   if (uv_stream_get_write_queue_size(&s->u.stream) <= s->write_hwm) return 0;
   lua_settop(L, 1);
-  t->waiter.on_settle = on_writer_settle;
-  lasync__waitlist_add(&s->writers, &t->waiter);
+  lasync__waitlist_add_task(&s->writers, t);
   return lasync__suspend(L, t, &DRAIN_OPS, s);
 }
 
