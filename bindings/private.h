@@ -486,8 +486,8 @@ void lasync__push_extra(lua_State *L, int task_idx);  /* the task's extras table
 int lasync__get_extra(lua_State *L, int task_idx, const char *name);
 /* The task's phase value (LASYNC__UV_AUX, wherever it is kept): push_aux pushes it, set_aux
  * pops the value on top into it. Neither allocates. */
-void lasync__push_aux(lua_State *L, int task_idx);
-void lasync__set_aux(lua_State *L, int task_idx);
+void lasync__push_aux(lua_State *L, const lasync__task *t, int task_idx);
+void lasync__set_aux(lua_State *L, const lasync__task *t, int task_idx);
 void lasync__push_spawn_site(lua_State *L, int task_idx); /* "file:line" */
 
 /* diag.c: names, async.tasks(), debug mode. */

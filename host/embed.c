@@ -328,7 +328,7 @@ int lasync_task_result(lasync_task *t, lua_State *L) {
     int n = t->nargs;
     if (n == 1) lua_getiuservalue(L, -1, LASYNC__UV_FN);
     if (n > 1) {
-      lasync__push_aux(L, -1);
+      lasync__push_aux(L, t, -1);
       for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
       lua_remove(L, -n - 1);
     }

@@ -204,11 +204,12 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
   lua_State *L = rt->L;
   lua_State *co;
   if (rt->pool_len > 0) {
+    /* Its slot is not cleared: the next release overwrites it, and until then it only keeps
+     * alive a coroutine that its task keeps alive anyway (or, if that task fails past its
+     * xpcall, one dropped coroutine per slot). */
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
-    lua_rawgeti(L, -1, rt->pool_len);
-    lua_pushnil(L);
-    lua_rawseti(L, -3, rt->pool_len--);
-    lua_remove(L, -2);
+    lua_rawgeti(L, -1, rt->pool_len--);
+    lua_replace(L, -2);
     return lua_tothread(L, -1);
   }
   lua_pushcfunction(L, new_thread);
@@ -251,7 +252,7 @@ static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
   lua_getiuservalue(L, task, LASYNC__UV_FN);        /* [co, entry, xpcall, fn] */
   lua_rawgeti(L, -3, 2);                            /* [co, entry, xpcall, fn, handler] */
   if (nargs > 0) {
-    lasync__push_aux(L, task);                      /* [..., handler, args] */
+    lasync__push_aux(L, t, task);                      /* [..., handler, args] */
     if (nargs > 1) {
       args = lua_gettop(L);
       for (i = 1; i <= nargs; i++) lua_rawgeti(L, args, i);
@@ -262,7 +263,7 @@ static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
   lua_pop(L, 1);
   /* The function and its arguments now live on the coroutine; drop the task's copies (debug
    * mode keeps the function, so a slow last step can say where it ran; results replace it). */
-  lasync__set_aux(L, task); /* the coroutine, in place of the arguments */
+  lasync__set_aux(L, t, task); /* the coroutine, in place of the arguments */
   if (!rt->debug) {
     lua_pushnil(L);
     lua_setiuservalue(L, task, LASYNC__UV_FN);
@@ -280,7 +281,7 @@ static void fail_oom(lasync__runtime *rt, lasync__task *t, int task) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
   lua_setiuservalue(L, task, LASYNC__UV_FN);
   lua_pushnil(L);
-  lasync__set_aux(L, task);
+  lasync__set_aux(L, t, task);
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
 }
 
@@ -295,7 +296,7 @@ static int store_results(lua_State *L) {
   luaL_checkstack(L, n, "too many results");
   lua_xmove(co, L, n);
   for (i = n; i >= 1; i--) lua_rawseti(L, 3, i);
-  lasync__set_aux(L, 2);
+  lasync__set_aux(L, t, 2);
   return 0;
 }
 
@@ -330,7 +331,7 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int nres, int task
   release_coroutine(rt, co);
   if (!stored) { /* the phase value is still the coroutine, now pooled or garbage */
     lua_pushnil(L);
-    lasync__set_aux(L, task);
+    lasync__set_aux(L, t, task);
   }
   if (ok && n > 1 && !stored)
     fail_oom(rt, t, task); /* its results did not fit in memory */
@@ -349,7 +350,7 @@ static void fail_task(lasync__runtime *rt, lasync__task *t, int task) {
   mark_owned(rt, co, 0);
   t->co = NULL;
   lua_pushnil(L); /* after the reset: until then the coroutine must stay anchored */
-  lasync__set_aux(L, task);
+  lasync__set_aux(L, t, task);
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
 }
 
@@ -360,7 +361,7 @@ static int cancel_unstarted(lua_State *L) {
   lasync__push_error(L, "cancelled", "task cancelled before it started");
   lua_setiuservalue(L, -2, LASYNC__UV_FN);
   lua_pushnil(L); /* its arguments */
-  lasync__set_aux(L, -2);
+  lasync__set_aux(L, t, -2);
   return 0;
 }
 

@@ -103,8 +103,7 @@ int lasync__get_extra(lua_State *L, int task_idx, const char *name) {
   return lua_type(L, -1);
 }
 
-void lasync__push_aux(lua_State *L, int task_idx) {
-  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+void lasync__push_aux(lua_State *L, const lasync__task *t, int task_idx) {
   lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
   if (t->has_extra) {
     lua_rawgeti(L, -1, 1);
@@ -112,8 +111,7 @@ void lasync__push_aux(lua_State *L, int task_idx) {
   }
 }
 
-void lasync__set_aux(lua_State *L, int task_idx) {
-  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+void lasync__set_aux(lua_State *L, const lasync__task *t, int task_idx) {
   task_idx = lua_absindex(L, task_idx);
   if (t->has_extra) {
     lua_getiuservalue(L, task_idx, LASYNC__UV_AUX); /* [value, extras] */
@@ -327,7 +325,7 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
       return n;
     }
     luaL_checkstack(L, n + 1, "too many results");
-    lasync__push_aux(L, task_idx);
+    lasync__push_aux(L, t, task_idx);
     for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
     return n;
   }
