@@ -172,7 +172,7 @@ struct lasync__runtime {
   lasync__task *current;
   int pool_ref;     /* table of idle coroutines, reused by later tasks */
   int pool_len;
-  int entry_ref;    /* {xpcall, handler}: what every task body runs under */
+  int entry_ref;    /* xpcall, which every task body runs under, with lasync__trace_handler */
   int owned_ref;    /* weak-keyed: coroutine Lua has seen -> its task, or true when idle */
   int exposed;      /* owned_ref has entries: task coroutines must be marked (runtime.c) */
   int oom_ref;      /* the string "not enough memory", for failing a task without allocating */

@@ -247,10 +247,9 @@ static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
     lua_pop(L, 1);
     return -2;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->entry_ref); /* [co, entry] */
-  lua_rawgeti(L, -1, 1);                            /* [co, entry, xpcall] */
-  lua_getiuservalue(L, task, LASYNC__UV_FN);        /* [co, entry, xpcall, fn] */
-  lua_rawgeti(L, -3, 2);                            /* [co, entry, xpcall, fn, handler] */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->entry_ref); /* [co, xpcall] */
+  lua_getiuservalue(L, task, LASYNC__UV_FN);        /* [co, xpcall, fn] */
+  lua_pushcfunction(L, lasync__trace_handler);      /* [co, xpcall, fn, handler] */
   if (nargs > 0) {
     lasync__push_aux(L, t, task);                      /* [..., handler, args] */
     if (nargs > 1) {
@@ -259,8 +258,7 @@ static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
       lua_remove(L, args);
     }
   }
-  lua_xmove(L, co, 3 + nargs); /* [co, entry] */
-  lua_pop(L, 1);
+  lua_xmove(L, co, 3 + nargs); /* [co] */
   /* The function and its arguments now live on the coroutine; drop the task's copies (debug
    * mode keeps the function, so a slow last step can say where it ran; results replace it). */
   lasync__set_aux(L, t, task); /* the coroutine, in place of the arguments */
@@ -553,12 +551,8 @@ static int open_lua_side(lua_State *L) {
    * libuv callback, where a memory error would have no protected call to land in). */
   lua_createtable(L, POOL_MAX, 0);
   rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  /* The entry every task body runs through: xpcall with the traceback handler. */
-  lua_createtable(L, 2, 0);
+  /* The entry every task body runs through: xpcall (with the traceback handler). */
   lua_getglobal(L, "xpcall");
-  lua_rawseti(L, -2, 1);
-  lua_pushcfunction(L, lasync__trace_handler);
-  lua_rawseti(L, -2, 2);
   rt->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushliteral(L, "not enough memory");
   rt->oom_ref = luaL_ref(L, LUA_REGISTRYINDEX);
