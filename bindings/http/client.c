@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "curl_load.h"
 #include "curl_multi.h"
 
 #define XFER_MT "lasync.Transfer"
@@ -267,18 +268,6 @@ static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
   lua_pushinteger(L, (lua_Integer)x->c.result);
   lua_setfield(L, -2, "curl_code");
   return lua_error(L);
-}
-
-/* Loads libcurl on the first fetch (libcurl.h), or raises kind "unavailable": without it a
- * script still runs everything but HTTP. */
-static void need_curl(lua_State *L, const char *fname, const char *url) {
-  const char *why = NULL;
-  if (lasync__curl_load(&why) == 0) return;
-  lua_pushfstring(L, "%s %s: %s", fname, url, why);
-  lasync__push_error(L, "unavailable", lua_tostring(L, -1));
-  lua_pushstring(L, url);
-  lua_setfield(L, -2, "url");
-  lua_error(L);
 }
 
 /* ---- building the raw response ---- */
@@ -703,6 +692,8 @@ static int setup(lua_State *L, xfer *x, const char *url) {
 }
 
 /* core._fetch(url, opts) -> raw response table. opts has been checked by lua/http/options.lua. */
+static int l_fetch(lua_State *L);
+static const lua_CFunction fetch_again = l_fetch; /* after waiting for libcurl (curl_load.h) */
 static int l_fetch(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   const char *why = NULL;
@@ -712,7 +703,7 @@ static int l_fetch(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   t = lasync__check_task(L, "async.fetch");
   if (t->rt->closing) return lasync__misuse(L, "async.fetch: the runtime is closing");
-  need_curl(L, "async.fetch", url);
+  lasync__need_curl(L, "async.fetch", url, &fetch_again);
   m = lasync__curl_get(t->rt, &CURL_OPS, &why);
   if (m == NULL) return lasync__misuse(L, "async.fetch: %s", why);
   lua_settop(L, 2);
@@ -749,6 +740,8 @@ static int l_fetch_wait(lua_State *L) {
  * any I/O, with kind "invalid" (lua/http/options.lua), rather than failing as "protocol" once
  * the transfer runs, and being retried. */
 #define MAX_URL_LENGTH 8000000 /* curl's CURL_MAX_INPUT_LENGTH */
+static int l_check_url(lua_State *L);
+static const lua_CFunction check_url_again = l_check_url;
 static int l_check_url(lua_State *L) {
   size_t len;
   const char *url = luaL_checklstring(L, 1, &len);
@@ -761,7 +754,7 @@ static int l_check_url(lua_State *L) {
                     MAX_URL_LENGTH);
     return 1;
   }
-  need_curl(L, fname, url);
+  lasync__need_curl(L, fname, url, &check_url_again);
   u = curl_url();
   if (u == NULL) return lasync__misuse(L, "async.fetch: not enough memory");
   rc = curl_url_set(u, CURLUPART_URL, url, 0);
