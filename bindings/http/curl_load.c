@@ -38,13 +38,17 @@ struct loader {
 };
 
 /* Shutdown: the tasks have ended, so no one waits; a load still in flight is orphaned (the
- * queue, which closes after this service, drops its post). */
+ * queue, which closes after this service, drops its post), but waited for: the process may
+ * exit next, and exiting while another thread is inside curl_global_init (TLS libraries being
+ * initialised while their exit handlers run) crashed about one exit in twenty-five. */
 static void loader_close(lasync__runtime *rt, lasync__service *s) {
   loader *lo = (loader *)s;
+  const char *why;
   (void)rt;
   if (lo->job) {
     lo->job->owner = NULL;
     lasync__xqueue_hold(lo->q, -1);
+    (void)lasync__curl_load(&why); /* returns once the load is over, whoever does it */
   }
   free(lo);
 }
