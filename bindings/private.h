@@ -393,6 +393,8 @@ typedef struct lasync__stream {
   unsigned pending_writes;
   unsigned direct_turn; /* the loop turn direct_bytes counts in */
   size_t direct_bytes;  /* read by the reader itself (stream.c direct_read) this turn */
+  unsigned write_turn;  /* the loop turn write_bytes counts in */
+  size_t write_bytes;   /* handed to write calls this turn (stream.c write_return) */
   uint8_t want, reader_woken, started, reading, eof, shut, lingering;
   uint8_t more; /* the last read filled its buffer: the socket likely holds more */
 } lasync__stream;

@@ -171,6 +171,39 @@ describe("streams", function()
   end)
 
   describe("writing", function()
+    it("a writer that never has to wait still lets other tasks run every 256 KiB", function()
+      local c, s, release = tcp.pair()
+      finally(release)
+      s:set_limits({ write_hwm = 64 * 1024 * 1024 }) -- the queue never holds it back
+      local piece = string.rep("w", 16 * 1024)
+      local since_tick, worst, ticks, writing = 0, 0, 0, true
+      local ticker = async.spawn(function()
+        while writing do
+          if since_tick > worst then worst = since_tick end
+          since_tick, ticks = 0, ticks + 1
+          async.sleep(0)
+        end
+      end)
+      local reader = async.spawn(function()
+        local n = 0
+        while true do
+          local d = c:read()
+          if not d then return n end
+          n = n + #d
+        end
+      end)
+      for _ = 1, 512 do -- 8 MiB
+        s:write(piece)
+        since_tick = since_tick + #piece
+      end
+      writing = false
+      s:shutdown()
+      assert.are.equal(512 * #piece, reader:await())
+      ticker:await()
+      assert.is_true(ticks >= 32, "the ticker ran " .. ticks .. " times")
+      assert.is_true(worst <= 256 * 1024, "wrote " .. worst .. " bytes without letting a task run")
+    end)
+
     it("writes strings and arrays of strings in order, as one write", function()
       local c, s, release = tcp.pair()
       finally(release)

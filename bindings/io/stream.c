@@ -13,10 +13,11 @@
  *
  * Writing. s:write() hands all its pieces to one uv_write (after a uv_try_write that usually
  * sends everything at once) and returns; it suspends only while the bytes queued in libuv
- * exceed a high-water mark, until they fall below half of it. The strings are kept alive by
- * the write request, so nothing is copied. A call's bytes are queued whole or not at all: a
- * cancelled write has queued them already and they are still sent, so the stream stays
- * consistent (see docs/api.md).
+ * exceed a high-water mark, until they fall below half of it, and yields to the loop once it
+ * has written WRITE_BUDGET bytes in one turn. The strings are kept alive by the write request,
+ * so nothing is copied. A call's bytes are queued whole or not at all: a cancelled write has
+ * queued them already and they are still sent, so the stream stays consistent (see
+ * docs/api.md).
  *
  * Closing. close(), <close> and __gc detach the Lua object at once (later calls see a closed
  * stream) and fail the waiting tasks with kind "closed"; bytes already queued are flushed
@@ -45,6 +46,10 @@
 /* Bytes a reader may take straight from the socket in one loop turn before it must wait for
  * the loop like everyone else: a peer that always has more cannot starve the other tasks. */
 #define DIRECT_BUDGET (256 * 1024)
+/* Bytes a writer may hand to the kernel in one loop turn before it yields to the loop: a
+ * socket that always takes more (a fast peer, or the reader at the other end of a loopback
+ * connection in this very process) cannot let one task starve the others. */
+#define WRITE_BUDGET (256 * 1024)
 
 #define TASK_OF_WAITER(w) ((lasync__task *)((char *)(w)-offsetof(lasync__task, waiter)))
 
@@ -511,6 +516,24 @@ static const lasync__awaitable_ops DRAIN_OPS = {"stream.write", drain_cancel, dr
 
 static void on_writer_settle(lasync__waiter *w) { lasync__wake(TASK_OF_WAITER(w)); }
 
+static const lasync__awaitable_ops WRITE_YIELD_OPS = {"stream.write", NULL, NULL, NULL};
+
+/* The end of a write that did not have to wait for the queue to drain: its bytes count
+ * against the turn's budget, and once that is spent the writer yields to the loop (as
+ * sleep(0)), so the tasks that wait for I/O, the reader of this data among them, get their
+ * turn. The bytes are queued already: a cancellation here loses nothing. */
+static int write_return(lua_State *L, lasync__task *t, lasync__stream *s, size_t n) {
+  streams *st = STREAMS_OF_SLAB(s->slab);
+  if (s->write_turn != st->turn) {
+    s->write_turn = st->turn;
+    s->write_bytes = 0;
+  }
+  s->write_bytes += n;
+  if (s->write_bytes < WRITE_BUDGET) return 0;
+  lasync__enqueue(t, LASYNC__WAKE_VALUE); /* behind every task that is ready now */
+  return lasync__suspend(L, t, &WRITE_YIELD_OPS, NULL);
+}
+
 /* Adds the string at idx (or, for a table, its array of strings) to bufs; returns the count,
  * or -1 when bufs is NULL and only counting. */
 static int add_pieces(lua_State *L, int idx, uv_buf_t *bufs, int nb, size_t *total) {
@@ -573,7 +596,7 @@ static int stream_write(lua_State *L) {
       return lua_error(L);
     }
     if (n > 0) done = (size_t)n;
-    if (done == total) return 0;
+    if (done == total) return write_return(L, t, s, total);
     while (done >= bufs[first].len) done -= bufs[first++].len; /* skip what was sent */
     bufs[first].base += done;
     bufs[first].len -= (unsigned int)done;
@@ -599,7 +622,8 @@ static int stream_write(lua_State *L) {
     }
   }
   s->pending_writes++;
-  if (uv_stream_get_write_queue_size(&s->u.stream) <= s->write_hwm) return 0;
+  if (uv_stream_get_write_queue_size(&s->u.stream) <= s->write_hwm)
+    return write_return(L, t, s, total);
   lua_settop(L, 1);
   t->waiter.on_settle = on_writer_settle;
   lasync__waitlist_add(&s->writers, &t->waiter);
