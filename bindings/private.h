@@ -419,6 +419,17 @@ void lasync__stream_attach(lasync__handle **box, lasync__stream *s);
 /* io/net.c */
 void lasync__open_net(lua_State *L);
 
+/* io/bytes.c: Buffer objects (async.buffer), the reusable memory s:read_into fills. The bytes
+ * follow the header in the same userdata. */
+#define LASYNC_BYTES_MT "lasync.Buffer"
+typedef struct lasync__bytes {
+  size_t cap; /* fixed at creation */
+  size_t len; /* bytes held, from the start */
+} lasync__bytes;
+#define LASYNC__BYTES_DATA(b) ((char *)((b) + 1))
+lasync__bytes *lasync__bytes_test(lua_State *L, int idx); /* NULL if idx is no Buffer */
+void lasync__open_bytes(lua_State *L);                     /* core.buffer */
+
 /* task.c */
 lasync__task *lasync__check_task(lua_State *L, const char *fname);
 /* The same checks, without delivering a pending cancellation: async.shield opens even after
