@@ -379,7 +379,7 @@ typedef struct lasync__stream {
     uv_tty_t tty;
   } u;
   int kind;         /* LASYNC__STREAM_* */
-  size_t read_max;  /* unread bytes past which reading stops (default 256 KiB) */
+  size_t read_max;  /* unread bytes past which reading stops (default 64 KiB) */
   size_t write_hwm; /* queued bytes past which write suspends (default 256 KiB) */
   size_t max_line;  /* longest line read_line returns (default 64 KiB) */
   /* private to stream.c */

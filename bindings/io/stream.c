@@ -39,7 +39,10 @@
 
 #define SLAB_SIZE (64 * 1024)
 #define DIRECT_MIN (16 * 1024) /* free room in a stream's buffer worth reading into directly */
-#define DEFAULT_READ_MAX (256 * 1024)
+/* Unread bytes past which reading stops: asyncio's StreamReader limit. Larger (256 KiB before)
+ * spread a bulk reader over more memory than the cache keeps: each read then landed in cold
+ * memory (tcp_bulk with read_into: 1.3x C at 256 KiB, 1.05x at 64 KiB). */
+#define DEFAULT_READ_MAX (64 * 1024)
 #define DEFAULT_WRITE_HWM (256 * 1024)
 #define DEFAULT_MAX_LINE (64 * 1024)
 #define MAX_PIECES_ON_STACK 16
