@@ -81,8 +81,9 @@ valgrind: build
 	  --exclude-tags=timing spec/thread_spec.lua
 	$(VALGRIND) $(BUILD)/lasync /usr/bin/busted --output=plainTerminal $(VALGRIND_SPECS)
 
-# ThreadSanitizer over what has threads: the thread specs and the C work-item test.
-TSAN_SPECS = spec/thread_spec.lua
+# ThreadSanitizer over what has threads: the thread specs, the C work-item test, and the first
+# fetch, which loads libcurl on a thread of its own.
+TSAN_SPECS = spec/thread_spec.lua spec/startup_spec.lua
 tsan: deps
 	@.ci/deps clang libclang-rt-14-dev
 	@CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLASYNC_TSAN=ON >/dev/null
