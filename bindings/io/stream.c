@@ -84,7 +84,7 @@ static const lasync__service_ops STREAMS_SERVICE = {"streams", streams_turn, str
 static streams *get_streams(lasync__runtime *rt) {
   streams *st = (streams *)lasync__service_find(rt, &STREAMS_SERVICE);
   if (st == NULL && !rt->closing) {
-    st = (streams *)malloc(sizeof *st);
+    st = (streams *)calloc(1, sizeof *st); /* turn starts at 0 (valgrind: it was read unset) */
     if (st == NULL) return NULL;
     lasync__service_add(rt, &st->service, &STREAMS_SERVICE);
 #ifdef SIGPIPE
