@@ -47,13 +47,19 @@ struct lasync__service {
   lasync__service *next;
 };
 
+/* What a waiter does once the awaited thing settles: called once, after the node has been
+ * unlinked, with the hook itself, so that a hook embedded in a larger struct finds it (one
+ * gather group serves its million nodes, which then need no pointer back to it). */
+typedef struct lasync__settle_hook {
+  void (*on_settle)(lasync__waiter *w, const struct lasync__settle_hook *hook);
+} lasync__settle_hook;
+
 /* A node in the list of those waiting on an awaitable (a task or a future). It is embedded in
- * the waiter, so waiting allocates nothing. on_settle is called once, after the node has been
- * unlinked. */
+ * the waiter, so waiting allocates nothing. */
 struct lasync__waiter {
   lasync__waiter *next;
   lasync__waiter *prev;
-  void (*on_settle)(lasync__waiter *w);
+  const lasync__settle_hook *hook;
 };
 
 typedef struct {
@@ -61,8 +67,10 @@ typedef struct {
 } lasync__waitlist;
 
 void lasync__waitlist_add(lasync__waitlist *list, lasync__waiter *w);
+/* Links the task's own node (t->waiter), whose hook wakes the task (lasync__wake). */
+void lasync__waitlist_add_task(lasync__waitlist *list, lasync__task *t);
 void lasync__waitlist_remove(lasync__waitlist *list, lasync__waiter *w);
-/* Unlinks every waiter and calls its on_settle, in the order they started waiting. */
+/* Unlinks every waiter and calls its hook, in the order they started waiting. */
 void lasync__waitlist_settle(lasync__waitlist *list);
 
 /* A deadline in the runtime's timer heap: one libuv timer serves them all. */
@@ -105,20 +113,23 @@ enum lasync__wake { LASYNC__WAKE_NONE, LASYNC__WAKE_VALUE, LASYNC__WAKE_CANCEL }
 #define LASYNC__NO_CANCEL UINT16_MAX
 #define LASYNC__MAX_SCOPES (UINT16_MAX - 1)
 
-/* The task's user values, so a task costs one allocation. */
+/* The task's two user values (a task is one allocation, and every user value is 16 bytes of
+ * each of a million tasks). The second holds what the task needs in its current phase; once the
+ * task has extras (a name, a cancel message, the cause of its error, the sentinel of a failure
+ * nobody saw: task.c's lasync__push_extra) it holds the extras table instead, with the phase's
+ * value at [1]. lasync__push_aux and lasync__set_aux hide the difference. */
 enum {
   LASYNC__UV_FN = 1, /* the function before start; the first result or the error after */
-  LASYNC__UV_ARGS,   /* arguments before start; all results (n > 1) or the traceback after */
-  LASYNC__UV_CO,     /* the coroutine while running; the unobserved-failure sentinel after */
-  LASYNC__UV_EXTRA,  /* a table made on demand: cancel message, error cause, name */
-  LASYNC__TASK_NUV = LASYNC__UV_EXTRA
+  LASYNC__UV_AUX,    /* the arguments before start (one value, or a table of n > 1), the
+                      * coroutine while running, all results (n > 1) or the traceback after */
+  LASYNC__TASK_NUV = LASYNC__UV_AUX
 };
 
-/* A million tasks must fit in a few hundred megabytes, so fields are packed: keep the struct
- * at 112 bytes or less (with its user values, the allocation stays at 224 bytes). */
+/* A million tasks must fit in the memory Node needs for a million promises (issue 15), so
+ * fields are packed: keep the struct at 88 bytes or less (with its two user values, the
+ * allocation is 160 bytes). */
 struct lasync__task {
   lasync__runtime *rt;
-  lasync__task *live_prev, *live_next; /* the runtime's live tasks, spawn to settle */
   lua_State *co;              /* the coroutine running it, while it runs */
   const lasync__awaitable_ops *wait_ops; /* what it is suspended on, until its continuation */
   void *wait_data;
@@ -127,20 +138,21 @@ struct lasync__task {
     lasync__timer timer;      /* while it sleeps */
   };
   lasync__waitlist waiters;   /* those awaiting it */
-  int ref;                    /* registry ref pinning it until it finishes */
-  int nargs;                  /* before start: argument count; after: result count */
-  uint32_t site;              /* where it was spawned: an index into the runtime's sources */
-  int spawn_line;
+  uint32_t slot;              /* its index in the runtime's anchors, spawn to settle; 0 after */
+  uint32_t site;              /* where it was spawned: a (source, line) pair of the runtime's */
   uint32_t spawned_ms;        /* loop time at spawn, for its age */
   uint16_t cancel_level;      /* outermost cancelled scope, or LASYNC__NO_CANCEL */
   uint16_t scope_depth;       /* 0 is the task itself; each async.timeout adds one */
   uint16_t shield_floor;      /* cancellations of scopes below this depth wait (async.shield) */
-  uint8_t status;
-  uint8_t wake;               /* why it was queued */
-  uint8_t suspended;          /* linked into an awaitable, waiting for wake or cancel */
-  uint8_t queued;
-  uint8_t observed;           /* its outcome was retrieved or is awaited */
-  uint8_t report_now;         /* started from C with nobody to await it: report a failure */
+  unsigned nargs : 21;        /* before start: argument count; after: result count (both are
+                               * under LUAI_MAXSTACK, a million) */
+  unsigned status : 3;        /* enum lasync__status */
+  unsigned wake : 2;          /* why it was queued: enum lasync__wake */
+  unsigned suspended : 1;     /* linked into an awaitable, waiting for wake or cancel */
+  unsigned queued : 1;
+  unsigned observed : 1;      /* its outcome was retrieved or is awaited */
+  unsigned report_now : 1;    /* started from C with nobody to await it: report a failure */
+  unsigned has_extra : 1;     /* LASYNC__UV_AUX holds the extras table (see above) */
 };
 
 struct lasync__runtime {
@@ -160,19 +172,35 @@ struct lasync__runtime {
   lasync__task *current;
   int pool_ref;     /* table of idle coroutines, reused by later tasks */
   int pool_len;
-  int entry_ref;    /* {xpcall, handler}: what every task body runs under */
+  int entry_ref;    /* xpcall, which every task body runs under, with lasync__trace_handler */
   int owned_ref;    /* weak-keyed: coroutine Lua has seen -> its task, or true when idle */
   int exposed;      /* owned_ref has entries: task coroutines must be marked (runtime.c) */
   int oom_ref;      /* the string "not enough memory", for failing a task without allocating */
-  lasync__task *live_head; /* live tasks, newest first */
+  /* Every live task is pinned in one Lua table, anchors[t->slot] = task, from spawn to settle:
+   * an index in an array, where luaL_ref's registry entries cost twice the instructions. A
+   * free slot holds the next free one (an integer), as luaL_ref's free list does. */
+  int anchors_ref;
+  uint32_t anchors_top;  /* the highest slot used so far */
+  uint32_t anchors_free; /* the first free slot below it, or 0 */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */
   int sites_ref;    /* array of the source names that spawned tasks, see task.c */
   const void *task_mt; /* the Task metatable's address: lasync__totask compares it */
-  uint32_t nsites, last_site;
-  const void *last_site_fn; /* the function last_site was found in (task.c) */
-  char last_site_src[LUA_IDSIZE];
+  int task_mt_ref;     /* the Task metatable, for spawn (by name it is a string lookup) */
+  uint32_t nsources, last_source;
+  char last_source_src[LUA_IDSIZE];
+  /* Spawn sites, (source, line) pairs numbered from 1 (t->site - 1 indexes site_pairs), and an
+   * open-addressing hash of them (task.c): a pair costs a task 4 bytes, a source and a line 8. */
+  struct lasync__site_pair {
+    uint32_t source;
+    int line;
+  } *site_pairs;
+  uint32_t *site_index;
+  uint32_t nsite_pairs, site_index_cap;
+  const void *last_site_fn; /* the function of the last spawn (task.c), its line and pair */
+  int last_line;
+  uint32_t last_site;
   /* Counters behind async._debug.counts(): specs assert they return to zero. */
   long live_tasks;
   long pinned_refs;
@@ -205,6 +233,17 @@ int lasync__runtime_free(lasync__runtime *rt);
 void lasync__runtime_detach(lasync__runtime *rt);
 int lasync__pin(lasync__runtime *rt, lua_State *L);
 void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref);
+/* Pins the task on top of L (left there) in the runtime's anchors and sets t->slot; raises a
+ * memory error when the anchors cannot grow, with nothing changed. */
+void lasync__anchor_task(lua_State *L, lasync__runtime *rt, lasync__task *t);
+/* Unpins a settled task; never allocates. */
+void lasync__unanchor_task(lua_State *L, lasync__runtime *rt, lasync__task *t);
+/* Pushes a live (anchored) task. */
+void lasync__push_task(lua_State *L, const lasync__task *t);
+/* The live task at an anchor slot (1 to rt->anchors_top), or NULL for a free slot; uses two
+ * slots of L's stack and leaves it as it was. How the live tasks are walked (cancel_all,
+ * async.tasks()). */
+lasync__task *lasync__task_at(lua_State *L, lasync__runtime *rt, uint32_t slot);
 void lasync__enqueue(lasync__task *t, int wake);
 void lasync__drain(lasync__runtime *rt);
 /* lasync_step's budget, for each kind of work it does: whether the time left has room for a
@@ -453,9 +492,15 @@ void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int n
 int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx);
 /* Marks the outcome as seen, so a failure is not reported again when the task is collected. */
 void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx);
-void lasync__push_failure_report(lua_State *L, lasync__task *t);
+void lasync__push_failure_report(lua_State *L, int task_idx);
 void lasync__report(lasync__runtime *rt, const char *report);
 void lasync__push_extra(lua_State *L, int task_idx);  /* the task's extras table, made on demand */
+/* Pushes the extras field `name` of the task at task_idx (nil without extras); returns its type. */
+int lasync__get_extra(lua_State *L, int task_idx, const char *name);
+/* The task's phase value (LASYNC__UV_AUX, wherever it is kept): push_aux pushes it, set_aux
+ * pops the value on top into it. Neither allocates. */
+void lasync__push_aux(lua_State *L, const lasync__task *t, int task_idx);
+void lasync__set_aux(lua_State *L, const lasync__task *t, int task_idx);
 void lasync__push_spawn_site(lua_State *L, int task_idx); /* "file:line" */
 
 /* diag.c: names, async.tasks(), debug mode. */

@@ -328,7 +328,7 @@ int lasync_task_result(lasync_task *t, lua_State *L) {
     int n = t->nargs;
     if (n == 1) lua_getiuservalue(L, -1, LASYNC__UV_FN);
     if (n > 1) {
-      lua_getiuservalue(L, -1, LASYNC__UV_ARGS);
+      lasync__push_aux(L, t, -1);
       for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
       lua_remove(L, -n - 1);
     }
@@ -389,11 +389,7 @@ static int report_protected(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
   if (lua_rawgetp(L, -1, t) != LUA_TUSERDATA) return luaL_error(L, "released");
   lasync__mark_observed(L, t, -1);
-  /* The failure report wants the task pinned, as it is until it settles: re-pin briefly. */
-  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lasync__push_failure_report(L, t);
-  luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
-  t->ref = LUA_NOREF;
+  lasync__push_failure_report(L, -1);
   return 1;
 }
 

@@ -245,4 +245,24 @@ describe("async.gather_settled", function()
     assert.matches("async.gather: bad argument #1 (task or function expected, got lasync.Future)",
       err, 1, true)
   end)
+
+  it("raises, not crashes, when the caller's list of tasks is changed while it is gathered", function()
+    -- A gather of a list of tasks keeps no copy of it (a million tasks, no second array), so a
+    -- child that settled and was then dropped from the list may be collected: the group must
+    -- notice rather than read the task it pointed to.
+    for _, fname in ipairs({ "gather", "gather_settled" }) do
+      local tasks = {}
+      for i = 1, 200 do tasks[i] = async.spawn(sleeper(i % 2 == 0 and 0 or 0.02, i)) end
+      local vandal = async.spawn(function()
+        async.sleep(0.005) -- the even children have settled by now
+        for i = 2, 200, 2 do tasks[i] = {} end
+        collectgarbage()
+      end)
+      local ok, err = pcall(async[fname], tasks)
+      assert.is_false(ok)
+      assert.matches("async." .. fname .. ": the list of tasks was changed while it was gathered",
+        err, 1, true)
+      vandal:await()
+    end
+  end)
 end)

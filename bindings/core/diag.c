@@ -9,11 +9,7 @@
 
 /* Pushes the task's name, or nil. */
 static int push_name(lua_State *L, int task_idx) {
-  if (lua_getiuservalue(L, task_idx, LASYNC__UV_EXTRA) == LUA_TTABLE) {
-    lua_getfield(L, -1, "name");
-    lua_remove(L, -2);
-  }
-  return lua_type(L, -1) == LUA_TSTRING;
+  return lasync__get_extra(L, task_idx, "name") == LUA_TSTRING;
 }
 
 static int task_name(lua_State *L) {
@@ -50,17 +46,20 @@ void lasync__push_task_label(lua_State *L, int task_idx) {
   lua_remove(L, -2);
 }
 
-/* The live tasks, from the runtime's list (oldest last there; async.dump sorts by age). */
+/* The live tasks, from the runtime's anchors, newest slot first (a freed slot is reused, so
+ * that is only roughly the newest first; async.dump sorts by age). */
 static int l_tasks(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   double now = (double)uv_now(rt->loop);
   lua_Integer n = 0;
-  lasync__task *t;
+  uint32_t slot;
   lua_createtable(L, (int)(rt->live_tasks < 1 << 20 ? rt->live_tasks : 1 << 20), 0);
-  for (t = rt->live_head; t; t = t->live_next) {
+  for (slot = rt->anchors_top; slot > 0; slot--) {
     int task;
+    lasync__task *t;
     luaL_checkstack(L, 4, NULL);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    if ((t = lasync__task_at(L, rt, slot)) == NULL) continue;
+    lasync__push_task(L, t);
     task = lua_gettop(L);
     lua_createtable(L, 0, 7);
     lua_pushvalue(L, task);
@@ -116,7 +115,7 @@ void lasync__debug_spawned(lua_State *L, lasync__runtime *rt, lasync__task *pare
   if (parent == NULL || rt->parents_ref == LUA_NOREF) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->parents_ref);
   lua_pushvalue(L, -2);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, parent->ref);
+  lasync__push_task(L, parent);
   lua_rawset(L, -3);
   lua_pop(L, 1);
 }
@@ -155,7 +154,7 @@ void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, 
   int top = lua_gettop(L);
   const char *where = "(unknown)";
   int level;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lasync__push_task(L, t);
   lasync__push_task_label(L, -1);
   if (!finished && t->co) {
     for (level = 0; lua_getstack(t->co, level, &ar); level++) {

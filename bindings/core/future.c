@@ -13,8 +13,6 @@
 
 #include "private.h"
 
-#define TASK_OF_WAITER(p) ((lasync__task *)((char *)(p)-offsetof(lasync__task, waiter)))
-
 /* ---- Lua futures ---- */
 
 static lasync__future *check_future(lua_State *L, const char *fname) {
@@ -86,7 +84,6 @@ static int push_outcome(lua_State *L, lasync__future *f, int idx) {
   return f->nvalues;
 }
 
-static void on_settled(lasync__waiter *w) { lasync__wake(TASK_OF_WAITER(w)); }
 
 static void held_abandoned(lasync__future *f);
 
@@ -108,8 +105,7 @@ static const lasync__awaitable_ops AWAIT_FUTURE_OPS = {"future", await_cancel, a
 int lasync__future_await(lua_State *L, lasync__future *f, const char *fname) {
   lasync__task *t = lasync__check_task(L, fname);
   if (f->state != LASYNC__FUTURE_PENDING) return push_outcome(L, f, lua_gettop(L));
-  t->waiter.on_settle = on_settled;
-  lasync__waitlist_add(&f->waiters, &t->waiter);
+  lasync__waitlist_add_task(&f->waiters, t);
   return lasync__suspend(L, t, &AWAIT_FUTURE_OPS, f);
 }
 

@@ -4,27 +4,33 @@
  * one block, and the gathering task is woken once: when the last child settles, or, unless
  * settled, when the first one fails.
  */
+#include <stddef.h>
 #include <string.h>
 
 #include "private.h"
 
 typedef struct group group;
 
+/* 32 bytes a child: the node finds its group through its hook, which the group holds. */
 typedef struct {
   lasync__waiter waiter; /* first, so a waiter pointer is a member pointer */
-  group *group;
   lasync__task *child;
 } member;
 
 struct group {
+  lasync__settle_hook hook; /* every member's: on_child_settled */
   lasync__task *owner;
   int settled_mode;
   int remaining;
   int first_failure; /* 1-based index of the first child that failed, or 0 */
   int n;
+  const char *fname; /* "async.gather" or "async.gather_settled", for misuse */
   member members[1];
 };
 
+/* Only the members still linked are touched: their children have not settled, so they are
+ * anchored and alive. A settled child is kept alive only by the list, which user code may
+ * change meanwhile. */
 static void detach_all(group *g) {
   int i;
   for (i = 0; i < g->n; i++) {
@@ -33,23 +39,36 @@ static void detach_all(group *g) {
   }
 }
 
-static void cancel_children(group *g) {
+/* Cancels the unsettled children (cancelling settles none at once: the links hold still). */
+static void cancel_linked(group *g) {
   int i;
-  for (i = 0; i < g->n; i++) lasync__cancel(g->owner->rt->L, g->members[i].child, 0, 0);
+  for (i = 0; i < g->n; i++)
+    if (g->members[i].waiter.prev) lasync__cancel(g->owner->rt->L, g->members[i].child, 0, 0);
 }
 
-static void on_child_settled(lasync__waiter *w) {
+static void on_child_settled(lasync__waiter *w, const lasync__settle_hook *hook) {
   member *m = (member *)w;
-  group *g = m->group;
+  group *g = (group *)((char *)hook - offsetof(group, hook));
   g->remaining--;
   if (!g->settled_mode && m->child->status != LASYNC__DONE && g->first_failure == 0) {
     g->first_failure = (int)(m - g->members) + 1;
+    cancel_linked(g);
     detach_all(g);
-    cancel_children(g);
     lasync__wake(g->owner);
   } else if (g->remaining == 0) {
     lasync__wake(g->owner);
   }
+}
+
+/* Pushes the i-th (1-based) child from the list at stack index 1 and returns it, or raises if
+ * the list no longer holds the task the group waited on (user code changed it meanwhile: the
+ * group's pointer may then be to a task already collected, so it is not touched). */
+static lasync__task *push_child(lua_State *L, group *g, int i) {
+  lasync__task *c = g->members[i - 1].child;
+  lua_rawgeti(L, 1, i);
+  if (lua_touserdata(L, -1) != (void *)c)
+    lasync__misuse(L, "%s: the list of tasks was changed while it was gathered", g->fname);
+  return c;
 }
 
 /* Builds the result array from the children at stack index 1 (an array of tasks), or raises
@@ -57,13 +76,12 @@ static void on_child_settled(lasync__waiter *w) {
 static int collect(lua_State *L, group *g) {
   int i;
   if (g->first_failure) {
-    lua_rawgeti(L, 1, g->first_failure);
-    return lasync__push_outcome(L, g->members[g->first_failure - 1].child, -1);
+    lasync__task *c = push_child(L, g, g->first_failure);
+    return lasync__push_outcome(L, c, -1);
   }
   lua_createtable(L, g->n, 1);
   for (i = 0; i < g->n; i++) {
-    lasync__task *c = g->members[i].child;
-    lua_rawgeti(L, 1, i + 1);                       /* [.., results, task] */
+    lasync__task *c = push_child(L, g, i + 1);      /* [.., results, task] */
     c->observed = 1;
     if (c->status == LASYNC__DONE && c->nargs > 0)
       lua_getiuservalue(L, -1, LASYNC__UV_FN);
@@ -91,8 +109,8 @@ static void gather_cancel(lasync__task *t, void *data) {
   group *g = (group *)data;
   (void)t;
   /* Cancelling the gathering task cancels its children, as asyncio does. */
+  cancel_linked(g);
   detach_all(g);
-  cancel_children(g);
 }
 
 static int gather_finish(lua_State *L, lasync__task *t, void *data) {
@@ -102,14 +120,12 @@ static int gather_finish(lua_State *L, lasync__task *t, void *data) {
 
 static const lasync__awaitable_ops GATHER_OPS = {"gather", gather_cancel, gather_finish, NULL};
 
-/* Leaves at index 1 a new array of tasks made from the arguments: tasks as they are, functions
- * spawned; a single plain table is taken as the list (and left as it was). Every argument is
- * checked before any function is spawned, so misuse starts no task. */
-static int normalise(lua_State *L, lasync__task *self, const char *fname) {
-  int i, list, n = lua_gettop(L), to_spawn = 0;
-  int from_list = n == 1 && lua_istable(L, 1) && !lasync__totask(L, 1) && !lua_getmetatable(L, 1);
-  if (from_list) n = (int)luaL_len(L, 1);
-  for (i = 1; i <= n; i++) {
+/* Checks every child before any function is spawned (misuse starts no task), recording the
+ * tasks among them in the members; returns how many are functions still to spawn. The
+ * children are the arguments, or the elements of the list at index 1 (from_list). */
+static int check_children(lua_State *L, group *g, int from_list, const char *fname) {
+  int i, to_spawn = 0;
+  for (i = 1; i <= g->n; i++) {
     lasync__task *child;
     if (from_list)
       lua_rawgeti(L, 1, i);
@@ -118,61 +134,88 @@ static int normalise(lua_State *L, lasync__task *self, const char *fname) {
     child = lasync__totask(L, -1);
     if (child == NULL && !lasync__is_callable(L, -1))
       return lasync__misuse(L, "%s: bad argument #%d (task or function expected, got %s)", fname, i,
-                        lasync__typename(L, -1));
-    if (child != NULL && child == self)
+                            lasync__typename(L, -1));
+    if (child != NULL && child == g->owner)
       return lasync__misuse(L, "%s: a task cannot gather itself", fname);
+    g->members[i - 1].child = child;
     to_spawn += child == NULL;
     lua_pop(L, 1);
   }
-  /* A list of tasks only is used as it is: nothing is written into it, and a million-task
-   * gather makes no copy. */
-  if (from_list && to_spawn == 0) return n;
-  lua_createtable(L, n, 0);
+  return to_spawn;
+}
+
+/* Leaves [list, group] on the stack: a new list of the children, the functions among them
+ * spawned (a list of tasks only is used as it is instead: nothing is written into it, and a
+ * million-task gather makes no copy). Each element is looked at again, since spawning runs
+ * the collector, whose finalizers may change the list. */
+static void make_list(lua_State *L, group *g, int from_list, const char *fname) {
+  int i, gi = lua_gettop(L), list;
+  lua_createtable(L, g->n, 0);
   list = lua_gettop(L);
-  for (i = 1; i <= n; i++) {
+  for (i = 1; i <= g->n; i++) {
+    lasync__task *child;
     if (from_list)
       lua_rawgeti(L, 1, i);
     else
       lua_pushvalue(L, i);
-    if (!lasync__totask(L, -1)) lasync__spawn(L, lua_gettop(L), 0);
+    if ((child = lasync__totask(L, -1)) == NULL) {
+      if (!lasync__is_callable(L, -1))
+        lasync__misuse(L, "%s: bad argument #%d (task or function expected, got %s)", fname, i,
+                       lasync__typename(L, -1));
+      child = lasync__spawn(L, lua_gettop(L), 0);
+    }
+    g->members[i - 1].child = child;
     lua_rawseti(L, list, i);
   }
-  lua_insert(L, 1);
-  lua_settop(L, 1);
-  return n;
+  lua_pushvalue(L, gi); /* gi may be 1 (no arguments), which the list overwrites */
+  lua_copy(L, list, 1);
+  lua_copy(L, -1, 2);
+  lua_settop(L, 2);
+}
+
+static group *new_group(lua_State *L, lasync__task *owner, int n, int settled_mode,
+                        const char *fname) {
+  group *g = (group *)lua_newuserdatauv(L, sizeof *g + (n > 0 ? n - 1 : 0) * sizeof(member), 0);
+  memset(g, 0, sizeof *g);
+  g->hook.on_settle = on_child_settled;
+  g->owner = owner;
+  g->settled_mode = settled_mode;
+  g->n = n;
+  g->fname = fname;
+  return g;
 }
 
 static int gather(lua_State *L, int settled_mode, const char *fname) {
   lasync__task *t = NULL;
   group *g;
-  int i, n = lua_gettop(L);
+  int i, n = lua_gettop(L), from_list, to_spawn;
   /* Check before spawning anything, so misuse starts no task. */
   if (n > 0) t = lasync__check_task(L, fname);
-  n = normalise(L, t, fname);
-  g = (group *)lua_newuserdatauv(L, sizeof *g + (n > 0 ? n - 1 : 0) * sizeof(member), 0);
-  memset(g, 0, sizeof *g);
-  g->owner = t;
-  g->settled_mode = settled_mode;
-  g->n = n;
+  from_list = n == 1 && lua_istable(L, 1) && !lasync__totask(L, 1) && !lua_getmetatable(L, 1);
+  if (from_list) n = (int)luaL_len(L, 1);
+  /* The group first: making it may run a finalizer that changes the list, and what is checked
+   * after it is what is used. */
+  g = new_group(L, t, n, settled_mode, fname);
+  to_spawn = check_children(L, g, from_list, fname);
+  if (!from_list || to_spawn > 0) make_list(L, g, from_list, fname); /* [list, group] */
   for (i = 0; i < n; i++) {
     member *m = &g->members[i];
-    lua_rawgeti(L, 1, i + 1);
-    m->child = lasync__totask(L, -1);
     /* Looked at (docs/toolkit.md): the group reports or returns its outcome. */
-    if (lasync__task_finished(m->child)) lasync__mark_observed(L, m->child, -1);
-    lua_pop(L, 1);
-    m->group = g;
-    m->waiter.on_settle = on_child_settled;
-    m->waiter.prev = m->waiter.next = NULL;
     if (lasync__task_finished(m->child)) {
+      lua_rawgeti(L, 1, i + 1);
+      lasync__mark_observed(L, m->child, -1);
+      lua_pop(L, 1);
       if (!settled_mode && m->child->status != LASYNC__DONE && !g->first_failure)
         g->first_failure = i + 1;
     } else {
       g->remaining++;
     }
+    m->waiter.hook = &g->hook;
+    m->waiter.prev = m->waiter.next = NULL;
   }
   if (g->first_failure) {
-    cancel_children(g);
+    for (i = 0; i < n; i++) /* none is linked yet; each was checked just now */
+      lasync__cancel(L, g->members[i].child, 0, 0);
     return collect(L, g);
   }
   if (g->remaining == 0) return collect(L, g);

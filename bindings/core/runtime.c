@@ -45,6 +45,51 @@ void lasync__unpin(lasync__runtime *rt, lua_State *L, int ref) {
   luaL_unref(L, LUA_REGISTRYINDEX, ref);
 }
 
+void lasync__anchor_task(lua_State *L, lasync__runtime *rt, lasync__task *t) {
+  uint32_t slot = rt->anchors_free, next = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->anchors_ref); /* [task, anchors] */
+  if (slot) {
+    lua_rawgeti(L, -1, slot);
+    next = (uint32_t)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  } else {
+    slot = rt->anchors_top + 1;
+  }
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, slot); /* a free slot is replaced; only a new one can raise (growing) */
+  lua_pop(L, 1);
+  if (slot > rt->anchors_top)
+    rt->anchors_top = slot;
+  else
+    rt->anchors_free = next;
+  t->slot = slot;
+}
+
+void lasync__unanchor_task(lua_State *L, lasync__runtime *rt, lasync__task *t) {
+  if (t->slot == 0) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->anchors_ref);
+  lua_pushinteger(L, rt->anchors_free);
+  lua_rawseti(L, -2, t->slot); /* the slot exists: replacing its value never allocates */
+  lua_pop(L, 1);
+  rt->anchors_free = t->slot;
+  t->slot = 0;
+}
+
+void lasync__push_task(lua_State *L, const lasync__task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->anchors_ref);
+  lua_rawgeti(L, -1, t->slot);
+  lua_replace(L, -2);
+}
+
+lasync__task *lasync__task_at(lua_State *L, lasync__runtime *rt, uint32_t slot) {
+  lasync__task *t;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->anchors_ref);
+  lua_rawgeti(L, -1, slot);
+  t = lua_type(L, -1) == LUA_TUSERDATA ? (lasync__task *)lua_touserdata(L, -1) : NULL;
+  lua_pop(L, 2);
+  return t;
+}
+
 /* The one protected call from C into Lua, as lua.c's docall: the function and nargs arguments
  * on top of L are replaced by nres results (LUA_OK) or by one error value. The handler records
  * the traceback in the running task, if the error happens in one. A stack that cannot grow is
@@ -159,11 +204,12 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
   lua_State *L = rt->L;
   lua_State *co;
   if (rt->pool_len > 0) {
+    /* Its slot is not cleared: the next release overwrites it, and until then it only keeps
+     * alive a coroutine that its task keeps alive anyway (or, if that task fails past its
+     * xpcall, one dropped coroutine per slot). */
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
-    lua_rawgeti(L, -1, rt->pool_len);
-    lua_pushnil(L);
-    lua_rawseti(L, -3, rt->pool_len--);
-    lua_remove(L, -2);
+    lua_rawgeti(L, -1, rt->pool_len--);
+    lua_replace(L, -2);
     return lua_tothread(L, -1);
   }
   lua_pushcfunction(L, new_thread);
@@ -184,93 +230,81 @@ static void release_coroutine(lasync__runtime *rt, lua_State *co) {
   lua_pop(L, 1);
 }
 
-/* Moves a pending task onto a coroutine: pushes xpcall, the function, the handler and the
- * arguments, and returns how many values lua_resume should take. */
-static int start_task(lasync__runtime *rt, lasync__task *t) {
+/* Moves a pending task (at index task of the main thread) onto a coroutine: pushes xpcall, the
+ * function, the handler and the arguments, and returns how many values lua_resume should take.
+ * The coroutine replaces the arguments as the task's phase value, which anchors it. */
+static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
   lua_State *L = rt->L;
   lua_State *co;
   int i, args, nargs = t->nargs;
   if (!lua_checkstack(L, nargs + 6)) return -2;
-  lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);                      /* [task] */
-  co = acquire_coroutine(rt);                         /* [task, co] */
-  if (co == NULL) {                                  /* [task, error]: fail it, unstarted */
-    lua_setiuservalue(L, -2, LASYNC__UV_FN);
-    lua_pop(L, 1);
+  co = acquire_coroutine(rt);                        /* [.., co] */
+  if (co == NULL) {                                  /* [.., error]: fail it, unstarted */
+    lua_setiuservalue(L, task, LASYNC__UV_FN);
     return -1;
   }
-  lua_setiuservalue(L, -2, LASYNC__UV_CO);           /* [task] */
-  mark_owned(rt, co, -1);
-  t->co = co;
-  t->status = LASYNC__RUNNING;
-  if (!lua_checkstack(co, nargs + 3)) { /* the coroutine is fresh or pooled: still usable */
-    lua_pushnil(L);
-    lua_setiuservalue(L, -2, LASYNC__UV_CO);
+  if (!lua_checkstack(co, nargs + 3)) { /* the coroutine is fresh or pooled: dropped unused */
     lua_pop(L, 1);
-    t->co = NULL;
-    t->status = LASYNC__PENDING;
     return -2;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->entry_ref);  /* [task, entry] */
-  lua_rawgeti(L, -1, 1);                             /* [task, entry, xpcall] */
-  lua_getiuservalue(L, -3, LASYNC__UV_FN);           /* [task, entry, xpcall, fn] */
-  lua_rawgeti(L, -3, 2);                             /* [task, entry, xpcall, fn, handler] */
-  lua_getiuservalue(L, -5, LASYNC__UV_ARGS);         /* [..., handler, args] */
-  if (nargs > 1) {
-    args = lua_gettop(L);
-    for (i = 1; i <= nargs; i++) lua_rawgeti(L, args, i);
-    lua_remove(L, args);
-  } else if (nargs == 0) {
-    lua_pop(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->entry_ref); /* [co, xpcall] */
+  lua_getiuservalue(L, task, LASYNC__UV_FN);        /* [co, xpcall, fn] */
+  lua_pushcfunction(L, lasync__trace_handler);      /* [co, xpcall, fn, handler] */
+  if (nargs > 0) {
+    lasync__push_aux(L, t, task);                      /* [..., handler, args] */
+    if (nargs > 1) {
+      args = lua_gettop(L);
+      for (i = 1; i <= nargs; i++) lua_rawgeti(L, args, i);
+      lua_remove(L, args);
+    }
   }
-  lua_xmove(L, co, 3 + nargs);                       /* [task, entry] */
-  lua_pop(L, 1);
+  lua_xmove(L, co, 3 + nargs); /* [co] */
   /* The function and its arguments now live on the coroutine; drop the task's copies (debug
    * mode keeps the function, so a slow last step can say where it ran; results replace it). */
+  lasync__set_aux(L, t, task); /* the coroutine, in place of the arguments */
   if (!rt->debug) {
     lua_pushnil(L);
-    lua_setiuservalue(L, -2, LASYNC__UV_FN);
+    lua_setiuservalue(L, task, LASYNC__UV_FN);
   }
-  lua_pushnil(L);
-  lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
-  lua_pop(L, 1);
+  mark_owned(rt, co, task);
+  t->co = co;
+  t->status = LASYNC__RUNNING;
   return nargs + 2;
 }
 
-/* Fails a task with "not enough memory" without allocating: the way out when storing its
- * outcome, making its error or its report ran out of memory. */
-static void fail_oom(lasync__runtime *rt, lasync__task *t) {
+/* Fails the task at index task with "not enough memory" without allocating: the way out when
+ * storing its outcome, making its error or its report ran out of memory. */
+static void fail_oom(lasync__runtime *rt, lasync__task *t, int task) {
   lua_State *L = rt->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
-  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  lua_setiuservalue(L, task, LASYNC__UV_FN);
   lua_pushnil(L);
-  lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
-  lua_pop(L, 1);
+  lasync__set_aux(L, t, task);
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
 }
 
-/* Under lasync__cpcall: moves the n > 1 results on the task's coroutine into a table. */
+/* Under lasync__cpcall: moves the n > 1 results on the task's coroutine into a table, which
+ * replaces the coroutine as the task's phase value. */
 static int store_results(lua_State *L) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
   lua_State *co = t->co;
   int i, n = t->nargs;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref); /* 2: task */
-  lua_createtable(L, n, 0);                  /* 3: results */
+  lasync__push_task(L, t);  /* 2: task */
+  lua_createtable(L, n, 0); /* 3: results */
   luaL_checkstack(L, n, "too many results");
   lua_xmove(co, L, n);
   for (i = n; i >= 1; i--) lua_rawseti(L, 3, i);
-  lua_setiuservalue(L, 2, LASYNC__UV_ARGS);
+  lasync__set_aux(L, t, 2);
   return 0;
 }
 
 /* The task's body returned: the coroutine holds xpcall's results, [ok, values...] or
- * [false, error]. Moves them into the task and settles it. */
-static void finish_task(lasync__runtime *rt, lasync__task *t, int nres) {
+ * [false, error]. Moves them into the task (at index task) and settles it. */
+static void finish_task(lasync__runtime *rt, lasync__task *t, int nres, int task) {
   lua_State *L = rt->L;
   lua_State *co = t->co;
   int ok = nres > 0 && lua_toboolean(co, -nres);
-  int n = nres - 1, status, stored = 1;
-  lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);               /* [task] */
+  int n = nres - 1, status, stored = 0;
   if (ok) {
     status = LASYNC__DONE;
     if (n >= 1) {
@@ -279,85 +313,93 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int nres) {
     } else {
       lua_pushnil(L); /* debug mode kept the function here */
     }
-    lua_setiuservalue(L, -2, LASYNC__UV_FN);
+    lua_setiuservalue(L, task, LASYNC__UV_FN);
     if (n > 1) {
-      t->nargs = n;
+      t->nargs = (unsigned)n;
       stored = lasync__cpcall(L, store_results, t) == LUA_OK;
     }
   } else {
     n = 1;
-    lua_xmove(co, L, 1);                      /* the error */
+    lua_xmove(co, L, 1); /* the error (its traceback is in the extras: lasync__trace_handler) */
     status = lasync__is_error_kind(L, -1, "cancelled") ? LASYNC__CANCELLED : LASYNC__FAILED;
-    lua_setiuservalue(L, -2, LASYNC__UV_FN);
+    lua_setiuservalue(L, task, LASYNC__UV_FN);
   }
   lua_settop(co, 0);
   t->co = NULL;
   release_coroutine(rt, co);
-  lua_pushnil(L);
-  lua_setiuservalue(L, -2, LASYNC__UV_CO);
-  lua_pop(L, 1);
-  if (!stored)
-    fail_oom(rt, t); /* its results did not fit in memory */
+  if (!stored) { /* the phase value is still the coroutine, now pooled or garbage */
+    lua_pushnil(L);
+    lasync__set_aux(L, t, task);
+  }
+  if (ok && n > 1 && !stored)
+    fail_oom(rt, t, task); /* its results did not fit in memory */
   else
     lasync__task_settle(rt, t, status, ok ? n : 0);
 }
 
 /* The error escaped the body's xpcall (a memory error while handling an error, for example):
  * the coroutine is unusable, so it is reset and dropped rather than pooled. */
-static void fail_task(lasync__runtime *rt, lasync__task *t) {
+static void fail_task(lasync__runtime *rt, lasync__task *t, int task) {
   lua_State *L = rt->L;
   lua_State *co = t->co;
-  lua_rawgeti(rt->L, LUA_REGISTRYINDEX, t->ref);
   lua_xmove(co, L, 1);
-  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  lua_setiuservalue(L, task, LASYNC__UV_FN);
   lua_resetthread(co);
   mark_owned(rt, co, 0);
   t->co = NULL;
-  lua_pushnil(L);
-  lua_setiuservalue(L, -2, LASYNC__UV_CO);
-  lua_pop(L, 1);
+  lua_pushnil(L); /* after the reset: until then the coroutine must stay anchored */
+  lasync__set_aux(L, t, task);
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
 }
 
 /* Under lasync__cpcall: the error of a task cancelled before it started. */
 static int cancel_unstarted(lua_State *L) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lasync__push_task(L, t);
   lasync__push_error(L, "cancelled", "task cancelled before it started");
   lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  lua_pushnil(L); /* its arguments */
+  lasync__set_aux(L, t, -2);
   return 0;
 }
 
-/* The one place that resumes a task. */
+/* The one place that resumes a task. A task that starts or ends here sits on the main
+ * thread's stack meanwhile (index task), pushed once. */
 static void resume_task(lasync__runtime *rt, lasync__task *t) {
-  int nargs = 0, nres = 0, status;
+  lua_State *L = rt->L;
+  int nargs = 0, nres = 0, status, task = 0;
   if (t->status == LASYNC__PENDING) {
     if (t->cancel_level != LASYNC__NO_CANCEL) {
       /* Cancelled before it ever ran: its function never starts. */
-      if (lasync__cpcall(rt->L, cancel_unstarted, t) == LUA_OK)
+      if (lasync__cpcall(L, cancel_unstarted, t) == LUA_OK) {
         lasync__task_settle(rt, t, LASYNC__CANCELLED, 0);
-      else
-        fail_oom(rt, t);
+      } else {
+        lasync__push_task(L, t);
+        fail_oom(rt, t, lua_gettop(L));
+        lua_pop(L, 1);
+      }
       return;
     }
-    nargs = start_task(rt, t);
-    if (nargs == -1) {
-      lasync__task_settle(rt, t, LASYNC__FAILED, 0); /* with the memory error it stored */
-      return;
-    }
+    lasync__push_task(L, t);
+    task = lua_gettop(L);
+    nargs = start_task(rt, t, task);
     if (nargs < 0) {
-      fail_oom(rt, t);
+      if (nargs == -1)
+        lasync__task_settle(rt, t, LASYNC__FAILED, 0); /* with the memory error it stored */
+      else
+        fail_oom(rt, t, task);
+      lua_settop(L, task - 1);
       return;
     }
   }
   rt->current = t;
   if (rt->debug) {
     uint64_t start = uv_hrtime(), spent;
-    status = lua_resume(t->co, rt->L, nargs, &nres);
+    status = lua_resume(t->co, L, nargs, &nres);
     spent = uv_hrtime() - start;
     if (spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, status != LUA_YIELD);
   } else {
-    status = lua_resume(t->co, rt->L, nargs, &nres);
+    status = lua_resume(t->co, L, nargs, &nres);
   }
   rt->current = NULL;
   if (status == LUA_YIELD) {
@@ -365,11 +407,17 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     /* A bare coroutine.yield() in a task is a sleep(0), so the scheduler never hands the
      * task's values to anyone. */
     if (t->wait_ops == NULL) lasync__enqueue(t, LASYNC__WAKE_VALUE);
-  } else if (status == LUA_OK) {
-    finish_task(rt, t, nres);
   } else {
-    fail_task(rt, t);
+    if (task == 0) {
+      lasync__push_task(L, t);
+      task = lua_gettop(L);
+    }
+    if (status == LUA_OK)
+      finish_task(rt, t, nres, task);
+    else
+      fail_task(rt, t, task);
   }
+  if (task) lua_settop(L, task - 1);
 }
 
 int lasync__step_fits(const lasync__runtime *rt, uint64_t *avg) {
@@ -455,13 +503,15 @@ static int cancel_protected(lua_State *L) {
   return 0;
 }
 
-/* Walks the live list (no allocation to collect them: this runs from SIGINT's callback too).
- * Cancelling never settles a task at once, so the list holds still meanwhile. */
+/* Walks the anchors, newest slot first (no allocation to collect them: this runs from SIGINT's
+ * callback too). Cancelling never settles a task at once, so the anchors hold still meanwhile. */
 void lasync__cancel_all(lasync__runtime *rt, const char *msg) {
-  lasync__task *t, *next;
-  for (t = rt->live_head; t; t = next) {
+  uint32_t slot;
+  if (!lua_checkstack(rt->L, 2)) return; /* no memory for two stack slots: nothing can run */
+  for (slot = rt->anchors_top; slot > 0; slot--) {
     cancel_req c;
-    next = t->live_next;
+    lasync__task *t = lasync__task_at(rt->L, rt, slot);
+    if (t == NULL) continue;
     c.t = t;
     c.msg = msg;
     /* Without memory for the message the cancellation still goes through, unexplained. */
@@ -495,16 +545,14 @@ static int open_lua_side(lua_State *L) {
   lasync__runtime *rt = (lasync__runtime *)lua_touserdata(L, 1);
   lua_newtable(L);
   rt->sites_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  rt->anchors_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* Sized for POOL_MAX up front, so putting a coroutine back never allocates (it happens in a
    * libuv callback, where a memory error would have no protected call to land in). */
   lua_createtable(L, POOL_MAX, 0);
   rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  /* The entry every task body runs through: xpcall with the traceback handler. */
-  lua_createtable(L, 2, 0);
+  /* The entry every task body runs through: xpcall (with the traceback handler). */
   lua_getglobal(L, "xpcall");
-  lua_rawseti(L, -2, 1);
-  lua_pushcfunction(L, lasync__trace_handler);
-  lua_rawseti(L, -2, 2);
   rt->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushliteral(L, "not enough memory");
   rt->oom_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -544,13 +592,14 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   uv_check_start(&rt->check, on_check);
   uv_unref((uv_handle_t *)&rt->check);
   rt->pool_ref = rt->entry_ref = rt->parents_ref = rt->sites_ref = LUA_NOREF;
-  rt->owned_ref = rt->oom_ref = LUA_NOREF;
+  rt->owned_ref = rt->oom_ref = rt->anchors_ref = rt->task_mt_ref = LUA_NOREF;
   rt->slow_step_ns = 100000000; /* 100 ms, as asyncio's debug mode */
   lua_pushcfunction(L, open_lua_side);
   lua_pushlightuserdata(L, rt);
   if (lasync__pcall(L, 1, 0) != LUA_OK) {
     lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->anchors_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, rt->oom_ref);
@@ -607,6 +656,10 @@ int lasync__runtime_free(lasync__runtime *rt) {
   int err = 0;
   if (last_rt == rt) last_rt = NULL;
   lasync__heap_free(rt->lua_heap); /* the state is closed (or was never lasync's) */
+  free(rt->site_pairs);
+  free(rt->site_index);
+  rt->site_pairs = NULL;
+  rt->site_index = NULL;
   rt->lua_heap = NULL;
   if (rt->owns_loop && rt->in_callback == 0 && (err = uv_loop_close(rt->loop)) != 0) return err;
   free(rt);
@@ -620,6 +673,8 @@ void lasync__runtime_detach(lasync__runtime *rt) {
   luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->anchors_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->task_mt_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->owned_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->oom_ref);
   lua_pushnil(L);

@@ -4,6 +4,7 @@
  * when it ends, so a task that has not started or has finished costs no coroutine.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "private.h"
@@ -47,8 +48,20 @@ void lasync__waitlist_settle(lasync__waitlist *list) {
   while (list->head) {
     lasync__waiter *w = list->head;
     lasync__waitlist_remove(list, w);
-    w->on_settle(w);
+    w->hook->on_settle(w, w->hook);
   }
+}
+
+static void wake_waiting_task(lasync__waiter *w, const lasync__settle_hook *hook) {
+  (void)hook;
+  lasync__wake(TASK_OF(w, waiter));
+}
+
+static const lasync__settle_hook WAKE_TASK = {wake_waiting_task};
+
+void lasync__waitlist_add_task(lasync__waitlist *list, lasync__task *t) {
+  t->waiter.hook = &WAKE_TASK;
+  lasync__waitlist_add(list, &t->waiter);
 }
 
 /* ---- suspending and waking ---- */
@@ -59,13 +72,54 @@ int lasync__cancel_active(const lasync__task *t) {
   return t->cancel_level <= t->scope_depth && t->cancel_level >= t->shield_floor;
 }
 
+/* The extras are made on demand: most tasks never have a name, a cancel message or an error,
+ * and their second user value holds only the phase value. With extras, it holds the extras
+ * table, and the phase value moves to its [1] (an array slot made with the table, so setting
+ * it later never allocates). */
 void lasync__push_extra(lua_State *L, int task_idx) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
   task_idx = lua_absindex(L, task_idx);
-  if (lua_getiuservalue(L, task_idx, LASYNC__UV_EXTRA) != LUA_TTABLE) {
+  if (t->has_extra) {
+    lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
+    return;
+  }
+  lua_createtable(L, 1, 3);
+  lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, task_idx, LASYNC__UV_AUX);
+  t->has_extra = 1;
+}
+
+int lasync__get_extra(lua_State *L, int task_idx, const char *name) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  if (!t->has_extra) {
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  return lua_type(L, -1);
+}
+
+void lasync__push_aux(lua_State *L, const lasync__task *t, int task_idx) {
+  lua_getiuservalue(L, task_idx, LASYNC__UV_AUX);
+  if (t->has_extra) {
+    lua_rawgeti(L, -1, 1);
+    lua_replace(L, -2);
+  }
+}
+
+void lasync__set_aux(lua_State *L, const lasync__task *t, int task_idx) {
+  task_idx = lua_absindex(L, task_idx);
+  if (t->has_extra) {
+    lua_getiuservalue(L, task_idx, LASYNC__UV_AUX); /* [value, extras] */
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
     lua_pop(L, 1);
-    lua_createtable(L, 0, 2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, task_idx, LASYNC__UV_EXTRA);
+  } else {
+    lua_setiuservalue(L, task_idx, LASYNC__UV_AUX);
   }
 }
 
@@ -75,10 +129,9 @@ static int raise_cancelled(lua_State *L, lasync__task *t) {
   const char *msg = "task cancelled";
   if (level > 0) {
     msg = "deadline exceeded";
-  } else {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-    if (lua_getiuservalue(L, -1, LASYNC__UV_EXTRA) == LUA_TTABLE &&
-        lua_getfield(L, -1, "cancel_message") == LUA_TSTRING)
+  } else if (t->has_extra) {
+    lasync__push_task(L, t);
+    if (lasync__get_extra(L, -1, "cancel_message") == LUA_TSTRING)
       msg = lua_tostring(L, -1); /* anchored on the stack until push_error copies it */
   }
   lasync__push_error(L, "cancelled", msg);
@@ -144,7 +197,7 @@ void lasync__wake(lasync__task *t) {
 int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx) {
   if (lasync__task_finished(t)) return 0;
   if (level == 0 && msg_idx && lua_isstring(L, msg_idx) && t->cancel_level > 0) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    lasync__push_task(L, t);
     lasync__push_extra(L, -1);
     lua_pushvalue(L, msg_idx);
     lua_setfield(L, -2, "cancel_message");
@@ -190,35 +243,38 @@ static int sentinel_gc(lua_State *L) {
 
 void lasync__mark_observed(lua_State *L, lasync__task *t, int task_idx) {
   t->observed = 1;
-  if (t->status == LASYNC__FAILED) {
-    if (lua_getiuservalue(L, task_idx, LASYNC__UV_CO) == LUA_TUSERDATA)
+  if (t->status == LASYNC__FAILED && t->has_extra) {
+    if (lasync__get_extra(L, task_idx, "sentinel") == LUA_TUSERDATA)
       ((sentinel *)lua_touserdata(L, -1))->observed = 1;
     lua_pop(L, 1);
   }
 }
 
-/* Under lasync__cpcall: gives the failed task its sentinel, which holds its report. */
+/* Under lasync__cpcall: gives the failed task its sentinel (in its extras), which holds its
+ * report. */
 static int attach_sentinel(lua_State *L) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
   sentinel *s;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                         /* [task] */
-  s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 1);   /* [task, s] */
+  lasync__push_task(L, t);                            /* 2: task */
+  lasync__push_extra(L, 2);                           /* 3: extras */
+  s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 1); /* 4: s */
   s->observed = 0;
-  lasync__push_failure_report(L, t);
-  lua_setiuservalue(L, -2, 1);
+  lasync__push_failure_report(L, 2);
+  lua_setiuservalue(L, 4, 1);
   if (luaL_newmetatable(L, "lasync.Sentinel")) {
     lua_pushcfunction(L, sentinel_gc);
     lua_setfield(L, -2, "__gc");
   }
-  lua_setmetatable(L, -2);
-  lua_setiuservalue(L, -2, LASYNC__UV_CO);
+  lua_setmetatable(L, 4);
+  lua_setfield(L, 3, "sentinel");
   return 0;
 }
 
 /* Under lasync__cpcall: reports the failure at once. */
 static int report_now(lua_State *L) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
-  lasync__push_failure_report(L, t);
+  lasync__push_task(L, t);
+  lasync__push_failure_report(L, 2);
   lasync__report(t->rt, lua_tostring(L, -1));
   return 0;
 }
@@ -234,8 +290,8 @@ void lasync__report(lasync__runtime *rt, const char *report) {
 }
 
 void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int nres) {
-  t->status = (uint8_t)status;
-  t->nargs = nres;
+  t->status = (unsigned)status;
+  t->nargs = (unsigned)nres;
   t->wait_ops = NULL;
   if (t->waiters.head) t->observed = 1;
   if (status == LASYNC__FAILED && !t->observed && t->report_now) {
@@ -253,15 +309,8 @@ void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int n
     lasync__report(rt, "not enough memory (and none left to keep its traceback)");
   }
   lasync__waitlist_settle(&t->waiters);
-  if (t->live_prev)
-    t->live_prev->live_next = t->live_next;
-  else
-    rt->live_head = t->live_next;
-  if (t->live_next) t->live_next->live_prev = t->live_prev;
-  t->live_prev = t->live_next = NULL;
   rt->live_tasks--;
-  lasync__unpin(rt, rt->L, t->ref);
-  t->ref = LUA_NOREF;
+  lasync__unanchor_task(rt->L, rt, t);
 }
 
 /* Pushes the finished task's results, or raises its error. */
@@ -270,21 +319,22 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
   task_idx = lua_absindex(L, task_idx);
   lasync__mark_observed(L, t, task_idx);
   if (t->status == LASYNC__DONE) {
-    if (t->nargs <= 1) {
-      if (t->nargs == 1) lua_getiuservalue(L, task_idx, LASYNC__UV_FN);
-      return t->nargs;
+    int n = (int)t->nargs;
+    if (n <= 1) {
+      if (n == 1) lua_getiuservalue(L, task_idx, LASYNC__UV_FN);
+      return n;
     }
-    luaL_checkstack(L, t->nargs + 1, "too many results");
-    lua_getiuservalue(L, task_idx, LASYNC__UV_ARGS);
-    for (i = 1; i <= t->nargs; i++) lua_rawgeti(L, -i, i);
-    return t->nargs;
+    luaL_checkstack(L, n + 1, "too many results");
+    lasync__push_aux(L, t, task_idx);
+    for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+    return n;
   }
   /* Remember where the error came from, so the re-raising task's traceback can show it. */
   {
     lasync__runtime *rt = lasync__runtime_get(L);
     lasync__task *cur = rt->current;
     if (cur && cur->co == L) {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, cur->ref);
+      lasync__push_task(L, cur);
       lasync__push_extra(L, -1);
       lua_pushvalue(L, task_idx);
       lua_setfield(L, -2, "cause");
@@ -297,26 +347,29 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
 
 void lasync__push_spawn_site(lua_State *L, int task_idx) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  const struct lasync__site_pair *site;
   if (t->site == 0) {
     lua_pushliteral(L, "(the host)");
     return;
   }
+  site = &t->rt->site_pairs[t->site - 1];
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->sites_ref);
-  lua_rawgeti(L, -1, t->site);
-  lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), t->spawn_line);
+  lua_rawgeti(L, -1, site->source);
+  lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), site->line);
   lua_replace(L, -3);
   lua_pop(L, 1);
 }
 
 /* The message handler of every task body: records the traceback at the point of failure, with
  * where the task was spawned and, when the error came from an awaited task, that task's own
- * traceback. Cancellations carry none: they are not failures. */
+ * traceback, in the task's extras (its phase value is the coroutine, which must stay anchored
+ * while it runs). Cancellations carry none: they are not failures. */
 int lasync__trace_handler(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lasync__task *t = rt ? rt->current : NULL;
   if (lasync__is_error_kind(L, 1, "cancelled") || t == NULL || t->co != L) return 1;
   lua_settop(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);                    /* 2: task */
+  lasync__push_task(L, t);                         /* 2: task */
   luaL_traceback(L, L, NULL, 1);                   /* 3: traceback */
   lasync__push_spawn_site(L, 2);                   /* 4: file:line */
   lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
@@ -326,34 +379,35 @@ int lasync__trace_handler(lua_State *L) {
     lua_concat(L, 2);
   }
   lua_pushliteral(L, "");                          /* 5: the awaited task's story, if any */
-  if (lua_getiuservalue(L, 2, LASYNC__UV_EXTRA) == LUA_TTABLE &&
-      lua_getfield(L, 6, "cause") == LUA_TUSERDATA) {
-    lua_getiuservalue(L, 7, LASYNC__UV_FN);        /* 8: its error */
-    lua_getiuservalue(L, 7, LASYNC__UV_ARGS);      /* 9: its traceback */
-    if (lua_rawequal(L, 8, 1) && lua_type(L, 9) == LUA_TSTRING) {
-      lua_pushfstring(L, "\nraised by an awaited task, %s", lua_tostring(L, 9));
+  if (lasync__get_extra(L, 2, "cause") == LUA_TUSERDATA) { /* 6: the awaited task */
+    lua_getiuservalue(L, 6, LASYNC__UV_FN);              /* 7: its error */
+    lasync__get_extra(L, 6, "traceback");                /* 8: its traceback */
+    if (lua_rawequal(L, 7, 1) && lua_type(L, 8) == LUA_TSTRING) {
+      lua_pushfstring(L, "\nraised by an awaited task, %s", lua_tostring(L, 8));
       lua_replace(L, 5);
     }
   }
   lua_settop(L, 5);
-  lua_concat(L, 3);
-  lua_setiuservalue(L, 2, LASYNC__UV_ARGS);
+  lua_concat(L, 3);                                /* 3: the whole traceback */
+  lasync__push_extra(L, 2);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "traceback");
   lua_settop(L, 1);
   return 1;
 }
 
-/* "task 'worker-2' failed: <message>\n<traceback>": the report of a failure nobody saw.
- * Allocates: callers on callback paths run it protected. */
-void lasync__push_failure_report(lua_State *L, lasync__task *t) {
+/* "task 'worker-2' failed: <message>\n<traceback>": the report of a failure nobody saw, for the
+ * task at task_idx. Allocates: callers on callback paths run it protected. */
+void lasync__push_failure_report(lua_State *L, int task_idx) {
   int top = lua_gettop(L);
+  task_idx = lua_absindex(L, task_idx);
   luaL_checkstack(L, 6, NULL);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);         /* top+1: task */
-  lasync__push_task_label(L, top + 1);
+  lasync__push_task_label(L, task_idx);              /* top+1: label */
   lua_pushliteral(L, " failed: ");
-  lua_getiuservalue(L, top + 1, LASYNC__UV_FN);
+  lua_getiuservalue(L, task_idx, LASYNC__UV_FN);
   lasync__describe(L, -1);
-  lua_remove(L, -2);                                 /* [task, label, " failed: ", msg] */
-  if (lua_getiuservalue(L, top + 1, LASYNC__UV_ARGS) == LUA_TSTRING) {
+  lua_remove(L, -2);                                 /* [label, " failed: ", msg] */
+  if (lasync__get_extra(L, task_idx, "traceback") == LUA_TSTRING) {
     lua_pushliteral(L, "\n");
     lua_rotate(L, -2, 1);
     lua_concat(L, 5);
@@ -361,24 +415,23 @@ void lasync__push_failure_report(lua_State *L, lasync__task *t) {
     lua_pop(L, 1);
     lua_concat(L, 3);
   }
-  lua_replace(L, top + 1);
   lua_settop(L, top + 1);
 }
 
 /* ---- spawning ---- */
 
-/* Spawn sites are kept as (source, line), the source an index into the runtime's `sites`
+/* Spawn sites are kept as (source, line) pairs, the source an index into the runtime's `sites`
  * array: sources are few, so each name is stored once, and the last one is remembered in C
  * because consecutive spawns nearly always come from the same chunk. */
-static uint32_t site_of(lua_State *L, lasync__runtime *rt, const char *short_src) {
+static uint32_t source_of(lua_State *L, lasync__runtime *rt, const char *short_src) {
   uint32_t id;
-  if (rt->last_site && strcmp(rt->last_site_src, short_src) == 0) return rt->last_site;
+  if (rt->last_source && strcmp(rt->last_source_src, short_src) == 0) return rt->last_source;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->sites_ref);   /* [sites] */
   lua_pushstring(L, short_src);
   if (lua_rawget(L, -2) == LUA_TNUMBER) {
     id = (uint32_t)lua_tointeger(L, -1);
   } else {
-    id = ++rt->nsites;
+    id = ++rt->nsources;
     lua_pushstring(L, short_src);
     lua_pushinteger(L, id);
     lua_rawset(L, -4);
@@ -386,8 +439,55 @@ static uint32_t site_of(lua_State *L, lasync__runtime *rt, const char *short_src
     lua_rawseti(L, -3, id);
   }
   lua_pop(L, 2);
-  rt->last_site = id;
-  strcpy(rt->last_site_src, short_src);
+  rt->last_source = id;
+  strcpy(rt->last_source_src, short_src);
+  return id;
+}
+
+static uint32_t hash_site(uint32_t source, int line) {
+  return (source * 0x9E3779B1u) ^ ((uint32_t)line * 0x85EBCA77u);
+}
+
+static void index_site(lasync__runtime *rt, uint32_t id) {
+  const struct lasync__site_pair *p = &rt->site_pairs[id - 1];
+  uint32_t mask = rt->site_index_cap - 1, i = hash_site(p->source, p->line) & mask;
+  while (rt->site_index[i] != 0) i = (i + 1) & mask;
+  rt->site_index[i] = id;
+}
+
+/* Doubles the pairs' room and rehashes them; raises a memory error with nothing changed. */
+static void grow_sites(lua_State *L, lasync__runtime *rt) {
+  uint32_t cap = rt->site_index_cap ? rt->site_index_cap * 2 : 64, id;
+  uint32_t *index = cap > rt->site_index_cap ? (uint32_t *)calloc(cap, sizeof *index) : NULL;
+  struct lasync__site_pair *pairs =
+      index ? (struct lasync__site_pair *)realloc(rt->site_pairs, cap / 2 * sizeof *pairs) : NULL;
+  if (pairs == NULL) {
+    free(index);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
+    lua_error(L);
+  }
+  free(rt->site_index);
+  rt->site_pairs = pairs;
+  rt->site_index = index;
+  rt->site_index_cap = cap;
+  for (id = 1; id <= rt->nsite_pairs; id++) index_site(rt, id);
+}
+
+/* The id of the spawn site (source, line), numbered from 1, made if it is new (at most half
+ * the index is full, so a probe ends soon). */
+static uint32_t site_of(lua_State *L, lasync__runtime *rt, uint32_t source, int line) {
+  uint32_t id, i, mask = rt->site_index_cap - 1;
+  if (rt->site_index) {
+    for (i = hash_site(source, line) & mask; (id = rt->site_index[i]) != 0; i = (i + 1) & mask) {
+      if (rt->site_pairs[id - 1].source == source && rt->site_pairs[id - 1].line == line)
+        return id;
+    }
+  }
+  if ((rt->nsite_pairs + 1) * 2 > rt->site_index_cap) grow_sites(L, rt);
+  id = ++rt->nsite_pairs;
+  rt->site_pairs[id - 1].source = source;
+  rt->site_pairs[id - 1].line = line;
+  index_site(rt, id);
   return id;
 }
 
@@ -428,24 +528,28 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   t = (lasync__task *)lua_newuserdatauv(L, sizeof *t, LASYNC__TASK_NUV);
   memset(t, 0, sizeof *t);
   t->rt = rt;
-  t->ref = LUA_NOREF;
   t->cancel_level = LASYNC__NO_CANCEL;
   t->timer.index = LASYNC__UNARMED;
   t->spawned_ms = (uint32_t)uv_now(rt->loop);
-  t->nargs = nargs;
-  luaL_setmetatable(L, LASYNC_TASK_MT);
+  t->nargs = (unsigned)nargs;
+  if (rt->task_mt_ref != LUA_NOREF) { /* kept since lasync__open_task */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->task_mt_ref);
+    lua_setmetatable(L, -2);
+  } else {
+    luaL_setmetatable(L, LASYNC_TASK_MT);
+  }
   lua_pushvalue(L, fn_idx);
   lua_setiuservalue(L, -2, LASYNC__UV_FN);
   if (nargs == 1) {
     lua_pushvalue(L, fn_idx + 1);
-    lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+    lua_setiuservalue(L, -2, LASYNC__UV_AUX);
   } else if (nargs > 1) {
     lua_createtable(L, nargs, 0);
     for (i = 1; i <= nargs; i++) {
       lua_pushvalue(L, fn_idx + i);
       lua_rawseti(L, -2, i);
     }
-    lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+    lua_setiuservalue(L, -2, LASYNC__UV_AUX);
   }
   /* The spawn site: the nearest Lua function up the stack outside lasync's own chunk. A loop
    * spawns from one function: that function is remembered (anchored in the sites table, so
@@ -459,7 +563,10 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
     }
     if (rt->last_site && lua_topointer(L, -1) == rt->last_site_fn) {
       lua_pop(L, 1);
-      t->spawn_line = ar.currentline;
+      if (ar.currentline != rt->last_line) {
+        rt->last_site = site_of(L, rt, rt->site_pairs[rt->last_site - 1].source, ar.currentline);
+        rt->last_line = ar.currentline;
+      }
       t->site = rt->last_site;
       break;
     }
@@ -469,8 +576,9 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
       lua_pop(L, 1);
       continue;
     }
-    t->spawn_line = ar.currentline;
-    t->site = site_of(L, rt, ar.short_src); /* [.., fn] */
+    t->site = site_of(L, rt, source_of(L, rt, ar.short_src), ar.currentline); /* [.., fn] */
+    rt->last_site = t->site;
+    rt->last_line = ar.currentline;
     rt->last_site_fn = lua_topointer(L, -1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->sites_ref);
     lua_insert(L, -2);
@@ -480,12 +588,8 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   }
   if (rt->debug) lasync__debug_spawned(L, rt, rt->current);
   lasync__reserve_ready(L, rt); /* before it counts: raising now leaves nothing behind */
-  lua_pushvalue(L, -1);
-  t->ref = lasync__pin(rt, L);
+  lasync__anchor_task(L, rt, t);
   rt->live_tasks++;
-  t->live_next = rt->live_head;
-  if (rt->live_head) rt->live_head->live_prev = t;
-  rt->live_head = t;
   lua_replace(L, fn_idx);
   lua_settop(L, fn_idx);
   lasync__enqueue(t, LASYNC__WAKE_VALUE);
@@ -542,8 +646,6 @@ lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname) {
   return t;
 }
 
-static void on_awaited_settled(lasync__waiter *w) { lasync__wake(TASK_OF(w, waiter)); }
-
 static void await_cancel(lasync__task *t, void *data) {
   lasync__waitlist_remove(&((lasync__task *)data)->waiters, &t->waiter);
 }
@@ -560,8 +662,7 @@ static int await_task(lua_State *L, lasync__task *a, const char *fname) {
   if (a == t) return lasync__misuse(L, "%s: a task cannot await itself", fname);
   lua_settop(L, 1);
   if (lasync__task_finished(a)) return lasync__push_outcome(L, a, 1);
-  t->waiter.on_settle = on_awaited_settled;
-  lasync__waitlist_add(&a->waiters, &t->waiter);
+  lasync__waitlist_add_task(&a->waiters, t);
   return lasync__suspend(L, t, &AWAIT_TASK_OPS, a);
 }
 
@@ -653,7 +754,7 @@ static int l_corunning(lua_State *L) {
   if (rt && rt->current && rt->current->co == L && rt->owned_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
     lua_pushthread(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->ref);
+    lasync__push_task(L, rt->current);
     lua_rawset(L, -3);
     lua_pop(L, 1);
     rt->exposed = 1;
@@ -717,7 +818,7 @@ static int task_tostring(lua_State *L) {
 static int l_current(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   if (rt->current && rt->current->co == L)
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->ref);
+    lasync__push_task(L, rt->current);
   else
     lua_pushnil(L);
   return 1;
@@ -779,7 +880,7 @@ static int l_debug_counts(lua_State *L) {
   lua_setfield(L, -2, "timers");
   lua_pushinteger(L, lasync__count_handles(rt));
   lua_setfield(L, -2, "handles");
-  lua_pushinteger(L, rt->pinned_refs - rt->live_tasks);
+  lua_pushinteger(L, rt->pinned_refs); /* tasks are anchored apart (lasync__anchor_task) */
   lua_setfield(L, -2, "refs");
   lua_pushinteger(L, rt->pool_len);
   lua_setfield(L, -2, "pooled_coroutines");
@@ -808,7 +909,14 @@ void lasync__open_task(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pushliteral(L, "Task");
   lua_setfield(L, -2, "__name");
-  if (lasync__runtime_get(L)) lasync__runtime_get(L)->task_mt = lua_topointer(L, -1);
+  if (lasync__runtime_get(L)) {
+    lasync__runtime *rt = lasync__runtime_get(L);
+    rt->task_mt = lua_topointer(L, -1);
+    if (rt->task_mt_ref == LUA_NOREF) { /* once: a second require finds the same table */
+      lua_pushvalue(L, -1);
+      rt->task_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+  }
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
   if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {

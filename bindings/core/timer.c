@@ -183,7 +183,7 @@ static int l_deadline(lua_State *L) {
   d->saved_floor = t->shield_floor;
   if (d->shield) t->shield_floor = (uint16_t)d->depth;
   luaL_setmetatable(L, SCOPE_MT);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lasync__push_task(L, t);
   lua_setiuservalue(L, -2, 1);
   if (s < LASYNC__FOREVER) lasync__timer_start(t->rt, &d->timer, s);
   return 1;

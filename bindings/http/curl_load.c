@@ -18,8 +18,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#define TASK_OF_WAITER(w) ((lasync__task *)((char *)(w)-offsetof(lasync__task, waiter)))
-
 typedef struct loader loader;
 
 /* One load: made on the loop's thread, handed to a thread of its own, and back through the
@@ -83,8 +81,6 @@ static void *load_thread(void *arg) {
   return NULL;
 }
 
-static void on_loaded(lasync__waiter *w) { lasync__wake(TASK_OF_WAITER(w)); }
-
 static void wait_cancel(lasync__task *t, void *data) {
   loader *lo = (loader *)lasync__service_find(t->rt, &LOADER_SERVICE);
   (void)data;
@@ -147,8 +143,7 @@ void lasync__need_curl(lua_State *L, const char *fname, const char *url,
     if (t && t->co == L && !rt->closing && lua_isyieldable(L)) {
       lasync__checkpoint(L, t); /* a pending cancellation is raised here, as at any wait */
       if ((lo = running_loader(rt)) != NULL) {
-        t->waiter.on_settle = on_loaded;
-        lasync__waitlist_add(&lo->waiters, &t->waiter);
+        lasync__waitlist_add_task(&lo->waiters, t);
         lasync__suspend(L, t, &LOAD_OPS, (void *)again); /* does not return */
       }
     }

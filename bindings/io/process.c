@@ -20,7 +20,6 @@
 #include "private.h"
 
 #define PROC_MT "lasync.Process"
-#define TASK_OF_WAITER(w) ((lasync__task *)((char *)(w)-offsetof(lasync__task, waiter)))
 
 typedef struct {
   lasync__handle h;
@@ -41,7 +40,6 @@ static void on_child_exit(uv_process_t *p, int64_t code, int signal) {
   lasync__waitlist_settle(&pr->waiters);
 }
 
-static void wake_waiter(lasync__waiter *w) { lasync__wake(TASK_OF_WAITER(w)); }
 
 /* Closed before its exit: the group is killed, and the child reaped in on_free, once libuv has
  * forgotten the pid (waitpid there cannot race libuv's own). */
@@ -236,8 +234,7 @@ static int proc_wait(lua_State *L) {
     return 1;
   }
   t = lasync__check_task(L, "process:wait");
-  t->waiter.on_settle = wake_waiter;
-  lasync__waitlist_add(&pr->waiters, &t->waiter);
+  lasync__waitlist_add_task(&pr->waiters, t);
   return lasync__suspend(L, t, &WAIT_OPS, lua_touserdata(L, 1));
 }
 

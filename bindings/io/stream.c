@@ -84,7 +84,7 @@ static const lasync__service_ops STREAMS_SERVICE = {"streams", streams_turn, str
 static streams *get_streams(lasync__runtime *rt) {
   streams *st = (streams *)lasync__service_find(rt, &STREAMS_SERVICE);
   if (st == NULL && !rt->closing) {
-    st = (streams *)malloc(sizeof *st);
+    st = (streams *)calloc(1, sizeof *st); /* turn starts at 0 (valgrind: it was read unset) */
     if (st == NULL) return NULL;
     lasync__service_add(rt, &st->service, &STREAMS_SERVICE);
 #ifdef SIGPIPE
@@ -569,7 +569,6 @@ static int drain_finish(lua_State *L, lasync__task *t, void *data) {
 
 static const lasync__awaitable_ops DRAIN_OPS = {"stream.write", drain_cancel, drain_finish, NULL};
 
-static void on_writer_settle(lasync__waiter *w) { lasync__wake(TASK_OF_WAITER(w)); }
 
 static const lasync__awaitable_ops WRITE_YIELD_OPS = {"stream.write", NULL, NULL, NULL};
 
@@ -680,8 +679,7 @@ static int stream_write(lua_State *L) {
   if (uv_stream_get_write_queue_size(&s->u.stream) <= s->write_hwm)
     return write_return(L, t, s, total);
   lua_settop(L, 1);
-  t->waiter.on_settle = on_writer_settle;
-  lasync__waitlist_add(&s->writers, &t->waiter);
+  lasync__waitlist_add_task(&s->writers, t);
   return lasync__suspend(L, t, &DRAIN_OPS, s);
 }
 

@@ -135,10 +135,6 @@ static const lasync__service_ops POOL_SERVICE = {"thread pool", NULL, pool_servi
 
 /* ---- waiting on a wait list (room in the queue, the workers' exit) ---- */
 
-#define TASK_OF_WAITER(w) ((lasync__task *)((char *)(w)-offsetof(lasync__task, waiter)))
-
-static void on_list_settle(lasync__waiter *w) { lasync__wake(TASK_OF_WAITER(w)); }
-
 static void list_cancel(lasync__task *t, void *data) {
   lasync__waitlist_remove((lasync__waitlist *)data, &t->waiter);
 }
@@ -148,8 +144,7 @@ static const lasync__awaitable_ops CLOSE_WAIT = {"thread pool close", list_cance
 
 static int wait_list(lua_State *L, lasync__task *t, lasync__waitlist *list,
                      const lasync__awaitable_ops *ops) {
-  t->waiter.on_settle = on_list_settle;
-  lasync__waitlist_add(list, &t->waiter);
+  lasync__waitlist_add_task(list, t);
   return lasync__suspend(L, t, ops, list);
 }
 
