@@ -164,6 +164,8 @@ struct lasync__runtime {
   int owned_ref;    /* weak-keyed: coroutine Lua has seen -> its task, or true when idle */
   int exposed;      /* owned_ref has entries: task coroutines must be marked (runtime.c) */
   int oom_ref;      /* the string "not enough memory", for failing a task without allocating */
+  int starved;      /* a start failed for memory in this drain: later starts fail at once */
+  long starved_unseen; /* tasks failed so with nobody to see it, reported once per drain */
   lasync__task *live_head; /* live tasks, newest first */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */

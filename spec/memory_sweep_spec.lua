@@ -63,4 +63,57 @@ describe("the memory cap never aborts the host", function()
     assert.are.equal("false\tnot enough memory\n", out)
     assert.is_nil(err:find("PANIC", 1, true))
   end)
+
+  -- Before, each queued task then failed to start on its own full emergency collection of a
+  -- heap of queued tasks (~0.7 s each at 64 MiB): minutes. A hang shows as the timeout's status.
+  it("the issue's reproducer at 64 MiB finishes: what cannot start fails at once, reported once", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      print(pcall(function() for i = 1, 1e7 do async.spawn(async.sleep, 1) end end))
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=64; ", timeout = 90 })
+    assert.are.equal(1, status, err:sub(1, 2000))
+    assert.are.equal("false\tnot enough memory\n", out)
+    local n = tonumber(err:match("not enough memory: (%d+) tasks could not start"))
+    assert(n and n > 1000, err:sub(1, 2000))
+    assert.is_nil(err:find("PANIC", 1, true))
+  end)
+
+  it("a task that cannot start can still be awaited: it failed with the memory error", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local ts = {}
+      local ok = pcall(function() for i = 1, 1e7 do ts[i] = async.spawn(async.sleep, 0) end end)
+      async.sleep(0) -- the queued tasks start, or fail to
+      local last = ts[#ts]
+      print(ok, last:status(), pcall(last.await, last))
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=16; ", timeout = 90 })
+    assert.are.equal(1, status, err:sub(1, 2000))
+    assert.are.equal("false\tfailed\tfalse\tnot enough memory\n", out)
+  end)
+
+  -- SIGTERM cancels every task with a message, which needs memory: before, each task's try was
+  -- another full collection, and the host did not stop for minutes.
+  it("SIGTERM at the cap stops the host at once", function()
+    local path = sub.tmpfile([[
+      local async = require "lasync"
+      local ok, e = pcall(function()
+        for i = 1, 1e7 do
+          async.spawn(async.sleep, 60)
+          if i % 1000 == 0 then async.sleep(0) end -- they start, and sleep
+        end
+      end)
+      print(ok, e)
+      io.stdout:flush()
+      async.sleep(60)
+    ]])
+    local outf = sub.tmpfile()
+    local p = assert(io.popen(("timeout -k 5 90 sh -c " .. sub.q(
+      "LASYNC_MAX_MEMORY=64 " .. sub.q(sub.LASYNC) .. " " .. sub.q(path) .. " >" .. sub.q(outf) ..
+      " 2>/dev/null & pid=$!; until grep -q memory " .. sub.q(outf) .. "; do sleep 0.1; done; " ..
+      "kill -TERM $pid; wait $pid"))))
+    p:read("a")
+    local _, _, status = p:close()
+    assert.are.equal("false\tnot enough memory\n", sub.slurp(outf))
+    assert.are.equal(143, status)
+  end)
 end)

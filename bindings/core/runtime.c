@@ -249,6 +249,45 @@ static void fail_oom(lasync__runtime *rt, lasync__task *t) {
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
 }
 
+/* A task that cannot start for want of memory fails without allocating: no coroutine, no error
+ * object, no sentinel. Once one start has failed in a drain (after Lua's emergency collection
+ * found nothing to free), the starts after it in the same drain fail this way without trying:
+ * each try would be another full collection of a heap full of queued tasks, so a million of
+ * them took minutes to fail one by one (issue 14, crash 2). Those nobody awaits are reported
+ * together at the end of the drain (report_starved). */
+static void fail_starved(lasync__runtime *rt, lasync__task *t) {
+  lua_State *L = rt->L;
+  rt->starved = 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
+  lua_setiuservalue(L, -2, LASYNC__UV_FN);
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, LASYNC__UV_ARGS);
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, LASYNC__UV_CO);
+  lua_pop(L, 1);
+  if (!t->observed && t->waiters.head == NULL) {
+    t->observed = 1; /* reported here, once, in place of a sentinel */
+    rt->starved_unseen++;
+  }
+  lasync__task_settle(rt, t, LASYNC__FAILED, 0);
+}
+
+/* One report for the tasks of this drain that could not start, from a buffer on the C stack. */
+static void report_starved(lasync__runtime *rt) {
+  char msg[160];
+  long n = rt->starved_unseen;
+  rt->starved = 0;
+  rt->starved_unseen = 0;
+  if (n == 0) return;
+  rt->unhandled_failures += n;
+  if (n == 1)
+    snprintf(msg, sizeof msg, "not enough memory: a task could not start");
+  else
+    snprintf(msg, sizeof msg, "not enough memory: %ld tasks could not start", n);
+  lasync__report(rt, msg);
+}
+
 /* Under lasync__cpcall: moves the n > 1 results on the task's coroutine into a table. */
 static int store_results(lua_State *L) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
@@ -332,21 +371,21 @@ static int cancel_unstarted(lua_State *L) {
 static void resume_task(lasync__runtime *rt, lasync__task *t) {
   int nargs = 0, nres = 0, status;
   if (t->status == LASYNC__PENDING) {
+    if (rt->starved) {
+      fail_starved(rt, t);
+      return;
+    }
     if (t->cancel_level != LASYNC__NO_CANCEL) {
       /* Cancelled before it ever ran: its function never starts. */
       if (lasync__cpcall(rt->L, cancel_unstarted, t) == LUA_OK)
         lasync__task_settle(rt, t, LASYNC__CANCELLED, 0);
       else
-        fail_oom(rt, t);
+        fail_starved(rt, t);
       return;
     }
     nargs = start_task(rt, t);
-    if (nargs == -1) {
-      lasync__task_settle(rt, t, LASYNC__FAILED, 0); /* with the memory error it stored */
-      return;
-    }
     if (nargs < 0) {
-      fail_oom(rt, t);
+      fail_starved(rt, t); /* in place of the memory error start_task may have stored */
       return;
     }
   }
@@ -417,6 +456,7 @@ void lasync__drain(lasync__runtime *rt) {
     resume_task(rt, t);
     if (start) lasync__step_measure(&rt->resume_ns, uv_hrtime() - start);
   }
+  if (rt->starved) report_starved(rt);
   if (rt->ready_len == 0) uv_idle_stop(&rt->idle);
 }
 
@@ -464,9 +504,11 @@ void lasync__cancel_all(lasync__runtime *rt, const char *msg) {
     next = t->live_next;
     c.t = t;
     c.msg = msg;
-    /* Without memory for the message the cancellation still goes through, unexplained. */
-    if (msg == NULL || lasync__cpcall(rt->L, cancel_protected, &c) != LUA_OK)
-      lasync__cancel(rt->L, t, 0, 0);
+    /* Without memory for the message the cancellation still goes through, unexplained, and
+     * the tasks after it are not given one either: each try would be a full collection. */
+    if (msg != NULL && lasync__cpcall(rt->L, cancel_protected, &c) == LUA_OK) continue;
+    msg = NULL;
+    lasync__cancel(rt->L, t, 0, 0);
   }
 }
 
