@@ -426,7 +426,8 @@ lasync__task *lasync__check_task(lua_State *L, const char *fname);
 lasync__task *lasync__check_suspendable(lua_State *L, const char *fname);
 lasync__task *lasync__totask(lua_State *L, int idx);
 int lasync__is_callable(lua_State *L, int idx); /* a function, or a value with __call */
-/* The task at idx, or raises "<fname>: bad argument #idx (task expected, got ...)". */
+/* The task at idx, or raises "<fname>: bad argument #idx (Task expected, got ...)" (bad self,
+ * for argument 1 of a method). */
 lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname);
 extern const char *const lasync__status_names[]; /* indexed by enum lasync__status */
 int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data);
@@ -470,6 +471,10 @@ int lasync__misuse(lua_State *L, const char *fmt, ...);
  * expected, got <type>)" (argname may be NULL), a userdata's type being its __name. */
 int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argname,
                      const char *expected);
+/* Raises "<fname>: bad self (<expected> expected, got <type>); call it with ':'": a method
+ * (fname "class:method") called with '.'. lasync__argerror raises it for argument 1 of a method,
+ * so a method's check of its self is lasync__argerror(L, 1, "class:method", NULL, MT). */
+int lasync__selferror(lua_State *L, const char *fname, const char *expected);
 /* Raises "<fname>: bad option '<opt>' (<expected> expected, got <type of the value at idx>)". */
 int lasync__opterror(lua_State *L, int idx, const char *fname, const char *opt,
                      const char *expected);

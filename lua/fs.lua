@@ -231,6 +231,7 @@ function File:is_open() return raw.is_open(self._fd) end
 
 File.__close = File.close
 function File.__tostring(self) return tostring(self._fd) end
+core._check.methods(File, "file") -- f.read() says "call it with ':'"
 
 --- fs.open(path [, mode [, perm]]): the modes of io.open plus "x" (exclusive creation).
 function fs.open(path, mode, perm)

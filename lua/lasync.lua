@@ -137,11 +137,15 @@ end
 
 --- Wraps every method of the class mt (its functions but the metamethods) so that one called
 --- with '.' instead of ':' says so, whichever method it is. prefix names them: "queue".
-function check.methods(mt, prefix)
-  for k, f in pairs(mt) do
+--- methods: the table they are in, when it is not mt itself (mt.__index, or the table a
+--- function __index looks in, which is then also mt.__methods, for spec/method_self_spec.lua).
+function check.methods(mt, prefix, methods)
+  methods = methods or mt
+  if methods ~= mt and type(rawget(mt, "__index")) == "function" then mt.__methods = methods end
+  for k, f in pairs(methods) do
     if type(f) == "function" and type(k) == "string" and not k:find("^__") then
       local fname = prefix .. ":" .. k
-      mt[k] = function(self, ...)
+      methods[k] = function(self, ...)
         if getmetatable(self) ~= mt then check.self(self, mt, fname) end
         return f(self, ...)
       end

@@ -239,4 +239,6 @@ function Server:__tostring()
     self.closed and "closed" or "open")
 end
 
+check.methods(Server, "server") -- srv.close() says "call it with ':'"
+
 return net

@@ -156,6 +156,7 @@ function Process:close()
   end)
 end
 Process.__close = Process.close
+core._check.methods(Process, "process") -- p.wait() says "call it with ':'"
 
 local function check_kinds(fname, opts)
   local kinds = {}

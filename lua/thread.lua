@@ -62,6 +62,7 @@ Pool.close = core._thread_close
 function Pool:size() return core._thread_size(self) end
 
 core._thread_pool_mt.__index = Pool
+core._check.methods(core._thread_pool_mt, "pool", Pool) -- pool.run(fn) says "call it with ':'"
 
 --- Runs fn(...) on the default pool and returns its values; other tasks run meanwhile.
 function async.to_thread(fn, ...)

@@ -536,9 +536,7 @@ static int l_spawn(lua_State *L) {
 
 lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname) {
   lasync__task *t = lasync__totask(L, idx);
-  if (t == NULL)
-    lasync__misuse(L, "%s: bad argument #%d (task expected, got %s)", fname, idx,
-               luaL_typename(L, idx));
+  if (t == NULL) lasync__argerror(L, idx, fname, NULL, "Task");
   return t;
 }
 

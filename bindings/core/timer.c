@@ -190,8 +190,14 @@ static int l_deadline(lua_State *L) {
 }
 
 /* deadline:close() -> whether this scope's own expiry is what cancelled the code inside. */
+static deadline *check_deadline(lua_State *L, const char *fname) {
+  deadline *d = (deadline *)luaL_testudata(L, 1, SCOPE_MT);
+  if (d == NULL) lasync__argerror(L, 1, fname, NULL, SCOPE_MT);
+  return d;
+}
+
 static int deadline_close(lua_State *L) {
-  deadline *d = (deadline *)luaL_checkudata(L, 1, SCOPE_MT);
+  deadline *d = check_deadline(L, "deadline:close");
   lasync__task *t = d->task;
   int mine;
   if (!d->open) return lasync__misuse(L, "deadline closed twice");
@@ -209,7 +215,7 @@ static int deadline_close(lua_State *L) {
 /* deadline:cancel(): cancels the code inside the scope now, as its expiry would; a no-op once
  * it is closed. async.scope uses it to stop its body when a child fails. */
 static int deadline_cancel(lua_State *L) {
-  deadline *d = (deadline *)luaL_checkudata(L, 1, SCOPE_MT);
+  deadline *d = check_deadline(L, "deadline:cancel");
   if (d->open) lasync__cancel(d->rt->L, d->task, d->depth, 0);
   return 0;
 }

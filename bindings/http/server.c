@@ -903,8 +903,10 @@ static int srv_stop(lua_State *L) {
 
 /* srv:close_all(): every connection closes now (after the handlers were cancelled). */
 static int srv_close_all(lua_State *L) {
-  server_box *b = (server_box *)luaL_checkudata(L, 1, SERVER_MT);
-  server *sv = b->sv;
+  server_box *b = (server_box *)luaL_testudata(L, 1, SERVER_MT);
+  server *sv;
+  if (b == NULL) return lasync__argerror(L, 1, "server:close_all", NULL, SERVER_MT);
+  sv = b->sv;
   conn *c, *next;
   if (sv == NULL) return 0;
   sv->closing = 1;
@@ -973,10 +975,13 @@ static int next_finish(lua_State *L, lasync__task *t, void *data) {
 
 /* srv:next() -> conn, "request" | "gone"; nothing once the server has stopped. */
 static int srv_next(lua_State *L) {
-  lasync__task *t = lasync__check_task(L, "server:next");
-  server_box *b = (server_box *)luaL_checkudata(L, 1, SERVER_MT);
-  server *sv = b->sv;
+  server_box *b = (server_box *)luaL_testudata(L, 1, SERVER_MT);
+  lasync__task *t;
+  server *sv;
   int n;
+  if (b == NULL) return lasync__argerror(L, 1, "server:next", NULL, SERVER_MT);
+  t = lasync__check_task(L, "server:next");
+  sv = b->sv;
   if (sv == NULL) return 0;
   n = pop_event(L, sv);
   if (n) return n;
@@ -1280,9 +1285,11 @@ static int conn_write(lua_State *L) {
  * is aborted so the client sees a truncated response). The next pipelined request, if any, is
  * parsed now. */
 static int conn_finish(lua_State *L) {
-  lasync__handle **box = (lasync__handle **)luaL_checkudata(L, 1, CONN_MT);
-  conn *c = (conn *)*box;
+  lasync__handle **box = (lasync__handle **)luaL_testudata(L, 1, CONN_MT);
+  conn *c;
   int chunked = lua_toboolean(L, 2), ok = lua_toboolean(L, 3);
+  if (box == NULL) return lasync__argerror(L, 1, "conn:finish", NULL, CONN_MT);
+  c = (conn *)*box;
   if (c == NULL) return 0;
   c->busy = 0;
   if (!ok || c->gone) {
@@ -1318,7 +1325,8 @@ static int conn_finish(lua_State *L) {
 
 /* conn:sent_head(): nothing; kept in Lua. conn:abort(): closes at once. */
 static int conn_abort(lua_State *L) {
-  lasync__handle **box = (lasync__handle **)luaL_checkudata(L, 1, CONN_MT);
+  lasync__handle **box = (lasync__handle **)luaL_testudata(L, 1, CONN_MT);
+  if (box == NULL) return lasync__argerror(L, 1, "conn:abort", NULL, CONN_MT);
   if (*box) {
     ((conn *)*box)->busy = 0;
     lasync__handle_close(*box);

@@ -252,6 +252,10 @@ function Response:finish(body)
   self._finished = true
 end
 
+-- Every method of the server's objects says "call it with ':'" when called with '.'.
+core._check.methods(Request, "req", methods)
+core._check.methods(Response, "res")
+
 local NO_BODY = { [204] = true, [304] = true }
 
 -- Sends what a handler returned.
@@ -545,6 +549,7 @@ function Server:__tostring()
   return format("lasync.http.Server (%s port %d, %s)", self.host, self.port,
     self.closed and "closed" or "open")
 end
+core._check.methods(Server, "server")
 
 --- async.http.close_servers(grace): what the host does on SIGINT/SIGTERM
 function http.close_servers(grace)
@@ -639,6 +644,8 @@ function Router:static(prefix, dir)
   self.statics[#self.statics + 1] = { parts = parts, root = root }
   return self
 end
+
+core._check.methods(Router, "router")
 
 local function serve_static(st, req, segs)
   local n = #st.parts
