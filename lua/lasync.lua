@@ -122,7 +122,7 @@ local function check_in_task(fname, no_yield)
   if not in_task() then misuse(fname .. " must be called inside a task") end
   if not no_yield and not isyieldable() then
     misuse(fname .. " cannot suspend here: the task is inside a C call that cannot yield " ..
-      "(a table.sort comparator, a string.gsub callback, require, a __gc ...)")
+      "(a table.sort comparator, a string.gsub callback, require, a __gc, a debug hook ...)")
   end
 end
 check.in_task = check_in_task

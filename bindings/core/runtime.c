@@ -158,13 +158,15 @@ static void mark_owned(lasync__runtime *rt, lua_State *co, int task_idx) {
 static lua_State *acquire_coroutine(lasync__runtime *rt) {
   lua_State *L = rt->L;
   lua_State *co;
-  if (rt->pool_len > 0) {
+  while (rt->pool_len > 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
     lua_rawgeti(L, -1, rt->pool_len);
     lua_pushnil(L);
     lua_rawseti(L, -3, rt->pool_len--);
     lua_remove(L, -2);
-    return lua_tothread(L, -1);
+    co = lua_tothread(L, -1);
+    if (lua_gethook(co) == NULL) return co;
+    lua_pop(L, 1); /* hooked while idle: dropped, see release_coroutine */
   }
   lua_pushcfunction(L, new_thread);
   if (lasync__pcall(L, 0, 1) != LUA_OK) return NULL;
@@ -176,7 +178,10 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
 static void release_coroutine(lasync__runtime *rt, lua_State *co) {
   lua_State *L = rt->L;
   mark_owned(rt, co, 0);
-  if (rt->pool_len >= POOL_MAX || lua_status(co) != LUA_OK) return;
+  /* A hooked coroutine (debug.sethook(co, ...) on a task, or a hook inherited from the main
+   * thread) is not reused: the hook would follow it into an unrelated task, and a fresh thread
+   * is exactly what lua_newthread gives, with the main thread's hook if it has one. */
+  if (rt->pool_len >= POOL_MAX || lua_status(co) != LUA_OK || lua_gethook(co) != NULL) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
   lua_pushthread(co);
   lua_xmove(co, L, 1);

@@ -99,9 +99,10 @@ lasync__task *lasync__check_suspendable(lua_State *L, const char *fname) {
   if (t == NULL || t->co != L)
     lasync__misuse(L, "%s must be called inside a task", fname);
   if (!lua_isyieldable(L))
-    lasync__misuse(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
-                  "(a table.sort comparator, a string.gsub callback, require, a __gc ...)",
-               fname);
+    lasync__misuse(L,
+                   "%s cannot suspend here: the task is inside a C call that cannot yield (a "
+                   "table.sort comparator, a string.gsub callback, require, a __gc, a debug hook ...)",
+                   fname);
   return t;
 }
 
@@ -619,8 +620,8 @@ static int refuse_owned(lua_State *L, const char *fname) {
       lasync__push_task_label(L, -1);
       lua_pushboolean(L, 0);
       lua_pushfstring(L,
-                      "%s: the coroutine belongs to %s; only the scheduler resumes it (wait for a "
-                      "callback with async.future or async.event instead)",
+                      "%s: the coroutine belongs to %s; only the scheduler resumes or closes it "
+                      "(wait for a callback with async.future or async.event instead)",
                       fname, lua_tostring(L, -2));
       return 2;
     case LUA_TBOOLEAN:
