@@ -479,7 +479,8 @@ int lasync__selferror(lua_State *L, const char *fname, const char *expected);
 int lasync__opterror(lua_State *L, int idx, const char *fname, const char *opt,
                      const char *expected);
 /* Raises "<fname>: bad option '<key>' (unknown option)" for a key of the table at idx that is
- * not in known (NULL-terminated): a misspelt option is misuse, never silently the default. */
+ * not in known (NULL-terminated): a misspelt option is misuse, never silently the default. A key
+ * that is not a string: "<fname>: bad option key (string expected, got <type>)". */
 void lasync__check_options(lua_State *L, int idx, const char *fname, const char *const known[]);
 const char *lasync__typename(lua_State *L, int idx); /* luaL_typename, or a userdata's __name */
 int lasync__is_error_kind(lua_State *L, int idx, const char *kind);

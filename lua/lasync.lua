@@ -87,12 +87,23 @@ function check.expected(what, v)
   return format("%s expected, got %s", what, typename(v))
 end
 
+--- The message for a key of an options table that is no option, one wording with C's
+--- lasync__check_options: "bad option 'timeot' (unknown option)", or, for a key that is not a
+--- string, "bad option key (string expected, got number)".
+local function unknown_option_message(fname, k)
+  if type(k) ~= "string" then
+    return format("%s: bad option key (string expected, got %s)", fname, typename(k))
+  end
+  return option_message(fname, k, "unknown option")
+end
+check.unknown_option_message = unknown_option_message
+
 --- An options table (nil: {}); unknown names are misuse. known: a set of names.
 function check.options(fname, n, opts, known)
   if opts == nil then return {} end
   if type(opts) ~= "table" then check.argerror(fname, n, "options", "table", opts) end
   for k in pairs(opts) do
-    if not known[k] then check.opterror(fname, k, "unknown option") end
+    if type(k) ~= "string" or not known[k] then misuse(unknown_option_message(fname, k)) end
   end
   return opts
 end

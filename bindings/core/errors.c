@@ -106,9 +106,13 @@ void lasync__check_options(lua_State *L, int idx, const char *fname,
     lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TSTRING)
       while (known[i] && strcmp(known[i], lua_tostring(L, -1)) != 0) i++;
-    if (lua_type(L, -1) != LUA_TSTRING || known[i] == NULL)
-      lasync__misuse(L, "%s: bad option '%s' (unknown option)", fname,
-                     lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    /* One wording with lua/'s check.options: a key that is not a string is named by its type,
+     * never printed as if it were an option's name. */
+    if (lua_type(L, -1) != LUA_TSTRING)
+      lasync__misuse(L, "%s: bad option key (string expected, got %s)", fname,
+                     lasync__typename(L, -1));
+    if (known[i] == NULL)
+      lasync__misuse(L, "%s: bad option '%s' (unknown option)", fname, lua_tostring(L, -1));
   }
 }
 

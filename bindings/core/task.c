@@ -499,15 +499,8 @@ static void check_callable(lua_State *L, int idx, const char *fname) {
 
 /* async.spawn's options: a misspelt one is a misuse, not silently ignored. */
 static void check_spawn_options(lua_State *L) {
-  lua_pushnil(L);
-  while (lua_next(L, 1)) {
-    if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "name") != 0) {
-      lua_pop(L, 1);
-      lasync__misuse(L, "async.spawn: unknown option '%s' (the options are: name)",
-                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
-    }
-    lua_pop(L, 1);
-  }
+  static const char *const known[] = {"name", NULL};
+  lasync__check_options(L, 1, "async.spawn", known);
   if (lua_getfield(L, 1, "name") != LUA_TNIL && lua_type(L, -1) != LUA_TSTRING)
     lasync__opterror(L, -1, "async.spawn", "name", "string");
   lua_pop(L, 1);

@@ -475,7 +475,7 @@ function http.serve(handler, opts)
   opts = opts or {}
   for k, v in pairs(opts) do
     local want = SERVE_OPTS[k]
-    if not want then error(format("%s: unknown option '%s'", fname, tostring(k)), 2) end
+    if not want then core._check.misuse(core._check.unknown_option_message(fname, k)) end
     if want == true then
       if type(v) ~= "boolean" and type(v) ~= "function" then bad_opt(fname, k, "boolean or function", v) end
     elseif type(v) ~= want then
