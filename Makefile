@@ -53,7 +53,9 @@ LINT_LUA = lua/lasync.lua lua/sync.lua lua/scope.lua lua/host.lua \
   spec/fetch_spec.lua spec/fetch_stream_spec.lua spec/fetch_faults_spec.lua \
   spec/fetch_retry_spec.lua spec/fetch_options_spec.lua lua/thread.lua spec/thread_spec.lua \
   bench/threads.lua examples/threads_ticker.lua \
-  lua/repl.lua spec/repl_spec.lua spec/signals_spec.lua spec/support/pty.lua spec/startup_spec.lua
+  lua/repl.lua spec/repl_spec.lua spec/signals_spec.lua spec/support/pty.lua spec/startup_spec.lua \
+  lua/http/server.lua lua/net.lua lua/fs.lua lua/process.lua \
+  spec/method_self_spec.lua spec/coroutine_spec.lua spec/memory_sweep_spec.lua spec/options_spec.lua
 lint:
 	@.ci/deps clang-format lua-check
 	clang-format --dry-run --Werror $(LINT_C)

@@ -59,8 +59,12 @@ local function check_opts(fname, opts, known)
     misuse(format("%s: bad argument #2 'opts' (table expected, got %s)", fname, type(opts)))
   end
   core._check.options(fname, 2, opts, known)
-  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then opterror(fname, "cwd", "string", opts.cwd) end
-  if opts.env ~= nil and type(opts.env) ~= "table" then opterror(fname, "env", "table", opts.env) end
+  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then
+    opterror(fname, "cwd", "string", opts.cwd)
+  end
+  if opts.env ~= nil and type(opts.env) ~= "table" then
+    opterror(fname, "env", "table", opts.env)
+  end
   for _, k in ipairs({ "timeout", "kill_grace" }) do
     local v = opts[k]
     if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then

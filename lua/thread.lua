@@ -48,7 +48,8 @@ end
 function Pool:map(fn, items)
   check("pool:map", fn)
   if type(items) ~= "table" then
-    error(format("pool:map: bad argument #2 'items' (table expected, got %s)", type(items)), 2)
+    core._check.misuse(format("pool:map: bad argument #2 'items' (table expected, got %s)",
+      type(items)))
   end
   local pool = self
   return async.map(function(item) return (run("pool:map", pool, fn, item)) end, items,

@@ -74,7 +74,7 @@ describe("the scheduler's coroutines", function()
     assert.matches("belongs to task", self_msg, 1, true)
   end)
 
-  it("refuses an idle coroutine back in the pool, and the task that reuses it is unharmed", function()
+  it("refuses an idle coroutine back in the pool; the task that reuses it is unharmed", function()
     local co
     async.spawn(function() co = coroutine.running() end):await()
     local ok, msg = coroutine.resume(co)
@@ -174,7 +174,7 @@ end)
 describe("coroutine.* and debug.sethook in and on tasks", function()
   after_each(assert_clean)
 
-  it("coroutine.close of the task's own coroutine, from inside it, is refused; it goes on", function()
+  it("coroutine.close of the task's own coroutine, from inside, is refused; it goes on", function()
     local t = async.spawn({ name = "self-closer" }, function()
       local ok, msg = coroutine.close((coroutine.running()))
       async.sleep(0)
@@ -186,7 +186,7 @@ describe("coroutine.* and debug.sethook in and on tasks", function()
     assert.are.equal("went on", after)
   end)
 
-  it("coroutine.wrap: a generator works across the task's suspensions and from two tasks", function()
+  it("coroutine.wrap: a generator works across a task's suspensions and from two tasks", function()
     local gen = coroutine.wrap(function()
       for i = 1, 4 do coroutine.yield(i) end
     end)
@@ -201,14 +201,14 @@ describe("coroutine.* and debug.sethook in and on tasks", function()
     assert.are.same({ 1, 2, 3, 4 }, all)
   end)
 
-  it("coroutine.wrap: a generator that tries to suspend the task raises through the call", function()
+  it("coroutine.wrap: a generator that tries to suspend the task raises through it", function()
     local gen = coroutine.wrap(function() async.sleep(0.01) end)
     local ok, msg = pcall(gen)
     assert.is_false(ok)
     assert.matches("async.sleep must be called inside a task", msg, 1, true)
   end)
 
-  it("coroutine.status: running inside, normal from a coroutine it resumed, suspended, dead", function()
+  it("coroutine.status: running, normal from a coroutine it resumed, suspended, dead", function()
     local co, seen_inside, seen_nested
     local t = async.spawn(function()
       co = coroutine.running()
@@ -264,7 +264,7 @@ describe("coroutine.* and debug.sethook in and on tasks", function()
     end
   end)
 
-  it("debug.sethook: a hook set on an idle coroutine does not reach the task that reuses it", function()
+  it("debug.sethook: a hook set on an idle coroutine does not reach the task reusing it", function()
     local co
     async.spawn(function() co = coroutine.running() end):await()
     debug.sethook(co, function() error("stale hook") end, "l")
@@ -332,7 +332,7 @@ describe("coroutine.running in the main chunk", function()
     return
   end
 
-  it("the lasync host runs the main chunk as task 'main': its coroutine is refused to others", function()
+  it("the host runs the main chunk as task 'main': its coroutine is refused to others", function()
     local out, err, status = sub.run_script([[
       local async = require "lasync"
       local co, ismain = coroutine.running()

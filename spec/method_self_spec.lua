@@ -18,7 +18,9 @@ local function methods_of(mt)
   local src = type(index) == "table" and index or rawget(mt, "__methods") or mt
   local list = {}
   for k, v in pairs(src) do
-    if type(k) == "string" and type(v) == "function" and not k:find("^__") then list[#list + 1] = k end
+    if type(k) == "string" and type(v) == "function" and not k:find("^__") then
+      list[#list + 1] = k
+    end
   end
   table.sort(list)
   return list, src
@@ -74,12 +76,15 @@ local function with_objects(body)
     held:wait()
   end)
   local client = async.http.client()
-  local fetched = async.spawn(function() return async.fetch("http://127.0.0.1:" .. http_srv.port .. "/") end)
+  local fetched = async.spawn(function()
+    return async.fetch("http://127.0.0.1:" .. http_srv.port .. "/")
+  end)
   local stream <close> = async.net.connect("127.0.0.1", net_srv.port)
   while not (captured.req and captured.accepted) do async.sleep(0.005) end
   local file <close> = async.fs.open(path, "w+")
   local watcher <close> = async.fs.watch(dir)
-  local proc <close> = async.process.spawn({ "cat" }, { stdin = "pipe", stdout = "pipe", stderr = "pipe" })
+  local proc <close> = async.process.spawn({ "cat" },
+    { stdin = "pipe", stdout = "pipe", stderr = "pipe" })
   local pool <close> = async.thread.pool({ size = 1 })
   local sem = async.semaphore(2)
   local permit = sem:acquire()

@@ -91,19 +91,27 @@ describe("an options key that is not a string", function()
     local ok, err = pcall(fn)
     assert.is_false(ok, fname .. " accepted a number key")
     local msg = type(err) == "table" and err.message or err
-    assert.truthy(tostring(msg):find(fname .. ": bad option key (string expected, got number)", 1, true),
-      tostring(msg))
+    local want = fname .. ": bad option key (string expected, got number)"
+    assert.truthy(tostring(msg):find(want, 1, true), tostring(msg))
   end
 
   it("is named the same way by the C checks and the Lua ones", function()
     async.run(function()
       refuses_key("async.spawn", function() return async.spawn({ "x" }, function() end) end) -- C
       refuses_key("async.thread.pool", function() return async.thread.pool({ 4 }) end)     -- C
-      refuses_key("async.net.connect", function() return async.net.connect("127.0.0.1", 9, { 1 }) end)
+      refuses_key("async.net.connect", function()
+        return async.net.connect("127.0.0.1", 9, { 1 })
+      end)
       refuses_key("async.retry", function() return async.retry(function() end, { 3 }) end)
-      refuses_key("async.fs.read_file", function() return async.fs.read_file("/etc/hostname", { 1 }) end)
-      refuses_key("async.http.serve", function() return async.http.serve(function() end, { 8080 }) end)
-      refuses_key("async.fetch", function() return async.fetch("http://127.0.0.1:9/", { "GET" }) end)
+      refuses_key("async.fs.read_file", function()
+        return async.fs.read_file("/etc/hostname", { 1 })
+      end)
+      refuses_key("async.http.serve", function()
+        return async.http.serve(function() end, { 8080 })
+      end)
+      refuses_key("async.fetch", function()
+        return async.fetch("http://127.0.0.1:9/", { "GET" })
+      end)
     end)
   end)
 end)

@@ -211,7 +211,8 @@ function http.normalise(fname, url, opts)
   if type(opts) ~= "table" then check.argerror(fname, 2, "options", "table", opts) end
   for k in pairs(opts) do
     if not KNOWN[k] then
-      error(new_error("invalid", check.unknown_option_message(fname, k), { url = url, option = k }), 0)
+      error(new_error("invalid", check.unknown_option_message(fname, k),
+        { url = url, option = k }), 0)
     end
   end
 
