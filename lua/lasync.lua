@@ -288,6 +288,7 @@ function async.run(fn, ...)
 end
 
 async._debug = { counts = core._debug_counts }
+async._cancel_others = core._cancel_others -- lua/host.lua's, when the main chunk fails
 
 -- Diagnostics ---------------------------------------------------------------------------------
 

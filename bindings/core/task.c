@@ -247,8 +247,11 @@ void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int n
       lasync__report(rt, "not enough memory (and none left to describe the failure)");
   }
   if (status == LASYNC__FAILED && !t->observed &&
-      lasync__cpcall(rt->L, attach_sentinel, t) != LUA_OK) {
-    /* No memory to keep the report until collection: it is reported now, once. */
+      (rt->starved || lasync__cpcall(rt->L, attach_sentinel, t) != LUA_OK)) {
+    /* No memory to keep the report until collection (a full emergency collection found none
+     * for a small userdata): it is reported now, once, and the drain is starved, so the
+     * failures and starts after it in this drain do not each pay for another collection. */
+    rt->starved = 1;
     t->observed = 1;
     rt->unhandled_failures++;
     lasync__report(rt, "not enough memory (and none left to keep its traceback)");
@@ -761,6 +764,20 @@ static int l_run_until(lua_State *L) {
   return 1;
 }
 
+/* core._cancel_others([msg]): cancels every live task but the caller's (lua/host.lua, as the
+ * main chunk fails). A message that cannot be recorded for lack of memory raises midway: the
+ * caller tries again without one, which never allocates. */
+static int l_cancel_others(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lasync__task *t, *next, *me = rt->current && rt->current->co == L ? rt->current : NULL;
+  int msg = lua_isstring(L, 1) ? 1 : 0;
+  for (t = rt->live_head; t; t = next) {
+    next = t->live_next;
+    if (t != me) lasync__cancel(L, t, 0, msg);
+  }
+  return 0;
+}
+
 static int l_debug_counts(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   int self = rt->current && rt->current->co == L;
@@ -791,6 +808,7 @@ void lasync__open_task(lua_State *L) {
                                    {"now", l_now},               {"_in_task", l_in_task},
                                    {"_run_until", l_run_until},  {"_debug_counts", l_debug_counts},
                                    {"_is_task", l_is_task},
+                                   {"_cancel_others", l_cancel_others},
                                    {"_is_callable", l_is_callable},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);
