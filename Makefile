@@ -87,8 +87,9 @@ TSAN_SPECS = spec/thread_spec.lua
 tsan: deps
 	@.ci/deps clang libclang-rt-14-dev
 	@CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLASYNC_TSAN=ON >/dev/null
-	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target lasync work_test
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target lasync work_test embed_test
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_BUILD)/work_test
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_BUILD)/embed_test futures
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 LASYNC=$(TSAN_BUILD)/lasync \
 	  $(TSAN_BUILD)/lasync /usr/bin/busted --output=plainTerminal $(TSAN_SPECS)
 
