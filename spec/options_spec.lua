@@ -115,3 +115,43 @@ describe("an options key that is not a string", function()
     end)
   end)
 end)
+
+-- The hostile pass over the I/O calls (issue 14's remainder): numbers at the edges.
+describe("numbers at the edges of the I/O options", function()
+  after_each(assert_clean)
+
+  it("async.http.serve refuses a backlog that is NaN, fractional, negative or huge", function()
+    for _, v in ipairs({ 0 / 0, 0.5, -1, math.huge, 2 ^ 63 }) do
+      local ok, err = pcall(async.http.serve, function() end, { port = 0, backlog = v })
+      assert.is_false(ok)
+      -- before: "bad argument #3 to 'listen' (number has no integer representation)"
+      assert.matches("async.http.serve: bad option 'backlog' (integer >= 0 expected", err, 1, true)
+    end
+  end)
+
+  it("async.http.serve takes huge limits and timeouts as none (were undefined casts)", function()
+    async.run(function()
+      for _, v in ipairs({ math.huge, 1e300, 2 ^ 62 }) do
+        local srv <close> = async.http.serve(function() return "ok" end, { port = 0,
+          max_body = v, max_header_bytes = v, max_headers = v, max_connections = v,
+          header_timeout = v, keepalive_timeout = v, request_timeout = v })
+        local res = async.fetch("http://127.0.0.1:" .. srv.port .. "/", { method = "POST",
+          body = ("x"):rep(100000) })
+        assert.are.equal(200, res.status)
+        assert.are.equal("ok", res:text())
+      end
+    end)
+  end)
+
+  it("async.process.run's misuse names the caller's line, never lasync's own", function()
+    async.run(function()
+      for _, opts in ipairs({ { timeout = 0 / 0 }, { cwd = 1 }, { kill_grace = -1 },
+        { max_output = 0.5 }, { env = { X = {} } } }) do
+        local ok, err = pcall(function() return async.process.run({ "true" }, opts) end)
+        assert.is_false(ok)
+        assert.matches("options_spec.lua:%d+: async.process.run: bad option", err)
+        assert.is_nil(err:find("[lasync]", 1, true), err)
+      end
+    end)
+  end)
+end)

@@ -15,6 +15,7 @@
  * Nothing here calls Lua from a libuv callback: callbacks fill C state and wake tasks.
  */
 #include <ctype.h>
+#include <limits.h>
 #include <llhttp.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -798,6 +799,9 @@ static server *check_server(lua_State *L, const char *fname) {
   return b->sv;
 }
 
+/* A count option as a size_t: past SIZE_MAX (math.huge) it is no limit, not an undefined cast. */
+static size_t opt_size(lua_State *L, int idx, const char *name, double dflt);
+
 static double opt_number(lua_State *L, int idx, const char *name, double dflt) {
   double v = 0;
   lua_getfield(L, idx, name);
@@ -809,6 +813,11 @@ static double opt_number(lua_State *L, int idx, const char *name, double dflt) {
     lasync__opterror(L, -1, "async.http.serve", name, "number >= 0");
   lua_pop(L, 1);
   return v;
+}
+
+static size_t opt_size(lua_State *L, int idx, const char *name, double dflt) {
+  double v = opt_number(L, idx, name, dflt);
+  return v >= (double)SIZE_MAX ? SIZE_MAX : (size_t)v;
 }
 
 /* core._http_listen(ip, port, backlog, opts) -> listener */
@@ -824,13 +833,16 @@ static int l_listen(lua_State *L) {
   listener *ls;
   int err;
   luaL_checktype(L, 4, LUA_TTABLE);
-  lim.max_header_bytes = (size_t)opt_number(L, 4, "max_header_bytes", 16 * 1024);
-  lim.max_headers = (size_t)opt_number(L, 4, "max_headers", 100);
-  lim.max_body = (size_t)opt_number(L, 4, "max_body", 1024 * 1024);
+  lim.max_header_bytes = opt_size(L, 4, "max_header_bytes", 16 * 1024);
+  lim.max_headers = opt_size(L, 4, "max_headers", 100);
+  lim.max_body = opt_size(L, 4, "max_body", 1024 * 1024);
   lim.header_timeout = opt_number(L, 4, "header_timeout", 10);
   lim.idle_timeout = opt_number(L, 4, "keepalive_timeout", 5);
   lim.request_timeout = opt_number(L, 4, "request_timeout", 30);
-  lim.max_connections = (int)opt_number(L, 4, "max_connections", 0);
+  {
+    double max = opt_number(L, 4, "max_connections", 0);
+    lim.max_connections = max >= INT_MAX ? 0 : (int)max; /* 0: no limit */
+  }
   memset(&ss, 0, sizeof ss);
   if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) != 0 &&
       uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss) != 0)

@@ -489,9 +489,13 @@ function http.serve(handler, opts)
   if mtype(port) ~= "integer" or port < 0 or port > 65535 then
     bad_opt(fname, "port", "integer 0 to 65535", port)
   end
+  local backlog = opts.backlog or 511
+  if mtype(backlog) ~= "integer" or backlog < 0 then
+    bad_opt(fname, "backlog", "integer >= 0", backlog)
+  end
   local host = opts.host or "127.0.0.1"
   if host == "localhost" then host = "127.0.0.1" end
-  local lsn = listen(host, port, opts.backlog or 511, opts)
+  local lsn = listen(host, port, math.min(backlog, 0x7fffffff), opts) -- the kernel caps it too
   local srv = setmetatable({
     listener = lsn, dispatch = dispatch, live = {}, active = 0, host = host,
     cancel_on_disconnect = opts.cancel_on_disconnect ~= false, on_error = opts.on_error,
