@@ -29,6 +29,7 @@
 #include <lua.h>
 
 #include "lasync.h"
+#include "run_script.h"
 
 static const char INTERP[] =
     "local async, prog, skip_known = ...\n"
@@ -226,44 +227,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
-static void on_error(lasync_runtime *rt, const char *report, void *data) {
-  (void)rt, (void)data;
-  (void)report; /* tasks the program let fail unobserved are expected; they are reported here */
+static int push_skip_known(lua_State *L) {
+  lua_pushboolean(L, skip_known);
+  return 1;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  lasync_runtime *rt;
-  lasync_options o;
-  lasync_task *t;
-  lua_State *L;
-  int rc;
   if (size > 4096) return -1; /* keep programs short: the time goes to calls, not to length */
-  memset(&o, 0, sizeof o);
-  o.on_error = on_error;
-  if (lasync_new(&rt, &o) != LASYNC_OK) abort();
-  L = lasync_lua(rt);
-  if (luaL_loadbuffer(L, INTERP, sizeof INTERP - 1, "=fuzz_api") != LUA_OK) {
-    fprintf(stderr, "fuzz_api: %s\n", lua_tostring(L, -1));
-    abort();
-  }
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "lasync");
-  lua_call(L, 1, 1);
-  lua_pushlstring(L, (const char *)data, size);
-  lua_pushboolean(L, skip_known);
-  if (lasync_spawn_call(rt, 3, &t) != LASYNC_OK) abort();
-  rc = lasync_run(rt);
-  if (rc != LASYNC_OK) {
-    fprintf(stderr, "fuzz_api: lasync_run: %s\n", lasync_strerror(rc));
-    abort();
-  }
-  if (lasync_task_status(t) != LASYNC_TASK_DONE) {
-    int n = lasync_task_result(t, L);
-    fprintf(stderr, "fuzz_api: the program's task did not end clean (status %d): %s\n",
-            (int)lasync_task_status(t), n == LASYNC_ELUA ? luaL_tolstring(L, -1, NULL) : "?");
-    abort();
-  }
-  lasync_task_release(t);
-  if (lasync_destroy(rt) != LASYNC_OK) abort();
-  return 0;
+  return fuzz_run_script("=fuzz_api", INTERP, sizeof INTERP - 1, data, size, push_skip_known);
 }

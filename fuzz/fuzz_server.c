@@ -20,6 +20,7 @@
 #include <lua.h>
 
 #include "lasync.h"
+#include "run_script.h"
 
 static const char SCRIPT[] =
     "local async, input = ...\n"
@@ -52,42 +53,7 @@ static const char SCRIPT[] =
     "srv:close { grace = 0.2 }\n"
     "for _ = 1, 5 do async.sleep(0) end\n";
 
-static void on_error(lasync_runtime *rt, const char *report, void *data) {
-  (void)rt, (void)data, (void)report;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  lasync_runtime *rt;
-  lasync_options o;
-  lasync_task *t;
-  lua_State *L;
-  int rc;
   if (size > 8192) return -1;
-  memset(&o, 0, sizeof o);
-  o.on_error = on_error;
-  if (lasync_new(&rt, &o) != LASYNC_OK) abort();
-  L = lasync_lua(rt);
-  if (luaL_loadbuffer(L, SCRIPT, sizeof SCRIPT - 1, "=fuzz_server") != LUA_OK) {
-    fprintf(stderr, "fuzz_server: %s\n", lua_tostring(L, -1));
-    abort();
-  }
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "lasync");
-  lua_call(L, 1, 1);
-  lua_pushlstring(L, (const char *)data, size);
-  if (lasync_spawn_call(rt, 2, &t) != LASYNC_OK) abort();
-  rc = lasync_run(rt);
-  if (rc != LASYNC_OK) {
-    fprintf(stderr, "fuzz_server: lasync_run: %s\n", lasync_strerror(rc));
-    abort();
-  }
-  if (lasync_task_status(t) != LASYNC_TASK_DONE) {
-    int n = lasync_task_result(t, L);
-    fprintf(stderr, "fuzz_server: task ended %d: %s\n", (int)lasync_task_status(t),
-            n == LASYNC_ELUA ? luaL_tolstring(L, -1, NULL) : "?");
-    abort();
-  }
-  lasync_task_release(t);
-  if (lasync_destroy(rt) != LASYNC_OK) abort();
-  return 0;
+  return fuzz_run_script("=fuzz_server", SCRIPT, sizeof SCRIPT - 1, data, size, NULL);
 }

@@ -10,14 +10,7 @@ local tmpfile, slurp, q = sub.tmpfile, sub.slurp, sub.q
 local function run(args, stdin) return sub.run(args, { stdin = stdin }) end
 local function run_script(source, args) return sub.run_script(source, args) end
 
-local function count(haystack, needle)
-  local n, i = 0, 1
-  while true do
-    local s, e = haystack:find(needle, i, true)
-    if not s then return n end
-    n, i = n + 1, e + 1
-  end
-end
+local count = sub.count
 
 describe("the lasync command", function()
   after_each(function()

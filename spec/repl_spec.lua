@@ -16,14 +16,7 @@ end
 
 local PROMPT = "\n> $" -- a fresh prompt, waiting: nothing after it yet
 
-local function count(haystack, needle)
-  local n, i = 0, 1
-  while true do
-    local s, e = haystack:find(needle, i, true)
-    if not s then return n end
-    n, i = n + 1, e + 1
-  end
-end
+local count = sub.count
 
 describe("the REPL", function()
   before_each(function()

@@ -4,16 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "private.h"
-
-static int failures = 0;
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                              \
-    }                                                                          \
-  } while (0)
 
 static void test_empty(void) {
   lasync__buffer b;
@@ -99,11 +91,9 @@ static void test_tail(void) {
 }
 
 int main(void) {
-  test_empty();
-  test_grow_consume();
-  test_max();
-  test_tail();
-  if (failures) return 1;
-  printf("buffer_test: ok\n");
-  return 0;
+  RUN(test_empty);
+  RUN(test_grow_consume);
+  RUN(test_max);
+  RUN(test_tail);
+  return checks_report("buffer_test");
 }

@@ -6,57 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "lasync.h"
 #include "local_server.h"
-
-static int failures;
-static int tests_failed, tests_run;
-
-/* Runs one test and counts it as failed if any of its checks failed. */
-#define RUN(test)                       \
-  do {                                  \
-    int before = failures;              \
-    test();                             \
-    tests_run++;                        \
-    if (failures != before) {           \
-      tests_failed++;                   \
-      fprintf(stderr, "FAILED: %s\n", #test); \
-    }                                   \
-  } while (0)
-
-#define CHECK(cond)                                                        \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                          \
-    }                                                                      \
-  } while (0)
+#include "run_task.h"
 
 static double now_ms(void) { return (double)uv_hrtime() / 1e6; }
-
-/* Runs code as a task, drives the loop to the end, and returns its first result as a string
- * (static buffer), or the error message prefixed with "error: ". */
-static const char *run_string(lasync_runtime *rt, const char *code) {
-  static char out[256];
-  lasync_task *t;
-  lua_State *L = lasync_lua(rt);
-  int n;
-  if (lasync_spawn_string(rt, code, "=test", &t) != LASYNC_OK) {
-    snprintf(out, sizeof out, "load error: %s", lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return out;
-  }
-  CHECK(lasync_run(rt) == LASYNC_OK);
-  n = lasync_task_result(t, L);
-  if (n == LASYNC_ELUA)
-    snprintf(out, sizeof out, "error: %s", luaL_tolstring(L, -1, NULL)), lua_pop(L, 2);
-  else if (n >= 1)
-    snprintf(out, sizeof out, "%s", luaL_tolstring(L, -n, NULL)), lua_pop(L, n + 1);
-  else
-    snprintf(out, sizeof out, "(%d)", n);
-  lasync_task_release(t);
-  return out;
-}
 
 /* ---- a C awaitable: wait_value(), settled by the test from C ---- */
 
@@ -93,11 +48,11 @@ static void register_game(lasync_runtime *rt) {
 static void test_own_state_and_loop(void) {
   lasync_runtime *rt;
   CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
-  CHECK(strcmp(run_string(rt, "local async = require 'lasync'\n"
+  CHECK(strcmp(run_task(rt, "local async = require 'lasync'\n"
                                 "local r = async.gather(function() async.sleep(0.02) return 1 end,\n"
                                 "                       function() async.sleep(0.02) return 2 end)\n"
                                 "return r[1] + r[2]"), "3") == 0);
-  CHECK(strncmp(run_string(rt, "error('boom', 0)"), "error: boom", 11) == 0);
+  CHECK(strncmp(run_task(rt, "error('boom', 0)"), "error: boom", 11) == 0);
   CHECK(lasync_destroy(rt) == LASYNC_OK); /* OK includes uv_loop_close() == 0 on its loop */
 }
 
@@ -113,7 +68,7 @@ static void test_attach_to_state_and_loop(void) {
   opts.loop = &loop;
   CHECK(lasync_new(&rt, &opts) == LASYNC_OK);
   CHECK(lasync_lua(rt) == L && lasync_loop(rt) == &loop);
-  CHECK(strcmp(run_string(rt, "local a = require 'lasync'; a.sleep(0.01); return 'ok'"), "ok") == 0);
+  CHECK(strcmp(run_task(rt, "local a = require 'lasync'; a.sleep(0.01); return 'ok'"), "ok") == 0);
   CHECK(lasync_destroy(rt) == LASYNC_OK);
   /* Both outlive the runtime and stay usable. */
   CHECK(luaL_dostring(L, "return 6 * 7") == LUA_OK && lua_tointeger(L, -1) == 42);
@@ -637,6 +592,5 @@ int main(int argc, char **argv) {
   RUN(test_host_api);
   RUN(test_fetches_admitted_per_step);
   stop_server(&server);
-  printf("%d passed, %d failed\n", tests_run - tests_failed, tests_failed);
-  return tests_failed ? 1 : 0;
+  return checks_report("embed_test");
 }

@@ -7,17 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "lasync.h"
-
-static int failures;
-
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                              \
-    }                                                                          \
-  } while (0)
+#include "run_task.h"
 
 static atomic_int pushes_with_state, pushes_without_state, works_returned, works_started;
 static uv_thread_t loop_thread;
@@ -99,42 +91,19 @@ static lasync_runtime *new_runtime(void) {
   return rt;
 }
 
-/* Runs code as a task to the end; returns its first result as a string (static buffer). */
-static const char *run(lasync_runtime *rt, const char *code) {
-  static char out[512];
-  lasync_task *t;
-  lua_State *L = lasync_lua(rt);
-  int n;
-  if (lasync_spawn_string(rt, code, "=test", &t) != LASYNC_OK) {
-    snprintf(out, sizeof out, "load error: %s", lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return out;
-  }
-  CHECK(lasync_run(rt) == LASYNC_OK);
-  n = lasync_task_result(t, L);
-  if (n == LASYNC_ELUA)
-    snprintf(out, sizeof out, "error: %s", luaL_tolstring(L, -1, NULL)), lua_pop(L, 2);
-  else if (n >= 1)
-    snprintf(out, sizeof out, "%s", luaL_tolstring(L, -n, NULL)), lua_pop(L, n + 1);
-  else
-    snprintf(out, sizeof out, "(%d)", n);
-  lasync_task_release(t);
-  return out;
-}
-
 static void test_work_runs_on_a_pool_thread(void) {
   lasync_runtime *rt = new_runtime();
   reset();
-  CHECK(strcmp(run(rt,
-                   "local s, on_loop = work(1000) "
-                   "assert(not on_loop, 'ran on the loop thread') return s"),
+  CHECK(strcmp(run_task(rt,
+                        "local s, on_loop = work(1000) "
+                        "assert(not on_loop, 'ran on the loop thread') return s"),
                "500500") == 0);
   /* many at once, each result to its own task */
-  CHECK(strcmp(run(rt,
-                   "local async = require 'lasync' local ts = {} "
-                   "for i = 1, 200 do ts[i] = async.spawn(work, i) end "
-                   "for i = 1, 200 do assert(ts[i]:await() == i * (i + 1) // 2) end "
-                   "return 'ok'"),
+  CHECK(strcmp(run_task(rt,
+                        "local async = require 'lasync' local ts = {} "
+                        "for i = 1, 200 do ts[i] = async.spawn(work, i) end "
+                        "for i = 1, 200 do assert(ts[i]:await() == i * (i + 1) // 2) end "
+                        "return 'ok'"),
                "ok") == 0);
   CHECK(atomic_load(&pushes_with_state) == 201 && atomic_load(&pushes_without_state) == 0);
   CHECK(lasync_destroy(rt) == LASYNC_OK);
@@ -143,9 +112,9 @@ static void test_work_runs_on_a_pool_thread(void) {
 static void test_failure_is_an_error_of_kind_thread(void) {
   lasync_runtime *rt = new_runtime();
   reset();
-  CHECK(strcmp(run(rt,
-                   "local ok, e = pcall(work, 1, 'fail') "
-                   "return e.kind .. ': ' .. e.message"),
+  CHECK(strcmp(run_task(rt,
+                        "local ok, e = pcall(work, 1, 'fail') "
+                        "return e.kind .. ': ' .. e.message"),
                "thread: the asset is corrupt") == 0);
   CHECK(atomic_load(&pushes_with_state) == 0 && atomic_load(&pushes_without_state) == 1);
   CHECK(lasync_destroy(rt) == LASYNC_OK);
@@ -155,14 +124,14 @@ static void test_cancel_waits_for_the_work_to_return(void) {
   lasync_runtime *rt = new_runtime();
   const char *out;
   reset();
-  out = run(rt,
-            "local async = require 'lasync' "
-            "local t = async.spawn(work, 0, 'forever') async.sleep(0.05) "
-            "t:cancel() local ok, e = pcall(t.await, t) "
-            "local _, _, started, returned = counts() "
-            "assert(async.is_cancelled(e), tostring(e)) "
-            "assert(returned == started, 'Cancelled came before the work returned') "
-            "return 'ok'");
+  out = run_task(rt,
+                 "local async = require 'lasync' "
+                 "local t = async.spawn(work, 0, 'forever') async.sleep(0.05) "
+                 "t:cancel() local ok, e = pcall(t.await, t) "
+                 "local _, _, started, returned = counts() "
+                 "assert(async.is_cancelled(e), tostring(e)) "
+                 "assert(returned == started, 'Cancelled came before the work returned') "
+                 "return 'ok'");
   CHECK(strcmp(out, "ok") == 0);
   if (strcmp(out, "ok") != 0) fprintf(stderr, "  %s\n", out);
   CHECK(atomic_load(&pushes_with_state) == 0 && atomic_load(&pushes_without_state) == 1);
@@ -204,15 +173,10 @@ static void test_destroy_joins_running_work(void) {
 
 int main(void) {
   loop_thread = uv_thread_self();
-  test_work_runs_on_a_pool_thread();
-  test_failure_is_an_error_of_kind_thread();
-  test_cancel_waits_for_the_work_to_return();
-  test_outside_a_task_is_refused();
-  test_destroy_joins_running_work();
-  if (failures) {
-    fprintf(stderr, "work_test: %d check(s) failed\n", failures);
-    return 1;
-  }
-  puts("work_test: all passed");
-  return 0;
+  RUN(test_work_runs_on_a_pool_thread);
+  RUN(test_failure_is_an_error_of_kind_thread);
+  RUN(test_cancel_waits_for_the_work_to_return);
+  RUN(test_outside_a_task_is_refused);
+  RUN(test_destroy_joins_running_work);
+  return checks_report("work_test");
 }

@@ -31,6 +31,16 @@ function M.slurp(path)
   return s
 end
 
+--- How many times needle (plain text) occurs in haystack.
+function M.count(haystack, needle)
+  local n, i = 0, 1
+  while true do
+    local s, e = haystack:find(needle, i, true)
+    if not s then return n end
+    n, i = n + 1, e + 1
+  end
+end
+
 --- Quotes a string for sh.
 function M.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 

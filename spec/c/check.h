@@ -1,0 +1,37 @@
+/* The checks every C test program in spec/c uses: CHECK counts a failed condition and names
+ * its line, RUN runs one test function and names it if any of its checks failed, and
+ * checks_report prints the tally and gives main's exit status. Header-only: each program is one
+ * translation unit. */
+#ifndef LASYNC_SPEC_CHECK_H
+#define LASYNC_SPEC_CHECK_H
+
+#include <stdio.h>
+
+static int failures, tests_failed, tests_run;
+
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                              \
+    }                                                                          \
+  } while (0)
+
+#define RUN(test)                             \
+  do {                                        \
+    int before = failures;                    \
+    test();                                   \
+    tests_run++;                              \
+    if (failures != before) {                 \
+      tests_failed++;                         \
+      fprintf(stderr, "FAILED: %s\n", #test); \
+    }                                         \
+  } while (0)
+
+/* Prints "<program>: N passed, N failed" and returns the exit status for main. */
+static inline int checks_report(const char *program) {
+  printf("%s: %d passed, %d failed\n", program, tests_run - tests_failed, tests_failed);
+  return failures ? 1 : 0;
+}
+
+#endif
