@@ -576,8 +576,7 @@ int main(int argc, char **argv) {
     RUN(test_futures_from_loop_and_threads);
     RUN(test_future_outlives_runtime);
     RUN(test_futures_race_threads);
-    printf("%d passed, %d failed\n", tests_run - tests_failed, tests_failed);
-    return tests_failed ? 1 : 0;
+    return checks_report("embed_test futures");
   }
   start_server(&server);
   RUN(test_own_state_and_loop);
