@@ -1007,7 +1007,8 @@ static int srv_next(lua_State *L) {
 
 static int conn_gc(lua_State *L) {
   lasync__handle **box = (lasync__handle **)lua_touserdata(L, 1);
-  if (*box) (*box)->owner = NULL; /* the connection lives on in C; a new box is made later */
+  /* The connection lives on in C; a new box is made later. */
+  if (*box && (*box)->owner == box) (*box)->owner = NULL;
   return 0;
 }
 
@@ -1020,6 +1021,12 @@ static void push_conn(lua_State *L, conn *c) {
     lua_remove(L, -2);
     if (!lua_isnil(L, -1)) return;
     lua_pop(L, 1);
+    /* Gone from the weak table but not yet finalized (its memory stays until its __gc has
+     * run): it lets go of the connection now. Before, its __gc later took the ownership from
+     * the new box, whose pointer then outlived the connection (ASan: use after free in
+     * conn_gc at lua_close, found by the memory sweep). */
+    *(lasync__handle **)c->h.owner = NULL;
+    c->h.owner = NULL;
   }
   lasync__handle_box_new(L, &c->h, CONN_MT);
   lua_getfield(L, LUA_REGISTRYINDEX, CONN_MT ".boxes");
