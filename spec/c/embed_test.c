@@ -499,11 +499,13 @@ static void test_futures_race_threads(void) {
                               "local async = require 'lasync'\n"
                               "local ts = {}\n"
                               "for i = 1, 48 do ts[i] = async.spawn(pcall, wait_race) end\n"
-                              "async.sleep(0.002) -- the workers are posting by now\n"
+                              "while not go do async.sleep(0.001) end -- the workers post\n"
                               "for i = 1, 48, 2 do ts[i]:cancel() end\n"
                               "async.gather_settled(table.unpack(ts))\n",
                               "=race", NULL) == 0);
-    lasync_step(rt, 5); /* every task waits on its future now */
+    /* Until every task waits on its future (a step's budget may not fit them all under TSan). */
+    while (race_n < RACE_TASKS && ++steps < 10000) lasync_step(rt, 5);
+    steps = 0;
     CHECK(race_n == RACE_TASKS);
     if (race_n != RACE_TASKS) {
       lasync_destroy(rt);
@@ -519,6 +521,8 @@ static void test_futures_race_threads(void) {
       jobs[i].seed = (unsigned)(round * 7 + i);
       CHECK(uv_thread_create(&workers[i], race_worker, &jobs[i]) == 0);
     }
+    lua_pushboolean(lasync_lua(rt), 1); /* the script cancels half the tasks at its next turn */
+    lua_setglobal(lasync_lua(rt), "go");
     if (round % 3 != 0)
       while (lasync_step(rt, 1) > 0 && ++steps < 20000) uv_sleep(0);
     CHECK(lasync_destroy(rt) == LASYNC_OK); /* every third round while the workers still post */
