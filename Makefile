@@ -45,14 +45,15 @@ sanitize: deps
 # Style: clang-format (the root .clang-format) and luacheck (.luacheckrc) over what is clean.
 # Add a folder or file here once it passes; `make format` rewrites the C ones in place.
 LINT_C = $(wildcard bindings/http/*.c bindings/http/*.h) bindings/io/buffer.c \
-  spec/c/buffer_test.c spec/c/check.h spec/c/run_task.h $(wildcard bindings/thread/*.c bindings/thread/*.h) host/work.c \
+  bindings/io/bytes.c spec/c/buffer_test.c spec/c/check.h spec/c/run_task.h \
+  $(wildcard bindings/thread/*.c bindings/thread/*.h) host/work.c \
   spec/c/work_test.c host/lineedit.c host/lineedit.h host/signals.c host/libedit.c host/libedit.h \
   bindings/lasync.c cmake/embed_lua.c bench/spawn_time.c
 LINT_LUA = lua/lasync.lua lua/sync.lua lua/scope.lua lua/host.lua \
   lua/http/client.lua lua/http/options.lua lua/http/pool.lua \
   spec/fetch_spec.lua spec/fetch_stream_spec.lua spec/fetch_faults_spec.lua \
   spec/fetch_retry_spec.lua spec/fetch_options_spec.lua lua/thread.lua spec/thread_spec.lua \
-  bench/threads.lua examples/threads_ticker.lua \
+  bench/threads.lua bench/tcp.lua spec/bytes_spec.lua examples/threads_ticker.lua \
   lua/repl.lua spec/repl_spec.lua spec/signals_spec.lua spec/support/pty.lua spec/startup_spec.lua \
   lua/http/server.lua lua/net.lua lua/fs.lua lua/process.lua \
   spec/method_self_spec.lua spec/coroutine_spec.lua spec/memory_sweep_spec.lua spec/options_spec.lua
@@ -82,8 +83,9 @@ valgrind: build
 	  --exclude-tags=timing spec/thread_spec.lua
 	$(VALGRIND) $(BUILD)/lasync /usr/bin/busted --output=plainTerminal $(VALGRIND_SPECS)
 
-# ThreadSanitizer over what has threads: the thread specs and the C work-item test.
-TSAN_SPECS = spec/thread_spec.lua
+# ThreadSanitizer over what has threads: the thread specs, the C work-item test, and the first
+# fetch, which loads libcurl on a thread of its own.
+TSAN_SPECS = spec/thread_spec.lua spec/startup_spec.lua
 tsan: deps
 	@.ci/deps clang libclang-rt-14-dev
 	@CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLASYNC_TSAN=ON >/dev/null

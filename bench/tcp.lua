@@ -5,6 +5,8 @@
 --                                                     message and read the echo, ROUNDS times
 --   lasync bench/tcp.lua bulk BYTES CHUNK             one connection carries BYTES in CHUNK-byte
 --                                                     writes; the server counts until the end
+--   lasync bench/tcp.lua bulk_into BYTES CHUNK        the same, the server reading with
+--                                                     read_into into one CHUNK-byte Buffer
 --
 -- Prints `wall=<seconds>` from before the first connect to after the last byte is accounted for.
 local async = require "lasync"
@@ -38,14 +40,23 @@ local function pingpong(conns, rounds, size)
   return wall
 end
 
-local function bulk(bytes, chunk_size)
+local function bulk(bytes, chunk_size, into)
   local received = async.future()
   local srv = async.net.listen({ port = 0 }, function(conn)
     local n = 0
-    while true do
-      local d = conn:read()
-      if not d then break end
-      n = n + #d
+    if into then
+      local buf = async.buffer(chunk_size)
+      while true do
+        local got = conn:read_into(buf)
+        if not got then break end
+        n = n + got
+      end
+    else
+      while true do
+        local d = conn:read()
+        if not d then break end
+        n = n + #d
+      end
     end
     received:set(n)
   end)
@@ -64,10 +75,12 @@ end
 local wall
 if workload == "pingpong" and #arg == 4 then
   wall = pingpong(tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4]))
-elseif workload == "bulk" and #arg == 3 then
-  wall = bulk(math.tointeger(tonumber(arg[2])), math.tointeger(tonumber(arg[3])))
+elseif (workload == "bulk" or workload == "bulk_into") and #arg == 3 then
+  wall = bulk(math.tointeger(tonumber(arg[2])), math.tointeger(tonumber(arg[3])),
+    workload == "bulk_into")
 else
-  io.stderr:write("usage: lasync bench/tcp.lua pingpong CONNS ROUNDS SIZE | bulk BYTES CHUNK\n")
+  io.stderr:write("usage: lasync bench/tcp.lua pingpong CONNS ROUNDS SIZE"
+    .. " | bulk[_into] BYTES CHUNK\n")
   os.exit(1)
 end
 print(string.format("wall=%.6f", wall))

@@ -181,6 +181,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_http(L);
   lasync__open_json(L);
   lasync__open_net(L);
+  lasync__open_bytes(L);
   lasync__open_thread(L);
   lasync__open_fs(L);
   lasync__open_process(L);

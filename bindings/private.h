@@ -381,7 +381,7 @@ typedef struct lasync__stream {
     uv_tty_t tty;
   } u;
   int kind;         /* LASYNC__STREAM_* */
-  size_t read_max;  /* unread bytes past which reading stops (default 256 KiB) */
+  size_t read_max;  /* unread bytes past which reading stops (default 64 KiB) */
   size_t write_hwm; /* queued bytes past which write suspends (default 256 KiB) */
   size_t max_line;  /* longest line read_line returns (default 64 KiB) */
   /* private to stream.c */
@@ -395,6 +395,8 @@ typedef struct lasync__stream {
   unsigned pending_writes;
   unsigned direct_turn; /* the loop turn direct_bytes counts in */
   size_t direct_bytes;  /* read by the reader itself (stream.c direct_read) this turn */
+  unsigned write_turn;  /* the loop turn write_bytes counts in */
+  size_t write_bytes;   /* handed to write calls this turn (stream.c write_return) */
   uint8_t want, reader_woken, started, reading, eof, shut, lingering;
   uint8_t more; /* the last read filled its buffer: the socket likely holds more */
 } lasync__stream;
@@ -418,6 +420,17 @@ void lasync__stream_attach(lasync__handle **box, lasync__stream *s);
 
 /* io/net.c */
 void lasync__open_net(lua_State *L);
+
+/* io/bytes.c: Buffer objects (async.buffer), the reusable memory s:read_into fills. The bytes
+ * follow the header in the same userdata. */
+#define LASYNC_BYTES_MT "lasync.Buffer"
+typedef struct lasync__bytes {
+  size_t cap; /* fixed at creation */
+  size_t len; /* bytes held, from the start */
+} lasync__bytes;
+#define LASYNC__BYTES_DATA(b) ((char *)((b) + 1))
+lasync__bytes *lasync__bytes_test(lua_State *L, int idx); /* NULL if idx is no Buffer */
+void lasync__open_bytes(lua_State *L);                     /* core.buffer */
 
 /* task.c */
 lasync__task *lasync__check_task(lua_State *L, const char *fname);

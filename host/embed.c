@@ -437,7 +437,12 @@ int lasync_step(lasync_runtime *rt, double budget_ms) {
   /* A budget past ~584 years (INFINITY included) is no limit: the cast would be undefined. */
   if (budget_ms * 1e6 < (double)(UINT64_MAX - start)) {
     rt->step_budget = (uint64_t)(budget_ms * 1e6);
-    rt->step_deadline = start + rt->step_budget;
+    /* Each piece of work starts only while twice its measured cost fits before the deadline
+     * (lasync__step_fits), but the loop's own turns around them (timers, the poll, returning
+     * here) are not measured: a sixteenth of the budget, 100 us at most, is kept for those, so
+     * that a busy step ends within its budget rather than just past it. */
+    rt->step_deadline = start + rt->step_budget -
+                        (rt->step_budget / 16 < 100000 ? rt->step_budget / 16 : 100000);
   } else {
     rt->step_budget = rt->step_deadline = UINT64_MAX;
   }

@@ -14,6 +14,7 @@ local async = {
   now = core.now,
   sleep = core.sleep,
   future = core.future,
+  buffer = core.buffer,
   gather = core.gather,
   gather_settled = core.gather_settled,
   is_cancelled = core.is_cancelled,

@@ -126,6 +126,33 @@ describe("async.fetch", function()
       assert.are.equal("hello", echo.body)
     end)
 
+    it("sends a fetch without options as a plain GET, whatever fetches came before", function()
+      -- A fetch without options reuses an easy handle an earlier one left set up
+      -- (bindings/http/client.c): only such handles, never one a fetch with options used.
+      local function plain()
+        local echo = async.fetch(base .. "/echo"):json()
+        assert.are.equal("GET", echo.method)
+        assert.are.equal("", echo.body)
+        assert.is_nil(echo.headers["x-test"])
+        assert.are.equal("lasync/" .. async.version, echo.headers["user-agent"])
+      end
+      local tasks = {}
+      for i = 1, 4 do tasks[i] = async.spawn(plain) end -- several handles to keep
+      async.gather(tasks)
+      plain()
+      assert.are.equal("PUT", async.fetch(base .. "/echo", { method = "PUT", body = "x",
+        headers = { ["X-Test"] = "yes" }, user_agent = "other" }):json().method)
+      plain()
+      assert.are.equal(200, async.fetch(base .. "/redirect/2").status) -- followed, as by default
+      plain()
+      assert.are.equal("timeout", fetch_error(base .. "/delay?s=2", { timeout = 0.1 }).kind)
+      assert.are.equal("connect", fetch_error("http://127.0.0.1:" .. closed_port() .. "/").kind)
+      plain()
+      local res = async.fetch(base .. "/bytes/100000")
+      assert.are.equal(100000, #res.body)
+      plain()
+    end)
+
     it("encodes json bodies and sets the content type", function()
       local echo = async.fetch(base .. "/echo", { method = "POST", json = { a = 1 } }):json()
       assert.are.equal("POST", echo.method)

@@ -170,7 +170,146 @@ describe("streams", function()
     end)
   end)
 
+  describe("read_into", function()
+    it("fills a Buffer from its start, returns the count, nil at the end, bytes in order",
+      function()
+      local c, s, release = tcp.pair()
+      finally(release)
+      local pieces = {}
+      for i = 1, 1024 do pieces[i] = string.format("%07d", i) .. string.rep("y", 4089) end
+      local expected = table.concat(pieces) -- 4 MiB
+      local writer = async.spawn(function()
+        for i = 1, #pieces, 16 do s:write({ table.unpack(pieces, i, i + 15) }) end
+        s:shutdown()
+      end)
+      local b = async.buffer(10000) -- not a multiple of anything the writer sends
+      local got, reads = {}, 0
+      while true do
+        local n = c:read_into(b)
+        if not n then break end
+        assert.is_true(n >= 1 and n <= 10000, "read " .. n)
+        assert.are.equal(n, #b)
+        got[#got + 1] = b:tostring()
+        reads = reads + 1
+      end
+      writer:await()
+      assert.is_true(table.concat(got) == expected, "the bytes arrived out of order or incomplete")
+      assert.is_true(reads >= #expected // 10000)
+      assert.is_nil(c:read_into(b)) -- the end stays the end
+      assert.are.equal(got[#got], b:tostring()) -- and left the Buffer as it was
+    end)
+
+    it("takes what read() left buffered first, and mixes with the other reads", function()
+      local c, s, release = tcp.pair()
+      finally(release)
+      s:write("hello world\nrest")
+      assert.are.equal("hel", c:read(3))
+      local b = async.buffer(4)
+      assert.are.equal(4, c:read_into(b))
+      assert.are.equal("lo w", b:tostring())
+      assert.are.equal("orld", c:read_line())
+      s:shutdown()
+      assert.are.equal(4, c:read_into(b))
+      assert.are.equal("rest", b:tostring())
+      assert.is_nil(c:read_into(b))
+    end)
+
+    it("a cancelled read_into leaves the Buffer untouched and the bytes for the next reader",
+      function()
+      local c, s, release = tcp.pair()
+      finally(release)
+      local b = async.buffer(16)
+      local reader = async.spawn(function() return c:read_into(b) end)
+      async.sleep(0.01)
+      reader:cancel()
+      assert.is_true(async.is_cancelled(select(2, pcall(reader.await, reader))))
+      assert.are.equal(0, #b)
+      s:write("after")
+      assert.are.equal(5, c:read_into(b))
+      assert.are.equal("after", b:tostring())
+    end)
+
+    it("refuses a second reader, a non-Buffer and a call with '.', naming the argument",
+      function()
+      local c, s, release = tcp.pair()
+      finally(release)
+      local b = async.buffer(8)
+      local first = async.spawn(function() return c:read_into(b) end)
+      async.sleep(0.01)
+      assert.matches("another task is already reading this stream", raises(c.read_into, c, b))
+      s:write("x")
+      assert.are.equal(1, first:await())
+      assert.matches("stream:read_into: bad argument #1 'buf' %(lasync.Buffer expected, got string%)",
+        raises(c.read_into, c, "x"))
+      assert.matches("stream:read_into: bad argument #1 'buf' %(lasync.Buffer expected, got no value%)",
+        raises(c.read_into, c))
+      assert.matches("bad argument #1 'self' %(lasync.Stream expected, got lasync.Buffer%)",
+        raises(c.read_into, b))
+    end)
+
+    it("a task waiting in read_into fails with kind closed when the stream is closed", function()
+      local c, _, release = tcp.pair()
+      finally(release)
+      local b = async.buffer(8)
+      local reader = async.spawn(function() return c:read_into(b) end)
+      async.sleep(0.01)
+      c:close()
+      local ok, err = pcall(reader.await, reader)
+      assert.is_false(ok)
+      assert.are.equal("closed", err.kind)
+      assert.are.equal("closed", raises(c.read_into, c, b).kind)
+    end)
+
+    it("raises kind closed with the code when the peer resets", function()
+      local c, s, release = tcp.pair()
+      finally(release)
+      s:write("x")
+      local b = async.buffer(8)
+      assert.are.equal(1, c:read_into(b))
+      c:write(string.rep("z", 100)) -- unread on the other side: closing it resets
+      async.sleep(0.02)
+      s:close()
+      local ok, err = pcall(c.read_into, c, b)
+      assert.is_false(ok)
+      assert.are.equal("closed", err.kind)
+      assert.are.equal("ECONNRESET", err.code)
+    end)
+  end)
+
   describe("writing", function()
+    it("a writer that never has to wait still lets other tasks run every 256 KiB", function()
+      local c, s, release = tcp.pair()
+      finally(release)
+      s:set_limits({ write_hwm = 64 * 1024 * 1024 }) -- the queue never holds it back
+      local piece = string.rep("w", 16 * 1024)
+      local since_tick, worst, ticks, writing = 0, 0, 0, true
+      local ticker = async.spawn(function()
+        while writing do
+          if since_tick > worst then worst = since_tick end
+          since_tick, ticks = 0, ticks + 1
+          async.sleep(0)
+        end
+      end)
+      local reader = async.spawn(function()
+        local n = 0
+        while true do
+          local d = c:read()
+          if not d then return n end
+          n = n + #d
+        end
+      end)
+      for _ = 1, 512 do -- 8 MiB
+        s:write(piece)
+        since_tick = since_tick + #piece
+      end
+      writing = false
+      s:shutdown()
+      assert.are.equal(512 * #piece, reader:await())
+      ticker:await()
+      assert.is_true(ticks >= 32, "the ticker ran " .. ticks .. " times")
+      assert.is_true(worst <= 256 * 1024, "wrote " .. worst .. " bytes without letting a task run")
+    end)
+
     it("writes strings and arrays of strings in order, as one write", function()
       local c, s, release = tcp.pair()
       finally(release)

@@ -1125,6 +1125,36 @@ function Stream:stats() end
 ---Sets this stream's bounds.
 ---@param limits lasync.StreamLimits
 function Stream:set_limits(limits) end
+
+---Reads into `buf` from its start: up to its capacity, at least one byte; returns how many, or
+---nil at the end (the Buffer left as it was). No string is made: a bulk reader reuses one
+---Buffer. Misuse, errors and cancellation as `read`; a cancelled call leaves `buf` untouched.
+---@param buf lasync.Buffer
+---@return integer?
+function Stream:read_into(buf) end
+
+-- ---------------------------------------------------------------------------------------------
+-- Buffers
+
+---A Buffer of `capacity` bytes (1 to 2^30), empty: the reusable memory `stream:read_into` fills.
+---@param capacity integer
+---@return lasync.Buffer
+function async.buffer(capacity) end
+
+---Fixed-capacity bytes; `#buf` is how many it holds (what the last `read_into` put there).
+---@class lasync.Buffer
+---@operator len: integer
+local Buffer = {}
+
+---The most it can hold.
+---@return integer
+function Buffer:capacity() end
+
+---Its bytes `i` to `j` (string.sub's positions; all of them by default) as a string.
+---@param i? integer
+---@param j? integer
+---@return string
+function Buffer:tostring(i, j) end
 -- Worker threads (docs/threads.md)
 
 ---Runs `fn(...)` on a worker thread of the default pool and returns its values; the calling task

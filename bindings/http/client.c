@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "curl_load.h"
 #include "curl_multi.h"
 
 #define XFER_MT "lasync.Transfer"
@@ -58,6 +59,7 @@ struct xfer {
   unsigned send_paused : 1;  /* the read callback returned CURL_READFUNC_PAUSE */
   unsigned send_eof : 1;     /* the body function returned nil */
   unsigned reading : 1;      /* x->task is in res:read(), not in fetch */
+  unsigned plain : 1;        /* a fetch without options: its easy handle is kept set up */
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -68,7 +70,11 @@ struct xfer {
  * since at lua_close the multi has gone. */
 static void release_to(xfer *x, lasync__curl *pool) {
   if (x->c.easy) lasync__curl_detach(&x->c);
-  lasync__curl_easy_release(pool, x->c.easy);
+  /* A plain fetch that went well leaves its handle set up for the next plain one. */
+  if (x->plain && x->c.result == CURLE_OK && !x->aborted && !x->too_large && !x->no_memory)
+    lasync__curl_easy_keep(pool, x->c.easy);
+  else
+    lasync__curl_easy_release(pool, x->c.easy);
   x->c.easy = NULL;
   curl_slist_free_all(x->headers);
   x->headers = NULL;
@@ -267,18 +273,6 @@ static int raise_transfer_error(lua_State *L, xfer *x, const char *url) {
   lua_pushinteger(L, (lua_Integer)x->c.result);
   lua_setfield(L, -2, "curl_code");
   return lua_error(L);
-}
-
-/* Loads libcurl on the first fetch (libcurl.h), or raises kind "unavailable": without it a
- * script still runs everything but HTTP. */
-static void need_curl(lua_State *L, const char *fname, const char *url) {
-  const char *why = NULL;
-  if (lasync__curl_load(&why) == 0) return;
-  lua_pushfstring(L, "%s %s: %s", fname, url, why);
-  lasync__push_error(L, "unavailable", lua_tostring(L, -1));
-  lua_pushstring(L, url);
-  lua_setfield(L, -2, "url");
-  lua_error(L);
 }
 
 /* ---- building the raw response ---- */
@@ -702,17 +696,76 @@ static int setup(lua_State *L, xfer *x, const char *url) {
   return 0;
 }
 
+/* ---- plain fetches: async.fetch(url), no options ----
+ *
+ * lua/http/options.lua normalises every fetch without options to one table (PLAIN), and hands
+ * it over once (core._fetch_plain). A plain fetch's easy handle goes back to the multi set up
+ * as it is (lasync__curl_easy_keep); the next plain fetch takes such a handle and sets only the
+ * URL and its own pointers, with the fields setup() gave the transfer struct copied from the
+ * first plain fetch's: no curl_easy_reset, no option read from Lua, no two dozen setopts. */
+
+static const char PLAIN_KEY = 'p';
+
+typedef struct {
+  size_t stream_buffer;
+  curl_off_t max_body;
+  unsigned known : 1; /* a plain fetch's setup() has filled the fields */
+  unsigned stream : 1;
+  unsigned follow : 1;
+} plain_setup;
+
+/* core._fetch_plain(opts): the table of fetches without options. */
+static int l_fetch_plain(lua_State *L) {
+  plain_setup *ps;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  ps = (plain_setup *)lua_newuserdatauv(L, sizeof *ps, 1);
+  memset(ps, 0, sizeof *ps);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &PLAIN_KEY);
+  return 0;
+}
+
+/* The plain fetches' record when the options at index 2 are theirs, else NULL. */
+static plain_setup *plain_of(lua_State *L) {
+  plain_setup *ps = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PLAIN_KEY) == LUA_TUSERDATA) {
+    lua_getiuservalue(L, -1, 1);
+    if (lua_rawequal(L, -1, 2)) ps = (plain_setup *)lua_touserdata(L, -2);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return ps;
+}
+
+/* A kept handle, set up by an earlier plain fetch: only what is this transfer's own. */
+static int setup_kept(xfer *x, const char *url, const plain_setup *ps) {
+  CURL *e = x->c.easy;
+  if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK) return -1;
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  x->stream = ps->stream;
+  x->stream_buffer = ps->stream_buffer;
+  x->max_body = ps->max_body;
+  x->follow = ps->follow;
+  return 0;
+}
+
 /* core._fetch(url, opts) -> raw response table. opts has been checked by lua/http/options.lua. */
+static int l_fetch(lua_State *L);
+static const lua_CFunction fetch_again = l_fetch; /* after waiting for libcurl (curl_load.h) */
 static int l_fetch(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   const char *why = NULL;
   lasync__task *t;
   lasync__curl *m;
+  plain_setup *ps;
   xfer *x;
   luaL_checktype(L, 2, LUA_TTABLE);
   t = lasync__check_task(L, "async.fetch");
   if (t->rt->closing) return lasync__misuse(L, "async.fetch: the runtime is closing");
-  need_curl(L, "async.fetch", url);
+  lasync__need_curl(L, "async.fetch", url, &fetch_again);
   m = lasync__curl_get(t->rt, &CURL_OPS, &why);
   if (m == NULL) return lasync__misuse(L, "async.fetch: %s", why);
   lua_settop(L, 2);
@@ -722,12 +775,27 @@ static int l_fetch(lua_State *L) {
   x->c.multi = m;
   x->head.max = MAX_HEADER_BYTES;
   luaL_setmetatable(L, XFER_MT);
-  x->c.easy = lasync__curl_easy(m);
-  if (x->c.easy == NULL || setup(L, x, url) != 0)
-    return lasync__misuse(L, "async.fetch: not enough memory for a transfer");
+  ps = plain_of(L);
+  x->plain = ps != NULL;
+  if (ps && ps->known && (x->c.easy = lasync__curl_easy_kept(m)) != NULL) {
+    if (setup_kept(x, url, ps) != 0)
+      return lasync__misuse(L, "async.fetch: not enough memory for a transfer");
+  } else {
+    x->c.easy = lasync__curl_easy(m);
+    if (x->c.easy == NULL || setup(L, x, url) != 0)
+      return lasync__misuse(L, "async.fetch: not enough memory for a transfer");
+    if (ps && !ps->known) {
+      ps->stream = x->stream;
+      ps->stream_buffer = x->stream_buffer;
+      ps->max_body = x->max_body;
+      ps->follow = x->follow;
+      ps->known = 1;
+    }
+  }
   if (lasync__curl_start(m, &x->c) != 0)
     return lasync__misuse(L, "async.fetch: cannot start the transfer");
-  if (opt_bool(L, "start_only")) return 1; /* a body feeder needs x before fetch waits */
+  /* A body feeder needs x before fetch waits (never a plain fetch's). */
+  if (!ps && opt_bool(L, "start_only")) return 1;
   return fetch_step(L, t, x);
 }
 
@@ -749,6 +817,8 @@ static int l_fetch_wait(lua_State *L) {
  * any I/O, with kind "invalid" (lua/http/options.lua), rather than failing as "protocol" once
  * the transfer runs, and being retried. */
 #define MAX_URL_LENGTH 8000000 /* curl's CURL_MAX_INPUT_LENGTH */
+static int l_check_url(lua_State *L);
+static const lua_CFunction check_url_again = l_check_url;
 static int l_check_url(lua_State *L) {
   size_t len;
   const char *url = luaL_checklstring(L, 1, &len);
@@ -761,7 +831,7 @@ static int l_check_url(lua_State *L) {
                     MAX_URL_LENGTH);
     return 1;
   }
-  need_curl(L, fname, url);
+  lasync__need_curl(L, fname, url, &check_url_again);
   u = curl_url();
   if (u == NULL) return lasync__misuse(L, "async.fetch: not enough memory");
   rc = curl_url_set(u, CURLUPART_URL, url, 0);
@@ -791,10 +861,16 @@ void lasync__open_http(lua_State *L) {
   lua_pushcfunction(L, xfer_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"_fetch", l_fetch},         {"_fetch_wait", l_fetch_wait},
-                                 {"_read", l_read},           {"_close", l_close},
-                                 {"_buffered", l_buffered},   {"_send_wait", l_send_wait},
-                                 {"_send", l_send},           {"_fail", l_fail},
-                                 {"_check_url", l_check_url}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"_fetch", l_fetch},
+                                 {"_fetch_wait", l_fetch_wait},
+                                 {"_read", l_read},
+                                 {"_close", l_close},
+                                 {"_buffered", l_buffered},
+                                 {"_send_wait", l_send_wait},
+                                 {"_send", l_send},
+                                 {"_fail", l_fail},
+                                 {"_check_url", l_check_url},
+                                 {"_fetch_plain", l_fetch_plain},
+                                 {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -41,6 +41,12 @@ lasync__curl *lasync__curl_get(lasync__runtime *rt, const lasync__curl_ops *ops,
 CURL *lasync__curl_easy(lasync__curl *m);
 /* Resets the handle into the pool of m, or cleans it up (m NULL: the multi may be gone). */
 void lasync__curl_easy_release(lasync__curl *m, CURL *easy);
+/* Pools a finished transfer's handle without resetting it, for a later transfer whose options
+ * are the same (it then sets only the URL and its own pointers: error buffer, write and header
+ * data); or releases it when that pool is full. */
+void lasync__curl_easy_keep(lasync__curl *m, CURL *easy);
+/* A handle lasync__curl_easy_keep pooled, or NULL. */
+CURL *lasync__curl_easy_kept(lasync__curl *m);
 /* Hands x (easy set up) to curl, or queues it while lasync_step's admission quota is spent.
  * -1 when curl refuses it. */
 int lasync__curl_start(lasync__curl *m, lasync__curl_xfer *x);

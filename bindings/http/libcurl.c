@@ -6,6 +6,7 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
 #ifndef LASYNC_LIBCURL
@@ -15,7 +16,9 @@
 lasync__curl_api lasync__curl_fn;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static int loaded;
+/* 0 until load has run, then 1 (loaded) or -1 (failed): read without the once by
+ * lasync__curl_state, from any thread, so it is stored last, after the table and failure. */
+static atomic_int state;
 static char failure[512];
 
 /* Runs once per process. The handle is never closed: curl keeps global state (TLS libraries,
@@ -26,6 +29,7 @@ static void load(void) {
   lasync__curl_api fn;
   if (lib == NULL) {
     snprintf(failure, sizeof failure, "cannot load libcurl: %s", dlerror());
+    atomic_store(&state, -1);
     return;
   }
 #define LASYNC__CURL_RESOLVE(name)                          \
@@ -37,18 +41,23 @@ static void load(void) {
     snprintf(failure, sizeof failure, "cannot load libcurl: %s has no %s (too old?)",
              LASYNC_LIBCURL, missing);
     dlclose(lib);
+    atomic_store(&state, -1);
     return;
   }
   if (fn.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     snprintf(failure, sizeof failure, "cannot initialise libcurl");
+    atomic_store(&state, -1);
     return; /* left mapped: curl may have started initialising libraries it depends on */
   }
   lasync__curl_fn = fn;
-  loaded = 1;
+  atomic_store(&state, 1);
 }
 
 int lasync__curl_load(const char **why) {
   pthread_once(&once, load);
-  if (!loaded) *why = failure;
-  return loaded ? 0 : -1;
+  if (atomic_load(&state) > 0) return 0;
+  *why = failure;
+  return -1;
 }
+
+int lasync__curl_state(void) { return atomic_load(&state); }

@@ -6,7 +6,8 @@
  * lasync__curl_load from curl's own prototypes (so a signature cannot drift from the header).
  *
  * A call through the table before lasync__curl_load has succeeded would jump to NULL: every
- * path into curl starts from l_check_url or l_fetch (client.c), which load it first. */
+ * path into curl starts from l_check_url or l_fetch (client.c), which load it first, through
+ * lasync__need_curl (curl_load.c: in a task, the load runs on a pool thread meanwhile). */
 #ifndef LASYNC_LIBCURL_H
 #define LASYNC_LIBCURL_H
 
@@ -40,6 +41,10 @@ extern lasync__curl_api lasync__curl_fn;
  * with *why set (a static string: dlopen's or dlsym's message) when it cannot, then and on
  * every later call: fetch then fails with kind "unavailable", never crashes. */
 int lasync__curl_load(const char **why);
+/* Any thread, never blocks: 0 while nobody has loaded libcurl yet (or a thread is loading it),
+ * 1 once it is loaded, -1 once loading failed. After a non-zero answer lasync__curl_load
+ * returns at once. */
+int lasync__curl_state(void);
 
 /* curl.h wraps these three in function-like macros that only check the argument count. */
 #undef curl_easy_setopt

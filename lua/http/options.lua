@@ -202,7 +202,9 @@ function http.header_lines(fname, url, headers)
   return lines, has, content_length
 end
 
-local PLAIN = setmetatable({ headers = {} }, DEFAULTS_MT) -- a fetch with no options
+-- A fetch with no options: bindings/http/client.c keeps its easy handles set up for the next.
+local PLAIN = setmetatable({ headers = {} }, DEFAULTS_MT)
+core._fetch_plain(PLAIN)
 
 --- Checks the options and returns the final URL and the table bindings/http/client.c reads.
 function http.normalise(fname, url, opts)

@@ -346,11 +346,15 @@ typedef struct {
   lasync_future *f;
   unsigned int delay_ms;
   int resolve_result;
+  uv_sem_t *go; /* if set, the worker resolves when it is posted, not after delay_ms */
 } worker_job;
 
 static void late_worker(void *arg) {
   worker_job *job = (worker_job *)arg;
-  uv_sleep(job->delay_ms);
+  if (job->go)
+    uv_sem_wait(job->go);
+  else
+    uv_sleep(job->delay_ms);
   job->resolve_result = lasync_future_resolve_async(job->f, late_push, NULL);
   lasync_future_release(job->f); /* the worker's reference: after the runtime is gone */
 }
@@ -359,8 +363,10 @@ static void test_future_outlives_runtime(void) {
   lasync_runtime *rt;
   lua_State *L;
   uv_thread_t worker;
-  worker_job job = {NULL, 200, -99};
+  uv_sem_t go;
+  worker_job job = {NULL, 0, -99, &go};
   int alive, steps = 0;
+  CHECK(uv_sem_init(&go, 0) == 0);
   CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
   register_game(rt);
   L = lasync_lua(rt);
@@ -375,17 +381,20 @@ static void test_future_outlives_runtime(void) {
   lasync_future_on_cancel(last_future, on_future_cancel, &cancel_seen);
   job.f = last_future;
   CHECK(uv_thread_create(&worker, late_worker, &job) == 0);
-  /* The step's count includes the future the worker still holds, after the tasks ended. */
+  /* The step's count includes the future the worker still holds, after the tasks ended: it
+   * settles at 1 (the worker waits for `go`, so no timing decides it), never at 0. */
   do {
     alive = lasync_step(rt, 1);
     uv_sleep(1);
-  } while (lasync_future_cancelled(last_future) == 0 && ++steps < 5000);
+  } while ((lasync_future_cancelled(last_future) == 0 || alive > 1) && ++steps < 5000);
   CHECK(cancel_seen == 1);
+  CHECK(alive == 1);
   CHECK(lasync_step(rt, 1) == 1);
-  (void)alive;
   /* The host stops anyway, before the worker is done: the late resolve must be a no-op. */
   CHECK(lasync_destroy(rt) == LASYNC_OK);
+  uv_sem_post(&go);
   uv_thread_join(&worker);
+  uv_sem_destroy(&go);
   CHECK(job.resolve_result == LASYNC_OK);
   CHECK(late_push_calls == 1 && late_push_null == 1);
   CHECK(cancel_seen == 1);
@@ -404,6 +413,7 @@ static void test_future_outlives_runtime(void) {
   lasync_future_on_cancel(last_future, on_future_cancel, &cancel_seen);
   job.f = last_future;
   job.delay_ms = 50;
+  job.go = NULL;
   CHECK(uv_thread_create(&worker, late_worker, &job) == 0);
   steps = 0;
   while (lasync_step(rt, 1) > 0 && ++steps < 5000) uv_sleep(1);
