@@ -93,7 +93,8 @@ local function with_objects(body)
     scope_obj = s
     body({
       async.spawn(function() end), async.future(), s, sem, permit, async.lock(), async.event(),
-      async.queue(), client, captured.req, captured.res, app, http_srv, net_srv, stream,
+      async.queue(), async.buffer(16), client, captured.req, captured.res, app, http_srv, net_srv,
+      stream,
       captured.accepted, file, watcher, proc, pool,
     })
   end)
