@@ -54,7 +54,9 @@ LINT_LUA = lua/lasync.lua lua/sync.lua lua/scope.lua lua/host.lua \
   spec/fetch_spec.lua spec/fetch_stream_spec.lua spec/fetch_faults_spec.lua \
   spec/fetch_retry_spec.lua spec/fetch_options_spec.lua lua/thread.lua spec/thread_spec.lua \
   bench/threads.lua bench/tcp.lua spec/bytes_spec.lua examples/threads_ticker.lua \
-  lua/repl.lua spec/repl_spec.lua spec/signals_spec.lua spec/support/pty.lua spec/startup_spec.lua
+  lua/repl.lua spec/repl_spec.lua spec/signals_spec.lua spec/support/pty.lua spec/startup_spec.lua \
+  lua/http/server.lua lua/net.lua lua/fs.lua lua/process.lua \
+  spec/method_self_spec.lua spec/coroutine_spec.lua spec/memory_sweep_spec.lua spec/options_spec.lua
 lint:
 	@.ci/deps clang-format lua-check
 	clang-format --dry-run --Werror $(LINT_C)
@@ -87,8 +89,9 @@ TSAN_SPECS = spec/thread_spec.lua spec/startup_spec.lua
 tsan: deps
 	@.ci/deps clang libclang-rt-14-dev
 	@CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLASYNC_TSAN=ON >/dev/null
-	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target lasync work_test
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target lasync work_test embed_test
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_BUILD)/work_test
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_BUILD)/embed_test futures
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 LASYNC=$(TSAN_BUILD)/lasync \
 	  $(TSAN_BUILD)/lasync /usr/bin/busted --output=plainTerminal $(TSAN_SPECS)
 

@@ -182,6 +182,8 @@ struct lasync__runtime {
   int anchors_ref;
   uint32_t anchors_top;  /* the highest slot used so far */
   uint32_t anchors_free; /* the first free slot below it, or 0 */
+  int starved;         /* a start failed for memory in this drain: later starts fail at once */
+  long starved_unseen; /* tasks failed so with nobody to see it, reported once per drain */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */
@@ -476,7 +478,8 @@ lasync__task *lasync__check_task(lua_State *L, const char *fname);
 lasync__task *lasync__check_suspendable(lua_State *L, const char *fname);
 lasync__task *lasync__totask(lua_State *L, int idx);
 int lasync__is_callable(lua_State *L, int idx); /* a function, or a value with __call */
-/* The task at idx, or raises "<fname>: bad argument #idx (task expected, got ...)". */
+/* The task at idx, or raises "<fname>: bad argument #idx (Task expected, got ...)" (bad self,
+ * for argument 1 of a method). */
 lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname);
 extern const char *const lasync__status_names[]; /* indexed by enum lasync__status */
 int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data);
@@ -526,11 +529,16 @@ int lasync__misuse(lua_State *L, const char *fmt, ...);
  * expected, got <type>)" (argname may be NULL), a userdata's type being its __name. */
 int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argname,
                      const char *expected);
+/* Raises "<fname>: bad self (<expected> expected, got <type>); call it with ':'": a method
+ * (fname "class:method") called with '.'. lasync__argerror raises it for argument 1 of a method,
+ * so a method's check of its self is lasync__argerror(L, 1, "class:method", NULL, MT). */
+int lasync__selferror(lua_State *L, const char *fname, const char *expected);
 /* Raises "<fname>: bad option '<opt>' (<expected> expected, got <type of the value at idx>)". */
 int lasync__opterror(lua_State *L, int idx, const char *fname, const char *opt,
                      const char *expected);
 /* Raises "<fname>: bad option '<key>' (unknown option)" for a key of the table at idx that is
- * not in known (NULL-terminated): a misspelt option is misuse, never silently the default. */
+ * not in known (NULL-terminated): a misspelt option is misuse, never silently the default. A key
+ * that is not a string: "<fname>: bad option key (string expected, got <type>)". */
 void lasync__check_options(lua_State *L, int idx, const char *fname, const char *const known[]);
 const char *lasync__typename(lua_State *L, int idx); /* luaL_typename, or a userdata's __name */
 int lasync__is_error_kind(lua_State *L, int idx, const char *kind);

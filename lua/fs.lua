@@ -29,7 +29,8 @@ local KNOWN = {
 local function check_opts(fname, n, opts)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(format("%s: bad argument #%d 'opts' (table expected, got %s)", fname, n, type(opts)), 3)
+    core._check.misuse(format("%s: bad argument #%d 'opts' (table expected, got %s)", fname, n,
+      type(opts)))
   end
   return core._check.options(fname, n, opts, KNOWN[fname])
 end
@@ -48,12 +49,6 @@ File.__index = File
 local function wrap(handle, path, max_line)
   return setmetatable({ _fd = handle, _buf = "", _pos = 1, path = path,
     _max_line = max_line or DEFAULT_MAX_LINE }, File)
-end
-
-local function check_file(self, fname)
-  if getmetatable(self) ~= File then
-    error(format("%s: bad argument #1 'self' (lasync.File expected, got %s)", fname, type(self)), 3)
-  end
 end
 
 -- Bytes read ahead and not yet returned.
@@ -82,7 +77,9 @@ local function read_line(self, keep_nl)
       local piece = sub(buf, pos, nl)
       self._pos = nl + 1
       if self._pos > #buf then self._buf, self._pos = "", 1 end
-      if len + #piece - 1 > self._max_line then error(too_long("file:read", self.path, self._max_line), 0) end
+      if len + #piece - 1 > self._max_line then
+        error(too_long("file:read", self.path, self._max_line), 0)
+      end
       local line = parts and (concat(parts) .. piece) or piece
       if keep_nl then return line end
       if sub(line, -2, -2) == "\r" then return sub(line, 1, -3) end
@@ -137,7 +134,9 @@ end
 
 local function read_one(self, fmt, n)
   if math.type(fmt) == "integer" then
-    if fmt < 0 then error(format("file:read: bad argument #%d (non-negative count expected)", n), 3) end
+    if fmt < 0 then
+      core._check.misuse(format("file:read: bad argument #%d (non-negative count expected)", n))
+    end
     return read_n(self, fmt)
   end
   if type(fmt) == "string" then
@@ -146,14 +145,14 @@ local function read_one(self, fmt, n)
     if f == "l" then return read_line(self, false) end
     if f == "L" then return read_line(self, true) end
   end
-  error(format("file:read: bad argument #%d 'format' (a count, \"a\", \"l\" or \"L\" expected, got %s)",
-    n, tostring(fmt)), 3)
+  core._check.misuse(format(
+    "file:read: bad argument #%d 'format' (a count, \"a\", \"l\" or \"L\" expected, got %s)", n,
+    tostring(fmt)))
 end
 
 --- file:read(fmt...): a count of bytes, "a" (the rest), "l" (a line), "L" (with its newline);
 --- nil at end of file (read("a") then returns "").
 function File:read(...)
-  check_file(self, "file:read")
   local n = select("#", ...)
   if n == 0 then return read_one(self, "l", 2) end
   if n == 1 then return read_one(self, (...), 2) end
@@ -166,14 +165,12 @@ function File:read(...)
 end
 
 function File:lines(fmt)
-  check_file(self, "file:lines")
   fmt = fmt or "l"
   return function() return self:read(fmt) end
 end
 
 --- file:write(...): strings or numbers, written in full (a short write is continued).
 function File:write(...)
-  check_file(self, "file:write")
   local n = select("#", ...)
   local data
   if n == 1 and type((...)) == "string" then
@@ -185,7 +182,8 @@ function File:write(...)
       if type(v) == "number" then
         parts[i] = tostring(v)
       elseif type(v) ~= "string" then
-        error(format("file:write: bad argument #%d (string expected, got %s)", i + 1, type(v)), 2)
+        core._check.misuse(format("file:write: bad argument #%d (string expected, got %s)", i + 1,
+          type(v)))
       end
     end
     data = concat(parts, "", 1, n)
@@ -200,7 +198,6 @@ function File:write(...)
 end
 
 function File:seek(whence, offset)
-  check_file(self, "file:seek")
   whence = whence or "cur"
   offset = offset or 0
   if whence == "cur" and math.type(offset) == "integer" then offset = offset - buffered(self) end
@@ -208,13 +205,12 @@ function File:seek(whence, offset)
   return fd.seek(self._fd, whence, offset)
 end
 
-function File:sync() check_file(self, "file:sync"); fd.sync(self._fd) end
+function File:sync() fd.sync(self._fd) end
 
-function File:stat() check_file(self, "file:stat"); return fd.stat(self._fd) end
+function File:stat() return fd.stat(self._fd) end
 
 --- file:truncate([size]): to size bytes, by default to the current position.
 function File:truncate(size)
-  check_file(self, "file:truncate")
   if size == nil then size = self:seek("cur", 0) end
   drop_readahead(self)
   fd.truncate(self._fd, size)
@@ -222,7 +218,6 @@ end
 
 --- file:close(): waits for the file's pending operations; closing twice does nothing.
 function File:close()
-  check_file(self, "file:close")
   self._buf, self._pos = "", 1
   fd.close(self._fd)
 end
@@ -231,6 +226,8 @@ function File:is_open() return raw.is_open(self._fd) end
 
 File.__close = File.close
 function File.__tostring(self) return tostring(self._fd) end
+-- Every method checks its self here: f.read() says "call it with ':'".
+core._check.methods(File, "file")
 
 --- fs.open(path [, mode [, perm]]): the modes of io.open plus "x" (exclusive creation).
 function fs.open(path, mode, perm)
@@ -246,7 +243,8 @@ end
 
 local function check_data(fname, data)
   if type(data) ~= "string" then
-    error(format("%s: bad argument #2 'data' (string expected, got %s)", fname, type(data)), 3)
+    core._check.misuse(format("%s: bad argument #2 'data' (string expected, got %s)", fname,
+      type(data)))
   end
 end
 

@@ -2,6 +2,16 @@
 -- side (host/main.c) parses the options and hands over the plan.
 local plan = ...
 
+-- A main chunk that fails ends the program, as in lua5.4 and Node: what it started (a server
+-- left open, tasks still sleeping) is cancelled, not left running with the failure unreported
+-- until someone interrupts it. Closed as the error unwinds, so the error and its traceback are
+-- the main task's own.
+local async = require "lasync"
+local _ <close> = setmetatable({}, { __close = function(_, err)
+  if err == nil or async.is_cancelled(err) then return end
+  if not pcall(async._cancel_others, "the main task failed") then pcall(async._cancel_others) end
+end })
+
 -- A chunk that does not load (a syntax error, a missing file) is one line on stderr, as lua5.4
 -- prints it, without the host's frames: main.c prints the message returned this way.
 local function load_failed(err) return { lasync_load_error = err } end

@@ -88,12 +88,23 @@ function check.expected(what, v)
   return format("%s expected, got %s", what, typename(v))
 end
 
+--- The message for a key of an options table that is no option, one wording with C's
+--- lasync__check_options: "bad option 'timeot' (unknown option)", or, for a key that is not a
+--- string, "bad option key (string expected, got number)".
+local function unknown_option_message(fname, k)
+  if type(k) ~= "string" then
+    return format("%s: bad option key (string expected, got %s)", fname, typename(k))
+  end
+  return option_message(fname, k, "unknown option")
+end
+check.unknown_option_message = unknown_option_message
+
 --- An options table (nil: {}); unknown names are misuse. known: a set of names.
 function check.options(fname, n, opts, known)
   if opts == nil then return {} end
   if type(opts) ~= "table" then check.argerror(fname, n, "options", "table", opts) end
   for k in pairs(opts) do
-    if not known[k] then check.opterror(fname, k, "unknown option") end
+    if type(k) ~= "string" or not known[k] then misuse(unknown_option_message(fname, k)) end
   end
   return opts
 end
@@ -123,7 +134,7 @@ local function check_in_task(fname, no_yield)
   if not in_task() then misuse(fname .. " must be called inside a task") end
   if not no_yield and not isyieldable() then
     misuse(fname .. " cannot suspend here: the task is inside a C call that cannot yield " ..
-      "(a table.sort comparator, a string.gsub callback, require, a __gc ...)")
+      "(a table.sort comparator, a string.gsub callback, require, a __gc, a debug hook ...)")
   end
 end
 check.in_task = check_in_task
@@ -138,11 +149,15 @@ end
 
 --- Wraps every method of the class mt (its functions but the metamethods) so that one called
 --- with '.' instead of ':' says so, whichever method it is. prefix names them: "queue".
-function check.methods(mt, prefix)
-  for k, f in pairs(mt) do
+--- methods: the table they are in, when it is not mt itself (mt.__index, or the table a
+--- function __index looks in, which is then also mt.__methods, for spec/method_self_spec.lua).
+function check.methods(mt, prefix, methods)
+  methods = methods or mt
+  if methods ~= mt and type(rawget(mt, "__index")) == "function" then mt.__methods = methods end
+  for k, f in pairs(methods) do
     if type(f) == "function" and type(k) == "string" and not k:find("^__") then
       local fname = prefix .. ":" .. k
-      mt[k] = function(self, ...)
+      methods[k] = function(self, ...)
         if getmetatable(self) ~= mt then check.self(self, mt, fname) end
         return f(self, ...)
       end
@@ -274,6 +289,7 @@ function async.run(fn, ...)
 end
 
 async._debug = { counts = core._debug_counts }
+async._cancel_others = core._cancel_others -- lua/host.lua's, when the main chunk fails
 
 -- Diagnostics ---------------------------------------------------------------------------------
 

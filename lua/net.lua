@@ -71,8 +71,9 @@ local function finish_connect(scope, host, port, seconds, ok, ...)
   if ok then return ... end
   local err = ...
   if expired and is_cancelled(err) then
-    error(new_error("timeout", format("async.net.connect: connecting to %s port %d timed out after %g s",
-      host, port, seconds), { seconds = seconds, host = host, port = port }), 0)
+    error(new_error("timeout", format(
+      "async.net.connect: connecting to %s port %d timed out after %g s", host, port, seconds),
+      { seconds = seconds, host = host, port = port }), 0)
   end
   error(err, 0)
 end
@@ -238,5 +239,7 @@ function Server:__tostring()
   return format("lasync.Server (%s port %d, %s)", self.host, self.port,
     self.closed and "closed" or "open")
 end
+
+check.methods(Server, "server") -- srv.close() says "call it with ':'"
 
 return net

@@ -15,8 +15,8 @@ local PIPE_LINGER = 1 -- seconds granted to pipes after the group was killed
 
 local process = { signals = signals }
 
--- Raised at the line that called async.process.*: the checks run two levels below it.
-local function misuse(msg, level) error(msg, level or 4) end
+-- Raised at the line that called async.process.*, however deep the check (core._check).
+local misuse = core._check.misuse
 
 local function check_argv(fname, argv)
   if type(argv) ~= "table" then
@@ -59,8 +59,12 @@ local function check_opts(fname, opts, known)
     misuse(format("%s: bad argument #2 'opts' (table expected, got %s)", fname, type(opts)))
   end
   core._check.options(fname, 2, opts, known)
-  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then opterror(fname, "cwd", "string", opts.cwd) end
-  if opts.env ~= nil and type(opts.env) ~= "table" then opterror(fname, "env", "table", opts.env) end
+  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then
+    opterror(fname, "cwd", "string", opts.cwd)
+  end
+  if opts.env ~= nil and type(opts.env) ~= "table" then
+    opterror(fname, "env", "table", opts.env)
+  end
   for _, k in ipairs({ "timeout", "kill_grace" }) do
     local v = opts[k]
     if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
@@ -156,6 +160,7 @@ function Process:close()
   end)
 end
 Process.__close = Process.close
+core._check.methods(Process, "process") -- p.wait() says "call it with ':'"
 
 local function check_kinds(fname, opts)
   local kinds = {}
@@ -211,7 +216,7 @@ function process.run(argv, opts)
       opterror(fname, k, "\"capture\", \"inherit\", \"null\" or a function", v)
     end
   end
-  if not in_task() then misuse(fname .. " must be called inside a task", 3) end
+  if not in_task() then misuse(fname .. " must be called inside a task") end
   local max = opts.max_output or DEFAULT_MAX_OUTPUT
   local grace = opts.kill_grace or DEFAULT_KILL_GRACE
 
@@ -351,7 +356,7 @@ end
 function process.shell(command, opts)
   if type(command) ~= "string" then
     misuse(format("async.process.shell: bad argument #1 'command' (string expected, got %s)",
-      type(command)), 3)
+      type(command)))
   end
   return process.run({ "/bin/sh", "-c", command }, opts)
 end

@@ -111,6 +111,8 @@ function Scope:cancel()
   if self.open then cancel_all(self) end
 end
 
+check.methods(Scope, "scope") -- s.spawn(fn) says "call it with ':'"
+
 -- Awaits every child, those spawned meanwhile included; raises only if the waiting task is
 -- cancelled (the children have their own outcomes, recorded by their guards).
 local function wait_children(s)

@@ -20,39 +20,38 @@ local WAITING, GRANTED, REFUSED, GONE = 1, 2, 3, 4
 
 -- A line of waiters. One that gives up is marked GONE and skipped later, rather than removed
 -- from the middle; the tail is trimmed at once, so a line of timed-out waiters does not grow.
-local Line = {}
-Line.__index = Line
+-- Plain functions on a plain table rather than methods: the line is internal (sem.line), and a
+-- user who reaches it has no method to call with '.' by mistake.
+local function new_line() return { first = 1, last = 0, n = 0 } end
 
-local function new_line() return setmetatable({ first = 1, last = 0, n = 0 }, Line) end
-
-function Line:push(w)
-  local i = self.last + 1
-  self.last, self[i], self.n = i, w, self.n + 1
-  w.state, w.line = WAITING, self
+local function line_push(line, w)
+  local i = line.last + 1
+  line.last, line[i], line.n = i, w, line.n + 1
+  w.state, w.line = WAITING, line
 end
 
 -- Removes and returns the first waiter still in line, or nil.
-function Line:shift()
-  local i, last = self.first, self.last
+local function line_shift(line)
+  local i, last = line.first, line.last
   while i <= last do
-    local w = self[i]
-    self[i], i = nil, i + 1
+    local w = line[i]
+    line[i], i = nil, i + 1
     if w.state == WAITING then
-      self.first, self.n = i, self.n - 1
+      line.first, line.n = i, line.n - 1
       return w
     end
   end
-  self.first, self.last = 1, 0
+  line.first, line.last = 1, 0
   return nil
 end
 
-function Line:leave(w)
-  w.state, self.n = GONE, self.n - 1
-  local last = self.last
-  while last >= self.first and self[last].state == GONE do
-    self[last], last = nil, last - 1
+local function line_leave(line, w)
+  w.state, line.n = GONE, line.n - 1
+  local last = line.last
+  while last >= line.first and line[last].state == GONE do
+    line[last], last = nil, last - 1
   end
-  self.last = last
+  line.last = last
 end
 
 local function grant(w, ...)
@@ -67,11 +66,11 @@ local function wait_in(line, owner, give_back, w)
   w = w or {}
   local f = new_future()
   w.future = f
-  line:push(w)
+  line_push(line, w)
   local ok, a = pcall(f.await, f)
   if ok then return a end
   if w.state == WAITING then
-    line:leave(w)
+    line_leave(line, w)
   elseif w.state == GRANTED then
     give_back(owner, w)
   end
@@ -111,7 +110,7 @@ end
 -- Hands free permits to the waiters, first come first served.
 local function serve_permits(sem)
   while sem.free > 0 do
-    local w = sem.line:shift()
+    local w = line_shift(sem.line)
     if not w then return end
     sem.free = sem.free - 1
     grant(w)
@@ -166,7 +165,7 @@ end
 
 -- The lock goes to the first waiter, or becomes free.
 local function pass_lock(lock)
-  local w = lock.line:shift()
+  local w = line_shift(lock.line)
   lock.holder = w and w.task or nil
   if w then grant(w) end
 end
@@ -287,13 +286,13 @@ end
 -- Keeps the two promises below what the queue can honour, first come first served.
 local function serve_queue(q)
   while count(q) - q.claimed > 0 do
-    local w = q.getters:shift()
+    local w = line_shift(q.getters)
     if not w then break end
     q.claimed = q.claimed + 1
     grant(w, true)
   end
   while q.maxsize - count(q) - q.reserved > 0 do
-    local w = q.putters:shift()
+    local w = line_shift(q.putters)
     if not w then break end
     q.reserved = q.reserved + 1
     grant(w)
@@ -370,14 +369,14 @@ function Queue:close()
   if self.closed then return end
   self.closed = true
   while true do
-    local w = self.putters:shift()
+    local w = line_shift(self.putters)
     if not w then break end
     w.state = REFUSED
     w.future:fail(closed_error("queue:put"))
   end
   -- Getters still in line have no item promised, and none will come.
   while true do
-    local w = self.getters:shift()
+    local w = line_shift(self.getters)
     if not w then break end
     w.state = REFUSED
     w.future:set(false)

@@ -48,7 +48,8 @@ end
 function Pool:map(fn, items)
   check("pool:map", fn)
   if type(items) ~= "table" then
-    error(format("pool:map: bad argument #2 'items' (table expected, got %s)", type(items)), 2)
+    core._check.misuse(format("pool:map: bad argument #2 'items' (table expected, got %s)",
+      type(items)))
   end
   local pool = self
   return async.map(function(item) return (run("pool:map", pool, fn, item)) end, items,
@@ -62,6 +63,7 @@ Pool.close = core._thread_close
 function Pool:size() return core._thread_size(self) end
 
 core._thread_pool_mt.__index = Pool
+core._check.methods(core._thread_pool_mt, "pool", Pool) -- pool.run(fn) says "call it with ':'"
 
 --- Runs fn(...) on the default pool and returns its values; other tasks run meanwhile.
 function async.to_thread(fn, ...)

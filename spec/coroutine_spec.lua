@@ -74,7 +74,7 @@ describe("the scheduler's coroutines", function()
     assert.matches("belongs to task", self_msg, 1, true)
   end)
 
-  it("refuses an idle coroutine back in the pool, and the task that reuses it is unharmed", function()
+  it("refuses an idle coroutine back in the pool; the task that reuses it is unharmed", function()
     local co
     async.spawn(function() co = coroutine.running() end):await()
     local ok, msg = coroutine.resume(co)
@@ -166,5 +166,186 @@ describe("the scheduler's coroutines", function()
         assert.are.equal(i, results[i].value)
       end
     end
+  end)
+end)
+
+-- The neighbours of crash 1: what each of coroutine.* and debug.sethook does on, or inside, a
+-- task, so none of them is left undefined.
+describe("coroutine.* and debug.sethook in and on tasks", function()
+  after_each(assert_clean)
+
+  it("coroutine.close of the task's own coroutine, from inside, is refused; it goes on", function()
+    local t = async.spawn({ name = "self-closer" }, function()
+      local ok, msg = coroutine.close((coroutine.running()))
+      async.sleep(0)
+      return ok, msg, "went on"
+    end)
+    local ok, msg, after = t:await()
+    assert.is_false(ok)
+    assert.matches("coroutine.close: the coroutine belongs to task 'self-closer'", msg, 1, true)
+    assert.are.equal("went on", after)
+  end)
+
+  it("coroutine.wrap: a generator works across a task's suspensions and from two tasks", function()
+    local gen = coroutine.wrap(function()
+      for i = 1, 4 do coroutine.yield(i) end
+    end)
+    local function take()
+      local a = gen()
+      async.sleep(0.001) -- the task suspends between two resumes of the generator
+      return { a, gen() }
+    end
+    local r = async.gather(take, take)
+    local all = { r[1][1], r[1][2], r[2][1], r[2][2] }
+    table.sort(all)
+    assert.are.same({ 1, 2, 3, 4 }, all)
+  end)
+
+  it("coroutine.wrap: a generator that tries to suspend the task raises through it", function()
+    local gen = coroutine.wrap(function() async.sleep(0.01) end)
+    local ok, msg = pcall(gen)
+    assert.is_false(ok)
+    assert.matches("async.sleep must be called inside a task", msg, 1, true)
+  end)
+
+  it("coroutine.status: running, normal from a coroutine it resumed, suspended, dead", function()
+    local co, seen_inside, seen_nested
+    local t = async.spawn(function()
+      co = coroutine.running()
+      seen_inside = coroutine.status(co)
+      local inner = coroutine.create(function() seen_nested = coroutine.status(co) end)
+      coroutine.resume(inner)
+      async.sleep(0.01)
+    end)
+    async.sleep(0)
+    assert.are.equal("running", seen_inside)
+    assert.are.equal("normal", seen_nested)
+    assert.are.equal("suspended", coroutine.status(co))
+    t:await()
+    assert.are.equal("dead", coroutine.status(co))
+  end)
+
+  it("coroutine.isyieldable: true in a task, false where it cannot suspend", function()
+    local in_sort
+    local t = async.spawn(function()
+      local yes = coroutine.isyieldable()
+      table.sort({ 2, 1 }, function(a, b)
+        in_sort = coroutine.isyieldable()
+        return a < b
+      end)
+      return yes
+    end)
+    assert.is_true(t:await())
+    assert.is_false(in_sort)
+  end)
+
+  it("debug.sethook on a task's coroutine hooks that task only, never a later one", function()
+    -- Before, the hook stayed on the coroutine when the pool gave it to the next task, whose
+    -- every line then raised the first task's hook error.
+    local co
+    local t = async.spawn(function()
+      co = coroutine.running()
+      async.sleep(0.01)
+      local x = 1
+      return x
+    end)
+    async.sleep(0)
+    debug.sethook(co, function() error("hooked") end, "l")
+    local ok, err = pcall(t.await, t)
+    assert.is_false(ok)
+    assert.matches("hooked", tostring(err), 1, true)
+    for _ = 1, 3 do
+      local later = async.spawn(function()
+        local y = 2
+        y = y + 1
+        return y
+      end)
+      assert.are.equal(3, later:await())
+    end
+  end)
+
+  it("debug.sethook: a hook set on an idle coroutine does not reach the task reusing it", function()
+    local co
+    async.spawn(function() co = coroutine.running() end):await()
+    debug.sethook(co, function() error("stale hook") end, "l")
+    local t = async.spawn(function()
+      local z = 1
+      return z + 1
+    end)
+    assert.are.equal(2, t:await())
+  end)
+
+  it("debug.sethook: a hook cannot suspend the task; it says so, in that task", function()
+    local t = async.spawn(function()
+      debug.sethook(function()
+        debug.sethook()
+        async.sleep(0)
+      end, "l")
+      local a = 1
+      return a
+    end)
+    local ok, err = pcall(t.await, t)
+    assert.is_false(ok)
+    assert.matches("async.sleep cannot suspend here", tostring(err), 1, true)
+    assert.matches("a debug hook", tostring(err), 1, true)
+  end)
+
+  it("suspends across pcall and xpcall, and an error after the suspension is caught", function()
+    local t = async.spawn(function()
+      local ok1, v = pcall(function()
+        async.sleep(0.001)
+        return "slept"
+      end)
+      local ok2, e = xpcall(function()
+        async.sleep(0.001)
+        error("after", 0)
+      end, function(m) return "handled " .. m end)
+      return ok1, v, ok2, e
+    end)
+    assert.are.same({ true, "slept", false, "handled after" }, { t:await() })
+  end)
+
+  it("a cancellation caught by pcall is raised again at the next suspension point", function()
+    local caught
+    local t = async.spawn(function()
+      local ok, err = pcall(async.sleep, 10)
+      caught = not ok and err.kind
+      async.sleep(0) -- not caught: the task ends cancelled
+      return "unreachable"
+    end)
+    async.sleep(0)
+    t:cancel()
+    local ok, err = pcall(t.await, t)
+    assert.are.equal("cancelled", caught)
+    assert.is_false(ok)
+    assert.are.equal("cancelled", err.kind)
+    assert.are.equal("cancelled", t:status())
+  end)
+end)
+
+describe("coroutine.running in the main chunk", function()
+  local sub = require "subprocess"
+  after_each(sub.cleanup)
+
+  if not sub.LASYNC then
+    pending("needs LASYNC (the host executable)")
+    return
+  end
+
+  it("the host runs the main chunk as task 'main': its coroutine is refused to others", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local co, ismain = coroutine.running()
+      print(ismain, coroutine.isyieldable(), async.current() ~= nil)
+      async.spawn(function() print(coroutine.resume(co)) end)
+      async.sleep(0.01)
+      print(coroutine.status(co))
+    ]])
+    assert.are.equal(0, status, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.are.equal("false\ttrue\ttrue", lines[1])
+    assert.matches("^false\tcoroutine.resume: the coroutine belongs to task 'main'", lines[2])
+    assert.are.equal("running", lines[3])
   end)
 end)

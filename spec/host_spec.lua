@@ -141,6 +141,27 @@ describe("the lasync command", function()
       assert.matches("task spawned at", err, 1, true)
     end)
 
+    -- Before, the host went on serving, silently, until interrupted: the failure was printed
+    -- only then (found by the memory sweep, where main failed with a server open).
+    it("a main chunk that fails ends the program: open servers and sleeping tasks are cancelled", function()
+      local out, err, code = run_script([[
+        local async = require "lasync"
+        local srv = async.net.listen({ port = 0 }, function() end)
+        local web = async.http.serve(function() return "hi" end, { port = 0 })
+        async.spawn(function()
+          local ok, e = pcall(async.sleep, 60)
+          print("worker:", ok, e.message)
+        end)
+        async.sleep(0)
+        assert(srv.port > 0 and web.port > 0)
+        error("setup went wrong")
+      ]])
+      assert.are.equal(1, code)
+      assert.are.equal("worker:\tfalse\tthe main task failed\n", out)
+      assert.matches("setup went wrong", err, 1, true)
+      assert.matches("stack traceback", err, 1, true)
+    end)
+
     it("a failing task nobody awaits is reported on stderr once and makes the exit status 1", function()
       local out, err, code = run_script([[
         local async = require "lasync"

@@ -27,6 +27,82 @@ async.sleep(0.01)
 print("done")
 ]]
 
+-- The I/O layers at the cap (brief of issue 14's remainder): TCP listen/connect/read/write, files,
+-- processes and their pipes, worker threads and the HTTP server, each a place where a libuv
+-- callback hands memory to Lua.
+local IO_SCRIPT = [=[
+local async = require "lasync"
+-- net: listen, connect, read, write
+local srv = async.net.listen({ port = 0 }, function(conn)
+  local line = conn:read_line()
+  conn:write(("x"):rep(20000), line, "\n")
+  conn:close()
+end)
+local function tcp(i)
+  local c = async.net.connect("127.0.0.1", srv.port, { timeout = 5 })
+  c:write("hello " .. i .. "\n")
+  local got = {}
+  while true do local s = c:read() if not s then break end got[#got + 1] = s end
+  c:close()
+  return #table.concat(got)
+end
+local ts = {}
+for i = 1, 20 do ts[i] = async.spawn(tcp, i) end
+for _, n in ipairs(async.gather(table.unpack(ts))) do assert(n > 20000) end
+srv:close()
+-- fs
+local dir = async.fs.mkdtemp("/tmp/lasync-sweep-XXXXXX")
+local path = dir .. "/f.txt"
+async.fs.write_file(path, ("line\n"):rep(2000), { atomic = true })
+local n = 0
+for _ in async.fs.lines(path) do n = n + 1 end
+assert(n == 2000)
+local f <close> = async.fs.open(path, "r+")
+assert(#f:read(100) == 100)
+f:seek("set", 0)
+f:write("head")
+f:close()
+assert(#async.fs.read_file(path) == 10000)
+async.fs.rm(dir, { recursive = true })
+-- process
+local r = async.process.run({ "/bin/sh", "-c", "echo out; echo err >&2; head -c 30000 /dev/zero" },
+  { stdin = "feed\n", timeout = 10 })
+assert(r.ok and #r.stdout > 30000, tostring(r.stderr))
+local p <close> = async.process.spawn({ "cat" }, { stdin = "pipe", stdout = "pipe" })
+p.stdin:write("a\nb\n")
+p.stdin:close()
+local lines = {}
+for l in p.stdout:lines() do lines[#lines + 1] = l end
+assert(#lines == 2 and p:wait().ok)
+-- threads
+local sum = async.to_thread(function(a, b)
+  local s = 0
+  for i = a, b do s = s + i end
+  return s
+end, 1, 1000)
+assert(sum == 500500)
+local pool <close> = async.thread.pool({ size = 2 })
+local squares = pool:map(function(x) return x * x end, { 1, 2, 3, 4, 5, 6 })
+assert(squares[6] == 36)
+-- the HTTP server, fetched
+local app = async.http.router()
+app:get("/hello/{name}", function(req) return "hi " .. req.params.name end)
+app:post("/echo", function(req, res) res:write(req:body()) end)
+local hs <close> = async.http.serve(app, { port = 0 })
+local base = "http://127.0.0.1:" .. hs.port
+local fs = {}
+for i = 1, 10 do
+  fs[i] = async.spawn(function()
+    local a = async.fetch(base .. "/hello/" .. i)
+    local b = async.fetch(base .. "/echo", { method = "POST", body = ("b"):rep(5000) })
+    return a:text() .. #b:text()
+  end)
+end
+for i, v in ipairs(async.gather(table.unpack(fs))) do assert(v == "hi " .. i .. "5000", v) end
+hs:close()
+print("done")
+]=]
+
 local function caps()
   local list = {}
   for m = 0.20, 1.21, 0.05 do list[#list + 1] = m end
@@ -42,15 +118,32 @@ describe("the memory cap never aborts the host", function()
     return
   end
 
-  it("a script doing a bit of everything exits 0 or 1 with 'not enough memory', never a signal", function()
+  it("a script doing a bit of everything exits 0, or 1 with 'not enough memory'", function()
     local path = sub.tmpfile(SCRIPT)
     for _, m in ipairs(caps()) do
-      local out, err, status = sub.run(sub.q(path), { prefix = ("export LASYNC_MAX_MEMORY=%.2f; "):format(m) })
+      local out, err, status = sub.run(sub.q(path),
+        { prefix = ("export LASYNC_MAX_MEMORY=%.2f; "):format(m) })
       assert(status == 0 or status == 1,
         ("cap %.2f MiB: status %s\n%s"):format(m, tostring(status), err:sub(1, 2000)))
       assert(err:find("not enough memory", 1, true),
         ("cap %.2f MiB: status %d without a memory error:\n%s"):format(m, status, err:sub(1, 2000)))
       if status == 0 then assert.are.equal("done\n", out) end
+    end
+  end)
+
+  it("net, fs, process, threads and the HTTP server at the cap: 0, or 1 with the error", function()
+    local path = sub.tmpfile(IO_SCRIPT)
+    for _, m in ipairs(caps()) do
+      local out, err, status = sub.run(sub.q(path),
+        { prefix = ("export LASYNC_MAX_MEMORY=%.2f; "):format(m) })
+      assert(status == 0 or status == 1,
+        ("cap %.2f MiB: status %s\n%s"):format(m, tostring(status), err:sub(1, 2000)))
+      if status == 0 then
+        assert.are.equal("done\n", out)
+      else
+        assert(err:find("not enough memory", 1, true),
+          ("cap %.2f MiB: status 1 without a memory error:\n%s"):format(m, err:sub(1, 2000)))
+      end
     end
   end)
 
@@ -62,5 +155,58 @@ describe("the memory cap never aborts the host", function()
     assert(status == 0 or status == 1, "status " .. tostring(status) .. "\n" .. err:sub(1, 2000))
     assert.are.equal("false\tnot enough memory\n", out)
     assert.is_nil(err:find("PANIC", 1, true))
+  end)
+
+  -- Before, each queued task then failed to start on its own full emergency collection of a
+  -- heap of queued tasks (~0.7 s each at 64 MiB): minutes. A hang shows as the timeout's status.
+  it("the issue's reproducer at 64 MiB: what cannot start fails at once, reported once", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      print(pcall(function() for i = 1, 1e7 do async.spawn(async.sleep, 1) end end))
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=64; ", timeout = 90 })
+    assert.are.equal(1, status, err:sub(1, 2000))
+    assert.are.equal("false\tnot enough memory\n", out)
+    local n = tonumber(err:match("not enough memory: (%d+) tasks could not start"))
+    assert(n and n > 1000, err:sub(1, 2000))
+    assert.is_nil(err:find("PANIC", 1, true))
+  end)
+
+  it("a task that cannot start can still be awaited: it failed with the memory error", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local ts = {}
+      local ok = pcall(function() for i = 1, 1e7 do ts[i] = async.spawn(async.sleep, 0) end end)
+      async.sleep(0) -- the queued tasks start, or fail to
+      local last = ts[#ts]
+      print(ok, last:status(), pcall(last.await, last))
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=16; ", timeout = 90 })
+    assert.are.equal(1, status, err:sub(1, 2000))
+    assert.are.equal("false\tfailed\tfalse\tnot enough memory\n", out)
+  end)
+
+  -- SIGTERM cancels every task with a message, which needs memory: before, each task's try was
+  -- another full collection, and the host did not stop for minutes.
+  it("SIGTERM at the cap stops the host at once", function()
+    local path = sub.tmpfile([[
+      local async = require "lasync"
+      local ok, e = pcall(function()
+        for i = 1, 1e7 do
+          async.spawn(async.sleep, 60)
+          if i % 1000 == 0 then async.sleep(0) end -- they start, and sleep
+        end
+      end)
+      print(ok, e)
+      io.stdout:flush()
+      async.sleep(60)
+    ]])
+    local outf = sub.tmpfile()
+    local p = assert(io.popen(("timeout -k 5 90 sh -c " .. sub.q(
+      "LASYNC_MAX_MEMORY=64 " .. sub.q(sub.LASYNC) .. " " .. sub.q(path) .. " >" .. sub.q(outf) ..
+      " 2>/dev/null & pid=$!; until grep -q memory " .. sub.q(outf) .. "; do sleep 0.1; done; " ..
+      "kill -TERM $pid; wait $pid"))))
+    p:read("a")
+    local _, _, status = p:close()
+    assert.are.equal("false\tnot enough memory\n", sub.slurp(outf))
+    assert.are.equal(143, status)
   end)
 end)

@@ -42,8 +42,10 @@ int lasync__is_error_kind(lua_State *L, int idx, const char *kind) {
 /* ---- misuse: one format for every binding ---- */
 
 const char *lasync__typename(lua_State *L, int idx) {
+  /* Any value whose metatable has a __name, as luaL_typeerror and lua/'s check.typename do: a
+   * Lua class (a lasync.File) reads the same from C as from Lua. */
   const char *name = luaL_typename(L, idx);
-  int type = lua_type(L, idx) == LUA_TUSERDATA ? luaL_getmetafield(L, idx, "__name") : LUA_TNIL;
+  int type = luaL_getmetafield(L, idx, "__name");
   if (type == LUA_TSTRING) name = lua_tostring(L, -1); /* kept alive by the metatable */
   if (type != LUA_TNIL) lua_pop(L, 1);
   return name;
@@ -77,9 +79,17 @@ int lasync__misuse(lua_State *L, const char *fmt, ...) {
   return lua_error(L);
 }
 
+int lasync__selferror(lua_State *L, const char *fname, const char *expected) {
+  return lasync__misuse(L, "%s: bad self (%s expected, got %s); call it with ':'", fname,
+                        expected, lua_isnone(L, 1) ? "no value" : lasync__typename(L, 1));
+}
+
 int lasync__argerror(lua_State *L, int arg, const char *fname, const char *argname,
                      const char *expected) {
   const char *got = lua_isnone(L, arg) ? "no value" : lasync__typename(L, arg);
+  /* A method ("stream:read") whose first argument is wrong was nearly always called with '.'
+   * (s.read()): say so, whichever method it is (issue 14). */
+  if (arg == 1 && strchr(fname, ':') != NULL) return lasync__selferror(L, fname, expected);
   if (argname)
     return lasync__misuse(L, "%s: bad argument #%d '%s' (%s expected, got %s)", fname, arg,
                           argname, expected, got);
@@ -96,9 +106,13 @@ void lasync__check_options(lua_State *L, int idx, const char *fname,
     lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TSTRING)
       while (known[i] && strcmp(known[i], lua_tostring(L, -1)) != 0) i++;
-    if (lua_type(L, -1) != LUA_TSTRING || known[i] == NULL)
-      lasync__misuse(L, "%s: bad option '%s' (unknown option)", fname,
-                     lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    /* One wording with lua/'s check.options: a key that is not a string is named by its type,
+     * never printed as if it were an option's name. */
+    if (lua_type(L, -1) != LUA_TSTRING)
+      lasync__misuse(L, "%s: bad option key (string expected, got %s)", fname,
+                     lasync__typename(L, -1));
+    if (known[i] == NULL)
+      lasync__misuse(L, "%s: bad option '%s' (unknown option)", fname, lua_tostring(L, -1));
   }
 }
 

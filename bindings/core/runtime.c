@@ -203,14 +203,16 @@ static void mark_owned(lasync__runtime *rt, lua_State *co, int task_idx) {
 static lua_State *acquire_coroutine(lasync__runtime *rt) {
   lua_State *L = rt->L;
   lua_State *co;
-  if (rt->pool_len > 0) {
+  while (rt->pool_len > 0) {
     /* Its slot is not cleared: the next release overwrites it, and until then it only keeps
      * alive a coroutine that its task keeps alive anyway (or, if that task fails past its
      * xpcall, one dropped coroutine per slot). */
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
     lua_rawgeti(L, -1, rt->pool_len--);
     lua_replace(L, -2);
-    return lua_tothread(L, -1);
+    co = lua_tothread(L, -1);
+    if (lua_gethook(co) == NULL) return co;
+    lua_pop(L, 1); /* hooked while idle: dropped, see release_coroutine */
   }
   lua_pushcfunction(L, new_thread);
   if (lasync__pcall(L, 0, 1) != LUA_OK) return NULL;
@@ -222,7 +224,10 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
 static void release_coroutine(lasync__runtime *rt, lua_State *co) {
   lua_State *L = rt->L;
   mark_owned(rt, co, 0);
-  if (rt->pool_len >= POOL_MAX || lua_status(co) != LUA_OK) return;
+  /* A hooked coroutine (debug.sethook(co, ...) on a task, or a hook inherited from the main
+   * thread) is not reused: the hook would follow it into an unrelated task, and a fresh thread
+   * is exactly what lua_newthread gives, with the main thread's hook if it has one. */
+  if (rt->pool_len >= POOL_MAX || lua_status(co) != LUA_OK || lua_gethook(co) != NULL) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
   lua_pushthread(co);
   lua_xmove(co, L, 1);
@@ -281,6 +286,41 @@ static void fail_oom(lasync__runtime *rt, lasync__task *t, int task) {
   lua_pushnil(L);
   lasync__set_aux(L, t, task);
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
+}
+
+/* A task that cannot start for want of memory fails without allocating: no coroutine, no error
+ * object, no sentinel. Once one start has failed in a drain (after Lua's emergency collection
+ * found nothing to free), the starts after it in the same drain fail this way without trying:
+ * each try would be another full collection of a heap full of queued tasks, so a million of
+ * them took minutes to fail one by one (issue 14, crash 2). Those nobody awaits are reported
+ * together at the end of the drain (report_starved). The task is at index task. */
+static void fail_starved(lasync__runtime *rt, lasync__task *t, int task) {
+  rt->starved = 1;
+  if (!t->observed && t->waiters.head == NULL) {
+    t->observed = 1; /* reported here, once, in place of a sentinel */
+    rt->starved_unseen++;
+  }
+  fail_oom(rt, t, task);
+}
+
+/* One report for the tasks of this drain that could not start, from a buffer on the C stack. */
+static void report_starved(lasync__runtime *rt) {
+  char msg[160];
+  long n = rt->starved_unseen;
+  rt->starved = 0;
+  rt->starved_unseen = 0;
+  /* What the tasks that never started were given (a server's connection, say) is unreachable
+   * now, but an idle loop allocates nothing, so no collection would come to finalize it: the
+   * client on the other end would wait for ever. One full collection per starved drain closes
+   * such things now (a collection does not allocate; finalizers' errors become warnings). */
+  lua_gc(rt->L, LUA_GCCOLLECT);
+  if (n == 0) return;
+  rt->unhandled_failures += n;
+  if (n == 1)
+    snprintf(msg, sizeof msg, "not enough memory: a task could not start");
+  else
+    snprintf(msg, sizeof msg, "not enough memory: %ld tasks could not start", n);
+  lasync__report(rt, msg);
 }
 
 /* Under lasync__cpcall: moves the n > 1 results on the task's coroutine into a table, which
@@ -369,13 +409,19 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   lua_State *L = rt->L;
   int nargs = 0, nres = 0, status, task = 0;
   if (t->status == LASYNC__PENDING) {
+    if (rt->starved) {
+      lasync__push_task(L, t);
+      fail_starved(rt, t, lua_gettop(L));
+      lua_pop(L, 1);
+      return;
+    }
     if (t->cancel_level != LASYNC__NO_CANCEL) {
       /* Cancelled before it ever ran: its function never starts. */
       if (lasync__cpcall(L, cancel_unstarted, t) == LUA_OK) {
         lasync__task_settle(rt, t, LASYNC__CANCELLED, 0);
       } else {
         lasync__push_task(L, t);
-        fail_oom(rt, t, lua_gettop(L));
+        fail_starved(rt, t, lua_gettop(L));
         lua_pop(L, 1);
       }
       return;
@@ -384,10 +430,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     task = lua_gettop(L);
     nargs = start_task(rt, t, task);
     if (nargs < 0) {
-      if (nargs == -1)
-        lasync__task_settle(rt, t, LASYNC__FAILED, 0); /* with the memory error it stored */
-      else
-        fail_oom(rt, t, task);
+      fail_starved(rt, t, task); /* in place of the memory error start_task may have stored */
       lua_settop(L, task - 1);
       return;
     }
@@ -465,6 +508,7 @@ void lasync__drain(lasync__runtime *rt) {
     resume_task(rt, t);
     if (start) lasync__step_measure(&rt->resume_ns, uv_hrtime() - start);
   }
+  if (rt->starved) report_starved(rt);
   if (rt->ready_len == 0) uv_idle_stop(&rt->idle);
 }
 
@@ -514,9 +558,11 @@ void lasync__cancel_all(lasync__runtime *rt, const char *msg) {
     if (t == NULL) continue;
     c.t = t;
     c.msg = msg;
-    /* Without memory for the message the cancellation still goes through, unexplained. */
-    if (msg == NULL || lasync__cpcall(rt->L, cancel_protected, &c) != LUA_OK)
-      lasync__cancel(rt->L, t, 0, 0);
+    /* Without memory for the message the cancellation still goes through, unexplained, and
+     * the tasks after it are not given one either: each try would be a full collection. */
+    if (msg != NULL && lasync__cpcall(rt->L, cancel_protected, &c) == LUA_OK) continue;
+    msg = NULL;
+    lasync__cancel(rt->L, t, 0, 0);
   }
 }
 

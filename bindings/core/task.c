@@ -152,9 +152,10 @@ lasync__task *lasync__check_suspendable(lua_State *L, const char *fname) {
   if (t == NULL || t->co != L)
     lasync__misuse(L, "%s must be called inside a task", fname);
   if (!lua_isyieldable(L))
-    lasync__misuse(L, "%s cannot suspend here: the task is inside a C call that cannot yield "
-                  "(a table.sort comparator, a string.gsub callback, require, a __gc ...)",
-               fname);
+    lasync__misuse(L,
+                   "%s cannot suspend here: the task is inside a C call that cannot yield (a "
+                   "table.sort comparator, a string.gsub callback, require, a __gc, a debug hook ...)",
+                   fname);
   return t;
 }
 
@@ -302,8 +303,11 @@ void lasync__task_settle(lasync__runtime *rt, lasync__task *t, int status, int n
       lasync__report(rt, "not enough memory (and none left to describe the failure)");
   }
   if (status == LASYNC__FAILED && !t->observed &&
-      lasync__cpcall(rt->L, attach_sentinel, t) != LUA_OK) {
-    /* No memory to keep the report until collection: it is reported now, once. */
+      (rt->starved || lasync__cpcall(rt->L, attach_sentinel, t) != LUA_OK)) {
+    /* No memory to keep the report until collection (a full emergency collection found none
+     * for a small userdata): it is reported now, once, and the drain is starved, so the
+     * failures and starts after it in this drain do not each pay for another collection. */
+    rt->starved = 1;
     t->observed = 1;
     rt->unhandled_failures++;
     lasync__report(rt, "not enough memory (and none left to keep its traceback)");
@@ -602,15 +606,8 @@ static void check_callable(lua_State *L, int idx, const char *fname) {
 
 /* async.spawn's options: a misspelt one is a misuse, not silently ignored. */
 static void check_spawn_options(lua_State *L) {
-  lua_pushnil(L);
-  while (lua_next(L, 1)) {
-    if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "name") != 0) {
-      lua_pop(L, 1);
-      lasync__misuse(L, "async.spawn: unknown option '%s' (the options are: name)",
-                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
-    }
-    lua_pop(L, 1);
-  }
+  static const char *const known[] = {"name", NULL};
+  lasync__check_options(L, 1, "async.spawn", known);
   if (lua_getfield(L, 1, "name") != LUA_TNIL && lua_type(L, -1) != LUA_TSTRING)
     lasync__opterror(L, -1, "async.spawn", "name", "string");
   lua_pop(L, 1);
@@ -640,9 +637,7 @@ static int l_spawn(lua_State *L) {
 
 lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname) {
   lasync__task *t = lasync__totask(L, idx);
-  if (t == NULL)
-    lasync__misuse(L, "%s: bad argument #%d (task expected, got %s)", fname, idx,
-               luaL_typename(L, idx));
+  if (t == NULL) lasync__argerror(L, idx, fname, NULL, "Task");
   return t;
 }
 
@@ -722,8 +717,8 @@ static int refuse_owned(lua_State *L, const char *fname) {
       lasync__push_task_label(L, -1);
       lua_pushboolean(L, 0);
       lua_pushfstring(L,
-                      "%s: the coroutine belongs to %s; only the scheduler resumes it (wait for a "
-                      "callback with async.future or async.event instead)",
+                      "%s: the coroutine belongs to %s; only the scheduler resumes or closes it "
+                      "(wait for a callback with async.future or async.event instead)",
                       fname, lua_tostring(L, -2));
       return 2;
     case LUA_TBOOLEAN:
@@ -870,6 +865,22 @@ static int l_run_until(lua_State *L) {
   return 1;
 }
 
+/* core._cancel_others([msg]): cancels every live task but the caller's (lua/host.lua, as the
+ * main chunk fails). A message that cannot be recorded for lack of memory raises midway: the
+ * caller tries again without one, which never allocates. */
+static int l_cancel_others(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lasync__task *t, *me = rt->current && rt->current->co == L ? rt->current : NULL;
+  int msg = lua_isstring(L, 1) ? 1 : 0;
+  uint32_t slot;
+  /* Newest slot first, as lasync__cancel_all; cancelling never settles a task at once, so
+   * the anchors hold still meanwhile. */
+  for (slot = rt->anchors_top; slot > 0; slot--) {
+    if ((t = lasync__task_at(L, rt, slot)) != NULL && t != me) lasync__cancel(L, t, 0, msg);
+  }
+  return 0;
+}
+
 static int l_debug_counts(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   int self = rt->current && rt->current->co == L;
@@ -900,6 +911,7 @@ void lasync__open_task(lua_State *L) {
                                    {"now", l_now},               {"_in_task", l_in_task},
                                    {"_run_until", l_run_until},  {"_debug_counts", l_debug_counts},
                                    {"_is_task", l_is_task},
+                                   {"_cancel_others", l_cancel_others},
                                    {"_is_callable", l_is_callable},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);

@@ -77,7 +77,14 @@ void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double secon
     rt->heap = heap;
     rt->heap_cap = cap;
   }
-  timer->due = uv_hrtime() + (uint64_t)(seconds * 1e9);
+  {
+    /* Bounded before the conversion, which is undefined out of range: a deadline past ~285
+     * years (math.huge from a caller that passed it on) is as good as never. */
+    double ns = seconds * 1e9;
+    if (!(ns > 0)) ns = 0; /* negative or NaN: at once */
+    if (ns > 9e18) ns = 9e18;
+    timer->due = uv_hrtime() + (uint64_t)ns;
+  }
   timer->seq = rt->timer_seq++;
   place(rt, rt->heap_len++, timer);
   sift_up(rt, timer->index);
@@ -190,8 +197,14 @@ static int l_deadline(lua_State *L) {
 }
 
 /* deadline:close() -> whether this scope's own expiry is what cancelled the code inside. */
+static deadline *check_deadline(lua_State *L, const char *fname) {
+  deadline *d = (deadline *)luaL_testudata(L, 1, SCOPE_MT);
+  if (d == NULL) lasync__argerror(L, 1, fname, NULL, SCOPE_MT);
+  return d;
+}
+
 static int deadline_close(lua_State *L) {
-  deadline *d = (deadline *)luaL_checkudata(L, 1, SCOPE_MT);
+  deadline *d = check_deadline(L, "deadline:close");
   lasync__task *t = d->task;
   int mine;
   if (!d->open) return lasync__misuse(L, "deadline closed twice");
@@ -209,7 +222,7 @@ static int deadline_close(lua_State *L) {
 /* deadline:cancel(): cancels the code inside the scope now, as its expiry would; a no-op once
  * it is closed. async.scope uses it to stop its body when a child fails. */
 static int deadline_cancel(lua_State *L) {
-  deadline *d = (deadline *)luaL_checkudata(L, 1, SCOPE_MT);
+  deadline *d = check_deadline(L, "deadline:cancel");
   if (d->open) lasync__cancel(d->rt->L, d->task, d->depth, 0);
   return 0;
 }

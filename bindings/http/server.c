@@ -15,6 +15,7 @@
  * Nothing here calls Lua from a libuv callback: callbacks fill C state and wake tasks.
  */
 #include <ctype.h>
+#include <limits.h>
 #include <llhttp.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -798,6 +799,9 @@ static server *check_server(lua_State *L, const char *fname) {
   return b->sv;
 }
 
+/* A count option as a size_t: past SIZE_MAX (math.huge) it is no limit, not an undefined cast. */
+static size_t opt_size(lua_State *L, int idx, const char *name, double dflt);
+
 static double opt_number(lua_State *L, int idx, const char *name, double dflt) {
   double v = 0;
   lua_getfield(L, idx, name);
@@ -809,6 +813,11 @@ static double opt_number(lua_State *L, int idx, const char *name, double dflt) {
     lasync__opterror(L, -1, "async.http.serve", name, "number >= 0");
   lua_pop(L, 1);
   return v;
+}
+
+static size_t opt_size(lua_State *L, int idx, const char *name, double dflt) {
+  double v = opt_number(L, idx, name, dflt);
+  return v >= (double)SIZE_MAX ? SIZE_MAX : (size_t)v;
 }
 
 /* core._http_listen(ip, port, backlog, opts) -> listener */
@@ -824,13 +833,16 @@ static int l_listen(lua_State *L) {
   listener *ls;
   int err;
   luaL_checktype(L, 4, LUA_TTABLE);
-  lim.max_header_bytes = (size_t)opt_number(L, 4, "max_header_bytes", 16 * 1024);
-  lim.max_headers = (size_t)opt_number(L, 4, "max_headers", 100);
-  lim.max_body = (size_t)opt_number(L, 4, "max_body", 1024 * 1024);
+  lim.max_header_bytes = opt_size(L, 4, "max_header_bytes", 16 * 1024);
+  lim.max_headers = opt_size(L, 4, "max_headers", 100);
+  lim.max_body = opt_size(L, 4, "max_body", 1024 * 1024);
   lim.header_timeout = opt_number(L, 4, "header_timeout", 10);
   lim.idle_timeout = opt_number(L, 4, "keepalive_timeout", 5);
   lim.request_timeout = opt_number(L, 4, "request_timeout", 30);
-  lim.max_connections = (int)opt_number(L, 4, "max_connections", 0);
+  {
+    double max = opt_number(L, 4, "max_connections", 0);
+    lim.max_connections = max >= INT_MAX ? 0 : (int)max; /* 0: no limit */
+  }
   memset(&ss, 0, sizeof ss);
   if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) != 0 &&
       uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss) != 0)
@@ -903,8 +915,10 @@ static int srv_stop(lua_State *L) {
 
 /* srv:close_all(): every connection closes now (after the handlers were cancelled). */
 static int srv_close_all(lua_State *L) {
-  server_box *b = (server_box *)luaL_checkudata(L, 1, SERVER_MT);
-  server *sv = b->sv;
+  server_box *b = (server_box *)luaL_testudata(L, 1, SERVER_MT);
+  server *sv;
+  if (b == NULL) return lasync__argerror(L, 1, "server:close_all", NULL, SERVER_MT);
+  sv = b->sv;
   conn *c, *next;
   if (sv == NULL) return 0;
   sv->closing = 1;
@@ -973,10 +987,13 @@ static int next_finish(lua_State *L, lasync__task *t, void *data) {
 
 /* srv:next() -> conn, "request" | "gone"; nothing once the server has stopped. */
 static int srv_next(lua_State *L) {
-  lasync__task *t = lasync__check_task(L, "server:next");
-  server_box *b = (server_box *)luaL_checkudata(L, 1, SERVER_MT);
-  server *sv = b->sv;
+  server_box *b = (server_box *)luaL_testudata(L, 1, SERVER_MT);
+  lasync__task *t;
+  server *sv;
   int n;
+  if (b == NULL) return lasync__argerror(L, 1, "server:next", NULL, SERVER_MT);
+  t = lasync__check_task(L, "server:next");
+  sv = b->sv;
   if (sv == NULL) return 0;
   n = pop_event(L, sv);
   if (n) return n;
@@ -990,7 +1007,8 @@ static int srv_next(lua_State *L) {
 
 static int conn_gc(lua_State *L) {
   lasync__handle **box = (lasync__handle **)lua_touserdata(L, 1);
-  if (*box) (*box)->owner = NULL; /* the connection lives on in C; a new box is made later */
+  /* The connection lives on in C; a new box is made later. */
+  if (*box && (*box)->owner == box) (*box)->owner = NULL;
   return 0;
 }
 
@@ -1003,6 +1021,12 @@ static void push_conn(lua_State *L, conn *c) {
     lua_remove(L, -2);
     if (!lua_isnil(L, -1)) return;
     lua_pop(L, 1);
+    /* Gone from the weak table but not yet finalized (its memory stays until its __gc has
+     * run): it lets go of the connection now. Before, its __gc later took the ownership from
+     * the new box, whose pointer then outlived the connection (ASan: use after free in
+     * conn_gc at lua_close, found by the memory sweep). */
+    *(lasync__handle **)c->h.owner = NULL;
+    c->h.owner = NULL;
   }
   lasync__handle_box_new(L, &c->h, CONN_MT);
   lua_getfield(L, LUA_REGISTRYINDEX, CONN_MT ".boxes");
@@ -1280,9 +1304,11 @@ static int conn_write(lua_State *L) {
  * is aborted so the client sees a truncated response). The next pipelined request, if any, is
  * parsed now. */
 static int conn_finish(lua_State *L) {
-  lasync__handle **box = (lasync__handle **)luaL_checkudata(L, 1, CONN_MT);
-  conn *c = (conn *)*box;
+  lasync__handle **box = (lasync__handle **)luaL_testudata(L, 1, CONN_MT);
+  conn *c;
   int chunked = lua_toboolean(L, 2), ok = lua_toboolean(L, 3);
+  if (box == NULL) return lasync__argerror(L, 1, "conn:finish", NULL, CONN_MT);
+  c = (conn *)*box;
   if (c == NULL) return 0;
   c->busy = 0;
   if (!ok || c->gone) {
@@ -1318,7 +1344,8 @@ static int conn_finish(lua_State *L) {
 
 /* conn:sent_head(): nothing; kept in Lua. conn:abort(): closes at once. */
 static int conn_abort(lua_State *L) {
-  lasync__handle **box = (lasync__handle **)luaL_checkudata(L, 1, CONN_MT);
+  lasync__handle **box = (lasync__handle **)luaL_testudata(L, 1, CONN_MT);
+  if (box == NULL) return lasync__argerror(L, 1, "conn:abort", NULL, CONN_MT);
   if (*box) {
     ((conn *)*box)->busy = 0;
     lasync__handle_close(*box);

@@ -1028,6 +1028,13 @@ static int watch_finish(lua_State *L, lasync__task *t, void *data) {
 static const lasync__awaitable_ops WATCH_AWAIT = {"fs.watch", watch_cancel, watch_finish, NULL};
 
 /* watcher:next() -> the next event {name, change}, waiting for it; nil once closed. */
+/* watcher:close(); __gc and __close share the unchecked lasync__handle_box_close. */
+static int watch_close(lua_State *L) {
+  if (luaL_testudata(L, 1, WATCH_MT) == NULL)
+    return lasync__argerror(L, 1, "watcher:close", NULL, "Watcher");
+  return lasync__handle_box_close(L);
+}
+
 static int watch_next(lua_State *L) {
   lasync__handle **box = (lasync__handle **)luaL_testudata(L, 1, WATCH_MT);
   lasync__task *t;
@@ -1082,7 +1089,7 @@ void lasync__open_fs(lua_State *L) {
       {"read", l_read},          {"write", l_write}, {"seek", l_seek},   {"sync", l_fsync},
       {"truncate", l_ftruncate}, {"stat", l_fstat},  {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg watch_methods[] = {
-      {"next", watch_next}, {"close", lasync__handle_box_close}, {NULL, NULL}};
+      {"next", watch_next}, {"close", watch_close}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {
       {"open", l_open},         {"stat", l_stat},         {"lstat", l_lstat},
       {"exists", l_exists},     {"mkdir", l_mkdir},       {"rmdir", l_rmdir},

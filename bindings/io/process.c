@@ -267,9 +267,11 @@ static int proc_status(lua_State *L) {
   return 1;
 }
 
+/* process:close(), and __gc (which always gets the right self). */
 static int proc_close(lua_State *L) {
   lasync__handle **box = (lasync__handle **)luaL_testudata(L, 1, PROC_MT);
-  if (box && *box) lasync__handle_close(*box);
+  if (box == NULL) return lasync__argerror(L, 1, "process:close", NULL, PROC_MT);
+  if (*box) lasync__handle_close(*box);
   return 0;
 }
 

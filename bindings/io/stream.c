@@ -860,6 +860,9 @@ static void push_metatable(lua_State *L) {
     {NULL, NULL}};
   if (luaL_newmetatable(L, LASYNC_STREAM_MT)) {
     luaL_newlib(L, methods);
+    /* __index is a function (fields follow the methods): the methods are listed apart too. */
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "__methods");
     lua_pushcclosure(L, stream_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, stream_gc);

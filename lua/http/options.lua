@@ -212,7 +212,10 @@ function http.normalise(fname, url, opts)
   if opts == nil then return url, PLAIN end
   if type(opts) ~= "table" then check.argerror(fname, 2, "options", "table", opts) end
   for k in pairs(opts) do
-    if not KNOWN[k] then invalid(fname, url, tostring(k), "unknown option") end
+    if not KNOWN[k] then
+      error(new_error("invalid", check.unknown_option_message(fname, k),
+        { url = url, option = k }), 0)
+    end
   end
 
   local n = setmetatable({}, DEFAULTS_MT)

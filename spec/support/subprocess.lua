@@ -46,12 +46,12 @@ function M.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 --- Runs `lasync <args>` (args already quoted) through sh; returns stdout, stderr, exit status.
 --- opts: stdin (text), prefix (shell put before, e.g. "ulimit -n 32; "), timeout (seconds,
---- default 30; a hang gives status 124).
+--- default 30; a hang gives status 124, or 137 when the host does not stop on SIGTERM either).
 function M.run(args, opts)
   opts = opts or {}
   local err = M.tmpfile()
   local stdin = opts.stdin and M.q(M.tmpfile(opts.stdin)) or "/dev/null"
-  local cmd = (opts.prefix or "") .. "exec timeout " .. (opts.timeout or 30) .. " " ..
+  local cmd = (opts.prefix or "") .. "exec timeout -k 5 " .. (opts.timeout or 30) .. " " ..
       M.q(M.LASYNC) .. " " .. args .. " 2>" .. M.q(err) .. " <" .. stdin
   local p = assert(io.popen("sh -c " .. M.q(cmd), "r"))
   local out = p:read("a")
