@@ -20,13 +20,12 @@ local function json_lib()
   return cjson
 end
 
-local function bad_arg(fname, n, name, expected, v)
-  error(format("%s: bad argument #%d '%s' (%s expected, got %s)", fname, n, name, expected,
-    type(v)), 3)
-end
+-- Misuse in core._check's format, at the user's line however deep the check sits.
+local check = core._check
+local bad_arg = check.argerror
 
 local function bad_opt(fname, name, expected, v)
-  error(format("%s: bad option '%s' (%s expected, got %s)", fname, name, expected, type(v)), 3)
+  check.opterror(fname, name, format("%s expected, got %s", expected, check.typename(v)))
 end
 
 local function is_callable(fn)
@@ -75,7 +74,7 @@ local HEADERS_MT = {
 
 local Request = { __name = "lasync.http.Request" }
 
-local function read_body(req, max)
+local function read_body(req)
   local parts, n = {}, 0
   while true do
     local chunk = req._conn:read()
@@ -243,7 +242,9 @@ end
 --- res:finish([body]): ends the response; with a body and no write before, it is sent whole
 function Response:finish(body)
   check_res(self, "res:finish")
-  if body ~= nil and type(body) ~= "string" then bad_arg("res:finish", 1, "body", "string", body) end
+  if body ~= nil and type(body) ~= "string" then
+    bad_arg("res:finish", 1, "body", "string", body)
+  end
   if not self._sent then
     send_head(self, self._head_only and "head" or "full", body or "")
   elseif body and body ~= "" then
@@ -251,6 +252,10 @@ function Response:finish(body)
   end
   self._finished = true
 end
+
+-- Every method of the server's objects says "call it with ':'" when called with '.'.
+check.methods(Request, "req", methods)
+check.methods(Response, "res")
 
 local NO_BODY = { [204] = true, [304] = true }
 
@@ -371,7 +376,16 @@ local function logger(srv)
   end
 end
 
+local function idle_check(srv)
+  if srv.idle and srv.active == 0 then
+    local f = srv.idle
+    srv.idle = nil
+    f:set(true)
+  end
+end
+
 local function run_request(srv, conn, req, res)
+  res._ran = true
   local ok, err = xpcall(handle, traceback, srv, req, res)
   if srv.log then log_request(srv, req, res, ok) end
   local live = srv.live
@@ -398,15 +412,33 @@ local function run_request(srv, conn, req, res)
   else
     conn:finish(res._chunked, true)
   end
-  if srv.idle and srv.active == 0 then
-    local f = srv.idle
-    srv.idle = nil
-    f:set(true)
+  idle_check(srv)
+end
+
+-- A request task that cannot start (at the memory cap there may be no memory for its
+-- coroutine) fails before its first line, and its client would wait for a response until its
+-- own timeout. The dispatcher lets the tasks it spawned have their turn, then answers 503 for
+-- each that never ran.
+local function answer_unstarted(srv)
+  local list = srv.starting
+  async.sleep(0)
+  for i = #list, 1, -1 do
+    local conn = list[i]
+    list[i] = nil
+    local live = srv.live[conn]
+    if live and not live.res._ran and live.task:done() then
+      srv.live[conn] = nil
+      srv.active = srv.active - 1
+      live.res._headers = {}
+      local ok = pcall(send_result, live.res, { status = 503, body = "Service Unavailable\n" })
+      conn:finish(false, ok)
+      idle_check(srv)
+    end
   end
 end
 
 local function on_request(srv, conn)
-  local method, target, minor, keep_alive, list = conn:head()
+  local method, target, minor, _, list = conn:head() -- keep-alive is the connection's business
   local path, qs = target:match("^([^?]*)%??(.*)$")
   local req = setmetatable({
     method = method, target = target, path = path_unescape(path),
@@ -418,11 +450,14 @@ local function on_request(srv, conn)
   srv.active = srv.active + 1
   local task = spawn(run_request, srv, conn, req, res)
   srv.live[conn] = { task = task, res = res, req = req }
+  local starting = srv.starting
+  starting[#starting + 1] = conn
 end
 
 local function dispatcher(srv)
   local lsn = srv.listener
   while true do
+    if srv.starting[1] then answer_unstarted(srv) end
     local conn, ev = lsn:next()
     if not conn then
       if ev ~= "again" then return end
@@ -471,9 +506,11 @@ function http.serve(handler, opts)
   opts = opts or {}
   for k, v in pairs(opts) do
     local want = SERVE_OPTS[k]
-    if not want then error(format("%s: unknown option '%s'", fname, tostring(k)), 2) end
+    if not want then check.misuse(check.unknown_option_message(fname, k)) end
     if want == true then
-      if type(v) ~= "boolean" and type(v) ~= "function" then bad_opt(fname, k, "boolean or function", v) end
+      if type(v) ~= "boolean" and type(v) ~= "function" then
+        bad_opt(fname, k, "boolean or function", v)
+      end
     elseif type(v) ~= want then
       bad_opt(fname, k, want, v)
     end
@@ -482,11 +519,15 @@ function http.serve(handler, opts)
   if mtype(port) ~= "integer" or port < 0 or port > 65535 then
     bad_opt(fname, "port", "integer 0 to 65535", port)
   end
+  local backlog = opts.backlog or 511
+  if mtype(backlog) ~= "integer" or backlog < 0 then
+    bad_opt(fname, "backlog", "integer >= 0", backlog)
+  end
   local host = opts.host or "127.0.0.1"
   if host == "localhost" then host = "127.0.0.1" end
-  local lsn = listen(host, port, opts.backlog or 511, opts)
+  local lsn = listen(host, port, math.min(backlog, 0x7fffffff), opts) -- the kernel caps it too
   local srv = setmetatable({
-    listener = lsn, dispatch = dispatch, live = {}, active = 0, host = host,
+    listener = lsn, dispatch = dispatch, live = {}, starting = {}, active = 0, host = host,
     cancel_on_disconnect = opts.cancel_on_disconnect ~= false, on_error = opts.on_error,
     log = opts.log or nil, log_buf = {},
   }, Server)
@@ -501,10 +542,9 @@ end
 --- responses carry Connection: close; with grace, waits up to s seconds for them, then
 --- cancels the handlers still running. Without grace (or outside a task) they are cancelled.
 function Server:close(opts)
-  if getmetatable(self) ~= Server then
-    error("server:close: bad self (lasync.http.Server expected); call it with ':'", 2)
+  if opts ~= nil and type(opts) ~= "table" then
+    bad_arg("server:close", 1, "options", "table", opts)
   end
-  if opts ~= nil and type(opts) ~= "table" then bad_arg("server:close", 1, "options", "table", opts) end
   local grace = opts and opts.grace
   if grace ~= nil and (type(grace) ~= "number" or grace < 0) then
     bad_opt("server:close", "grace", "number of seconds >= 0", grace)
@@ -545,6 +585,7 @@ function Server:__tostring()
   return format("lasync.http.Server (%s port %d, %s)", self.host, self.port,
     self.closed and "closed" or "open")
 end
+check.methods(Server, "server")
 
 --- async.http.close_servers(grace): what the host does on SIGINT/SIGTERM
 function http.close_servers(grace)
@@ -592,7 +633,9 @@ function Router:route(method, pattern, handler, opts)
     self.routes[#self.routes + 1] = r
   end
   if not is_callable(handler) then bad_arg("router:route", 3, "handler", "function", handler) end
-  if opts ~= nil and type(opts) ~= "table" then bad_arg("router:route", 4, "options", "table", opts) end
+  if opts ~= nil and type(opts) ~= "table" then
+    bad_arg("router:route", 4, "options", "table", opts)
+  end
   method = method:upper()
   if not r.methods[method] then r.order[#r.order + 1] = method end
   r.methods[method] = { fn = handler, cod = opts and opts.cancel_on_disconnect }
@@ -601,9 +644,6 @@ end
 
 for _, m in ipairs { "get", "post", "put", "delete", "patch", "options" } do
   Router[m] = function(self, pattern, handler, opts)
-    if getmetatable(self) ~= Router then
-      error("router:" .. m .. ": bad self (lasync.http.Router expected); call it with ':'", 2)
-    end
     return self:route(m, pattern, handler, opts)
   end
 end
@@ -624,9 +664,6 @@ local function http_date(t) return os.date("!%a, %d %b %Y %H:%M:%S GMT", t) end
 --- app:static(prefix, dir): GET and HEAD of prefix/<path> serve dir/<path>; a path that
 --- escapes dir (.., encoded or not, or a symlink out) is 404.
 function Router:static(prefix, dir)
-  if getmetatable(self) ~= Router then
-    error("router:static: bad self (lasync.http.Router expected); call it with ':'", 2)
-  end
   if type(prefix) ~= "string" or prefix:sub(1, 1) ~= "/" then
     bad_arg("router:static", 1, "prefix", "path starting with '/'", prefix)
   end
@@ -639,6 +676,8 @@ function Router:static(prefix, dir)
   self.statics[#self.statics + 1] = { parts = parts, root = root }
   return self
 end
+
+check.methods(Router, "router")
 
 local function serve_static(st, req, segs)
   local n = #st.parts
@@ -714,7 +753,8 @@ route_request = function(self, req, res)
     end
   end
   if allowed then
-    return { status = 405, body = "Method Not Allowed\n", headers = { Allow = concat(allowed, ", ") } }
+    return { status = 405, body = "Method Not Allowed\n",
+      headers = { Allow = concat(allowed, ", ") } }
   end
   return { status = 404, body = "Not Found\n" }
 end
