@@ -122,6 +122,7 @@ end
 
 local function run_handler(srv, conn)
   local me = async.current()
+  if srv.tasks[me] then srv.tasks[me] = "started" end
   local trace
   local ok, err = xpcall(srv.handler, function(e)
     local shown, text = pcall(tostring, e)
@@ -159,6 +160,14 @@ local function accept_loop(srv)
       local task = spawn(run_handler, srv, conn)
       srv.tasks[task] = true
       srv.active = srv.active + 1
+      -- A handler task that cannot start (no memory for its coroutine at the cap) fails before
+      -- its first line: after its turn, its connection is closed and its slot given back here,
+      -- or the client would wait and max_connections would shrink for good.
+      async.sleep(0)
+      if srv.tasks[task] == true and task:done() then
+        conn:close()
+        handler_done(srv, task)
+      end
     end
   end
 end
