@@ -321,6 +321,58 @@ describe("coroutine.* and debug.sethook in and on tasks", function()
     assert.are.equal("cancelled", err.kind)
     assert.are.equal("cancelled", t:status())
   end)
+
+  it("debug.setlocal: a suspended task's C frames are refused, its Lua locals not", function()
+    -- Before, a value written over the slot a continuation reads back (the awaited future of
+    -- queue:get) crashed the host when the task woke.
+    local co
+    local q = async.queue()
+    local t = async.spawn(function()
+      co = coroutine.running()
+      local v = q:get()
+      local mine = "before"
+      async.sleep(0)
+      return v, mine
+    end)
+    async.sleep(0)
+    local refused = 0
+    for level = 0, 6 do
+      local info = debug.getinfo(co, level, "S")
+      for n = 1, 6 do
+        if info and info.what == "C" and debug.getlocal(co, level, n) then
+          local ok, err = pcall(debug.setlocal, co, level, n, 42)
+          assert.is_false(ok)
+          assert.matches("debug.setlocal: level " .. level .. " of a task's coroutine is a C",
+            err, 1, true)
+          refused = refused + 1
+        end
+      end
+    end
+    assert.is_true(refused > 0)
+    q:put("value")
+    -- the Lua frame's locals are the task's to change: `mine`, once the task sleeps after it
+    local function find_mine()
+      for level = 0, 4 do
+        if debug.getinfo(co, level, "S") then
+          for n = 1, 10 do
+            local name, value = debug.getlocal(co, level, n)
+            if name == "mine" and value == "before" then return { level, n } end
+          end
+        end
+      end
+    end
+    local found
+    for _ = 1, 10 do
+      async.sleep(0)
+      found = find_mine()
+      if found then break end
+    end
+    assert(found, "no local 'mine' in the task's frames")
+    assert.are.equal("mine", debug.setlocal(co, found[1], found[2], "after"))
+    local v, mine = t:await()
+    assert.are.equal("value", v)
+    assert.are.equal("after", mine)
+  end)
 end)
 
 describe("coroutine.running in the main chunk", function()

@@ -3,6 +3,7 @@
  * A task is one userdata. Its coroutine is taken from a pool when it first runs and given back
  * when it ends, so a task that has not started or has finished costs no coroutine.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -768,6 +769,36 @@ static int l_coclose(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* debug.setlocal: Lua's own (upvalue 1), except on a C frame of one of the scheduler's
+ * coroutines. A suspended task's C frames hold what its continuation reads back (the future
+ * it awaits, the queue it waits on), and a value put there by hand would be read as the wrong
+ * thing: a crash. Its Lua frames stay open to debuggers. */
+static int l_dbsetlocal(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  lua_Debug ar;
+  if (lua_type(L, 1) == LUA_TTHREAD && lua_isinteger(L, 2) && rt && rt->owned_ref != LUA_NOREF) {
+    lua_State *co = lua_tothread(L, 1);
+    lua_Integer level = lua_tointeger(L, 2);
+    if (level >= 0 && level <= INT_MAX && lua_getstack(co, (int)level, &ar) &&
+        lua_getinfo(co, "S", &ar) && ar.what[0] == 'C') {
+      int owned;
+      lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
+      lua_pushvalue(L, 1);
+      owned = lua_rawget(L, -2) != LUA_TNIL;
+      lua_pop(L, 2);
+      if (owned)
+        return lasync__misuse(L,
+                              "debug.setlocal: level %d of a task's coroutine is a C function "
+                              "of the scheduler's; only its Lua functions' locals may be changed",
+                              (int)level);
+    }
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 static int task_cancel(lua_State *L) {
   lasync__task *t = lasync__check_task_arg(L, 1, "task:cancel");
   if (!lua_isnoneornil(L, 2) && !lua_isstring(L, 2))
@@ -951,6 +982,16 @@ void lasync__open_task(lua_State *L) {
         lua_tocfunction(L, -1) != l_corunning) {
       lua_pushcclosure(L, l_corunning, 1);
       lua_setfield(L, -2, "running");
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  if (lua_getglobal(L, "debug") == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "setlocal") == LUA_TFUNCTION &&
+        lua_tocfunction(L, -1) != l_dbsetlocal) {
+      lua_pushcclosure(L, l_dbsetlocal, 1);
+      lua_setfield(L, -2, "setlocal");
     } else {
       lua_pop(L, 1);
     }
