@@ -32,7 +32,16 @@ local function check_opts(fname, n, opts)
     core._check.misuse(format("%s: bad argument #%d 'opts' (table expected, got %s)", fname, n,
       type(opts)))
   end
-  return core._check.options(fname, n, opts, KNOWN[fname])
+  opts = core._check.options(fname, n, opts, KNOWN[fname])
+  -- checked here, so the error names this call's option and not the open it is passed to
+  local mode = opts.mode
+  if mode ~= nil and not (type(mode) == "string" and mode:match("^[0-7]+$") and
+      tonumber(mode, 8) <= 4095 or math.type(mode) == "integer" and mode >= 0 and mode <= 4095) then
+    local got = (type(mode) == "string" or math.type(mode)) and tostring(mode) or type(mode)
+    core._check.misuse(format(
+      "%s: bad option 'mode' (octal digits such as \"644\" expected, got %s)", fname, got))
+  end
+  return opts
 end
 
 local function too_long(fname, path, max)

@@ -363,8 +363,9 @@ static fsfile *check_file(lua_State *L, int arg, const char *fname) {
   return f;
 }
 
-/* A mode as a string of octal digits ("644"; Lua has no octal literals) or an integer. */
-static int check_mode(lua_State *L, int arg, const char *fname, int dflt) {
+/* Permission bits as a string of octal digits ("644"; Lua has no octal literals) or an
+ * integer; name is the argument's name in the error ('mode', or open's 'perm'). */
+static int check_mode(lua_State *L, int arg, const char *fname, const char *name, int dflt) {
   if (lua_isnoneornil(L, arg)) return dflt;
   if (lua_type(L, arg) == LUA_TSTRING) {
     const char *s = lua_tostring(L, arg);
@@ -376,8 +377,8 @@ static int check_mode(lua_State *L, int arg, const char *fname, int dflt) {
     if (m >= 0 && m <= 07777) return (int)m;
   }
   return lasync__misuse(
-      L, "%s: bad argument #%d 'mode' (octal digits such as \"644\" expected, got %s)", fname, arg,
-      lua_type(L, arg) == LUA_TSTRING ? lua_tostring(L, arg) : lasync__typename(L, arg));
+      L, "%s: bad argument #%d '%s' (octal digits such as \"644\" expected, got %s)", fname, arg,
+      name, lua_type(L, arg) == LUA_TSTRING ? lua_tostring(L, arg) : lasync__typename(L, arg));
 }
 
 /* io.open's modes (r w a, +, b) plus x: exclusive creation. */
@@ -477,7 +478,7 @@ static int l_open(lua_State *L) {
     lasync__argerror(L, 2, fname, "mode", "string");
   if (parse_open_mode(mode, &flags) != 0)
     return lasync__misuse(L, "%s: bad argument #2 'mode' (invalid mode '%s')", fname, mode);
-  perm = check_mode(L, 3, fname, 0666);
+  perm = check_mode(L, 3, fname, "perm", 0666);
   t = lasync__check_task(L, fname);
   r = new_path_req(L, OP_OPEN, 1, 0);
   return started(L, t, r, uv_fs_open(loop_of(L), &r->fs, r->path, flags, perm, on_fs));
@@ -674,10 +675,10 @@ static int path_call(lua_State *L, int op, const char *fname, int two_paths) {
   double atime = 0, mtime = 0;
   check_path(L, 1, fname, two_paths ? (op == OP_SYMLINK ? "target" : "from") : "path");
   if (two_paths) check_path(L, 2, fname, op == OP_SYMLINK ? "path" : "to");
-  if (op == OP_MKDIR) mode = check_mode(L, 2, fname, 0777);
+  if (op == OP_MKDIR) mode = check_mode(L, 2, fname, "mode", 0777);
   if (op == OP_CHMOD) {
     if (lua_isnoneornil(L, 2)) return lasync__argerror(L, 2, fname, "mode", "string");
-    mode = check_mode(L, 2, fname, 0);
+    mode = check_mode(L, 2, fname, "mode", 0);
   }
   if (op == OP_COPYFILE && lua_toboolean(L, 3)) flags = UV_FS_COPYFILE_EXCL;
   if (op == OP_UTIME) {
