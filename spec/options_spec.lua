@@ -129,6 +129,18 @@ describe("numbers at the edges of the I/O options", function()
     end
   end)
 
+  it("async.http.serve refuses a count or size limit that is fractional, NaN or < 0", function()
+    for _, k in ipairs({ "max_connections", "max_header_bytes", "max_headers", "max_body" }) do
+      for _, v in ipairs({ 0.5, 0 / 0, -1, -math.huge }) do
+        local ok, err = pcall(async.http.serve, function() end, { port = 0, [k] = v })
+        assert.is_false(ok)
+        -- before: 0.5 became 0 in C, and every request got 431 (max_header_bytes)
+        assert.matches("async.http.serve: bad option '" .. k .. "' (whole number >= 0", err, 1,
+          true)
+      end
+    end
+  end)
+
   it("async.http.serve takes huge limits and timeouts as none (were undefined casts)", function()
     async.run(function()
       for _, v in ipairs({ math.huge, 1e300, 2 ^ 62 }) do

@@ -488,6 +488,8 @@ local SERVE_OPTS = {
   cancel_on_disconnect = "boolean", on_error = "function", log = true,
 }
 
+local COUNT_OPTS = { "max_connections", "max_header_bytes", "max_headers", "max_body" }
+
 local servers = setmetatable({}, { __mode = "k" })
 http._servers = servers
 
@@ -513,6 +515,12 @@ function http.serve(handler, opts)
       end
     elseif type(v) ~= want then
       bad_opt(fname, k, want, v)
+    end
+  end
+  for _, k in ipairs(COUNT_OPTS) do -- a fraction would be truncated in C: 0.5 bytes is 0
+    local v = opts[k]
+    if v ~= nil and not (v >= 0 and (mtype(v) == "integer" or v == math.floor(v))) then
+      bad_opt(fname, k, "whole number >= 0 (huge: no limit)", v)
     end
   end
   local port = opts.port or 0
