@@ -184,6 +184,8 @@ struct lasync__runtime {
   uint32_t anchors_free; /* the first free slot below it, or 0 */
   int starved;         /* a start failed for memory in this drain: later starts fail at once */
   long starved_unseen; /* tasks failed so with nobody to see it, reported once per drain */
+  lasync__waitlist starved_waiters; /* tasks in core._await_starved (task.c) */
+  int starve_next; /* fault injection (async._debug.starve_next_start): the next start fails */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */

@@ -288,7 +288,7 @@ function async.run(fn, ...)
   return task:result()
 end
 
-async._debug = { counts = core._debug_counts }
+async._debug = { counts = core._debug_counts, starve_next_start = core._debug_starve_next }
 async._cancel_others = core._cancel_others -- lua/host.lua's, when the main chunk fails
 
 -- Diagnostics ---------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ end
 
 local function run_handler(srv, conn)
   local me = async.current()
-  if srv.tasks[me] then srv.tasks[me] = "started" end
+  srv.conns[me] = nil
   local trace
   local ok, err = xpcall(srv.handler, function(e)
     local shown, text = pcall(tostring, e)
@@ -138,6 +138,23 @@ local function run_handler(srv, conn)
     local remote = conn.remote
     report(format("async.net.listen: the handler failed for the connection from %s port %s:\n%s",
       remote and remote.host or "?", remote and remote.port or "?", trace or tostring(err)))
+  end
+end
+
+-- A handler task that cannot start (no memory for its coroutine at the cap) fails before its
+-- first line: its client would wait and max_connections would shrink for good. The reaper
+-- wakes only when some task could not start (nothing is paid per connection), closes the
+-- connections whose handler never ran and gives their slots back.
+local function reaper(srv)
+  while true do
+    core._await_starved()
+    for task, conn in pairs(srv.conns) do
+      if task:done() then
+        srv.conns[task] = nil
+        conn:close()
+        handler_done(srv, task)
+      end
+    end
   end
 end
 
@@ -160,14 +177,7 @@ local function accept_loop(srv)
       local task = spawn(run_handler, srv, conn)
       srv.tasks[task] = true
       srv.active = srv.active + 1
-      -- A handler task that cannot start (no memory for its coroutine at the cap) fails before
-      -- its first line: after its turn, its connection is closed and its slot given back here,
-      -- or the client would wait and max_connections would shrink for good.
-      async.sleep(0)
-      if srv.tasks[task] == true and task:done() then
-        conn:close()
-        handler_done(srv, task)
-      end
+      srv.conns[task] = conn
     end
   end
 end
@@ -204,9 +214,10 @@ function net.listen(opts, handler)
   local addr = handle:address()
   local srv = setmetatable({
     handle = handle, handler = handler, on_error = on_error, host = addr.host, port = addr.port,
-    max = max or math.huge, active = 0, tasks = {}, failures = 0,
+    max = max or math.huge, active = 0, tasks = {}, conns = {}, failures = 0,
   }, Server)
   srv.acceptor = spawn(accept_loop, srv)
+  srv.reaper = spawn(reaper, srv)
   return srv
 end
 
@@ -221,6 +232,7 @@ function Server:close(opts)
     self.closed = true
     self.handle:close()
     self.acceptor:cancel("server closed")
+    self.reaper:cancel("server closed")
   end
   if grace == nil then return end
   if not in_task() then misuse("server:close{grace} must be called inside a task") end
@@ -240,6 +252,7 @@ function Server:close(opts)
   end
   for i = 1, #left do pcall(left[i].await, left[i]) end
   pcall(self.acceptor.await, self.acceptor)
+  pcall(self.reaper.await, self.reaper)
 end
 
 function Server:__close() self:close() end

@@ -209,4 +209,46 @@ describe("the memory cap never aborts the host", function()
     assert.are.equal("false\tnot enough memory\n", sub.slurp(outf))
     assert.are.equal(143, status)
   end)
+
+  -- A handler task that cannot start leaves its connection to the server's reaper, woken only
+  -- when a start has failed. Before, the client waited for its own timeout (the I/O sweep
+  -- above hung at 0.45 MiB), and a net server's max_connections lost the slot for good.
+  -- async._debug.starve_next_start() makes the next start fail as if memory had run out.
+  it("an HTTP request whose task cannot start is answered 503", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local srv <close> = async.http.serve(function() return "hi" end, { port = 0 })
+      local url = "http://127.0.0.1:" .. srv.port .. "/"
+      local c = async.spawn(function() return async.fetch(url, { timeout = 20 }) end)
+      async.sleep(0) -- the client has started and sent its request
+      async._debug.starve_next_start() -- the request's task, next to start, fails
+      local res = c:await()
+      print(res.status, res:text())
+      print(async.fetch(url).status) -- the server goes on
+    ]])
+    assert.are.equal("503\tService Unavailable\n\n200\n", out)
+    assert.are.equal(1, status) -- the failed start is reported, as any failure nobody saw
+    assert.matches("not enough memory: a task could not start", err, 1, true)
+  end)
+
+  it("a TCP connection whose handler cannot start is closed and its slot given back", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local srv <close> = async.net.listen({ port = 0, max_connections = 1 }, function(conn)
+        conn:write("hello\n")
+      end)
+      local c = async.spawn(function()
+        local conn <close> = async.net.connect("127.0.0.1", srv.port)
+        return async.timeout(20, conn.read, conn)
+      end)
+      async.sleep(0) -- the client has started connecting
+      async._debug.starve_next_start() -- the handler's task, next to start, fails
+      print(c:await())
+      local conn <close> = async.net.connect("127.0.0.1", srv.port) -- the one slot is free
+      print(async.timeout(20, conn.read_line, conn))
+    ]])
+    assert.are.equal("nil\nhello\n", out)
+    assert.are.equal(1, status)
+    assert.matches("not enough memory: a task could not start", err, 1, true)
+  end)
 end)

@@ -331,6 +331,9 @@ async._debug = {}
 ---@return lasync.Counts
 function async._debug.counts() end
 
+---Fault injection for tests: the next task to start fails as if there were no memory for it.
+function async._debug.starve_next_start() end
+
 -- ---------------------------------------------------------------------------------------------
 -- Synchronisation (docs/toolkit.md)
 

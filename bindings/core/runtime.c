@@ -314,6 +314,7 @@ static void report_starved(lasync__runtime *rt) {
    * client on the other end would wait for ever. One full collection per starved drain closes
    * such things now (a collection does not allocate; finalizers' errors become warnings). */
   lua_gc(rt->L, LUA_GCCOLLECT);
+  lasync__waitlist_settle(&rt->starved_waiters); /* woken through the ready ring: no allocation */
   if (n == 0) return;
   rt->unhandled_failures += n;
   if (n == 1)
@@ -409,7 +410,8 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   lua_State *L = rt->L;
   int nargs = 0, nres = 0, status, task = 0;
   if (t->status == LASYNC__PENDING) {
-    if (rt->starved) {
+    if (rt->starved || rt->starve_next) {
+      rt->starve_next = 0;
       lasync__push_task(L, t);
       fail_starved(rt, t, lua_gettop(L));
       lua_pop(L, 1);

@@ -912,6 +912,37 @@ static int l_cancel_others(lua_State *L) {
   return 0;
 }
 
+/* ---- core._await_starved(): waiting for tasks that could not start ---- */
+
+static void starved_cancel(lasync__task *t, void *data) {
+  lasync__waitlist_remove(&((lasync__runtime *)data)->starved_waiters, &t->waiter);
+}
+
+static int starved_finish(lua_State *L, lasync__task *t, void *data) {
+  (void)L, (void)t, (void)data;
+  return 0;
+}
+
+static const lasync__awaitable_ops AWAIT_STARVED_OPS = {"tasks that could not start",
+                                                        starved_cancel, starved_finish, NULL};
+
+/* core._await_starved(): suspends the calling task until a loop turn has failed tasks that
+ * could not start for want of memory (runtime.c's fail_starved). A server's reaper waits on
+ * it to answer the connections whose handler task never ran, so that nothing is paid for it
+ * per request. */
+static int l_await_starved(lua_State *L) {
+  lasync__task *t = lasync__check_task(L, "core._await_starved");
+  lasync__waitlist_add_task(&t->rt->starved_waiters, t);
+  return lasync__suspend(L, t, &AWAIT_STARVED_OPS, t->rt);
+}
+
+/* async._debug.starve_next_start(): the next task to start fails as if there were no memory
+ * for it (the specs' way to reach what servers do then, without a memory cap's guesswork). */
+static int l_debug_starve_next(lua_State *L) {
+  lasync__runtime_get(L)->starve_next = 1;
+  return 0;
+}
+
 static int l_debug_counts(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   int self = rt->current && rt->current->co == L;
@@ -943,6 +974,8 @@ void lasync__open_task(lua_State *L) {
                                    {"_run_until", l_run_until},  {"_debug_counts", l_debug_counts},
                                    {"_is_task", l_is_task},
                                    {"_cancel_others", l_cancel_others},
+                                   {"_await_starved", l_await_starved},
+                                   {"_debug_starve_next", l_debug_starve_next},
                                    {"_is_callable", l_is_callable},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);

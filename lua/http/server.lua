@@ -417,22 +417,20 @@ end
 
 -- A request task that cannot start (at the memory cap there may be no memory for its
 -- coroutine) fails before its first line, and its client would wait for a response until its
--- own timeout. The dispatcher lets the tasks it spawned have their turn, then answers 503 for
--- each that never ran.
-local function answer_unstarted(srv)
-  local list = srv.starting
-  async.sleep(0)
-  for i = #list, 1, -1 do
-    local conn = list[i]
-    list[i] = nil
-    local live = srv.live[conn]
-    if live and not live.res._ran and live.task:done() then
-      srv.live[conn] = nil
-      srv.active = srv.active - 1
-      live.res._headers = {}
-      local ok = pcall(send_result, live.res, { status = 503, body = "Service Unavailable\n" })
-      conn:finish(false, ok)
-      idle_check(srv)
+-- own timeout. The server's reaper wakes only when some task could not start (nothing is paid
+-- per request) and answers 503 for each live request whose task never ran.
+local function reaper(srv)
+  while true do
+    core._await_starved()
+    for conn, live in pairs(srv.live) do
+      if not live.res._ran and live.task:done() then
+        srv.live[conn] = nil
+        srv.active = srv.active - 1
+        live.res._headers = {}
+        local ok = pcall(send_result, live.res, { status = 503, body = "Service Unavailable\n" })
+        conn:finish(false, ok)
+        idle_check(srv)
+      end
     end
   end
 end
@@ -450,14 +448,11 @@ local function on_request(srv, conn)
   srv.active = srv.active + 1
   local task = spawn(run_request, srv, conn, req, res)
   srv.live[conn] = { task = task, res = res, req = req }
-  local starting = srv.starting
-  starting[#starting + 1] = conn
 end
 
 local function dispatcher(srv)
   local lsn = srv.listener
   while true do
-    if srv.starting[1] then answer_unstarted(srv) end
     local conn, ev = lsn:next()
     if not conn then
       if ev ~= "again" then return end
@@ -535,13 +530,14 @@ function http.serve(handler, opts)
   if host == "localhost" then host = "127.0.0.1" end
   local lsn = listen(host, port, math.min(backlog, 0x7fffffff), opts) -- the kernel caps it too
   local srv = setmetatable({
-    listener = lsn, dispatch = dispatch, live = {}, starting = {}, active = 0, host = host,
+    listener = lsn, dispatch = dispatch, live = {}, active = 0, host = host,
     cancel_on_disconnect = opts.cancel_on_disconnect ~= false, on_error = opts.on_error,
     log = opts.log or nil, log_buf = {},
   }, Server)
   if srv.log == true then srv.logger = spawn(logger, srv) end
   srv.port = lsn:port()
   srv.dispatcher = spawn(dispatcher, srv)
+  srv.reaper = spawn(reaper, srv)
   servers[srv] = true
   return srv
 end
@@ -577,13 +573,17 @@ function Server:close(opts)
     for i = 1, #left do pcall(left[i].await, left[i]) end
   end
   self.dispatcher:cancel("server closed")
+  self.reaper:cancel("server closed")
   self.listener:close_all()
   if self.logger then
     self.logger:cancel("server closed")
     if #self.log_buf > 0 then io.stderr:write(concat(self.log_buf)); self.log_buf = {} end
     if in_task() then pcall(self.logger.await, self.logger) end
   end
-  if in_task() then pcall(self.dispatcher.await, self.dispatcher) end
+  if in_task() then
+    pcall(self.dispatcher.await, self.dispatcher)
+    pcall(self.reaper.await, self.reaper)
+  end
   servers[self] = nil
 end
 
