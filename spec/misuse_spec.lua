@@ -244,7 +244,7 @@ describe("misuse of the other calls", function()
   it("names the user's line, not lasync's, for checks in C behind a Lua wrapper", function()
     local msg = message_of(function() async.fs.open("/tmp/x", "r", {}) end)
     assert.is_nil(msg:find("[lasync]", 1, true), msg)
-    assert.truthy(msg:find("^spec/misuse_spec%.lua:%d+: async%.fs%.open: bad argument #3 'mode'"),
+    assert.truthy(msg:find("^spec/misuse_spec%.lua:%d+: async%.fs%.open: bad argument #3 'perm'"),
       msg)
   end)
 end)
