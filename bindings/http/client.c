@@ -316,7 +316,14 @@ static void fetch_cancel(lasync__task *t, void *data) {
   abort_xfer(x);
 }
 
-static const lasync__awaitable_ops FETCH_OPS = {"fetch", fetch_cancel, fetch_finish, NULL};
+/* Woken (the headers of a streamed response are in) but cancelled before it ran: nobody will
+ * take the response, so the transfer ends here rather than when the collector finds it. */
+static void fetch_abandon(lua_State *L, lasync__task *t, void *data) {
+  (void)L, (void)t;
+  abort_xfer((xfer *)data);
+}
+
+static const lasync__awaitable_ops FETCH_OPS = {"fetch", fetch_cancel, fetch_finish, fetch_abandon};
 
 /* Raises the error a body function raised (the transfer's user value). x is at xi. */
 static int raise_body_error(lua_State *L, int xi) {
@@ -407,7 +414,14 @@ static void read_cancel(lasync__task *t, void *data) {
   abort_xfer(x);
 }
 
-static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish, NULL};
+/* Woken with a chunk but cancelled before it ran: the same as a cancel while it waited (the
+ * transfer went on otherwise, held back by its bound, until the Response was collected). */
+static void read_abandon(lua_State *L, lasync__task *t, void *data) {
+  (void)L;
+  read_cancel(t, data);
+}
+
+static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish, read_abandon};
 
 /* res:read(), each time its task runs; the stack is [x]. */
 static int read_step(lua_State *L, lasync__task *t, xfer *x) {
