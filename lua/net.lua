@@ -122,7 +122,7 @@ end
 
 local function run_handler(srv, conn)
   local me = async.current()
-  srv.conns[me] = nil
+  if srv.tasks[me] then srv.tasks[me] = true end -- started: no longer the reaper's to close
   local trace
   local ok, err = xpcall(srv.handler, function(e)
     local shown, text = pcall(tostring, e)
@@ -148,9 +148,8 @@ end
 local function reaper(srv)
   while true do
     core._await_starved()
-    for task, conn in pairs(srv.conns) do
-      if task:done() then
-        srv.conns[task] = nil
+    for task, conn in pairs(srv.tasks) do
+      if conn ~= true and task:done() then
         conn:close()
         handler_done(srv, task)
       end
@@ -175,9 +174,8 @@ local function accept_loop(srv)
       async.sleep(0.1)
     else
       local task = spawn(run_handler, srv, conn)
-      srv.tasks[task] = true
+      srv.tasks[task] = conn -- true once the handler has started
       srv.active = srv.active + 1
-      srv.conns[task] = conn
     end
   end
 end
@@ -214,7 +212,7 @@ function net.listen(opts, handler)
   local addr = handle:address()
   local srv = setmetatable({
     handle = handle, handler = handler, on_error = on_error, host = addr.host, port = addr.port,
-    max = max or math.huge, active = 0, tasks = {}, conns = {}, failures = 0,
+    max = max or math.huge, active = 0, tasks = {}, failures = 0,
   }, Server)
   srv.acceptor = spawn(accept_loop, srv)
   srv.reaper = spawn(reaper, srv)

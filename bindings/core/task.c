@@ -769,6 +769,17 @@ static int l_coclose(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* Replaces field name of the library table on top of L by wrapper, a closure over the
+ * original (its upvalue 1). Once per state: a second require must not wrap the wrappers. */
+static void wrap_field(lua_State *L, const char *name, lua_CFunction wrapper) {
+  if (lua_getfield(L, -1, name) == LUA_TFUNCTION && lua_tocfunction(L, -1) != wrapper) {
+    lua_pushcclosure(L, wrapper, 1);
+    lua_setfield(L, -2, name);
+  } else {
+    lua_pop(L, 1);
+  }
+}
+
 /* debug.setlocal: Lua's own (upvalue 1), except on a C frame of one of the scheduler's
  * coroutines. A suspended task's C frames hold what its continuation reads back (the future
  * it awaits, the queue it waits on), and a value put there by hand would be read as the wrong
@@ -998,36 +1009,11 @@ void lasync__open_task(lua_State *L) {
   if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
     lua_pushcfunction(L, l_yield);
     lua_setfield(L, -2, "yield");
-    /* Wrapped once per state: a second require must not wrap the wrappers. */
-    if (lua_getfield(L, -1, "resume") == LUA_TFUNCTION && lua_tocfunction(L, -1) != l_coresume) {
-      lua_pushcclosure(L, l_coresume, 1);
-      lua_setfield(L, -2, "resume");
-    } else {
-      lua_pop(L, 1);
-    }
-    if (lua_getfield(L, -1, "close") == LUA_TFUNCTION && lua_tocfunction(L, -1) != l_coclose) {
-      lua_pushcclosure(L, l_coclose, 1);
-      lua_setfield(L, -2, "close");
-    } else {
-      lua_pop(L, 1);
-    }
-    if (lua_getfield(L, -1, "running") == LUA_TFUNCTION &&
-        lua_tocfunction(L, -1) != l_corunning) {
-      lua_pushcclosure(L, l_corunning, 1);
-      lua_setfield(L, -2, "running");
-    } else {
-      lua_pop(L, 1);
-    }
+    wrap_field(L, "resume", l_coresume);
+    wrap_field(L, "close", l_coclose);
+    wrap_field(L, "running", l_corunning);
   }
   lua_pop(L, 1);
-  if (lua_getglobal(L, "debug") == LUA_TTABLE) {
-    if (lua_getfield(L, -1, "setlocal") == LUA_TFUNCTION &&
-        lua_tocfunction(L, -1) != l_dbsetlocal) {
-      lua_pushcclosure(L, l_dbsetlocal, 1);
-      lua_setfield(L, -2, "setlocal");
-    } else {
-      lua_pop(L, 1);
-    }
-  }
+  if (lua_getglobal(L, "debug") == LUA_TTABLE) wrap_field(L, "setlocal", l_dbsetlocal);
   lua_pop(L, 1);
 }
