@@ -169,10 +169,11 @@ struct lasync__runtime {
   uint32_t timer_seq;
   lasync__task **ready;   /* ring of ready tasks; cap: a power of two >= live tasks (spawn) */
   uint32_t ready_head, ready_len, ready_cap;
+  uint32_t drain_left; /* of the tasks ready when this drain began, those not yet run */
+  uint64_t resume_started; /* debug mode: when the resume under way began (uv_hrtime), or 0 */
   lasync__task *current;
   int pool_ref;     /* table of idle coroutines, reused by later tasks */
   int pool_len;
-  int entry_ref;    /* xpcall, which every task body runs under, with lasync__trace_handler */
   int owned_ref;    /* weak-keyed: coroutine Lua has seen -> its task, or true when idle */
   int exposed;      /* owned_ref has entries: task coroutines must be marked (runtime.c) */
   int oom_ref;      /* the string "not enough memory", for failing a task without allocating */

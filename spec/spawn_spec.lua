@@ -117,3 +117,99 @@ describe("async.current", function()
     assert.is_nil(inside)
   end)
 end)
+
+-- Tasks that start in the same loop turn run one after another on one coroutine, in one resume
+-- (runtime.c, take_chained): each must still be itself there, and nothing one of them does may
+-- reach the next.
+describe("a burst of tasks started in one turn", function()
+  after_each(assert_clean)
+
+  it("runs them in order, each as itself; one that suspends or fails does not stop the rest", function()
+    local log, ts = {}, {}
+    local function step(i)
+      return function()
+        assert(async.current() == ts[i], "task " .. i .. " is not async.current()")
+        log[#log + 1] = "start " .. i
+        if i == 2 then
+          async.sleep(0)
+          log[#log + 1] = "end 2"
+        elseif i == 3 then
+          error("three fails")
+        end
+        return i * 10, i
+      end
+    end
+    for i = 1, 5 do ts[i] = async.spawn(step(i)) end
+    local results = async.gather_settled(ts)
+    assert.are.same({ "start 1", "start 2", "start 3", "start 4", "start 5", "end 2" }, log)
+    for i = 1, 5 do
+      if i == 3 then
+        assert.is_false(results[i].ok)
+        assert.matches("three fails", tostring(results[i].error), 1, true)
+        assert.are.equal("failed", ts[i]:status())
+      else
+        assert.is_true(results[i].ok)
+        assert.are.same({ i * 10, i }, { ts[i]:await() })
+      end
+    end
+  end)
+
+  it("a task spawned by one of them waits for the next turn, after the rest of the burst", function()
+    local log = {}
+    local ts = {}
+    ts[1] = async.spawn(function()
+      log[#log + 1] = "a"
+      ts[4] = async.spawn(function() log[#log + 1] = "spawned by a" end)
+    end)
+    ts[2] = async.spawn(function() log[#log + 1] = "b" end)
+    ts[3] = async.spawn(function() log[#log + 1] = "c" end)
+    async.gather(ts[1], ts[2], ts[3])
+    ts[4]:await()
+    assert.are.same({ "a", "b", "c", "spawned by a" }, log)
+  end)
+
+  it("a task cancelled before it started is skipped; the ones after it still run", function()
+    local ran = {}
+    local a = async.spawn(function() ran[#ran + 1] = "a" end)
+    local b = async.spawn(function() ran[#ran + 1] = "b" end)
+    local c = async.spawn(function() ran[#ran + 1] = "c" end)
+    b:cancel()
+    local results = async.gather_settled(a, b, c)
+    assert.are.same({ "a", "c" }, ran)
+    assert.is_false(results[2].ok)
+    assert.are.equal("cancelled", b:status())
+  end)
+
+  it("a hook one of them sets on its coroutine does not reach the next", function()
+    local hits = 0
+    local a = async.spawn(function()
+      debug.sethook(coroutine.running(), function() hits = hits + 1 end, "l")
+      local x = 1
+      return x
+    end)
+    local b = async.spawn(function()
+      local before = hits
+      local y = 1
+      y = y + 1
+      return hits - before
+    end)
+    local results = async.gather(a, b)
+    assert.is_true(hits > 0, "the hook never ran in the task that set it")
+    assert.are.equal(0, results[2], "the next task ran under the first one's hook")
+  end)
+
+  it("a task that keeps spawning a successor does not hold up timers", function()
+    local stop, count = false, 0
+    local function relay()
+      count = count + 1
+      if not stop then async.spawn(relay) end
+    end
+    async.spawn(relay)
+    local t0 = async.now()
+    async.sleep(0.02)
+    stop = true
+    assert.is_true(async.now() - t0 < 2, "the sleep was held up by the relay")
+    assert.is_true(count > 1, "the relay never ran")
+    async.sleep(0.01) -- the last successor ends
+  end)
+end)

@@ -206,7 +206,7 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
   while (rt->pool_len > 0) {
     /* Its slot is not cleared: the next release overwrites it, and until then it only keeps
      * alive a coroutine that its task keeps alive anyway (or, if that task fails past its
-     * xpcall, one dropped coroutine per slot). */
+     * body, one dropped coroutine per slot). */
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
     lua_rawgeti(L, -1, rt->pool_len--);
     lua_replace(L, -2);
@@ -235,37 +235,28 @@ static void release_coroutine(lasync__runtime *rt, lua_State *co) {
   lua_pop(L, 1);
 }
 
-/* Moves a pending task (at index task of the main thread) onto a coroutine: pushes xpcall, the
- * function, the handler and the arguments, and returns how many values lua_resume should take.
- * The coroutine replaces the arguments as the task's phase value, which anchors it. */
-static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
+/* Puts the pending task at index task of the main thread onto the coroutine co, which holds
+ * nothing or only the body's handler: pushes the function and the arguments, and makes the
+ * coroutine the task's phase value (in place of the arguments), which anchors it. Returns 0,
+ * or -2 with nothing changed when co has no room for them. */
+static int load_task(lasync__runtime *rt, lasync__task *t, int task, lua_State *co) {
   lua_State *L = rt->L;
-  lua_State *co;
   int i, args, nargs = t->nargs;
-  if (!lua_checkstack(L, nargs + 6)) return -2;
-  co = acquire_coroutine(rt);                        /* [.., co] */
-  if (co == NULL) {                                  /* [.., error]: fail it, unstarted */
-    lua_setiuservalue(L, task, LASYNC__UV_FN);
-    return -1;
-  }
-  if (!lua_checkstack(co, nargs + 3)) { /* the coroutine is fresh or pooled: dropped unused */
-    lua_pop(L, 1);
-    return -2;
-  }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->entry_ref); /* [co, xpcall] */
-  lua_getiuservalue(L, task, LASYNC__UV_FN);        /* [co, xpcall, fn] */
-  lua_pushcfunction(L, lasync__trace_handler);      /* [co, xpcall, fn, handler] */
+  if (!lua_checkstack(L, nargs + 2) || !lua_checkstack(co, nargs + 3)) return -2;
+  lua_getiuservalue(L, task, LASYNC__UV_FN);        /* [fn] */
   if (nargs > 0) {
-    lasync__push_aux(L, t, task);                      /* [..., handler, args] */
+    lasync__push_aux(L, t, task);                   /* [fn, args] */
     if (nargs > 1) {
       args = lua_gettop(L);
       for (i = 1; i <= nargs; i++) lua_rawgeti(L, args, i);
       lua_remove(L, args);
     }
   }
-  lua_xmove(L, co, 3 + nargs); /* [co] */
+  lua_xmove(L, co, 1 + nargs);
   /* The function and its arguments now live on the coroutine; drop the task's copies (debug
    * mode keeps the function, so a slow last step can say where it ran; results replace it). */
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
   lasync__set_aux(L, t, task); /* the coroutine, in place of the arguments */
   if (!rt->debug) {
     lua_pushnil(L);
@@ -274,7 +265,36 @@ static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
   mark_owned(rt, co, task);
   t->co = co;
   t->status = LASYNC__RUNNING;
-  return nargs + 2;
+  return 0;
+}
+
+static int task_body(lua_State *co);
+
+/* Moves a pending task (at index task of the main thread) onto a coroutine, under the body
+ * every task coroutine runs (task_body, with the traceback handler below the function), and
+ * returns how many values lua_resume should take; the coroutine is left on the main thread's
+ * stack. */
+static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
+  lua_State *L = rt->L;
+  lua_State *co;
+  if (!lua_checkstack(L, 4)) return -2;
+  co = acquire_coroutine(rt);                        /* [.., co] */
+  if (co == NULL) {                                  /* [.., error]: fail it, unstarted */
+    lua_setiuservalue(L, task, LASYNC__UV_FN);
+    return -1;
+  }
+  if (!lua_checkstack(co, 2)) { /* fresh or pooled: dropped unused */
+    lua_pop(L, 1);
+    return -2;
+  }
+  lua_pushcfunction(co, task_body);
+  lua_pushcfunction(co, lasync__trace_handler);
+  if (load_task(rt, t, task, co) != 0) {
+    lua_settop(co, 0);
+    lua_pop(L, 1);
+    return -2;
+  }
+  return (int)t->nargs + 2; /* [.., co]: kept there while it runs, see resume_task */
 }
 
 /* Fails the task at index task with "not enough memory" without allocating: the way out when
@@ -339,23 +359,26 @@ static int store_results(lua_State *L) {
   return 0;
 }
 
-/* The task's body returned: the coroutine holds xpcall's results, [ok, values...] or
- * [false, error]. Moves them into the task (at index task) and settles it. */
-static void finish_task(lasync__runtime *rt, lasync__task *t, int nres, int task) {
+/* The task's function returned its n results (ok) or raised its error (n is 1), the top n
+ * values of its coroutine: moves them into the task (at index task of the main thread), off
+ * the coroutine, and settles the task. Allocates only under lasync__cpcall, so it runs
+ * unprotected, from the drain or from the body of the coroutine (task_body). */
+static void finish_task(lasync__runtime *rt, lasync__task *t, int ok, int n, int task) {
   lua_State *L = rt->L;
   lua_State *co = t->co;
-  int ok = nres > 0 && lua_toboolean(co, -nres);
-  int n = nres - 1, status, stored = 0;
+  int status, stored = 0, room = 0;
   if (ok) {
     status = LASYNC__DONE;
-    if (n >= 1) {
-      lua_pushvalue(co, -n); /* room: the results left as many free slots as they took */
+    if (n == 1) {
+      lua_xmove(co, L, 1);
+    } else if (n > 1 && (room = lua_checkstack(co, 1)) != 0) {
+      lua_pushvalue(co, -n);
       lua_xmove(co, L, 1);
     } else {
-      lua_pushnil(L); /* debug mode kept the function here */
+      lua_pushnil(L); /* no result (debug mode kept the function here), or no room for one */
     }
     lua_setiuservalue(L, task, LASYNC__UV_FN);
-    if (n > 1) {
+    if (room) {
       t->nargs = (unsigned)n;
       stored = lasync__cpcall(L, store_results, t) == LUA_OK;
     }
@@ -365,10 +388,8 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int nres, int task
     status = lasync__is_error_kind(L, -1, "cancelled") ? LASYNC__CANCELLED : LASYNC__FAILED;
     lua_setiuservalue(L, task, LASYNC__UV_FN);
   }
-  lua_settop(co, 0);
   t->co = NULL;
-  release_coroutine(rt, co);
-  if (!stored) { /* the phase value is still the coroutine, now pooled or garbage */
+  if (!stored) { /* the phase value is still the coroutine, which the caller keeps or pools */
     lua_pushnil(L);
     lasync__set_aux(L, t, task);
   }
@@ -378,7 +399,7 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int nres, int task
     lasync__task_settle(rt, t, status, ok ? n : 0);
 }
 
-/* The error escaped the body's xpcall (a memory error while handling an error, for example):
+/* The error escaped the task body (a memory error while handling an error, for example):
  * the coroutine is unusable, so it is reset and dropped rather than pooled. */
 static void fail_task(lasync__runtime *rt, lasync__task *t, int task) {
   lua_State *L = rt->L;
@@ -404,11 +425,82 @@ static int cancel_unstarted(lua_State *L) {
   return 0;
 }
 
-/* The one place that resumes a task. A task that starts or ends here sits on the main
- * thread's stack meanwhile (index task), pushed once. */
+/* Takes the next ready task off the ring. */
+static lasync__task *dequeue(lasync__runtime *rt) {
+  lasync__task *t = rt->ready[rt->ready_head];
+  rt->ready_head = (rt->ready_head + 1) & (rt->ready_cap - 1);
+  rt->ready_len--;
+  t->queued = 0;
+  return t;
+}
+
+/* The next ready task, taken off the ring, when the drain would start it now and it can start
+ * on co at once: it is pending and not cancelled, and nothing asks for the drain's own path
+ * (a step's budget or debug mode, which time each resume; a starved drain; a hook on co, which
+ * must not follow it into another task; shutdown). Else NULL, with nothing taken. */
+static lasync__task *take_chained(lasync__runtime *rt, lua_State *co) {
+  lasync__task *t;
+  if (rt->drain_left == 0 || rt->ready_len == 0 || rt->step_deadline || rt->debug ||
+      rt->starved || rt->starve_next || rt->closing)
+    return NULL;
+  t = rt->ready[rt->ready_head];
+  if (t->status != LASYNC__PENDING || t->cancel_level != LASYNC__NO_CANCEL ||
+      lua_gethook(co) != NULL || !lua_checkstack(rt->L, (int)t->nargs + 4) ||
+      !lua_checkstack(co, (int)t->nargs + 3))
+    return NULL;
+  rt->drain_left--;
+  return dequeue(rt);
+}
+
+static int body_continue(lua_State *co, int status, lua_KContext ctx);
+
+/* The body of every task coroutine, [handler, function, arguments...]: calls the function
+ * under a pcall with the traceback handler, so an error ends the function, not the coroutine,
+ * and its <close> variables may still suspend while it unwinds (as under xpcall). */
+static int task_body(lua_State *co) {
+  lua_KContext rt = (lua_KContext)lasync__runtime_get(co);
+  return body_continue(co, lua_pcallk(co, lua_gettop(co) - 2, LUA_MULTRET, 1, rt, body_continue),
+                       rt);
+}
+
+/* The task's function ended (status LUA_OK, or LUA_YIELD once it had suspended, or an error):
+ * the task is settled here, on its coroutine, and the next ready task, if it has not started
+ * yet, runs on the same coroutine within the same resume (take_chained), so a burst of short
+ * tasks costs the drain one resume, not one each. The body ends when no task follows. */
+static int body_continue(lua_State *co, int status, lua_KContext ctx) {
+  lasync__runtime *rt = (lasync__runtime *)ctx;
+  lua_State *L = rt->L;
+  for (;;) {
+    lasync__task *t = rt->current;
+    int task;
+    if (rt->resume_started) { /* debug mode timed this resume (no task follows one there) */
+      uint64_t spent = uv_hrtime() - rt->resume_started;
+      if (spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, 1);
+      rt->resume_started = 0;
+    }
+    lasync__push_task(L, t);
+    task = lua_gettop(L);
+    finish_task(rt, t, status == LUA_OK || status == LUA_YIELD, lua_gettop(co) - 1, task);
+    lua_settop(co, 1); /* [handler] */
+    lua_settop(L, task - 1);
+    if ((t = take_chained(rt, co)) == NULL) return 0;
+    lasync__push_task(L, t);
+    task = lua_gettop(L);
+    load_task(rt, t, task, co); /* cannot fail: take_chained made the room */
+    lua_settop(L, task - 1);
+    rt->current = t;
+    status = lua_pcallk(co, lua_gettop(co) - 2, LUA_MULTRET, 1, ctx, body_continue);
+  }
+}
+
+/* The one place that resumes a task. A task that starts here sits on the main thread's stack
+ * meanwhile (index task), pushed once. The coroutine may run more tasks than this one before
+ * it stops (body_continue): rt->current says which one it ran last. */
 static void resume_task(lasync__runtime *rt, lasync__task *t) {
   lua_State *L = rt->L;
-  int nargs = 0, nres = 0, status, task = 0;
+  lua_State *co;
+  lasync__task *last;
+  int nargs = 0, nres = 0, status, task = 0, base = lua_gettop(L);
   if (t->status == LASYNC__PENDING) {
     if (rt->starved || rt->starve_next) {
       rt->starve_next = 0;
@@ -437,32 +529,49 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
       return;
     }
   }
+  co = t->co;
+  if (task == 0) {
+    /* The coroutine is anchored on the main thread's stack while it runs, as a starting one
+     * already is (start_task): the body may settle the task, which lets go of it, and a
+     * running coroutine is no root of the collector's. */
+    if (!lua_checkstack(L, 4) || !lua_checkstack(co, 1)) {
+      lasync__enqueue(t, t->wake); /* tried again next turn: no room for one more value */
+      return;
+    }
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+  }
   rt->current = t;
   if (rt->debug) {
-    uint64_t start = uv_hrtime(), spent;
-    status = lua_resume(t->co, L, nargs, &nres);
-    spent = uv_hrtime() - start;
-    if (spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, status != LUA_YIELD);
+    /* A step that ends the task is timed by the body, which settles it (body_continue). */
+    uint64_t spent;
+    rt->resume_started = uv_hrtime();
+    status = lua_resume(co, L, nargs, &nres);
+    spent = uv_hrtime() - rt->resume_started;
+    rt->resume_started = 0;
+    if (status == LUA_YIELD && spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, 0);
   } else {
-    status = lua_resume(t->co, L, nargs, &nres);
+    status = lua_resume(co, L, nargs, &nres);
   }
+  last = rt->current;
   rt->current = NULL;
   if (status == LUA_YIELD) {
-    lua_pop(t->co, nres);
+    lua_pop(co, nres);
     /* A bare coroutine.yield() in a task is a sleep(0), so the scheduler never hands the
      * task's values to anyone. */
-    if (t->wait_ops == NULL) lasync__enqueue(t, LASYNC__WAKE_VALUE);
-  } else {
-    if (task == 0) {
-      lasync__push_task(L, t);
-      task = lua_gettop(L);
-    }
-    if (status == LUA_OK)
-      finish_task(rt, t, nres, task);
-    else
-      fail_task(rt, t, task);
+    if (last->wait_ops == NULL) lasync__enqueue(last, LASYNC__WAKE_VALUE);
+  } else if (status == LUA_OK) { /* the body settled the tasks it ran, and ended */
+    lua_settop(co, 0);
+    release_coroutine(rt, co);
+  } else if (last->co == co) { /* an error escaped the body while the task ran */
+    lasync__push_task(L, last);
+    fail_task(rt, last, lua_gettop(L));
+    lua_pop(L, 1);
+  } else { /* ... or after it was settled: the coroutine is dropped */
+    lua_resetthread(co);
+    mark_owned(rt, co, 0);
   }
-  if (task) lua_settop(L, task - 1);
+  lua_settop(L, base);
 }
 
 int lasync__step_fits(const lasync__runtime *rt, uint64_t *avg) {
@@ -487,10 +596,13 @@ void lasync__step_measure(uint64_t *avg, uint64_t sample) {
 }
 
 void lasync__drain(lasync__runtime *rt) {
-  uint32_t n;
+  uint32_t saved_left;
   lasync__services_turn(rt); /* may make tasks ready */
-  n = rt->ready_len; /* only those ready now; later arrivals wait for the next turn */
-  while (n-- > 0) {
+  saved_left = rt->drain_left;
+  /* Only those ready now; later arrivals wait for the next turn. A task's coroutine may start
+   * the next ones itself (take_chained), counted off the same drain_left. */
+  rt->drain_left = rt->ready_len;
+  while (rt->drain_left > 0) {
     lasync__task *t;
     uint64_t start = 0;
     if (rt->step_deadline) {
@@ -503,13 +615,12 @@ void lasync__drain(lasync__runtime *rt) {
       rt->step_resumes++;
       start = uv_hrtime();
     }
-    t = rt->ready[rt->ready_head];
-    rt->ready_head = (rt->ready_head + 1) & (rt->ready_cap - 1);
-    rt->ready_len--;
-    t->queued = 0;
+    rt->drain_left--;
+    t = dequeue(rt);
     resume_task(rt, t);
     if (start) lasync__step_measure(&rt->resume_ns, uv_hrtime() - start);
   }
+  rt->drain_left = saved_left;
   if (rt->starved) report_starved(rt);
   if (rt->ready_len == 0) uv_idle_stop(&rt->idle);
 }
@@ -599,9 +710,6 @@ static int open_lua_side(lua_State *L) {
    * libuv callback, where a memory error would have no protected call to land in). */
   lua_createtable(L, POOL_MAX, 0);
   rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  /* The entry every task body runs through: xpcall (with the traceback handler). */
-  lua_getglobal(L, "xpcall");
-  rt->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushliteral(L, "not enough memory");
   rt->oom_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lasync__push_weak_table(L, "k");
@@ -639,7 +747,7 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   rt->idle.data = rt->check.data = rt->timer.data = rt;
   uv_check_start(&rt->check, on_check);
   uv_unref((uv_handle_t *)&rt->check);
-  rt->pool_ref = rt->entry_ref = rt->parents_ref = rt->sites_ref = LUA_NOREF;
+  rt->pool_ref = rt->parents_ref = rt->sites_ref = LUA_NOREF;
   rt->owned_ref = rt->oom_ref = rt->anchors_ref = rt->task_mt_ref = LUA_NOREF;
   rt->slow_step_ns = 100000000; /* 100 ms, as asyncio's debug mode */
   lua_pushcfunction(L, open_lua_side);
@@ -649,7 +757,6 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
     luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, rt->anchors_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, rt->oom_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, rt->owned_ref);
     rt->open_handles = 3;
@@ -719,7 +826,6 @@ void lasync__runtime_detach(lasync__runtime *rt) {
   lua_State *L = rt->L;
   if (last_rt == rt) last_rt = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, rt->pool_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, rt->entry_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->anchors_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->task_mt_ref);

@@ -376,6 +376,16 @@ int lasync__trace_handler(lua_State *L) {
   lua_settop(L, 1);
   lasync__push_task(L, t);                         /* 2: task */
   luaL_traceback(L, L, NULL, 1);                   /* 3: traceback */
+  {
+    /* Its last frame is the coroutine's body (runtime.c), which is no part of the story. */
+    static const char body_frame[] = "\n\t[C]: in ?";
+    size_t len, tail = sizeof body_frame - 1;
+    const char *tb = lua_tolstring(L, 3, &len);
+    if (len > tail && memcmp(tb + len - tail, body_frame, tail) == 0) {
+      lua_pushlstring(L, tb, len - tail);
+      lua_replace(L, 3);
+    }
+  }
   lasync__push_spawn_site(L, 2);                   /* 4: file:line */
   lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
   lua_replace(L, 4);
