@@ -133,6 +133,23 @@ describe("debug mode", function()
     assert.are.equal(0, status)
     assert.matches("held the loop for %d+ ms before it finished in the function at [^\n]*:3\n", err)
   end)
+
+  -- Switched off by a task, the next one of the same turn starts on its coroutine at once
+  -- (runtime.c, take_chained): when that one suspends, the step that began in debug mode is no
+  -- slow step of the first task's, which has finished (reporting it read a task no longer
+  -- anchored: a crash).
+  it("can be switched off by a task, and the task after it is not reported for it", function()
+    local status, err = run_script([[
+      local async = require "lasync"
+      async.debug(true, 0.05)
+      local a = async.spawn({name = "switcher"}, function() async.debug(false) end)
+      local b = async.spawn({name = "next"}, function() async.sleep(0) end)
+      a:await()
+      b:await()
+    ]])
+    assert.are.equal(0, status, err)
+    assert.are.equal("", err)
+  end)
 end)
 
 describe("SIGQUIT", function()

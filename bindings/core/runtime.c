@@ -543,13 +543,16 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   }
   rt->current = t;
   if (rt->debug) {
-    /* A step that ends the task is timed by the body, which settles it (body_continue). */
+    /* A step that ends the task is timed by the body, which settles it (body_continue) and
+     * clears resume_started: t may be gone then, and if the task switched debug mode off, a
+     * task chained after it may be the one that suspended. */
     uint64_t spent;
     rt->resume_started = uv_hrtime();
     status = lua_resume(co, L, nargs, &nres);
     spent = uv_hrtime() - rt->resume_started;
+    if (status == LUA_YIELD && rt->resume_started && spent > rt->slow_step_ns)
+      lasync__debug_slow_step(rt, t, spent, 0);
     rt->resume_started = 0;
-    if (status == LUA_YIELD && spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, 0);
   } else {
     status = lua_resume(co, L, nargs, &nres);
   }
