@@ -322,6 +322,22 @@ describe("coroutine.* and debug.sethook in and on tasks", function()
     assert.are.equal("cancelled", t:status())
   end)
 
+  it("debug.setlocal counts levels from its caller, as Lua's own, in a task and outside", function()
+    -- Before, the wrapper's own frame counted as level 1: the local went to the wrong frame.
+    local function set_mine()
+      local mine = "before"
+      local name = debug.setlocal(1, 1, "after")
+      return name, mine
+    end
+    assert.are.same({ "mine", "after" }, { set_mine() })
+    assert.are.same({ "mine", "after" }, { async.spawn(set_mine):await() })
+    assert.are.same({ "mine", "after" }, { async.spawn(function()
+      local mine = "before"
+      local name = debug.setlocal(coroutine.running(), 1, 1, "after")
+      return name, mine
+    end):await() })
+  end)
+
   it("debug.setlocal: a suspended task's C frames are refused, its Lua locals not", function()
     -- Before, a value written over the slot a continuation reads back (the awaited future of
     -- queue:get) crashed the host when the task woke.

@@ -198,6 +198,21 @@ describe("a burst of tasks started in one turn", function()
     assert.are.equal(0, results[2], "the next task ran under the first one's hook")
   end)
 
+  it("one of them cannot write over its coroutine's body, which the next one runs under", function()
+    local a = async.spawn(function()
+      assert.are.equal("C", debug.getinfo(2, "S").what) -- the body, below this function
+      -- for debug.setlocal, under pcall, the body is level 3 (1: pcall, 2: this function)
+      return pcall(debug.setlocal, 3, 1, "not a message handler")
+    end)
+    local b = async.spawn(function() error("b's own error") end)
+    local results = async.gather_settled(a, b)
+    local ok, err = a:await()
+    assert.is_false(ok)
+    assert.matches("debug.setlocal: level 3 of a task's coroutine is a C function", err, 1, true)
+    assert.is_false(results[2].ok)
+    assert.matches("b's own error", tostring(results[2].error), 1, true)
+  end)
+
   it("a task that keeps spawning a successor does not hold up timers", function()
     local stop, count = false, 0
     local function relay()

@@ -793,25 +793,37 @@ static void wrap_field(lua_State *L, const char *name, lua_CFunction wrapper) {
 /* debug.setlocal: Lua's own (upvalue 1), except on a C frame of one of the scheduler's
  * coroutines. A suspended task's C frames hold what its continuation reads back (the future
  * it awaits, the queue it waits on), and a value put there by hand would be read as the wrong
- * thing: a crash. Its Lua frames stay open to debuggers. */
+ * thing: a crash. A running task's own C frames are refused too: below its function is the
+ * body of its coroutine (runtime.c, task_body), whose message handler the next task started on
+ * that coroutine runs under. Its Lua frames stay open to debuggers. */
 static int l_dbsetlocal(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lua_Debug ar;
-  if (lua_type(L, 1) == LUA_TTHREAD && lua_isinteger(L, 2) && rt && rt->owned_ref != LUA_NOREF) {
-    lua_State *co = lua_tothread(L, 1);
-    lua_Integer level = lua_tointeger(L, 2);
-    if (level >= 0 && level <= INT_MAX && lua_getstack(co, (int)level, &ar) &&
-        lua_getinfo(co, "S", &ar) && ar.what[0] == 'C') {
+  int arg = lua_type(L, 1) == LUA_TTHREAD; /* the level is argument arg + 1 */
+  lua_State *co = arg ? lua_tothread(L, 1) : L;
+  if (lua_isinteger(L, arg + 1)) {
+    lua_Integer level = lua_tointeger(L, arg + 1);
+    if (rt && rt->owned_ref != LUA_NOREF && level >= 0 && level <= INT_MAX &&
+        lua_getstack(co, (int)level, &ar) && lua_getinfo(co, "S", &ar) && ar.what[0] == 'C') {
       int owned;
-      lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
-      lua_pushvalue(L, 1);
-      owned = lua_rawget(L, -2) != LUA_TNIL;
-      lua_pop(L, 2);
+      if (co == L) {
+        owned = rt->current && rt->current->co == L;
+      } else {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->owned_ref);
+        lua_pushvalue(L, 1);
+        owned = lua_rawget(L, -2) != LUA_TNIL;
+        lua_pop(L, 2);
+      }
       if (owned)
         return lasync__misuse(L,
                               "debug.setlocal: level %d of a task's coroutine is a C function "
                               "of the scheduler's; only its Lua functions' locals may be changed",
                               (int)level);
+    }
+    if (co == L && level > 0 && level < INT_MAX) {
+      /* Levels of the running thread count from here; Lua's own runs one level further in. */
+      lua_pushinteger(L, level + 1);
+      lua_replace(L, arg + 1);
     }
   }
   lua_pushvalue(L, lua_upvalueindex(1));
