@@ -198,6 +198,35 @@ describe("a burst of tasks started in one turn", function()
     assert.are.equal(0, results[2], "the next task ran under the first one's hook")
   end)
 
+  it("one that fails may still suspend in its <close> cleanup, which sees the error", function()
+    -- b runs on a's coroutine (take_chained): its error unwinds there, as under xpcall before
+    local log = {}
+    local a = async.spawn(function() log[#log + 1] = "a" end)
+    local b = async.spawn(function()
+      local guard <close> = setmetatable({}, { __close = function(_, e)
+        log[#log + 1] = "closing b: " .. tostring(e)
+        async.sleep(0.01)
+        log[#log + 1] = "closed b"
+      end })
+      log[#log + 1] = "b"
+      error("b fails", 0)
+    end)
+    local c = async.spawn(function()
+      local guard <close> = setmetatable({}, { __close = function()
+        async.sleep(0)
+        error("c's cleanup fails", 0)
+      end })
+      error("c fails", 0)
+    end)
+    local d = async.spawn(function() log[#log + 1] = "d" end)
+    local results = async.gather_settled(a, b, c, d)
+    assert.are.same({ "a", "b", "closing b: b fails", "d", "closed b" }, log)
+    assert.is_true(results[1].ok and results[4].ok)
+    assert.are.equal("b fails", tostring(results[2].error))
+    assert.are.equal("c's cleanup fails", tostring(results[3].error))
+    assert.are.equal("failed", b:status())
+  end)
+
   it("one of them cannot write over its coroutine's body, which the next one runs under", function()
     local a = async.spawn(function()
       assert.are.equal("C", debug.getinfo(2, "S").what) -- the body, below this function

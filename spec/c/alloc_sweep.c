@@ -168,6 +168,29 @@ static const scenario SCENARIOS[] = {
     "local ok, e = pcall(t.await, t)\n"
     "return tostring(ok)", /* cancelled, or failed with 'not enough memory' in its stead */
     "false" },
+  /* Tasks that start in one turn run one after another on one coroutine (runtime.c,
+   * take_chained): a failure while one settles (its results, its sentinel, its traceback) or
+   * while the next one starts there, and a <close> that suspends while a chained one fails. */
+  { "burst",
+    "local async = require 'lasync'\n"
+    "local function work(x)\n"
+    "  if x == 2 then\n"
+    "    local guard <close> = setmetatable({}, {__close = function() async.sleep(0) end})\n"
+    "    error('two')\n"
+    "  end\n"
+    "  return x, 10 * x\n"
+    "end\n"
+    "local ts = {}\n"
+    "for i = 1, 3 do ts[i] = async.spawn(work, i) end\n"
+    "async.spawn(function() error('nobody awaits this') end)\n"
+    "ts[4] = async.spawn(work, 4)\n"
+    "local sum = 0\n"
+    "for i = 1, 4 do\n"
+    "  local ok, a, b = pcall(ts[i].await, ts[i])\n"
+    "  if ok then sum = sum + a + b elseif i ~= 2 then error(a, 0) end\n"
+    "end\n"
+    "return tostring(sum)",
+    "88" },
   { "cfuture",
     "local a, b = c_future()\n"
     "return a .. b",

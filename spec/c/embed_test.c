@@ -245,6 +245,51 @@ static void test_destroy_with_pending_tasks_and_errors(void) {
   lasync_future_release(last_future);
 }
 
+/* ---- C-started tasks of one turn, run one after another on one coroutine ---- */
+
+/* A failure reported while the task's coroutine is still running the burst (runtime.c,
+ * body_continue): the callback may start another task from C, which waits for a later turn. */
+static lasync_runtime *burst_rt;
+static int burst_reports;
+static void on_burst_error(lasync_runtime *rt, const char *report, void *data) {
+  (void)data;
+  CHECK(rt == burst_rt);
+  if (burst_reports++ == 0) {
+    CHECK(strstr(report, "first failure") != NULL);
+    CHECK(lasync_spawn_string(rt, "ran = ran .. 'L'", "=late", NULL) == LASYNC_OK);
+  } else {
+    CHECK(strstr(report, "second failure") != NULL);
+  }
+}
+
+static void test_burst_of_c_started_tasks(void) {
+  lasync_options opts;
+  lasync_task *t;
+  lua_State *L;
+  int top;
+  memset(&opts, 0, sizeof opts);
+  opts.on_error = on_burst_error;
+  CHECK(lasync_new(&burst_rt, &opts) == LASYNC_OK);
+  L = lasync_lua(burst_rt);
+  top = lua_gettop(L);
+  CHECK(luaL_dostring(L, "ran = ''") == LUA_OK);
+  CHECK(lasync_spawn_string(burst_rt, "ran = ran .. 'a'; error('first failure')", "=a", NULL) == 0);
+  CHECK(lasync_spawn_string(burst_rt, "ran = ran .. 'b'; return 'b', 2", "=b", &t) == 0);
+  CHECK(lasync_spawn_string(burst_rt, "ran = ran .. 'c'; error('second failure')", "=c", NULL) == 0);
+  CHECK(lasync_spawn_string(burst_rt, "ran = ran .. 'd'", "=d", NULL) == 0);
+  CHECK(lasync_run(burst_rt) == LASYNC_OK);
+  CHECK(burst_reports == 2 && lasync_unhandled_failures(burst_rt) == 2);
+  CHECK(lua_getglobal(L, "ran") == LUA_TSTRING && strcmp(lua_tostring(L, -1), "abcdL") == 0);
+  lua_pop(L, 1);
+  CHECK(lasync_task_status(t) == LASYNC_TASK_DONE);
+  CHECK(lasync_task_result(t, L) == 2);
+  CHECK(strcmp(lua_tostring(L, -2), "b") == 0 && lua_tointeger(L, -1) == 2);
+  lua_pop(L, 2);
+  lasync_task_release(t);
+  CHECK(lua_gettop(L) == top);
+  CHECK(lasync_destroy(burst_rt) == LASYNC_OK);
+}
+
 /* ---- fetches under lasync_step: a few new transfers per step, all complete ---- */
 
 static void test_fetches_admitted_per_step(void) {
@@ -603,6 +648,7 @@ int main(int argc, char **argv) {
   RUN(test_future_outlives_runtime);
   RUN(test_futures_race_threads);
   RUN(test_host_api);
+  RUN(test_burst_of_c_started_tasks);
   RUN(test_fetches_admitted_per_step);
   stop_server(&server);
   return checks_report("embed_test");
