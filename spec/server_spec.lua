@@ -419,6 +419,35 @@ describe("async.http.serve failures", function()
     assert.is_truthy(table.concat(got):find("half$"))
   end)
 
+  it("ends a request whose client left in the turn it came in: its task never started", function()
+    -- The dispatcher is handed the request and the disconnect at once and cancels the request's
+    -- task before it starts, so the handler's own ending never runs. Both land in one turn when
+    -- the request fills the server's read (server.c's SLAB_SIZE, 64 KiB) exactly: libuv reads
+    -- again after a full read and finds the client's FIN. All of it is in the kernel before the
+    -- server reads, as the connection waits in the backlog (max_connections = 1) until the
+    -- first one closes.
+    local ran = false
+    local srv <close> = serve(function() ran = true; return "x" end, { max_connections = 1 })
+    local first = async.net.connect("127.0.0.1", srv.port)
+    async.timeout(5, function()
+      while srv.listener:connections() < 1 do async.sleep(0.005) end
+    end)
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    local n = 65485
+    local req = ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"):format(n)
+      .. ("x"):rep(n)
+    assert.are.equal(65536, #req)
+    conn:write(req)
+    conn:shutdown()
+    first:close()
+    local ok, got = pcall(async.timeout, 5, conn.read, conn)
+    conn:close()
+    assert.is_false(ran) -- else the two did not land in one turn, and this proves nothing
+    assert.is_true(ok, "the connection was left open")
+    assert.is_nil(got)
+    assert.are.equal(0, srv.active)
+  end)
+
   it("closes gracefully: idle connections at once, in-flight ones after their response", function()
     local srv = serve(function(req)
       if req.path == "/slow" then async.sleep(0.3) end
