@@ -3,6 +3,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
+local cancel_when_woken = require "woken"
 
 local function url(srv, path) return "http://127.0.0.1:" .. srv.port .. path end
 
@@ -417,6 +418,24 @@ describe("async.http.serve failures", function()
     async.timeout(5, function() for s in function() return conn:read() end do got[#got + 1] = s end end)
     conn:close()
     assert.is_truthy(table.concat(got):find("half$"))
+  end)
+
+  it("leaves the body to the next req:read when a reader woken by it is cancelled first", function()
+    local client
+    local srv <close> = serve(function(req)
+      local reader = async.spawn(req.read, req)
+      local hit = cancel_when_woken(reader, function() client:write("hello") end)
+      local ok = pcall(reader.await, reader)
+      return tostring(hit) .. " " .. tostring(ok) .. " " .. tostring(req:read())
+    end)
+    client = async.net.connect("127.0.0.1", srv.port)
+    client:write("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+    local got = {}
+    async.timeout(5, function()
+      for s in function() return client:read() end do got[#got + 1] = s end
+    end)
+    client:close()
+    assert.is_truthy(table.concat(got):find("\r\n\r\ntrue false hello$"))
   end)
 
   it("ends a request whose client left in the turn it came in: its task never started", function()
