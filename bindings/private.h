@@ -183,6 +183,8 @@ struct lasync__runtime {
   int anchors_ref;
   uint32_t anchors_top;  /* the highest slot used so far */
   uint32_t anchors_free; /* the first free slot below it, or 0 */
+  int anchors_at;        /* during a drain: the anchors' index on L's stack (runtime.c), or 0 */
+  const void *anchors_ptr; /* the anchors table, to check that index */
   int starved;         /* a start failed for memory in this drain: later starts fail at once */
   long starved_unseen; /* tasks failed so with nobody to see it, reported once per drain */
   lasync__waitlist starved_waiters; /* tasks in core._await_starved (task.c) */

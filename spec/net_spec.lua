@@ -4,6 +4,7 @@ local assert_clean = require "clean"
 local raises = require "raises"
 local sub = require "subprocess"
 local tcp = require "tcp"
+local cancel_when_woken = require "woken"
 
 -- A port nothing listens on: one the kernel just gave a listener that is closed again.
 local function free_port()
@@ -378,6 +379,27 @@ describe("async.net", function()
       assert.is_true(async.is_cancelled(select(2, pcall(srv.acceptor.await, srv.acceptor))))
       srv:close()
     end)
+
+    it("an acceptor woken by a connection but cancelled before it ran leaves it to the next",
+      function()
+        local srv = async.net.listen({ port = 0 }, function() end)
+        finally(function() srv:close() end)
+        async.sleep(0.01)
+        srv.acceptor:cancel() -- this spec accepts on the handle itself
+        pcall(srv.acceptor.await, srv.acceptor)
+        local h, client = srv.handle, nil
+        local acceptor = async.spawn(h.accept, h)
+        assert.is_true(cancel_when_woken(acceptor, function()
+          client = async.spawn(async.net.connect, "127.0.0.1", srv.port)
+        end))
+        assert.is_true(async.is_cancelled(select(2, pcall(acceptor.await, acceptor))))
+        local conn = async.timeout(5, h.accept, h)
+        local c = client:await()
+        c:write("hi")
+        assert.are.equal("hi", async.timeout(5, conn.read, conn))
+        conn:close()
+        c:close()
+      end)
   end)
 
   it("holds 10,000 connections open at once on loopback", function()

@@ -3,6 +3,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
+local cancel_when_woken = require "woken"
 
 local function url(srv, path) return "http://127.0.0.1:" .. srv.port .. path end
 
@@ -417,6 +418,53 @@ describe("async.http.serve failures", function()
     async.timeout(5, function() for s in function() return conn:read() end do got[#got + 1] = s end end)
     conn:close()
     assert.is_truthy(table.concat(got):find("half$"))
+  end)
+
+  it("leaves the body to the next req:read when a reader woken by it is cancelled first", function()
+    local client
+    local srv <close> = serve(function(req)
+      local reader = async.spawn(req.read, req)
+      local hit = cancel_when_woken(reader, function() client:write("hello") end)
+      local ok = pcall(reader.await, reader)
+      return tostring(hit) .. " " .. tostring(ok) .. " " .. tostring(req:read())
+    end)
+    client = async.net.connect("127.0.0.1", srv.port)
+    client:write("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+    local got = {}
+    async.timeout(5, function()
+      for s in function() return client:read() end do got[#got + 1] = s end
+    end)
+    client:close()
+    assert.is_truthy(table.concat(got):find("\r\n\r\ntrue false hello$"))
+  end)
+
+  it("ends a request whose client left in the turn it came in: its task never started", function()
+    -- The dispatcher is handed the request and the disconnect at once and cancels the request's
+    -- task before it starts, so the handler's own ending never runs. Both land in one turn when
+    -- the request fills the server's read (server.c's SLAB_SIZE, 64 KiB) exactly: libuv reads
+    -- again after a full read and finds the client's FIN. All of it is in the kernel before the
+    -- server reads, as the connection waits in the backlog (max_connections = 1) until the
+    -- first one closes.
+    local ran = false
+    local srv <close> = serve(function() ran = true; return "x" end, { max_connections = 1 })
+    local first = async.net.connect("127.0.0.1", srv.port)
+    async.timeout(5, function()
+      while srv.listener:connections() < 1 do async.sleep(0.005) end
+    end)
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    local n = 65485
+    local req = ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"):format(n)
+      .. ("x"):rep(n)
+    assert.are.equal(65536, #req)
+    conn:write(req)
+    conn:shutdown()
+    first:close()
+    local ok, got = pcall(async.timeout, 5, conn.read, conn)
+    conn:close()
+    assert.is_false(ran) -- else the two did not land in one turn, and this proves nothing
+    assert.is_true(ok, "the connection was left open")
+    assert.is_nil(got)
+    assert.are.equal(0, srv.active)
   end)
 
   it("closes gracefully: idle connections at once, in-flight ones after their response", function()

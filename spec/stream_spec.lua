@@ -3,6 +3,7 @@ local async = require "lasync"
 local assert_clean = require "clean"
 local raises = require "raises"
 local tcp = require "tcp"
+local cancel_when_woken = require "woken"
 
 describe("streams", function()
   after_each(assert_clean)
@@ -466,6 +467,15 @@ describe("streams", function()
       assert.is_true(async.is_cancelled(select(2, pcall(reader.await, reader))))
       s:write("67890")
       assert.are.equal("1234567890", c:read_exactly(10))
+    end)
+
+    it("a reader woken by its bytes but cancelled before it ran leaves them to the next", function()
+      local c, s, release = tcp.pair()
+      finally(release)
+      local reader = async.spawn(function() return c:read_line() end)
+      assert.is_true(cancel_when_woken(reader, function() s:write("kept\n") end))
+      assert.is_true(async.is_cancelled(select(2, pcall(reader.await, reader))))
+      assert.are.equal("kept", async.timeout(5, c.read_line, c))
     end)
 
     it("a pending cancellation is raised at read, write and shutdown before they start", function()

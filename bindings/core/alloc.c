@@ -23,6 +23,9 @@
  * The heap also counts the bytes Lua holds and can cap them (LASYNC_MAX_MEMORY): an
  * allocation past the cap fails, which Lua turns into a "not enough memory" error in the task
  * that asked. Counting is one addition per call, so the cap costs nothing measurable. */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* mremap */
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +62,7 @@ struct lasync__heap {
   size_t slab_bytes;          /* their total */
   size_t used;                /* bytes Lua holds (its own sizes, not rounded) */
   size_t cap;                 /* 0: none */
+  struct prefaulter *pf;      /* past BIG_HEAP, while it could be started */
 };
 
 #define SLAB_HEADER (((sizeof(slab) + GRAIN - 1) / GRAIN) * GRAIN)
@@ -74,7 +78,7 @@ lasync__heap *lasync__heap_new(size_t cap) {
 #if HAVE_MMAP
 /* Whole huge pages, aligned to one (the kernel backs only aligned 2 MiB ranges with a huge
  * page), marked for transparent huge pages. NULL when the system refuses. */
-static void *map_huge(size_t bytes) {
+static void *map_huge(size_t bytes, int advise) {
   size_t span = bytes + HUGE_BYTES;
   char *p = (char *)mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   char *aligned;
@@ -82,11 +86,96 @@ static void *map_huge(size_t bytes) {
   aligned = (char *)(((uintptr_t)p + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
   if (aligned > p) munmap(p, (size_t)(aligned - p));
   if (aligned + bytes < p + span) munmap(aligned + bytes, (size_t)(p + span - (aligned + bytes)));
-  madvise(aligned, bytes, MADV_HUGEPAGE); /* advice: without THP it is ignored, and harmless */
+  if (advise) madvise(aligned, bytes, MADV_HUGEPAGE); /* advice: without THP it is ignored, and harmless */
   return aligned;
 }
 
 static size_t huge_round(size_t n) { return (n + HUGE_BYTES - 1) & ~(size_t)(HUGE_BYTES - 1); }
+
+/* ---- huge pages faulted ahead, by a thread of the heap's own ---- */
+
+/* A fresh page costs a fault and its clearing, and on a virtual machine the host may have to
+ * back it first: a burst of a million tasks spent half its time there, on the thread running
+ * it, and by how much varied from run to run (the host had taken back more or less of the
+ * guest's free memory). Once the heap is big, a thread of its own maps and touches the next
+ * huge pages before they are asked for, so that cost is paid on another core meanwhile. It
+ * keeps at most PREFAULT_AHEAD pages in hand (what a burst's end leaves unused: 4 MiB) and
+ * sleeps when it has them. */
+#define PREFAULT_AHEAD 2
+
+typedef struct prefaulter {
+  uv_thread_t thread;
+  uv_mutex_t lock;
+  uv_cond_t wake;
+  char *ready[PREFAULT_AHEAD];
+  int nready;
+  int stop;
+} prefaulter;
+
+static void prefault_main(void *arg) {
+  prefaulter *pf = (prefaulter *)arg;
+  uv_mutex_lock(&pf->lock);
+  while (!pf->stop) {
+    char *p;
+    size_t off;
+    if (pf->nready == PREFAULT_AHEAD) {
+      uv_cond_wait(&pf->wake, &pf->lock);
+      continue;
+    }
+    uv_mutex_unlock(&pf->lock);
+    if ((p = (char *)map_huge(HUGE_BYTES, 1)) != NULL)
+      for (off = 0; off < HUGE_BYTES; off += 4096) ((volatile char *)p)[off] = 0;
+    uv_mutex_lock(&pf->lock);
+    if (p == NULL) { /* the system refuses: the heap maps its own, as without this thread */
+      while (!pf->stop) uv_cond_wait(&pf->wake, &pf->lock);
+      break;
+    }
+    pf->ready[pf->nready++] = p;
+  }
+  uv_mutex_unlock(&pf->lock);
+}
+
+static prefaulter *prefaulter_start(void) {
+  prefaulter *pf = (prefaulter *)calloc(1, sizeof *pf);
+  if (pf == NULL) return NULL;
+  if (uv_mutex_init(&pf->lock) != 0) goto no_lock;
+  if (uv_cond_init(&pf->wake) != 0) goto no_cond;
+  if (uv_thread_create(&pf->thread, prefault_main, pf) != 0) goto no_thread;
+  return pf;
+no_thread:
+  uv_cond_destroy(&pf->wake);
+no_cond:
+  uv_mutex_destroy(&pf->lock);
+no_lock:
+  free(pf);
+  return NULL;
+}
+
+static void prefaulter_stop(prefaulter *pf) {
+  int i;
+  uv_mutex_lock(&pf->lock);
+  pf->stop = 1;
+  uv_cond_signal(&pf->wake);
+  uv_mutex_unlock(&pf->lock);
+  uv_thread_join(&pf->thread);
+  for (i = 0; i < pf->nready; i++) munmap(pf->ready[i], HUGE_BYTES);
+  uv_cond_destroy(&pf->wake);
+  uv_mutex_destroy(&pf->lock);
+  free(pf);
+}
+
+/* A faulted huge page if the thread has one ready (it starts on the first call), else NULL;
+ * either way the thread is told to make the next. */
+static char *take_prefaulted(lasync__heap *h) {
+  char *p = NULL;
+  if (h->slab_bytes < BIG_HEAP) return NULL; /* small states have no thread */
+  if (h->pf == NULL && (h->pf = prefaulter_start()) == NULL) return NULL;
+  uv_mutex_lock(&h->pf->lock);
+  if (h->pf->nready > 0) p = h->pf->ready[--h->pf->nready];
+  uv_cond_signal(&h->pf->wake);
+  uv_mutex_unlock(&h->pf->lock);
+  return p;
+}
 
 /* Whether a block of Lua's size n is mapped: by size alone, so a block needs no header to be
  * freed the way it was made. glibc maps blocks this big itself; ours are huge-page aligned. */
@@ -98,6 +187,9 @@ static size_t huge_round(size_t n) { return (n + HUGE_BYTES - 1) & ~(size_t)(HUG
 void lasync__heap_free(lasync__heap *h) {
   slab *s, *next;
   if (h == NULL) return;
+#if HAVE_MMAP
+  if (h->pf) prefaulter_stop(h->pf);
+#endif
   for (s = h->slabs; s; s = next) {
     next = s->next;
 #if HAVE_MMAP
@@ -126,7 +218,9 @@ static void *small_alloc(lasync__heap *h, size_t cls) {
     slab *s = NULL;
     size_t size = SLAB_BYTES;
 #if HAVE_MMAP
-    if (h->slab_bytes >= BIG_HEAP && (s = (slab *)map_huge(HUGE_BYTES)) != NULL) size = HUGE_BYTES;
+    if (h->slab_bytes >= BIG_HEAP && ((s = (slab *)take_prefaulted(h)) != NULL ||
+                                      (s = (slab *)map_huge(HUGE_BYTES, 0)) != NULL))
+      size = HUGE_BYTES;
 #endif
     if (s == NULL && (s = (slab *)malloc(SLAB_BYTES)) == NULL) return NULL;
     s->next = h->slabs;
@@ -158,16 +252,32 @@ static void big_free(void *p, size_t size) {
   free(p);
 }
 
-static void *big_alloc(size_t size) {
+/* from: where the pages that will be written first begin (past what a growing block moves in,
+ * see big_realloc). */
+static void *big_alloc(lasync__heap *h, size_t size, size_t from) {
 #if HAVE_MMAP
-  if (MAPPED(size)) return map_huge(huge_round(size));
+  if (MAPPED(size)) {
+    /* Each of its huge pages that the thread has ready moves in place of an untouched one. */
+    char *p = (char *)map_huge(huge_round(size), 0), *page;
+    size_t off;
+    for (off = from; p && off < huge_round(size) && (page = take_prefaulted(h)) != NULL;
+         off += HUGE_BYTES) {
+      if (mremap(page, HUGE_BYTES, HUGE_BYTES, MREMAP_MAYMOVE | MREMAP_FIXED, p + off) == MAP_FAILED) {
+        munmap(page, HUGE_BYTES);
+        break;
+      }
+    }
+    return p;
+  }
 #endif
+  (void)h;
+  (void)from;
   return malloc(size);
 }
 
 /* Resizes a block over MAX_SMALL to another over MAX_SMALL; NULL (the block untouched) when
  * out of memory. */
-static void *big_realloc(void *p, size_t old, size_t nsize) {
+static void *big_realloc(lasync__heap *h, void *p, size_t old, size_t nsize) {
   void *q;
 #if HAVE_MMAP
   if (MAPPED(old) || MAPPED(nsize)) {
@@ -176,9 +286,16 @@ static void *big_realloc(void *p, size_t old, size_t nsize) {
         munmap((char *)p + huge_round(nsize), huge_round(old) - huge_round(nsize));
       return p;
     }
-    /* Moved rather than mremap'd: the new mapping keeps its huge-page alignment. A table's
-     * arrays double, so the copies add up to the final size once. */
-    if ((q = big_alloc(nsize)) == NULL) return NULL;
+    if ((q = big_alloc(h, nsize, MAPPED(old) ? huge_round(old) : 0)) == NULL) return NULL;
+#if defined(MREMAP_FIXED)
+    /* A mapped block growing: its pages move to the start of the new (aligned) mapping, in
+     * place of the untouched ones there, so nothing is copied and only the new part will
+     * fault. A table's array doubles as it grows: a copy (and a fault per page) of everything
+     * held so far at each doubling, else. */
+    if (MAPPED(old) && MAPPED(nsize) &&
+        mremap(p, huge_round(old), huge_round(old), MREMAP_MAYMOVE | MREMAP_FIXED, q) != MAP_FAILED)
+      return q;
+#endif
     memcpy(q, p, old < nsize ? old : nsize);
     big_free(p, old);
     return q;
@@ -222,10 +339,10 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   } else if (ptr && old > MAX_SMALL) {
     /* A mapped block shrunk under BIG_BLOCK must move to malloc, which can fail: Lua 5.4
      * raises a memory error then (luaH_resize, luaS_resize restores), it does not crash. */
-    if ((p = big_realloc(ptr, old, nsize)) == NULL) return NULL;
+    if ((p = big_realloc(h, ptr, old, nsize)) == NULL) return NULL;
     h->used = h->used - old + nsize;
     return p;
-  } else if ((p = big_alloc(nsize)) == NULL) {
+  } else if ((p = big_alloc(h, nsize, 0)) == NULL) {
     return NULL;
   }
   if (ptr) { /* moved between a class and a big block, or between classes */

@@ -167,7 +167,7 @@ void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, 
     }
   }
   if (finished && lua_getiuservalue(L, top + 1, LASYNC__UV_FN) == LUA_TFUNCTION) {
-    /* Its frames are gone: the function it ran (kept in debug mode, see start_task). */
+    /* Its frames are gone: the function it ran (kept until its results replace it: load_task). */
     lua_getinfo(L, ">S", &ar);
     if (ar.linedefined > 0) {
       lua_pushfstring(L, "in the function at %s:%d", ar.short_src, ar.linedefined);

@@ -65,20 +65,48 @@ void lasync__anchor_task(lua_State *L, lasync__runtime *rt, lasync__task *t) {
   t->slot = slot;
 }
 
+/* During a drain the anchors table also sits on the main thread's stack, at index
+ * rt->anchors_at (lasync__drain): the drain reaches every task it starts and settles through
+ * it, one call instead of three. The index counts from the drain's frame, so it is checked to
+ * hold the table: in a function the drain calls on the main thread (lasync__cpcall) it does
+ * not. */
+static int anchors_here(lua_State *L, const lasync__runtime *rt) {
+  return L == rt->L && rt->anchors_at && rt->anchors_at <= lua_gettop(L) &&
+         lua_topointer(L, rt->anchors_at) == rt->anchors_ptr;
+}
+
 void lasync__unanchor_task(lua_State *L, lasync__runtime *rt, lasync__task *t) {
   if (t->slot == 0) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->anchors_ref);
-  lua_pushinteger(L, rt->anchors_free);
-  lua_rawseti(L, -2, t->slot); /* the slot exists: replacing its value never allocates */
-  lua_pop(L, 1);
+  if (anchors_here(L, rt)) {
+    lua_pushinteger(L, rt->anchors_free);
+    lua_rawseti(L, rt->anchors_at, t->slot); /* the slot exists: never allocates */
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->anchors_ref);
+    lua_pushinteger(L, rt->anchors_free);
+    lua_rawseti(L, -2, t->slot); /* the slot exists: replacing its value never allocates */
+    lua_pop(L, 1);
+  }
   rt->anchors_free = t->slot;
   t->slot = 0;
 }
 
 void lasync__push_task(lua_State *L, const lasync__task *t) {
+  if (anchors_here(L, t->rt)) {
+    lua_rawgeti(L, t->rt->anchors_at, t->slot);
+    return;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->anchors_ref);
   lua_rawgeti(L, -1, t->slot);
   lua_replace(L, -2);
+}
+
+/* lasync__push_task for the drain's own frame (resume_task, and body_continue, which runs while
+ * the main thread is in the drain's resume): the index needs no check there. */
+static void push_drained(lasync__runtime *rt, const lasync__task *t) {
+  if (rt->anchors_at)
+    lua_rawgeti(rt->L, rt->anchors_at, t->slot);
+  else
+    lasync__push_task(rt->L, t);
 }
 
 lasync__task *lasync__task_at(lua_State *L, lasync__runtime *rt, uint32_t slot) {
@@ -253,15 +281,12 @@ static int load_task(lasync__runtime *rt, lasync__task *t, int task, lua_State *
     }
   }
   lua_xmove(L, co, 1 + nargs);
-  /* The function and its arguments now live on the coroutine; drop the task's copies (debug
-   * mode keeps the function, so a slow last step can say where it ran; results replace it). */
+  /* The arguments now live on the coroutine, which replaces them as the phase value. The
+   * function stays until the results replace it (its frame holds it meanwhile anyway): a slow
+   * last step in debug mode can say where it ran. */
   lua_pushthread(co);
   lua_xmove(co, L, 1);
-  lasync__set_aux(L, t, task); /* the coroutine, in place of the arguments */
-  if (!rt->debug) {
-    lua_pushnil(L);
-    lua_setiuservalue(L, task, LASYNC__UV_FN);
-  }
+  lasync__set_aux(L, t, task);
   mark_owned(rt, co, task);
   t->co = co;
   t->status = LASYNC__RUNNING;
@@ -375,7 +400,7 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int ok, int n, int
       lua_pushvalue(co, -n);
       lua_xmove(co, L, 1);
     } else {
-      lua_pushnil(L); /* no result (debug mode kept the function here), or no room for one */
+      lua_pushnil(L); /* no result (the function was kept here), or no room for one */
     }
     lua_setiuservalue(L, task, LASYNC__UV_FN);
     if (room) {
@@ -470,25 +495,28 @@ static int task_body(lua_State *co) {
 static int body_continue(lua_State *co, int status, lua_KContext ctx) {
   lasync__runtime *rt = (lasync__runtime *)ctx;
   lua_State *L = rt->L;
+  int task = 0; /* the running task's index on the main thread, when it is there */
   for (;;) {
     lasync__task *t = rt->current;
-    int task;
     if (rt->resume_started) { /* debug mode timed this resume (no task follows one there) */
       uint64_t spent = uv_hrtime() - rt->resume_started;
       if (spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, 1);
       rt->resume_started = 0;
     }
-    lasync__push_task(L, t);
-    task = lua_gettop(L);
+    if (task == 0) {
+      push_drained(rt, t);
+      task = lua_gettop(L);
+    }
     finish_task(rt, t, status == LUA_OK || status == LUA_YIELD, lua_gettop(co) - 1, task);
     lua_settop(co, 1); /* [handler] */
     lua_settop(L, task - 1);
     if ((t = take_chained(rt, co)) == NULL) return 0;
-    lasync__push_task(L, t);
+    push_drained(rt, t);
     task = lua_gettop(L);
     load_task(rt, t, task, co); /* cannot fail: take_chained made the room */
-    lua_settop(L, task - 1);
     rt->current = t;
+    /* The task stays at index task while it runs, for its settling here. If it suspends, the
+     * resume ends, and resume_task clears the main thread's stack. */
     status = lua_pcallk(co, lua_gettop(co) - 2, LUA_MULTRET, 1, ctx, body_continue);
   }
 }
@@ -504,7 +532,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   if (t->status == LASYNC__PENDING) {
     if (rt->starved || rt->starve_next) {
       rt->starve_next = 0;
-      lasync__push_task(L, t);
+      push_drained(rt, t);
       fail_starved(rt, t, lua_gettop(L));
       lua_pop(L, 1);
       return;
@@ -514,13 +542,13 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
       if (lasync__cpcall(L, cancel_unstarted, t) == LUA_OK) {
         lasync__task_settle(rt, t, LASYNC__CANCELLED, 0);
       } else {
-        lasync__push_task(L, t);
+        push_drained(rt, t);
         fail_starved(rt, t, lua_gettop(L));
         lua_pop(L, 1);
       }
       return;
     }
-    lasync__push_task(L, t);
+    push_drained(rt, t);
     task = lua_gettop(L);
     nargs = start_task(rt, t, task);
     if (nargs < 0) {
@@ -567,7 +595,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     lua_settop(co, 0);
     release_coroutine(rt, co);
   } else if (last->co == co) { /* an error escaped the body while the task ran */
-    lasync__push_task(L, last);
+    push_drained(rt, last);
     fail_task(rt, last, lua_gettop(L));
     lua_pop(L, 1);
   } else { /* ... or after it was settled: the coroutine is dropped */
@@ -600,7 +628,14 @@ void lasync__step_measure(uint64_t *avg, uint64_t sample) {
 
 void lasync__drain(lasync__runtime *rt) {
   uint32_t saved_left;
+  int saved_at = rt->anchors_at;
   lasync__services_turn(rt); /* may make tasks ready */
+  rt->anchors_at = 0; /* an outer drain's index counts from another frame */
+  if (rt->ready_len > 0 && lua_checkstack(rt->L, 1)) { /* else every lookup takes the long way */
+    lua_rawgeti(rt->L, LUA_REGISTRYINDEX, rt->anchors_ref);
+    rt->anchors_at = lua_gettop(rt->L);
+    rt->anchors_ptr = lua_topointer(rt->L, -1);
+  }
   saved_left = rt->drain_left;
   /* Only those ready now; later arrivals wait for the next turn. A task's coroutine may start
    * the next ones itself (take_chained), counted off the same drain_left. */
@@ -624,6 +659,8 @@ void lasync__drain(lasync__runtime *rt) {
     if (start) lasync__step_measure(&rt->resume_ns, uv_hrtime() - start);
   }
   rt->drain_left = saved_left;
+  if (rt->anchors_at) lua_settop(rt->L, rt->anchors_at - 1);
+  rt->anchors_at = saved_at;
   if (rt->starved) report_starved(rt);
   if (rt->ready_len == 0) uv_idle_stop(&rt->idle);
 }

@@ -450,6 +450,26 @@ local function on_request(srv, conn)
   srv.live[conn] = { task = task, res = res, req = req }
 end
 
+-- Cancels a request's task. One cancelled before it started (its client went away, or its time
+-- ran out, in the loop turn its head came in: the dispatcher is handed both at once) never runs
+-- its function, so run_request's ending is done here, as it would have been done there: the
+-- connection is closed if the client has gone, else answered 503. Left to the task, the
+-- connection stayed busy and counted in srv.active until the server closed.
+local function cancel_request(srv, conn, live, why)
+  live.task:cancel(why)
+  if live.res._ran then return end
+  srv.live[conn] = nil
+  srv.active = srv.active - 1
+  if live.res._gone then
+    conn:finish(false, false)
+  else
+    live.res._headers = {}
+    local ok = pcall(send_result, live.res, { status = 503, body = "Service Unavailable\n" })
+    conn:finish(false, ok)
+  end
+  idle_check(srv)
+end
+
 local function dispatcher(srv)
   local lsn = srv.listener
   while true do
@@ -462,7 +482,7 @@ local function dispatcher(srv)
       local live = srv.live[conn]
       if live then
         live.res._timed_out = true
-        live.task:cancel("request timeout")
+        cancel_request(srv, conn, live, "request timeout")
       end
     else
       local live = srv.live[conn]
@@ -470,7 +490,7 @@ local function dispatcher(srv)
         live.res._gone = true
         local cod = live.req._route_cod
         if cod == nil then cod = srv.cancel_on_disconnect end
-        if cod then live.task:cancel("client disconnected") end
+        if cod then cancel_request(srv, conn, live, "client disconnected") end
       end
     end
   end
