@@ -504,7 +504,11 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
       rt->resume_started = 0;
     }
     if (task == 0) {
-      push_drained(rt, t);
+      /* A task chained here that failed ends this function by an error, and the body goes on
+       * in a new call (the continuation): the task is still on top, where it was pushed. A
+       * second copy would stay below the next ones until the resume ends, one per failure,
+       * keeping the task alive and growing the main thread's stack. */
+      if (lua_touserdata(L, -1) != t) push_drained(rt, t);
       task = lua_gettop(L);
     }
     finish_task(rt, t, status == LUA_OK || status == LUA_YIELD, lua_gettop(co) - 1, task);
