@@ -498,6 +498,11 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
   int task = 0; /* the running task's index on the main thread, when it is there */
   for (;;) {
     lasync__task *t = rt->current;
+    /* Resumed past the scheduler (Lua's own coroutine.resume, kept from before lasync was
+     * loaded, on a task suspended in Lua's own yield): the running task, if any, is another
+     * one. The coroutine just ends, as it did under xpcall, and its task fails when the
+     * scheduler next resumes it ("cannot resume dead coroutine"). */
+    if (t == NULL || t->co != co) return 0;
     if (rt->resume_started) { /* debug mode timed this resume (no task follows one there) */
       uint64_t spent = uv_hrtime() - rt->resume_started;
       if (spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, 1);

@@ -290,6 +290,52 @@ static void test_burst_of_c_started_tasks(void) {
   CHECK(lasync_destroy(burst_rt) == LASYNC_OK);
 }
 
+/* ---- a task coroutine resumed from C, past the scheduler ---- */
+
+/* Suspends the calling coroutine with no continuation, as Lua's own coroutine.yield does (a C
+ * module's, or Lua's own kept from before lasync was loaded): the scheduler takes it for a
+ * sleep(0). */
+static int l_raw_yield(lua_State *L) { return lua_yield(L, 0); }
+
+/* resume_raw(co): lua_resume on it, as a C library with its own scheduler would. */
+static int l_resume_raw(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  int nres, status;
+  luaL_argcheck(L, co != NULL, 1, "coroutine expected");
+  status = lua_resume(co, L, 0, &nres);
+  lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
+  return 1;
+}
+
+/* A task that its body settles while it runs (runtime.c, body_continue) must be the one that
+ * ends there: resumed from another task, the yielded one ended and the body settled the
+ * running task in its place, from the wrong coroutine (a crash). Under xpcall, and now, the
+ * resumed coroutine just ends, and its task fails when the scheduler next resumes it. */
+static void test_task_resumed_past_the_scheduler(void) {
+  lasync_runtime *rt;
+  lasync_task *a, *b;
+  lua_State *L;
+  CHECK(lasync_new(&rt, NULL) == LASYNC_OK);
+  L = lasync_lua(rt);
+  lua_register(L, "raw_yield", l_raw_yield);
+  lua_register(L, "resume_raw", l_resume_raw);
+  CHECK(lasync_spawn_string(rt, "co = coroutine.running(); raw_yield(); return 'a'", "=a", &a) ==
+        0);
+  CHECK(lasync_spawn_string(rt, "return resume_raw(co), 'b'", "=b", &b) == 0);
+  CHECK(lasync_run(rt) == LASYNC_OK);
+  CHECK(lasync_task_status(b) == LASYNC_TASK_DONE);
+  CHECK(lasync_task_result(b, L) == 2);
+  CHECK(lua_toboolean(L, -2) && strcmp(lua_tostring(L, -1), "b") == 0);
+  lua_pop(L, 2);
+  CHECK(lasync_task_status(a) == LASYNC_TASK_FAILED);
+  CHECK(lasync_task_result(a, L) == LASYNC_ELUA);
+  CHECK(strstr(lua_tostring(L, -1), "dead coroutine") != NULL);
+  lua_pop(L, 1);
+  lasync_task_release(a);
+  lasync_task_release(b);
+  CHECK(lasync_destroy(rt) == LASYNC_OK);
+}
+
 /* ---- fetches under lasync_step: a few new transfers per step, all complete ---- */
 
 static void test_fetches_admitted_per_step(void) {
@@ -649,6 +695,7 @@ int main(int argc, char **argv) {
   RUN(test_futures_race_threads);
   RUN(test_host_api);
   RUN(test_burst_of_c_started_tasks);
+  RUN(test_task_resumed_past_the_scheduler);
   RUN(test_fetches_admitted_per_step);
   stop_server(&server);
   return checks_report("embed_test");
