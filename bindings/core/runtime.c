@@ -500,9 +500,10 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
     lasync__task *t = rt->current;
     /* Resumed past the scheduler (Lua's own coroutine.resume, kept from before lasync was
      * loaded, on a task suspended in Lua's own yield): the running task, if any, is another
-     * one. The coroutine just ends, as it did under xpcall, and its task fails when the
-     * scheduler next resumes it ("cannot resume dead coroutine"). */
-    if (t == NULL || t->co != co) return 0;
+     * one. The coroutine just ends, as it did under xpcall, handing the function's results (or
+     * its error) to its resumer, and its task fails when the scheduler next resumes it
+     * ("cannot resume dead coroutine"). */
+    if (t == NULL || t->co != co) return lua_gettop(co) - 1;
     if (rt->resume_started) { /* debug mode timed this resume (no task follows one there) */
       uint64_t spent = uv_hrtime() - rt->resume_started;
       if (spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, 1);
