@@ -15,10 +15,13 @@
  * Page faults were the next cost of a burst (a fault and a page cleared per 4 KiB: 77k faults
  * for a million tasks). Once the heap holds BIG_HEAP bytes of slabs, new slabs are 2 MiB and
  * blocks of BIG_BLOCK bytes or more (the arrays of a million-entry table) are mapped on their
- * own; both are marked MADV_HUGEPAGE, so the kernel backs them with huge pages where it can
- * (transparent huge pages "madvise" or "always"): one fault per 2 MiB. Small states (a worker's,
- * a script that spawns a few tasks) never reach the threshold and keep their 4 KiB pages. A
- * mapped block is unmapped when freed, so a burst's big arrays go back to the system.
+ * own, and a thread of the heap's own maps and touches huge pages ahead (MADV_HUGEPAGE: one
+ * fault per 2 MiB where transparent huge pages are "madvise" or "always"), which new slabs and
+ * blocks take first; what it has not made yet is mapped here without the advice, since a huge
+ * page the thread running the tasks must fault itself was the slow case (see prefault_main).
+ * Small states (a worker's, a script that spawns a few tasks) never reach the threshold: 4 KiB
+ * pages and no thread. A mapped block is unmapped when freed, so a burst's big arrays go back
+ * to the system, and one that grows moves its pages (mremap) rather than copying them.
  *
  * The heap also counts the bytes Lua holds and can cap them (LASYNC_MAX_MEMORY): an
  * allocation past the cap fails, which Lua turns into a "not enough memory" error in the task
@@ -100,7 +103,10 @@ static size_t huge_round(size_t n) { return (n + HUGE_BYTES - 1) & ~(size_t)(HUG
  * guest's free memory). Once the heap is big, a thread of its own maps and touches the next
  * huge pages before they are asked for, so that cost is paid on another core meanwhile. It
  * keeps at most PREFAULT_AHEAD pages in hand (what a burst's end leaves unused: 4 MiB) and
- * sleeps when it has them. */
+ * sleeps when it has them. When it falls behind, the heap maps its own pages without the
+ * huge-page advice: a 4 KiB page is usually still backed by the host, a free 2 MiB one less so
+ * (1M trivial tasks, 7 runs each between Node's: without the thread 0.30-0.64 s; with it and
+ * huge pages everywhere 0.29-0.44 s, 4 KiB pages everywhere 0.31-0.34 s, as here 0.30-0.35 s). */
 #define PREFAULT_AHEAD 2
 
 typedef struct prefaulter {

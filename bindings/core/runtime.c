@@ -199,6 +199,25 @@ static int new_thread(lua_State *L) {
   return 1;
 }
 
+/* Under lasync__pcall: fills the pool with fresh coroutines, as many as the drain has tasks
+ * left to start (at most THREAD_BATCH): a burst of tasks that all suspend takes a fresh one
+ * each, and the protected call around lua_newthread cost a third as much as the thread. A
+ * memory error keeps the ones made before it. */
+#define THREAD_BATCH 64
+
+static int new_threads(lua_State *L) {
+  lasync__runtime *rt = (lasync__runtime *)lua_touserdata(L, 1);
+  uint32_t n = rt->drain_left + 1;
+  if (n > THREAD_BATCH) n = THREAD_BATCH;
+  if (n > (uint32_t)(POOL_MAX - rt->pool_len)) n = (uint32_t)(POOL_MAX - rt->pool_len);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
+  while (n-- > 0) {
+    lua_newthread(L);
+    lua_rawseti(L, -2, ++rt->pool_len); /* sized for POOL_MAX: never allocates */
+  }
+  return 0;
+}
+
 /* A coroutine of the scheduler that Lua code has seen (coroutine.running, task.c) is recorded
  * in the owned table for its life, so the wrapped coroutine.resume can refuse it: marks it as
  * running the task at task_idx of the main thread's stack, or (task_idx 0) as idle. Only
@@ -231,21 +250,32 @@ static void mark_owned(lasync__runtime *rt, lua_State *co, int task_idx) {
 static lua_State *acquire_coroutine(lasync__runtime *rt) {
   lua_State *L = rt->L;
   lua_State *co;
-  while (rt->pool_len > 0) {
-    /* Its slot is not cleared: the next release overwrites it, and until then it only keeps
-     * alive a coroutine that its task keeps alive anyway (or, if that task fails past its
-     * body, one dropped coroutine per slot). */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
-    lua_rawgeti(L, -1, rt->pool_len--);
-    lua_replace(L, -2);
-    co = lua_tothread(L, -1);
-    if (lua_gethook(co) == NULL) return co;
-    lua_pop(L, 1); /* hooked while idle: dropped, see release_coroutine */
+  int batched = 0;
+  for (;;) {
+    while (rt->pool_len > 0) {
+      /* Its slot is not cleared: the next release overwrites it, and until then it only keeps
+       * alive a coroutine that its task keeps alive anyway (or, if that task fails past its
+       * body, one dropped coroutine per slot). */
+      lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
+      lua_rawgeti(L, -1, rt->pool_len--);
+      lua_replace(L, -2);
+      co = lua_tothread(L, -1);
+      if (lua_gethook(co) == NULL) return co;
+      lua_pop(L, 1); /* hooked while idle: dropped, see release_coroutine */
+    }
+    /* A fresh thread takes the main thread's hook: with one set, they are made one at a time. */
+    if (batched || lua_gethook(L) != NULL) break;
+    batched = 1;
+    lua_pushcfunction(L, new_threads);
+    lua_pushlightuserdata(L, rt);
+    if (lasync__pcall(L, 1, 0) != LUA_OK) {
+      if (rt->pool_len == 0) return NULL; /* [.., error] */
+      lua_pop(L, 1);
+    }
   }
   lua_pushcfunction(L, new_thread);
   if (lasync__pcall(L, 0, 1) != LUA_OK) return NULL;
-  co = lua_tothread(L, -1);
-  return co;
+  return lua_tothread(L, -1);
 }
 
 /* Returns a coroutine whose task ended normally to the pool. Its stack must be empty. */
