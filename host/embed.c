@@ -144,8 +144,6 @@ static int new_protected(lua_State *L) {
   return 0;
 }
 
-#define LASYNC_GC_PAUSE 400 /* percent: see lasync_new */
-
 int lasync_new(lasync_runtime **out, const lasync_options *opts) {
   lasync_options none;
   lua_State *L;
@@ -168,13 +166,6 @@ int lasync_new(lasync_runtime **out, const lasync_options *opts) {
       if ((L = lasync__heap_newstate(heap)) == NULL) lasync__heap_free(heap);
     }
     if (L == NULL) return LASYNC_ENOMEM;
-    /* The collector waits for the heap to grow to 4x what the last cycle left (Lua's default
-     * is 2x). Every cycle marks and sweeps every live object: a burst of a million live tasks
-     * was marked over again each time the heap doubled, a fifth of the time of 1M spawns +
-     * gather (issue 15). The cost is a higher peak for a script whose garbage outruns its live
-     * data; collectgarbage("incremental", 200) restores Lua's default. A state the embedder
-     * made (opts->L) keeps its own settings. */
-    lua_gc(L, LUA_GCINC, LASYNC_GC_PAUSE, 0, 0);
     if (opts->ignore_env) {
       lua_pushboolean(L, 1); /* a short string key and a boolean: fits the fresh state's room */
       lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
