@@ -85,7 +85,7 @@ valgrind: build
 
 # ThreadSanitizer over what has threads: the thread specs, the C work-item test, and the first
 # fetch, which loads libcurl on a thread of its own.
-TSAN_SPECS = spec/thread_spec.lua spec/startup_spec.lua
+TSAN_SPECS = spec/thread_spec.lua spec/startup_spec.lua spec/fetch_spec.lua
 tsan: deps
 	@.ci/deps clang libclang-rt-14-dev
 	@CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLASYNC_TSAN=ON >/dev/null

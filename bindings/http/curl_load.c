@@ -20,35 +20,34 @@
 
 typedef struct loader loader;
 
-/* One load: made on the loop's thread, handed to a thread of its own, and back through the
- * runtime's cross-thread queue, whose run or drop frees it. */
-typedef struct {
-  lasync__xqueue *q; /* retained by the thread until it has posted */
-  loader *owner;     /* loop thread only; NULL once the runtime has closed */
-} load_job;
-
-/* A service only for its close hook: the runtime's state while a load runs. */
+/* A service only for its close hook: the runtime's state while a load runs. The load's thread is
+ * joined, never detached: a process that exits while a detached thread is still ending runs the
+ * TLS libraries' thread destructors under exit (LeakSanitizer caught OpenSSL's per-thread error
+ * state, 904 bytes, at the memory cap), so whoever learns the load is over waits for the thread. */
 struct loader {
   lasync__service service; /* first: the service is the state */
   lasync__xqueue *q;
-  load_job *job; /* in flight, or NULL */
+  pthread_t thread; /* joinable while loading */
+  int loading;
   lasync__waitlist waiters;
 };
 
-/* Shutdown: the tasks have ended, so no one waits; a load still in flight is orphaned (the
- * queue, which closes after this service, drops its post), but waited for: the process may
- * exit next, and an exit while another thread is inside curl_global_init runs the TLS
- * libraries' exit handlers under their initialisation (startup_spec's exit test crashed once
- * in twenty runs without this wait). */
+static void join_load_thread(loader *lo) {
+  lo->loading = 0;
+  lasync__xqueue_hold(lo->q, -1);
+  (void)pthread_join(lo->thread, NULL); /* past curl's load: the thread is only returning */
+}
+
+/* Shutdown: the tasks have ended, so no one waits; a load still in flight is waited for: the
+ * process may exit next, and an exit while another thread is inside curl_global_init runs the
+ * TLS libraries' exit handlers under their initialisation (startup_spec's exit test crashed once
+ * in twenty runs without this wait). The queue closes after this service, in the same pass,
+ * without turning the loop, so on_load_done never sees a closed loader; its post, if queued, is
+ * dropped with nothing to free. */
 static void loader_close(lasync__runtime *rt, lasync__service *s) {
   loader *lo = (loader *)s;
-  const char *why;
   (void)rt;
-  if (lo->job) {
-    lo->job->owner = NULL;
-    lasync__xqueue_hold(lo->q, -1);
-    (void)lasync__curl_load(&why); /* returns once the load is over, whoever does it */
-  }
+  if (lo->loading) join_load_thread(lo);
   free(lo);
 }
 
@@ -56,28 +55,20 @@ static const lasync__service_ops LOADER_SERVICE = {"libcurl load", NULL, loader_
 
 /* On the loop's thread, once the load is over: every waiter runs again. */
 static void on_load_done(void *arg) {
-  load_job *job = (load_job *)arg;
-  loader *lo = job->owner;
-  free(job);
-  if (lo == NULL) return;
-  lo->job = NULL;
-  lasync__xqueue_hold(lo->q, -1);
+  loader *lo = (loader *)arg;
+  join_load_thread(lo);
   lasync__waitlist_settle(&lo->waiters);
 }
 
-/* The post will never run (the runtime closed first, or, on the loading thread, there was no
- * memory to post it: the waiters then stay suspended until cancelled, as a late C future's). */
-static void on_load_dropped(void *arg) { free(arg); }
-
 /* A thread of its own rather than libuv's pool: the pool's first job starts all its threads and
- * waits until each has run, which on a busy machine is milliseconds of the loop's time. */
+ * waits until each has run, which on a busy machine is milliseconds of the loop's time. The
+ * loader outlives the thread (it is joined before it is freed). When there is no memory to post,
+ * the waiters stay suspended until cancelled, as a late C future's, and the close joins. */
 static void *load_thread(void *arg) {
-  load_job *job = (load_job *)arg;
-  lasync__xqueue *q = job->q;
+  loader *lo = (loader *)arg;
   const char *why;
   (void)lasync__curl_load(&why); /* or waits in pthread_once for whoever loads it */
-  lasync__xqueue_post(q, on_load_done, on_load_dropped, job); /* job is not ours any more */
-  lasync__xqueue_release(q);
+  (void)lasync__xqueue_post(lo->q, on_load_done, NULL, lo);
   return NULL;
 }
 
@@ -100,33 +91,16 @@ static const lasync__awaitable_ops LOAD_OPS = {"libcurl load", wait_cancel, wait
 static loader *running_loader(lasync__runtime *rt) {
   loader *lo = (loader *)lasync__service_find(rt, &LOADER_SERVICE);
   if (lo == NULL) {
-    /* The queue first: services close newest first, so the loader orphans its job before the
-     * queue drops the job's post. */
+    /* The queue first: services close newest first, so the loader joins its thread before the
+     * queue closes. */
     lasync__xqueue *q = lasync__xqueue_get(rt);
     if (q == NULL || (lo = (loader *)calloc(1, sizeof *lo)) == NULL) return NULL;
     lo->q = q;
     lasync__service_add(rt, &lo->service, &LOADER_SERVICE);
   }
-  if (lo->job == NULL) {
-    load_job *job = (load_job *)calloc(1, sizeof *job);
-    pthread_attr_t attr;
-    pthread_t thread;
-    int err;
-    if (job == NULL) return NULL;
-    job->q = lo->q;
-    job->owner = lo;
-    lasync__xqueue_retain(lo->q);
-    if ((err = pthread_attr_init(&attr)) == 0) {
-      pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-      err = pthread_create(&thread, &attr, load_thread, job);
-      pthread_attr_destroy(&attr);
-    }
-    if (err != 0) {
-      lasync__xqueue_release(lo->q);
-      free(job);
-      return NULL;
-    }
-    lo->job = job;
+  if (!lo->loading) {
+    if (pthread_create(&lo->thread, NULL, load_thread, lo) != 0) return NULL;
+    lo->loading = 1;
     lasync__xqueue_hold(lo->q, 1); /* the loop waits for the post even with nothing else */
   }
   return lo;
