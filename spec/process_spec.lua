@@ -248,7 +248,7 @@ describe("async.process", function()
       local slack = 2 * heap_base -- the collector's pause, as in fs_spec
       assert.is_true(heap_peak - heap_base < 32 * 1024 + slack,
         "Lua heap grew by " .. (heap_peak - heap_base))
-      if not os.getenv("ASAN_OPTIONS") then
+      if not require("spec.support.sanitized") then
         assert.is_true(peak - base < 48 * 1024 + slack, ("RSS grew by %d KiB"):format(peak - base))
       end
     end)
