@@ -297,10 +297,25 @@ static void *big_realloc(lasync__heap *h, void *p, size_t old, size_t nsize) {
     /* A mapped block growing: its pages move to the start of the new (aligned) mapping, in
      * place of the untouched ones there, so nothing is copied and only the new part will
      * fault. A table's array doubles as it grows: a copy (and a fault per page) of everything
-     * held so far at each doubling, else. */
-    if (MAPPED(old) && MAPPED(nsize) &&
-        mremap(p, huge_round(old), huge_round(old), MREMAP_MAYMOVE | MREMAP_FIXED, q) != MAP_FAILED)
+     * held so far at each doubling, else.
+     * One huge page at a time: a block that took prefaulted pages (big_alloc) is several
+     * mappings, which one mremap does not move before Linux 6.17 (EFAULT: always the copy
+     * then) and, since, may move only in part when it fails (mremap(2); ENOMEM at
+     * vm.max_map_count), so the copy below would read pages gone from p. A page is in one
+     * mapping (they are all whole, aligned huge pages), so each move is done or not: on a
+     * failure the pages before it are in q and the rest, still in p, are copied. */
+    if (MAPPED(old) && MAPPED(nsize)) {
+      size_t off;
+      for (off = 0; off < huge_round(old); off += HUGE_BYTES)
+        if (mremap((char *)p + off, HUGE_BYTES, HUGE_BYTES, MREMAP_MAYMOVE | MREMAP_FIXED,
+                   (char *)q + off) == MAP_FAILED)
+          break;
+      if (off < huge_round(old)) {
+        memcpy((char *)q + off, (char *)p + off, old - off);
+        munmap((char *)p + off, huge_round(old) - off);
+      }
       return q;
+    }
 #endif
     memcpy(q, p, old < nsize ? old : nsize);
     big_free(p, old);
