@@ -35,6 +35,7 @@
 #include <string.h>
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h> /* getpid */
 #define HAVE_MMAP 1
 #endif
 
@@ -116,6 +117,7 @@ typedef struct prefaulter {
   char *ready[PREFAULT_AHEAD];
   int nready;
   int stop;
+  pid_t pid; /* the process the thread runs in: a forked child has a copy of this, not the thread */
 } prefaulter;
 
 static void prefault_main(void *arg) {
@@ -146,6 +148,7 @@ static prefaulter *prefaulter_start(void) {
   if (pf == NULL) return NULL;
   if (uv_mutex_init(&pf->lock) != 0) goto no_lock;
   if (uv_cond_init(&pf->wake) != 0) goto no_cond;
+  pf->pid = getpid();
   if (uv_thread_create(&pf->thread, prefault_main, pf) != 0) goto no_thread;
   return pf;
 no_thread:
@@ -159,6 +162,16 @@ no_lock:
 
 static void prefaulter_stop(prefaulter *pf) {
   int i;
+  if (pf->pid != getpid()) {
+    /* A child forked while the thread ran: there is no thread here to join, and the lock and
+     * condition are copies of ones the thread may have held or waited on (destroying that
+     * condition waits for ever). The pages ready are this process's own copies; ready[] is
+     * whole only if the lock was free at the fork (it is changed under it): else they stay. */
+    if (uv_mutex_trylock(&pf->lock) == 0)
+      for (i = 0; i < pf->nready; i++) munmap(pf->ready[i], HUGE_BYTES);
+    free(pf);
+    return;
+  }
   uv_mutex_lock(&pf->lock);
   pf->stop = 1;
   uv_cond_signal(&pf->wake);
@@ -176,6 +189,9 @@ static char *take_prefaulted(lasync__heap *h) {
   char *p = NULL;
   if (h->slab_bytes < BIG_HEAP) return NULL; /* small states have no thread */
   if (h->pf == NULL && (h->pf = prefaulter_start()) == NULL) return NULL;
+  /* In a forked child, no thread fills ready[], and its lock may be held for ever (by the
+   * thread, at the fork): the heap maps its own pages, as before the thread started. */
+  if (h->pf->pid != getpid()) return NULL;
   uv_mutex_lock(&h->pf->lock);
   if (h->pf->nready > 0) p = h->pf->ready[--h->pf->nready];
   uv_cond_signal(&h->pf->wake);

@@ -1,5 +1,5 @@
 /* The mapped side of bindings/core/alloc.c on its own (Linux): a big block that grows when
- * mremap fails part way.
+ * mremap fails part way, and a heap whose prefaulting thread was started before a fork.
  *
  * mremap is replaced here (the test's own definition wins over libc's at link time) so that a
  * move can fail as Linux 6.17+ lets it: a move of several mappings at once that fails (ENOMEM
@@ -8,12 +8,14 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -86,7 +88,42 @@ static void test_grow_move_fails(void) {
   }
 }
 
+/* Enough small blocks that the heap's slabs pass BIG_HEAP and its prefaulting thread starts. */
+static void make_big(lasync__heap *h) {
+  int i;
+  for (i = 0; i < 200000; i++) CHECK(lasync__heap_alloc(h, NULL, 0, 64) != NULL);
+}
+
+/* A process that forks while a heap's thread runs: the child has no such thread, and must still
+ * be able to use the heap and free it (the thread's lock and condition are copies there). */
+static void test_fork(void) {
+  lasync__heap *h = lasync__heap_new(0);
+  pid_t child;
+  int status = 0;
+  make_big(h);
+  usleep(50000); /* the thread has its pages ready, and waits */
+  child = fork();
+  if (child == 0) {
+    unsigned char *p;
+    alarm(10); /* a hang fails the test rather than the run */
+    make_big(h);
+    p = (unsigned char *)lasync__heap_alloc(h, NULL, 0, 8 * MIB);
+    if (p == NULL) _exit(2);
+    fill(p, 8 * MIB);
+    if (!same(p, 8 * MIB)) _exit(3);
+    lasync__heap_free(h);
+    _exit(0);
+  }
+  CHECK(child > 0);
+  CHECK(waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  if (WIFSIGNALED(status)) fprintf(stderr, "child killed by signal %d\n", WTERMSIG(status));
+  make_big(h); /* the parent's thread is still there */
+  lasync__heap_free(h);
+}
+
 int main(void) {
   RUN(test_grow_move_fails);
+  RUN(test_fork);
   return checks_report("alloc_map_test");
 }
