@@ -35,6 +35,7 @@
 #include <string.h>
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h> /* getpid */
 #define HAVE_MMAP 1
 #endif
 
@@ -116,6 +117,7 @@ typedef struct prefaulter {
   char *ready[PREFAULT_AHEAD];
   int nready;
   int stop;
+  pid_t pid; /* the process the thread runs in: a forked child has a copy of this, not the thread */
 } prefaulter;
 
 static void prefault_main(void *arg) {
@@ -146,6 +148,7 @@ static prefaulter *prefaulter_start(void) {
   if (pf == NULL) return NULL;
   if (uv_mutex_init(&pf->lock) != 0) goto no_lock;
   if (uv_cond_init(&pf->wake) != 0) goto no_cond;
+  pf->pid = getpid();
   if (uv_thread_create(&pf->thread, prefault_main, pf) != 0) goto no_thread;
   return pf;
 no_thread:
@@ -159,6 +162,16 @@ no_lock:
 
 static void prefaulter_stop(prefaulter *pf) {
   int i;
+  if (pf->pid != getpid()) {
+    /* A child forked while the thread ran: there is no thread here to join, and the lock and
+     * condition are copies of ones the thread may have held or waited on (destroying that
+     * condition waits for ever). The pages ready are this process's own copies; ready[] is
+     * whole only if the lock was free at the fork (it is changed under it): else they stay. */
+    if (uv_mutex_trylock(&pf->lock) == 0)
+      for (i = 0; i < pf->nready; i++) munmap(pf->ready[i], HUGE_BYTES);
+    free(pf);
+    return;
+  }
   uv_mutex_lock(&pf->lock);
   pf->stop = 1;
   uv_cond_signal(&pf->wake);
@@ -176,6 +189,9 @@ static char *take_prefaulted(lasync__heap *h) {
   char *p = NULL;
   if (h->slab_bytes < BIG_HEAP) return NULL; /* small states have no thread */
   if (h->pf == NULL && (h->pf = prefaulter_start()) == NULL) return NULL;
+  /* In a forked child, no thread fills ready[], and its lock may be held for ever (by the
+   * thread, at the fork): the heap maps its own pages, as before the thread started. */
+  if (h->pf->pid != getpid()) return NULL;
   uv_mutex_lock(&h->pf->lock);
   if (h->pf->nready > 0) p = h->pf->ready[--h->pf->nready];
   uv_cond_signal(&h->pf->wake);
@@ -297,10 +313,25 @@ static void *big_realloc(lasync__heap *h, void *p, size_t old, size_t nsize) {
     /* A mapped block growing: its pages move to the start of the new (aligned) mapping, in
      * place of the untouched ones there, so nothing is copied and only the new part will
      * fault. A table's array doubles as it grows: a copy (and a fault per page) of everything
-     * held so far at each doubling, else. */
-    if (MAPPED(old) && MAPPED(nsize) &&
-        mremap(p, huge_round(old), huge_round(old), MREMAP_MAYMOVE | MREMAP_FIXED, q) != MAP_FAILED)
+     * held so far at each doubling, else.
+     * One huge page at a time: a block that took prefaulted pages (big_alloc) is several
+     * mappings, which one mremap does not move before Linux 6.17 (EFAULT: always the copy
+     * then) and, since, may move only in part when it fails (mremap(2); ENOMEM at
+     * vm.max_map_count), so the copy below would read pages gone from p. A page is in one
+     * mapping (they are all whole, aligned huge pages), so each move is done or not: on a
+     * failure the pages before it are in q and the rest, still in p, are copied. */
+    if (MAPPED(old) && MAPPED(nsize)) {
+      size_t off;
+      for (off = 0; off < huge_round(old); off += HUGE_BYTES)
+        if (mremap((char *)p + off, HUGE_BYTES, HUGE_BYTES, MREMAP_MAYMOVE | MREMAP_FIXED,
+                   (char *)q + off) == MAP_FAILED)
+          break;
+      if (off < huge_round(old)) {
+        memcpy((char *)q + off, (char *)p + off, old - off);
+        munmap((char *)p + off, huge_round(old) - off);
+      }
       return q;
+    }
 #endif
     memcpy(q, p, old < nsize ? old : nsize);
     big_free(p, old);
