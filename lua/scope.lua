@@ -274,8 +274,9 @@ function async.as_completed(tasks)
   local i, total = 0, #tasks
   local function next_done()
     if i >= total then return nil end
+    -- Counted only once it is there: a cancellation caught around this call must not skip one.
+    while w.finished[i + 1] == nil do w:news() end
     i = i + 1
-    while w.finished[i] == nil do w:news() end
     return w.finished[i]
   end
   return next_done, nil, nil, w

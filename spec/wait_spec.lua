@@ -108,6 +108,18 @@ describe("async.as_completed", function()
     assert.are.equal("running", slow:status())
     assert.are.equal("slow", slow:await())
   end)
+
+  it("skips no task when a cancellation is caught while it waits", function()
+    local ts = { after(0.03, "a"), after(0.05, "b") }
+    local next_done, _, _, watching = async.as_completed(ts)
+    local _ <close> = watching
+    local ok, err = pcall(async.timeout, 0.01, next_done)
+    assert.is_false(ok)
+    assert.is_true(async.is_timeout(err), tostring(err))
+    assert.are.equal(ts[1], next_done())
+    assert.are.equal(ts[2], next_done())
+    assert.is_nil(next_done())
+  end)
 end)
 
 describe("async.first", function()
