@@ -82,6 +82,13 @@ struct lasync__timer {
 };
 #define LASYNC__UNARMED UINT32_MAX
 
+/* The heap of armed timers never grows as a timer starts: a timer started from a libuv callback
+ * (a server connection's) has no Lua call to raise into. A timer started from Lua makes room
+ * first with lasync__timer_room (0, or UV_ENOMEM for the caller to raise, before it changes
+ * anything); an owner that arms one timer again and again from callbacks reserves its slot for
+ * its lifetime (lasync__timer_reserve: +1 may fail with UV_ENOMEM, -1 gives it back). */
+int lasync__timer_room(lasync__runtime *rt);
+int lasync__timer_reserve(lasync__runtime *rt, int delta);
 void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double seconds);
 void lasync__timer_stop(lasync__runtime *rt, lasync__timer *timer);
 
@@ -166,6 +173,7 @@ struct lasync__runtime {
   uv_timer_t timer; /* fires the earliest deadline of the heap */
   lasync__timer **heap;
   uint32_t heap_len, heap_cap;
+  uint32_t timers_reserved; /* slots kept for owners' timers (lasync__timer_reserve) */
   uint32_t timer_seq;
   lasync__task **ready;   /* ring of ready tasks; cap: a power of two >= live tasks (spawn) */
   uint32_t ready_head, ready_len, ready_cap;
@@ -616,6 +624,8 @@ int lasync__cpcall(lua_State *L, lua_CFunction fn, void *ud);
 /* Makes room in the ready ring for one more live task; raises a memory error otherwise, so
  * that waking a task never needs memory. */
 void lasync__reserve_ready(lua_State *L, lasync__runtime *rt);
+/* Raises Lua's "not enough memory" (kept ready: raising it allocates nothing). */
+int lasync__raise_oom(lua_State *L, lasync__runtime *rt);
 
 /* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
 void lasync__open_timer(lua_State *L);

@@ -163,16 +163,18 @@ static void on_idle(uv_idle_t *handle) {
 /* Doubles the ring, keeping the queue in order from index 0. The ring always has room for
  * every live task (each is queued at most once), grown at spawn where a memory error has a
  * task to fail, so enqueueing (from timers, completions, cancellation) never allocates. */
+int lasync__raise_oom(lua_State *L, lasync__runtime *rt) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
+  return lua_error(L);
+}
+
 void lasync__reserve_ready(lua_State *L, lasync__runtime *rt) {
   uint32_t i, cap;
   lasync__task **ring;
   if ((uint64_t)rt->live_tasks < rt->ready_cap) return;
   cap = rt->ready_cap ? rt->ready_cap * 2 : 256;
   ring = cap > rt->ready_cap ? (lasync__task **)malloc(cap * sizeof *ring) : NULL;
-  if (ring == NULL) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
-    lua_error(L);
-  }
+  if (ring == NULL) lasync__raise_oom(L, rt);
   for (i = 0; i < rt->ready_len; i++)
     ring[i] = rt->ready[(rt->ready_head + i) & (rt->ready_cap - 1)];
   free(rt->ready);

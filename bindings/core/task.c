@@ -478,8 +478,7 @@ static void grow_sites(lua_State *L, lasync__runtime *rt) {
       index ? (struct lasync__site_pair *)realloc(rt->site_pairs, cap / 2 * sizeof *pairs) : NULL;
   if (pairs == NULL) {
     free(index);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
-    lua_error(L);
+    lasync__raise_oom(L, rt);
   }
   free(rt->site_index);
   rt->site_pairs = pairs;
@@ -979,11 +978,13 @@ static int l_debug_starve_next(lua_State *L) {
 static int l_debug_counts(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   int self = rt->current && rt->current->co == L;
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 8);
   lua_pushinteger(L, rt->live_tasks - self);
   lua_setfield(L, -2, "tasks");
   lua_pushinteger(L, rt->heap_len);
   lua_setfield(L, -2, "timers");
+  lua_pushinteger(L, rt->timers_reserved); /* a server connection's, kept while it lives */
+  lua_setfield(L, -2, "timer_slots");
   lua_pushinteger(L, lasync__count_handles(rt));
   lua_setfield(L, -2, "handles");
   lua_pushinteger(L, rt->pinned_refs); /* tasks are anchored apart (lasync__anchor_task) */

@@ -66,17 +66,29 @@ static void rearm(lasync__runtime *rt) {
   uv_timer_start(&rt->timer, on_heap_timer, due_ms > now_ms ? due_ms - now_ms : 0, 0);
 }
 
-void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double seconds) {
-  if (rt->heap_len == rt->heap_cap) {
+/* The heap always has a slot for every reserved timer, armed or not, besides the unreserved
+ * ones armed: heap_len + timers_reserved < heap_cap leaves one more for an unreserved start
+ * (heap_len counts the armed reserved ones twice: a few slots kept spare, never too few). */
+int lasync__timer_room(lasync__runtime *rt) {
+  if (rt->heap_len + rt->timers_reserved >= rt->heap_cap) {
     uint32_t cap = rt->heap_cap ? rt->heap_cap * 2 : 64;
-    lasync__timer **heap = (lasync__timer **)realloc(rt->heap, cap * sizeof *heap);
-    if (heap == NULL) {
-      lua_State *L = rt->current ? rt->current->co : rt->L;
-      lasync__misuse(L, "not enough memory for a timer");
-    }
+    lasync__timer **heap;
+    if (cap <= rt->heap_len + rt->timers_reserved) return UV_ENOMEM; /* 2^32 timers */
+    if ((heap = (lasync__timer **)realloc(rt->heap, cap * sizeof *heap)) == NULL) return UV_ENOMEM;
     rt->heap = heap;
     rt->heap_cap = cap;
   }
+  return 0;
+}
+
+int lasync__timer_reserve(lasync__runtime *rt, int delta) {
+  if (delta > 0 && lasync__timer_room(rt) != 0) return UV_ENOMEM;
+  rt->timers_reserved += (uint32_t)delta;
+  return 0;
+}
+
+/* The caller has made room (see private.h), so the slot is there. */
+void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double seconds) {
   {
     /* Bounded before the conversion, which is undefined out of range: a deadline past ~285
      * years (math.huge from a caller that passed it on) is as good as never. */
@@ -147,6 +159,7 @@ static int l_sleep(lua_State *L) {
   if (s == 0) {
     lasync__enqueue(t, LASYNC__WAKE_VALUE); /* behind every task that is ready now */
   } else if (s < LASYNC__FOREVER) {
+    if (lasync__timer_room(t->rt) != 0) lasync__raise_oom(L, t->rt);
     t->timer.on_due = on_sleep_due;
     lasync__timer_start(t->rt, &t->timer, s);
   } /* else: sleeps until cancelled */
@@ -180,6 +193,7 @@ static int l_deadline(lua_State *L) {
   lasync__task *t = shield ? lasync__check_suspendable(L, fname) : lasync__check_task(L, fname);
   /* The user value anchors the task: an armed deadline must never outlive what it cancels. */
   deadline *d = (deadline *)lua_newuserdatauv(L, sizeof *d, 1);
+  if (s < LASYNC__FOREVER && lasync__timer_room(t->rt) != 0) lasync__raise_oom(L, t->rt); /* first */
   d->timer.index = LASYNC__UNARMED;
   d->timer.on_due = on_deadline_due;
   d->rt = t->rt;

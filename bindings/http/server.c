@@ -86,7 +86,7 @@ struct conn {
   int refusal;          /* status to refuse the request with, once known */
   uint8_t events, queued_ev, busy, in_head, head_done, msg_done, eof, gone, reading;
   uint8_t expect_continue, sent_continue, keep_alive, closing_after, shut, lingering;
-  uint8_t te_unknown, last_cr, timer_kind, version_minor, skip_body;
+  uint8_t te_unknown, last_cr, timer_kind, version_minor, skip_body, timer_reserved;
 };
 
 typedef struct {
@@ -168,6 +168,7 @@ static void conn_on_free(lasync__handle *h) {
     sv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   sv->nconns--;
+  if (c->timer_reserved) lasync__timer_reserve(sv->rt, -1);
   lasync__buffer_free(&c->in);
   lasync__buffer_free(&c->head);
   lasync__buffer_free(&c->body);
@@ -735,9 +736,16 @@ static void try_accept(server *sv) {
   if (ls == NULL || sv->closing) return;
   while (sv->pending_accept) {
     if (sv->lim.max_connections && sv->nconns >= sv->lim.max_connections) return;
+    /* A connection's one timer is armed from libuv's callbacks, where a timer heap that
+     * cannot grow has no one to tell: its slot is kept for the connection's life. */
+    if (lasync__timer_reserve(sv->rt, 1) != 0) return; /* out of memory: as below */
     c = (conn *)lasync__handle_new(sv->rt, sizeof *c);
-    if (c == NULL) return; /* out of memory: the backlog holds it; the next close retries */
+    if (c == NULL) { /* out of memory: the backlog holds it; the next close retries */
+      lasync__timer_reserve(sv->rt, -1);
+      return;
+    }
     if (uv_tcp_init(sv->rt->loop, &c->tcp) != 0) {
+      lasync__timer_reserve(sv->rt, -1);
       lasync__handle_close(&c->h);
       return;
     }
@@ -752,6 +760,7 @@ static void try_accept(server *sv) {
     sv->nconns++;
     c->timer.index = LASYNC__UNARMED;
     c->timer.on_due = on_timer;
+    c->timer_reserved = 1; /* conn_on_free gives it back */
     llhttp_init(&c->parser, HTTP_REQUEST, &SETTINGS);
     sv->pending_accept = 0;
     if (uv_accept((uv_stream_t *)&ls->tcp, (uv_stream_t *)&c->tcp) != 0) {
