@@ -525,7 +525,8 @@ void lasync__debug_spawned(lua_State *L, lasync__runtime *rt, lasync__task *pare
 void lasync__push_spawn_chain(lua_State *L, int task_idx);
 /* Pushes "task 'name'" or "task spawned at file:line". */
 void lasync__push_task_label(lua_State *L, int task_idx);
-void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, int finished);
+/* Debug mode's report of a resume that held the loop, written from L (the running thread). */
+void lasync__debug_slow_step(lua_State *L, lasync__task *t, uint64_t ns, int finished);
 int lasync__task_finished(const lasync__task *t);
 int lasync__trace_handler(lua_State *L);
 void lasync__open_task(lua_State *L);

@@ -148,8 +148,19 @@ void lasync__push_spawn_chain(lua_State *L, int task_idx) {
 
 /* Debug mode: one step of a task held the loop too long (a blocking call, a CPU loop). Names
  * the task and the line where it suspended or finished. */
-void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, int finished) {
-  lua_State *L = rt->L;
+typedef struct {
+  lasync__task *t;
+  uint64_t ns;
+  int finished;
+} slow_step;
+
+/* Under lasync__cpcall: the report allocates (labels, "file:line"), and its callers are a task's
+ * body and the drain, where a memory error must not unwind past them: at worst it is not
+ * written. */
+static int report_slow_step(lua_State *L) {
+  const slow_step *s = (const slow_step *)lua_touserdata(L, 1);
+  lasync__task *t = s->t;
+  int finished = s->finished;
   lua_Debug ar;
   int top = lua_gettop(L);
   const char *where = "(unknown)";
@@ -175,9 +186,18 @@ void lasync__debug_slow_step(lasync__runtime *rt, lasync__task *t, uint64_t ns, 
     }
   }
   fprintf(stderr, "lasync: %s held the loop for %.0f ms before it %s %s\n", lua_tostring(L, top + 2),
-          (double)ns / 1e6, finished ? "finished" : "suspended at", where);
+          (double)s->ns / 1e6, finished ? "finished" : "suspended at", where);
   fflush(stderr);
   lua_settop(L, top);
+  return 0;
+}
+
+void lasync__debug_slow_step(lua_State *L, lasync__task *t, uint64_t ns, int finished) {
+  slow_step s;
+  s.t = t;
+  s.ns = ns;
+  s.finished = finished;
+  (void)lasync__cpcall(L, report_slow_step, &s);
 }
 
 void lasync__open_diag(lua_State *L) {

@@ -160,14 +160,14 @@ static void on_idle(uv_idle_t *handle) {
   (void)handle; /* Its only job is to keep the poll from blocking; on_check does the work. */
 }
 
-/* Doubles the ring, keeping the queue in order from index 0. The ring always has room for
- * every live task (each is queued at most once), grown at spawn where a memory error has a
- * task to fail, so enqueueing (from timers, completions, cancellation) never allocates. */
 int lasync__raise_oom(lua_State *L, lasync__runtime *rt) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->oom_ref);
   return lua_error(L);
 }
 
+/* Doubles the ring, keeping the queue in order from index 0. The ring always has room for
+ * every live task (each is queued at most once), grown at spawn where a memory error has a
+ * task to fail, so enqueueing (from timers, completions, cancellation) never allocates. */
 void lasync__reserve_ready(lua_State *L, lasync__runtime *rt) {
   uint32_t i, cap;
   lasync__task **ring;
@@ -538,7 +538,7 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
     if (t == NULL || t->co != co) return lua_gettop(co) - 1;
     if (rt->resume_started) { /* debug mode timed this resume (no task follows one there) */
       uint64_t spent = uv_hrtime() - rt->resume_started;
-      if (spent > rt->slow_step_ns) lasync__debug_slow_step(rt, t, spent, 1);
+      if (spent > rt->slow_step_ns) lasync__debug_slow_step(co, t, spent, 1);
       rt->resume_started = 0;
     }
     if (task == 0) {
@@ -621,7 +621,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     status = lua_resume(co, L, nargs, &nres);
     spent = uv_hrtime() - rt->resume_started;
     if (status == LUA_YIELD && rt->resume_started && spent > rt->slow_step_ns)
-      lasync__debug_slow_step(rt, t, spent, 0);
+      lasync__debug_slow_step(L, t, spent, 0);
     rt->resume_started = 0;
   } else {
     status = lua_resume(co, L, nargs, &nres);
