@@ -110,6 +110,17 @@ describe("async.to_thread", function()
       raises(async.to_thread, "nodot"), 1, true)
   end)
 
+  it("numbers a pool method's function as its second argument, self being the first", function()
+    local pool <close> = async.thread.pool({ size = 1 })
+    local cache = {}
+    assert.matches("pool:map: bad argument #2 'fn' (function or \"module.function\" expected, " ..
+      "got number)", raises(pool.map, pool, 42, {}), 1, true)
+    assert.matches("pool:run: bad argument #2 (function has upvalue 'cache'",
+      raises(pool.run, pool, function() return cache end), 1, true)
+    assert.matches("pool:run: bad argument #2 (\"module.function\" expected, got \"nodot\")",
+      raises(pool.run, pool, "nodot"), 1, true)
+  end)
+
   it("refuses each value that cannot cross with its path, as an error of kind invalid", function()
     local co = coroutine.create(function() end)
     local task = async.spawn(function() end)

@@ -1086,26 +1086,30 @@ static int queue_full(pool *p) {
 }
 
 /* Checks a job's function argument at idx: a Lua function whose only upvalue is _ENV, or a
- * "module.function" string. */
+ * "module.function" string. Messages number it as the user passed it: #1 of async.to_thread,
+ * #2 of pool:run and pool:map (self is #1, as everywhere in lasync's C). */
 static void check_fn(lua_State *L, int idx, const char *fname) {
+  int argn = strchr(fname, ':') ? 2 : 1;
   if (lua_type(L, idx) == LUA_TFUNCTION) {
     const char *bad = lasync__copy_bad_upvalue(L, idx);
     if (bad && !*bad)
       lasync__misuse(L,
-                     "%s: bad argument #1 (a C function cannot run in a worker thread; pass "
+                     "%s: bad argument #%d (a C function cannot run in a worker thread; pass "
                      "its name as \"module.function\")",
-                     fname);
+                     fname, argn);
     if (bad)
-      lasync__misuse(L, "%s: bad argument #1 (function has upvalue '%s'; pass it as an argument)",
-                     fname, bad);
+      lasync__misuse(L, "%s: bad argument #%d (function has upvalue '%s'; pass it as an argument)",
+                     fname, argn, bad);
   } else if (lua_type(L, idx) == LUA_TSTRING) {
     const char *s = lua_tostring(L, idx);
     const char *sep = strrchr(s, ':');
     if (sep == NULL) sep = strrchr(s, '.');
     if (sep == NULL || sep == s || sep[1] == '\0')
-      lasync__misuse(L, "%s: bad argument #1 (\"module.function\" expected, got \"%s\")", fname, s);
+      lasync__misuse(L, "%s: bad argument #%d (\"module.function\" expected, got \"%s\")", fname,
+                     argn, s);
   } else {
-    lasync__argerror(L, idx, fname, "fn", "function or \"module.function\"");
+    lasync__misuse(L, "%s: bad argument #%d 'fn' (function or \"module.function\" expected, got %s)",
+                   fname, argn, lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
   }
 }
 
