@@ -1108,7 +1108,8 @@ static void check_fn(lua_State *L, int idx, const char *fname) {
       lasync__misuse(L, "%s: bad argument #%d (\"module.function\" expected, got \"%s\")", fname,
                      argn, s);
   } else {
-    lasync__misuse(L, "%s: bad argument #%d 'fn' (function or \"module.function\" expected, got %s)",
+    lasync__misuse(L,
+                   "%s: bad argument #%d 'fn' (function or \"module.function\" expected, got %s)",
                    fname, argn, lua_isnone(L, idx) ? "no value" : lasync__typename(L, idx));
   }
 }
