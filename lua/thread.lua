@@ -48,7 +48,8 @@ end
 function Pool:map(fn, items)
   check("pool:map", fn)
   if type(items) ~= "table" then
-    core._check.misuse(format("pool:map: bad argument #2 'items' (table expected, got %s)",
+    -- #3: self is #1 and fn #2, as check_fn (bindings/thread/pool.c) numbers them
+    core._check.misuse(format("pool:map: bad argument #3 'items' (table expected, got %s)",
       type(items)))
   end
   local pool = self

@@ -119,6 +119,9 @@ describe("async.to_thread", function()
       raises(pool.run, pool, function() return cache end), 1, true)
     assert.matches("pool:run: bad argument #2 (\"module.function\" expected, got \"nodot\")",
       raises(pool.run, pool, "nodot"), 1, true)
+    -- items comes after fn, so it is #3 in the same count (it was #2, as fn now is)
+    assert.matches("pool:map: bad argument #3 'items' (table expected, got number)",
+      raises(pool.map, pool, function() end, 5), 1, true)
   end)
 
   it("refuses each value that cannot cross with its path, as an error of kind invalid", function()
