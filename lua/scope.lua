@@ -213,10 +213,14 @@ local function watch(tasks)
   return w
 end
 
--- Suspends until a watched task finishes.
+-- Suspends until a watched task finishes. Every task waiting meanwhile waits on the one
+-- signal (two tasks can share an as_completed iterator): a new one would orphan the first.
 function Watch:news()
-  local f = new_future()
-  self.signal = f
+  local f = self.signal
+  if not f then
+    f = new_future()
+    self.signal = f
+  end
   f:await()
 end
 
@@ -273,9 +277,10 @@ function async.as_completed(tasks)
   local w = watch(tasks)
   local i, total = 0, #tasks
   local function next_done()
-    if i >= total then return nil end
     -- Counted only once it is there: a cancellation caught around this call must not skip one.
-    while w.finished[i + 1] == nil do w:news() end
+    -- Another task sharing the iterator may take the last one meanwhile: then this one ends.
+    while i < total and w.finished[i + 1] == nil do w:news() end
+    if i >= total then return nil end
     i = i + 1
     return w.finished[i]
   end

@@ -120,6 +120,18 @@ describe("async.as_completed", function()
     assert.are.equal(ts[2], next_done())
     assert.is_nil(next_done())
   end)
+
+  it("hands each task to one of two tasks sharing the iterator", function()
+    local ts = { after(0.01, 1), after(0.02, 2), after(0.03, 3) }
+    local next_done, _, _, watching = async.as_completed(ts)
+    local _ <close> = watching
+    local got = {}
+    local function take() for t in next_done do got[#got + 1] = t:result() end end
+    local ok, err = pcall(async.timeout, 2, async.gather, take, take)
+    assert.is_true(ok, tostring(err))
+    table.sort(got)
+    assert.are.same({ 1, 2, 3 }, got)
+  end)
 end)
 
 describe("async.first", function()
