@@ -146,8 +146,6 @@ void lasync__push_spawn_chain(lua_State *L, int task_idx) {
   lua_settop(L, top + 1);
 }
 
-/* Debug mode: one step of a task held the loop too long (a blocking call, a CPU loop). Names
- * the task and the line where it suspended or finished. */
 typedef struct {
   lasync__task *t;
   uint64_t ns;
@@ -192,6 +190,8 @@ static int report_slow_step(lua_State *L) {
   return 0;
 }
 
+/* Debug mode: one step of a task held the loop too long (a blocking call, a CPU loop). Names
+ * the task and the line where it suspended or finished. */
 void lasync__debug_slow_step(lua_State *L, lasync__task *t, uint64_t ns, int finished) {
   slow_step s;
   s.t = t;

@@ -89,14 +89,12 @@ int lasync__timer_reserve(lasync__runtime *rt, int delta) {
 
 /* The caller has made room (see private.h), so the slot is there. */
 void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double seconds) {
-  {
-    /* Bounded before the conversion, which is undefined out of range: a deadline past ~285
-     * years (math.huge from a caller that passed it on) is as good as never. */
-    double ns = seconds * 1e9;
-    if (!(ns > 0)) ns = 0; /* negative or NaN: at once */
-    if (ns > 9e18) ns = 9e18;
-    timer->due = uv_hrtime() + (uint64_t)ns;
-  }
+  /* Bounded before the conversion, which is undefined out of range: a deadline past ~285 years
+   * (math.huge from a caller that passed it on) is as good as never. */
+  double ns = seconds * 1e9;
+  if (!(ns > 0)) ns = 0; /* negative or NaN: at once */
+  if (ns > 9e18) ns = 9e18;
+  timer->due = uv_hrtime() + (uint64_t)ns;
   timer->seq = rt->timer_seq++;
   place(rt, rt->heap_len++, timer);
   sift_up(rt, timer->index);

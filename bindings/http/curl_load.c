@@ -18,19 +18,17 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-typedef struct loader loader;
-
 /* A service only for its close hook: the runtime's state while a load runs. The load's thread is
  * joined, never detached: a process that exits while a detached thread is still ending runs the
  * TLS libraries' thread destructors under exit (LeakSanitizer caught OpenSSL's per-thread error
  * state, 904 bytes, at the memory cap), so whoever learns the load is over waits for the thread. */
-struct loader {
+typedef struct {
   lasync__service service; /* first: the service is the state */
   lasync__xqueue *q;
   pthread_t thread; /* joinable while loading */
   int loading;
   lasync__waitlist waiters;
-};
+} loader;
 
 static void join_load_thread(loader *lo) {
   lo->loading = 0;

@@ -6,8 +6,9 @@
 --
 -- Cancelled tasks need a few loop turns to unwind (their cleanup runs), so this first yields a
 -- few times, then polls for up to ~0.5 s, and only then asserts that nothing is left: no live
--- task other than the caller, no armed deadline, no timer slot kept, no active libuv handle, no pinned reference, no pending libuv request,
--- no handle owned by a Lua object still open or closing.
+-- task other than the caller, no armed deadline, no timer slot kept, no active libuv handle, no
+-- pinned reference, no pending libuv request, no handle owned by a Lua object still open or
+-- closing.
 local async = require "lasync"
 
 local KEYS = { "tasks", "timers", "timer_slots", "handles", "refs", "requests", "owned_handles" }
