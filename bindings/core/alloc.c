@@ -41,6 +41,30 @@
 
 #include "private.h"
 
+/* Under AddressSanitizer, a block in a slab is invisible to it: freed, it is still memory ASan
+ * believes allocated, and a neighbour's overflow lands in another live block. So in a sanitized
+ * build each block is followed by a poisoned redzone, a freed one is poisoned until reused, and
+ * a class reuses its freed blocks oldest first and only once QUARANTINE of them wait, so that a
+ * use after free is caught rather than landing in the object that took the block over. */
+#if defined(__SANITIZE_ADDRESS__)
+#define HEAP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HEAP_ASAN 1
+#endif
+#endif
+#if HEAP_ASAN
+#include <sanitizer/asan_interface.h>
+#define REDZONE 16
+#define QUARANTINE 1024 /* freed blocks a class holds before it reuses one */
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define REDZONE 0
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define GRAIN 8
 #define MAX_SMALL 1024 /* a coroutine with its basic stack is ~900 bytes: keep it small */
 #define NCLASSES (MAX_SMALL / GRAIN)
@@ -61,6 +85,10 @@ typedef struct slab {
 
 struct lasync__heap {
   free_block *free[NCLASSES]; /* by class: (size - 1) / GRAIN */
+#if HEAP_ASAN
+  free_block *free_tail[NCLASSES]; /* the lists are queues there: freed at the tail */
+  unsigned nfree[NCLASSES];
+#endif
   char *bump, *end;           /* the unused rest of the newest slab */
   slab *slabs;                /* every slab, freed with the heap */
   size_t slab_bytes;          /* their total */
@@ -214,6 +242,7 @@ void lasync__heap_free(lasync__heap *h) {
 #endif
   for (s = h->slabs; s; s = next) {
     next = s->next;
+    UNPOISON(s, s->bytes); /* a mapping's shadow outlives it: the next one there starts clean */
 #if HAVE_MMAP
     if (s->bytes == HUGE_BYTES) {
       munmap(s, HUGE_BYTES);
@@ -229,11 +258,21 @@ size_t lasync__heap_used(const lasync__heap *h) { return h->used; }
 
 static void *small_alloc(lasync__heap *h, size_t cls) {
   free_block *b = h->free[cls];
-  size_t bytes = (cls + 1) * GRAIN;
+  size_t bytes = (cls + 1) * GRAIN + REDZONE;
+#if HEAP_ASAN
+  if (b && h->nfree[cls] > QUARANTINE) {
+    UNPOISON(b, bytes - REDZONE);
+    h->free[cls] = b->next;
+    if (h->free[cls] == NULL) h->free_tail[cls] = NULL;
+    h->nfree[cls]--;
+    return b;
+  }
+#else
   if (b) {
     h->free[cls] = b->next;
     return b;
   }
+#endif
   if ((size_t)(h->end - h->bump) < bytes) {
     /* The slab's tail (under MAX_SMALL bytes) is left unused rather than split into classes:
      * simpler, and under 2 % of a slab. */
@@ -254,13 +293,29 @@ static void *small_alloc(lasync__heap *h, size_t cls) {
   }
   b = (free_block *)h->bump;
   h->bump += bytes;
+  POISON((char *)b + bytes - REDZONE, REDZONE);
   return b;
 }
 
 static void small_free(lasync__heap *h, void *p, size_t cls) {
   free_block *b = (free_block *)p;
+#if HEAP_ASAN
+  free_block *tail = h->free_tail[cls];
+  b->next = NULL;
+  POISON(b, (cls + 1) * GRAIN);
+  if (tail) {
+    UNPOISON(tail, sizeof *tail);
+    tail->next = b;
+    POISON(tail, sizeof *tail);
+  } else {
+    h->free[cls] = b;
+  }
+  h->free_tail[cls] = b;
+  h->nfree[cls]++;
+#else
   b->next = h->free[cls];
   h->free[cls] = b;
+#endif
 }
 
 /* A block over MAX_SMALL: malloc'd, or mapped when MAPPED(size). */
