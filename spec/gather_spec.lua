@@ -53,6 +53,28 @@ describe("async.gather", function()
     assert.are.same({ 10, 20, 30, 40, 50, n = 5 }, async.gather(list))
   end)
 
+  it("takes a list whose tasks come before its functions, settled or not", function()
+    -- A list of tasks is linked as it is read; a function after some tasks makes it start
+    -- again the general way, which must not find those tasks linked twice.
+    local done = async.spawn(function() return "done" end)
+    done:await()
+    local list = { async.spawn(sleeper(0.02, 1)), done, async.spawn(sleeper(0.01, 3)), sleeper(0, 4) }
+    assert.are.same({ 1, "done", 3, 4, n = 4 }, async.gather(list))
+  end)
+
+  it("waits on none of a list's tasks when a later element is bad", function()
+    local a = async.spawn(sleeper(0.02, "a"))
+    local b = async.spawn(sleeper(0.01, "b"))
+    assert.matches("bad argument #3", select(2, pcall(async.gather, { a, b, 42 })), 1, true)
+    assert.matches("cannot gather itself", select(2, pcall(async.gather, { a, b, async.current() })),
+      1, true)
+    -- The failed gathers' groups are garbage now: a link left in a or b would be used once
+    -- they settle, after the collector freed it.
+    collectgarbage()
+    collectgarbage()
+    assert.are.same({ "a", "b", n = 2 }, async.gather({ a, b }))
+  end)
+
   it("accepts tasks that have already finished", function()
     local t = async.spawn(function() return "early" end)
     t:await()

@@ -38,6 +38,12 @@ describe("a failure already there when it is looked at", function()
     end)
   end
 
+  it("a gather that raises for a bad element of the list has not looked", function()
+    local _, err, status = run("assert(not pcall(async.gather, { t, 42 }))")
+    assert.are.equal(1, status)
+    assert.matches("task spawned at [^\n]* failed: [^\n]*handled failure", err)
+  end)
+
   it("a failure nobody looks at is still reported once, exit status 1", function()
     local _, err, status = sub.run_script([[
       local async = require "lasync"

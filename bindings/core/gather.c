@@ -31,13 +31,15 @@ struct group {
 /* Only the members still linked are touched: their children have not settled, so they are
  * anchored and alive. A settled child is kept alive only by the list, which user code may
  * change meanwhile. */
-static void detach_all(group *g) {
+static void detach_first(group *g, int n) {
   int i;
-  for (i = 0; i < g->n; i++) {
+  for (i = 0; i < n; i++) {
     member *m = &g->members[i];
     if (m->waiter.prev) lasync__waitlist_remove(&m->child->waiters, &m->waiter);
   }
 }
+
+static void detach_all(group *g) { detach_first(g, g->n); }
 
 /* Cancels the unsettled children (cancelling settles none at once: the links hold still). */
 static void cancel_linked(group *g) {
@@ -173,6 +175,55 @@ static void make_list(lua_State *L, group *g, int from_list, const char *fname) 
   lua_settop(L, 2);
 }
 
+/* The common case in one pass: a list of tasks only (a million children are a million cache
+ * misses a pass). Each element is checked and, unsettled, linked as it comes; a settled one is
+ * only recorded (no link) and its count returned through *settled, to be marked observed after
+ * the pass, since a misuse found later must leave nothing marked. Returns 0 with nothing linked
+ * at the first element that is not a task of another (a function to spawn, or misuse): the
+ * general path then checks them all. Nothing here allocates, so nothing can settle or collect
+ * a child meanwhile. */
+static int link_task_list(lua_State *L, group *g, int *settled) {
+  int i;
+  *settled = 0;
+  for (i = 0; i < g->n; i++) {
+    member *m = &g->members[i];
+    lasync__task *child;
+    lua_rawgeti(L, 1, i + 1);
+    child = lasync__totask(L, -1);
+    lua_pop(L, 1);
+    if (child == NULL || child == g->owner) {
+      detach_first(g, i);
+      g->remaining = 0;
+      return 0;
+    }
+    m->child = child;
+    m->waiter.hook = &g->hook;
+    if (lasync__task_finished(child)) {
+      m->waiter.prev = m->waiter.next = NULL;
+      ++*settled;
+    } else {
+      g->remaining++;
+      lasync__waitlist_add(&child->waiters, &m->waiter);
+    }
+  }
+  return 1;
+}
+
+/* Marks the settled children (those with no link) observed: the group reports or returns their
+ * outcome (docs/toolkit.md). Records the first failure, unless settled_mode. */
+static void observe_settled(lua_State *L, group *g) {
+  int i;
+  for (i = 0; i < g->n; i++) {
+    member *m = &g->members[i];
+    if (m->waiter.prev) continue;
+    lua_rawgeti(L, 1, i + 1);
+    lasync__mark_observed(L, m->child, -1);
+    lua_pop(L, 1);
+    if (!g->settled_mode && m->child->status != LASYNC__DONE && !g->first_failure)
+      g->first_failure = i + 1;
+  }
+}
+
 static group *new_group(lua_State *L, lasync__task *owner, int n, int settled_mode,
                         const char *fname) {
   group *g = (group *)lua_newuserdatauv(L, sizeof *g + (n > 0 ? n - 1 : 0) * sizeof(member), 0);
@@ -188,7 +239,7 @@ static group *new_group(lua_State *L, lasync__task *owner, int n, int settled_mo
 static int gather(lua_State *L, int settled_mode, const char *fname) {
   lasync__task *t = NULL;
   group *g;
-  int i, n = lua_gettop(L), from_list, to_spawn;
+  int i, n = lua_gettop(L), from_list, to_spawn, settled = 0;
   /* Check before spawning anything, so misuse starts no task. */
   if (n > 0) t = lasync__check_task(L, fname);
   from_list = n == 1 && lua_istable(L, 1) && !lasync__totask(L, 1) && !lua_getmetatable(L, 1);
@@ -196,26 +247,24 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
   /* The group first: making it may run a finalizer that changes the list, and what is checked
    * after it is what is used. */
   g = new_group(L, t, n, settled_mode, fname);
-  to_spawn = check_children(L, g, from_list, fname);
-  if (!from_list || to_spawn > 0) make_list(L, g, from_list, fname); /* [list, group] */
-  /* One pass over the children (a million of them are a million cache misses a pass): the
-   * unsettled ones are linked as they come; nothing here can settle or collect one. */
-  for (i = 0; i < n; i++) {
-    member *m = &g->members[i];
-    m->waiter.hook = &g->hook;
-    if (lasync__task_finished(m->child)) {
-      /* Looked at (docs/toolkit.md): the group reports or returns its outcome. */
-      lua_rawgeti(L, 1, i + 1);
-      lasync__mark_observed(L, m->child, -1);
-      lua_pop(L, 1);
-      m->waiter.prev = m->waiter.next = NULL;
-      if (!settled_mode && m->child->status != LASYNC__DONE && !g->first_failure)
-        g->first_failure = i + 1;
-    } else {
-      g->remaining++;
-      lasync__waitlist_add(&m->child->waiters, &m->waiter);
+  if (!from_list || !link_task_list(L, g, &settled)) {
+    to_spawn = check_children(L, g, from_list, fname);
+    if (!from_list || to_spawn > 0) make_list(L, g, from_list, fname); /* [list, group] */
+    /* One pass: the unsettled ones are linked as they come; nothing here can settle or collect
+     * one. */
+    for (i = 0; i < n; i++) {
+      member *m = &g->members[i];
+      m->waiter.hook = &g->hook;
+      if (lasync__task_finished(m->child)) {
+        m->waiter.prev = m->waiter.next = NULL;
+        settled++;
+      } else {
+        g->remaining++;
+        lasync__waitlist_add(&m->child->waiters, &m->waiter);
+      }
     }
   }
+  if (settled > 0) observe_settled(L, g);
   if (g->first_failure) {
     detach_all(g);
     for (i = 0; i < n; i++) /* none is linked now; each was checked just now */
