@@ -127,8 +127,9 @@ enum lasync__wake { LASYNC__WAKE_NONE, LASYNC__WAKE_VALUE, LASYNC__WAKE_CANCEL }
  * value at [1]. lasync__push_aux and lasync__set_aux hide the difference. */
 enum {
   LASYNC__UV_FN = 1, /* the function before start; the first result or the error after */
-  LASYNC__UV_AUX,    /* the arguments before start (one value, or a table of n > 1), the
-                      * coroutine while running, all results (n > 1) or the traceback after */
+  LASYNC__UV_AUX,    /* the arguments before start (one value, or a table of n > 1), and
+                      * while it runs until it first suspends; the coroutine from then on
+                      * (co_anchored); all results (n > 1) or the traceback after */
   LASYNC__TASK_NUV = LASYNC__UV_AUX
 };
 
@@ -160,6 +161,7 @@ struct lasync__task {
   unsigned observed : 1;      /* its outcome was retrieved or is awaited */
   unsigned report_now : 1;    /* started from C with nobody to await it: report a failure */
   unsigned has_extra : 1;     /* LASYNC__UV_AUX holds the extras table (see above) */
+  unsigned co_anchored : 1;   /* its phase value is its coroutine: it has suspended (runtime.c) */
 };
 
 struct lasync__runtime {

@@ -296,13 +296,13 @@ static void release_coroutine(lasync__runtime *rt, lua_State *co) {
 }
 
 /* Puts the pending task at index task of the main thread onto the coroutine co, which holds
- * nothing or only the body's handler: pushes the function and the arguments, and makes the
- * coroutine the task's phase value (in place of the arguments), which anchors it. Returns 0,
- * or -2 with nothing changed when co has no room for them. */
-static int load_task(lasync__runtime *rt, lasync__task *t, int task, lua_State *co) {
+ * nothing or only the body's handler: pushes the function and the arguments. The coroutine sits
+ * on the main thread's stack while it runs; it becomes the task's phase value, which anchors it,
+ * only if the task suspends (anchor_suspended), so a task that runs to its end never sets it.
+ * The caller has made room for nargs + 2 values on the main thread and nargs + 3 on co. */
+static void load_task(lasync__runtime *rt, lasync__task *t, int task, lua_State *co) {
   lua_State *L = rt->L;
   int i, args, nargs = t->nargs;
-  if (!lua_checkstack(L, nargs + 2) || !lua_checkstack(co, nargs + 3)) return -2;
   lua_getiuservalue(L, task, LASYNC__UV_FN);        /* [fn] */
   if (nargs > 0) {
     lasync__push_aux(L, t, task);                   /* [fn, args] */
@@ -313,16 +313,12 @@ static int load_task(lasync__runtime *rt, lasync__task *t, int task, lua_State *
     }
   }
   lua_xmove(L, co, 1 + nargs);
-  /* The arguments now live on the coroutine, which replaces them as the phase value. The
+  /* The arguments stay the phase value until the coroutine or the outcome replaces them. The
    * function stays until the results replace it (its frame holds it meanwhile anyway): a slow
    * last step in debug mode can say where it ran. */
-  lua_pushthread(co);
-  lua_xmove(co, L, 1);
-  lasync__set_aux(L, t, task);
   mark_owned(rt, co, task);
   t->co = co;
   t->status = LASYNC__RUNNING;
-  return 0;
 }
 
 static int task_body(lua_State *co);
@@ -340,17 +336,13 @@ static int start_task(lasync__runtime *rt, lasync__task *t, int task) {
     lua_setiuservalue(L, task, LASYNC__UV_FN);
     return -1;
   }
-  if (!lua_checkstack(co, 2)) { /* fresh or pooled: dropped unused */
-    lua_pop(L, 1);
+  if (!lua_checkstack(co, (int)t->nargs + 5) || !lua_checkstack(L, (int)t->nargs + 2)) {
+    lua_pop(L, 1); /* fresh or pooled: dropped unused */
     return -2;
   }
   lua_pushcfunction(co, task_body);
   lua_pushcfunction(co, lasync__trace_handler);
-  if (load_task(rt, t, task, co) != 0) {
-    lua_settop(co, 0);
-    lua_pop(L, 1);
-    return -2;
-  }
+  load_task(rt, t, task, co);
   return (int)t->nargs + 2; /* [.., co]: kept there while it runs, see resume_task */
 }
 
@@ -446,7 +438,9 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int ok, int n, int
     lua_setiuservalue(L, task, LASYNC__UV_FN);
   }
   t->co = NULL;
-  if (!stored) { /* the phase value is still the coroutine, which the caller keeps or pools */
+  t->co_anchored = 0;
+  if (!stored) { /* the phase value is the coroutine or the arguments: the caller keeps the one,
+                  * the other are let go */
     lua_pushnil(L);
     lasync__set_aux(L, t, task);
   }
@@ -466,6 +460,7 @@ static void fail_task(lasync__runtime *rt, lasync__task *t, int task) {
   lua_resetthread(co);
   mark_owned(rt, co, 0);
   t->co = NULL;
+  t->co_anchored = 0;
   lua_pushnil(L); /* after the reset: until then the coroutine must stay anchored */
   lasync__set_aux(L, t, task);
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
@@ -555,12 +550,27 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
     if ((t = take_chained(rt, co)) == NULL) return 0;
     push_drained(rt, t);
     task = lua_gettop(L);
-    load_task(rt, t, task, co); /* cannot fail: take_chained made the room */
+    load_task(rt, t, task, co); /* take_chained made the room */
     rt->current = t;
     /* The task stays at index task while it runs, for its settling here. If it suspends, the
      * resume ends, and resume_task clears the main thread's stack. */
     status = lua_pcallk(co, lua_gettop(co) - 2, LUA_MULTRET, 1, ctx, body_continue);
   }
+}
+
+/* The task t has suspended on its coroutine, which is on top of the main thread's stack
+ * (resume_task keeps it there while it runs; the checks before the resume leave room for three
+ * more values above it): makes the coroutine the task's phase value, which keeps it alive once
+ * the main thread's stack lets go of it. Allocates nothing. */
+static void anchor_suspended(lasync__runtime *rt, lasync__task *t) {
+  lua_State *L = rt->L;
+  int co_idx = lua_gettop(L);
+  if (t->co_anchored) return;
+  push_drained(rt, t);
+  lua_pushvalue(L, co_idx);
+  lasync__set_aux(L, t, -2);
+  lua_pop(L, 1);
+  t->co_anchored = 1;
 }
 
 /* The one place that resumes a task. A task that starts here sits on the main thread's stack
@@ -630,6 +640,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   rt->current = NULL;
   if (status == LUA_YIELD) {
     lua_pop(co, nres);
+    anchor_suspended(rt, last);
     /* A bare coroutine.yield() in a task is a sleep(0), so the scheduler never hands the
      * task's values to anyone. */
     if (last->wait_ops == NULL) lasync__enqueue(last, LASYNC__WAKE_VALUE);
