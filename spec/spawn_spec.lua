@@ -154,6 +154,22 @@ describe("a burst of tasks started in one turn", function()
     end
   end)
 
+  it("one that suspends keeps its coroutine alive after the pool hands that slot on", function()
+    -- b runs on a's coroutine (chained), taken from the pool, and suspends; c then ends and
+    -- gives its own coroutine back into the slot a's came from. Only b still holds a's: a
+    -- collection then must not free the coroutine b sleeps on.
+    for _ = 1, 3 do
+      local c = async.spawn(function() async.sleep(0.01) end)
+      async.sleep(0)
+      local a = async.spawn(function() return 1 end)
+      local b = async.spawn(function() async.sleep(0.03); return 2 end)
+      c:await()
+      collectgarbage()
+      collectgarbage()
+      assert.are.same({ 1, 2 }, { a:await(), b:await() })
+    end
+  end)
+
   it("a task spawned by one of them waits for the next turn, after the rest of the burst", function()
     local log = {}
     local ts = {}

@@ -558,13 +558,13 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
   }
 }
 
-/* The task t has suspended on its coroutine, which is on top of the main thread's stack
- * (resume_task keeps it there while it runs; the checks before the resume leave room for three
- * more values above it): makes the coroutine the task's phase value, which keeps it alive once
- * the main thread's stack lets go of it. Allocates nothing. */
-static void anchor_suspended(lasync__runtime *rt, lasync__task *t) {
+/* The task t has suspended on its coroutine, at index co_idx of the main thread's stack, where
+ * resume_task keeps it while it runs (a task chained on it may still sit above it: its body
+ * suspended before popping it; the checks before the resume and take_chained's leave room for
+ * two more values): makes the coroutine the task's phase value, which keeps it alive once the
+ * main thread's stack lets go of it. Allocates nothing. */
+static void anchor_suspended(lasync__runtime *rt, lasync__task *t, int co_idx) {
   lua_State *L = rt->L;
-  int co_idx = lua_gettop(L);
   if (t->co_anchored) return;
   push_drained(rt, t);
   lua_pushvalue(L, co_idx);
@@ -580,7 +580,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   lua_State *L = rt->L;
   lua_State *co;
   lasync__task *last;
-  int nargs = 0, nres = 0, status, task = 0, base = lua_gettop(L);
+  int nargs = 0, nres = 0, status, task = 0, base = lua_gettop(L), co_idx;
   if (t->status == LASYNC__PENDING) {
     if (rt->starved || rt->starve_next) {
       rt->starve_next = 0;
@@ -621,6 +621,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     lua_pushthread(co);
     lua_xmove(co, L, 1);
   }
+  co_idx = lua_gettop(L); /* [.., co], both ways */
   rt->current = t;
   if (rt->debug) {
     /* A step that ends the task is timed by the body, which settles it (body_continue) and
@@ -640,7 +641,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
   rt->current = NULL;
   if (status == LUA_YIELD) {
     lua_pop(co, nres);
-    anchor_suspended(rt, last);
+    anchor_suspended(rt, last, co_idx);
     /* A bare coroutine.yield() in a task is a sleep(0), so the scheduler never hands the
      * task's values to anyone. */
     if (last->wait_ops == NULL) lasync__enqueue(last, LASYNC__WAKE_VALUE);
