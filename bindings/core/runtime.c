@@ -394,7 +394,7 @@ static void report_starved(lasync__runtime *rt) {
 }
 
 /* Under lasync__cpcall: moves the n > 1 results on the task's coroutine into a table, which
- * replaces the coroutine as the task's phase value. */
+ * replaces the coroutine or the arguments as the task's phase value. */
 static int store_results(lua_State *L) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, 1);
   lua_State *co = t->co;
@@ -461,7 +461,7 @@ static void fail_task(lasync__runtime *rt, lasync__task *t, int task) {
   mark_owned(rt, co, 0);
   t->co = NULL;
   t->co_anchored = 0;
-  lua_pushnil(L); /* after the reset: until then the coroutine must stay anchored */
+  lua_pushnil(L); /* the main thread's stack holds the coroutine through the reset */
   lasync__set_aux(L, t, task);
   lasync__task_settle(rt, t, LASYNC__FAILED, 0);
 }
@@ -560,9 +560,10 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
 
 /* The task t has suspended on its coroutine, at index co_idx of the main thread's stack, where
  * resume_task keeps it while it runs (a task chained on it may still sit above it: its body
- * suspended before popping it; the checks before the resume and take_chained's leave room for
- * two more values): makes the coroutine the task's phase value, which keeps it alive once the
- * main thread's stack lets go of it. Allocates nothing. */
+ * suspended before popping it): makes the coroutine the task's phase value, which keeps it alive
+ * once the main thread's stack lets go of it. Allocates nothing, and needs three slots (the task,
+ * the coroutine, the extras table in set_aux): the checks before the resume and take_chained's
+ * leave them. */
 static void anchor_suspended(lasync__runtime *rt, lasync__task *t, int co_idx) {
   lua_State *L = rt->L;
   if (t->co_anchored) return;

@@ -367,8 +367,8 @@ void lasync__push_spawn_site(lua_State *L, int task_idx) {
 
 /* The message handler of every task body: records the traceback at the point of failure, with
  * where the task was spawned and, when the error came from an awaited task, that task's own
- * traceback, in the task's extras (its phase value is the coroutine, which must stay anchored
- * while it runs). Cancellations carry none: they are not failures. */
+ * traceback, in the task's extras (which keep its phase value, the arguments or the coroutine,
+ * at [1]). Cancellations carry none: they are not failures. */
 int lasync__trace_handler(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lasync__task *t = rt ? rt->current : NULL;
