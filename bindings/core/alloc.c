@@ -43,9 +43,10 @@
 
 /* Under AddressSanitizer, a block in a slab is invisible to it: freed, it is still memory ASan
  * believes allocated, and a neighbour's overflow lands in another live block. So in a sanitized
- * build each block is followed by a poisoned redzone, a freed one is poisoned until reused, and
- * a class reuses its freed blocks oldest first and only once QUARANTINE of them wait, so that a
- * use after free is caught rather than landing in the object that took the block over. */
+ * build only the bytes Lua asked for are addressable, each block is followed by a poisoned
+ * redzone, a freed one is poisoned until reused, and a class reuses its freed blocks oldest first
+ * and only once QUARANTINE of them wait, so that a use after free is caught rather than landing
+ * in the object that took the block over. */
 #if defined(__SANITIZE_ADDRESS__)
 #define HEAP_ASAN 1
 #elif defined(__has_feature)
@@ -59,7 +60,10 @@
 #define QUARANTINE 1024 /* freed blocks a class holds before it reuses one */
 #define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+/* Only Lua's n bytes of a block of class cls are addressable: the rest of its last 8 too. */
+#define FIT(p, cls, n) (POISON((p), ((cls) + 1) * GRAIN), UNPOISON((p), (n)))
 #else
+#define FIT(p, cls, n) ((void)(p), (void)(cls), (void)(n))
 #define REDZONE 0
 #define POISON(p, n) ((void)(p), (void)(n))
 #define UNPOISON(p, n) ((void)(p), (void)(n))
@@ -301,6 +305,7 @@ static void small_free(lasync__heap *h, void *p, size_t cls) {
   free_block *b = (free_block *)p;
 #if HEAP_ASAN
   free_block *tail = h->free_tail[cls];
+  UNPOISON(b, sizeof *b); /* Lua's block may have been under 8 bytes (FIT) */
   b->next = NULL;
   POISON(b, (cls + 1) * GRAIN);
   if (tail) {
@@ -416,9 +421,11 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     size_t cls = (nsize - 1) / GRAIN;
     if (ptr && old <= MAX_SMALL && (old - 1) / GRAIN == cls) {
       h->used = h->used - old + nsize; /* same class: the block already fits */
+      FIT(ptr, cls, nsize);
       return ptr;
     }
-    if ((p = small_alloc(h, cls)) == NULL) {
+    if ((p = small_alloc(h, cls)) != NULL) FIT(p, cls, nsize);
+    if (p == NULL) {
       /* Lua assumes a shrink never fails: keep the larger block. Freed later with the small
        * size, it joins that class's list (malloc'd memory then outlives the heap: only on
        * this out-of-memory path). */
