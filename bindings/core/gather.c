@@ -175,6 +175,19 @@ static void make_list(lua_State *L, group *g, int from_list, const char *fname) 
   lua_settop(L, 2);
 }
 
+/* Links the member to its child's wait list, or, the child settled, records that it has no
+ * link: returns 1 then. */
+static int link_member(group *g, member *m) {
+  m->waiter.hook = &g->hook;
+  if (lasync__task_finished(m->child)) {
+    m->waiter.prev = m->waiter.next = NULL;
+    return 1;
+  }
+  g->remaining++;
+  lasync__waitlist_add(&m->child->waiters, &m->waiter);
+  return 0;
+}
+
 /* The common case in one pass: a list of tasks only (a million children are a million cache
  * misses a pass). Each element is checked and, unsettled, linked as it comes; a settled one is
  * only recorded (no link) and its count returned through *settled, to be marked observed after
@@ -194,17 +207,11 @@ static int link_task_list(lua_State *L, group *g, int *settled) {
     if (child == NULL || child == g->owner) {
       detach_first(g, i);
       g->remaining = 0;
+      *settled = 0;
       return 0;
     }
     m->child = child;
-    m->waiter.hook = &g->hook;
-    if (lasync__task_finished(child)) {
-      m->waiter.prev = m->waiter.next = NULL;
-      ++*settled;
-    } else {
-      g->remaining++;
-      lasync__waitlist_add(&child->waiters, &m->waiter);
-    }
+    *settled += link_member(g, m);
   }
   return 1;
 }
@@ -252,17 +259,7 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
     if (!from_list || to_spawn > 0) make_list(L, g, from_list, fname); /* [list, group] */
     /* One pass: the unsettled ones are linked as they come; nothing here can settle or collect
      * one. */
-    for (i = 0; i < n; i++) {
-      member *m = &g->members[i];
-      m->waiter.hook = &g->hook;
-      if (lasync__task_finished(m->child)) {
-        m->waiter.prev = m->waiter.next = NULL;
-        settled++;
-      } else {
-        g->remaining++;
-        lasync__waitlist_add(&m->child->waiters, &m->waiter);
-      }
-    }
+    for (i = 0; i < n; i++) settled += link_member(g, &g->members[i]);
   }
   if (settled > 0) observe_settled(L, g);
   if (g->first_failure) {
