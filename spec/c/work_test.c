@@ -177,6 +177,9 @@ int main(void) {
   RUN(test_failure_is_an_error_of_kind_thread);
   RUN(test_cancel_waits_for_the_work_to_return);
   RUN(test_outside_a_task_is_refused);
-  RUN(test_destroy_joins_running_work);
+  /* Under valgrind a worker spinning in Lua never takes the cancel signal (valgrind delivers it
+   * only at points a `while true do end` never reaches): `make valgrind` skips this one, which
+   * make test, ASan and TSan run. */
+  if (getenv("WORK_TEST_NO_SPIN") == NULL) RUN(test_destroy_joins_running_work);
   return checks_report("work_test");
 }
