@@ -1,7 +1,7 @@
 /* The checks every C test program in spec/c uses: CHECK counts a failed condition and names
- * its line, RUN runs one test function and names it if any of its checks failed, and
- * checks_report prints the tally and gives main's exit status. Header-only: each program is one
- * translation unit. */
+ * its line, REQUIRE also ends the test, RUN runs one test function and names it if any of its
+ * checks failed, and checks_report prints the tally and gives main's exit status. Header-only: each
+ * program is one translation unit. */
 #ifndef LASYNC_SPEC_CHECK_H
 #define LASYNC_SPEC_CHECK_H
 
@@ -15,6 +15,17 @@ static int failures, tests_failed, tests_run;
       fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
       failures++;                                                              \
     }                                                                          \
+  } while (0)
+
+/* A check the rest of the test depends on: counted like CHECK, then the test function returns
+ * (leaking what it set up: the program is failing anyway, and going on would read garbage). */
+#define REQUIRE(cond)                                                                \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
+      fprintf(stderr, "%s:%d: requirement failed: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                                    \
+      return;                                                                        \
+    }                                                                                \
   } while (0)
 
 #define RUN(test)                             \
