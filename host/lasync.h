@@ -144,8 +144,9 @@ const char *lasync_version(void);
 int lasync_run(lasync_runtime *rt);
 
 /* Resumes ready tasks and polls I/O without blocking, for at most budget_ms milliseconds
- * (tasks still ready then run at the next step); INFINITY means no limit, a negative or NaN
- * budget is LASYNC_EINVAL. The call a game makes once per frame. Returns the number of tasks
+ * (tasks still ready then run at the next step), except that a step with a task ready always
+ * resumes one, so every step makes progress however slow the machine (the overshoot is that
+ * one resume); INFINITY means no limit, a negative or NaN budget is LASYNC_EINVAL. The call a game makes once per frame. Returns the number of tasks
  * still alive plus the futures C holds unsettled: at 0 nothing is left to wait for. */
 int lasync_step(lasync_runtime *rt, double budget_ms);
 
