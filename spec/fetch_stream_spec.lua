@@ -156,6 +156,32 @@ describe("async.fetch streaming", function()
       assert.are.equal("cancelled", err2.kind)
     end)
 
+    it("aborts the transfer when the reader is cancelled after a chunk woke it", function()
+      -- The race CI once lost: a chunk lands and wakes the reader, and another task cancels it
+      -- before it runs. The chunk is in the response's buffer, but the transfer is aborted: a
+      -- later read raises, as it does when the cancel finds the buffer empty.
+      local res = async.fetch(base .. "/endless?delay=0.02", { stream = true })
+      assert.is_string(res:read())
+      local reader = async.spawn(res.read, res)
+      async.sleep(0) -- the reader waits in res:read
+      local canceller = async.spawn(function()
+        async.sleep(0.001)
+        reader:cancel()
+      end)
+      async.sleep(0) -- the canceller's timer runs
+      -- Holds the loop while the canceller's timer expires and the next chunk arrives: the
+      -- next turn wakes both, the canceller first (timers come before I/O in a loop turn).
+      local t = async.now() + 0.1
+      while async.now() < t do end
+      canceller:await()
+      assert.is_false((pcall(reader.await, reader)), "the reader was not cancelled")
+      local ok, err = pcall(res.read, res)
+      assert.is_false(ok, "res:read returned a chunk after the abort")
+      assert.are.equal("cancelled", err.kind)
+      local deadline = async.now() + 0.5
+      while async._debug.counts().handles > 0 and async.now() < deadline do async.sleep(0.01) end
+    end)
+
     it("aborts the transfer when the fetching task is cancelled before the headers", function()
       local t0 = async.now()
       local task = async.spawn(async.fetch, base .. "/delay?s=5", { stream = true })

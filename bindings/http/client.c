@@ -426,6 +426,15 @@ static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish,
 /* res:read(), each time its task runs; the stack is [x]. */
 static int read_step(lua_State *L, lasync__task *t, xfer *x) {
   if (x->closed) return lasync__misuse(L, "res:read: the response is closed");
+  /* Aborted (its reader cancelled, or its body function failed: l_fail aborts, so lua_failed
+   * implies aborted): what it had buffered is dropped, not handed out, or whether a read after
+   * a cancel raised would depend on whether a chunk had landed before it
+   * (spec/fetch_stream_spec.lua, "after a chunk woke it"). */
+  if (x->aborted) {
+    lasync__buffer_free(&x->body);
+    if (x->lua_failed) return raise_body_error(L, 1);
+    return raise_aborted(L, "res:read");
+  }
   if (x->body.len > 0) {
     size_t len;
     const char *chunk = lasync__buffer_peek(&x->body, &len);
@@ -444,8 +453,6 @@ static int read_step(lua_State *L, lasync__task *t, xfer *x) {
     x->reading = 1;
     return lasync__suspend(L, t, &READ_OPS, x);
   }
-  if (x->lua_failed) return raise_body_error(L, 1);
-  if (x->aborted) return raise_aborted(L, "res:read");
   if (x->c.result != CURLE_OK || x->too_large || x->no_memory) {
     const char *url = NULL;
     curl_easy_getinfo(x->c.easy, CURLINFO_EFFECTIVE_URL, &url);
