@@ -178,6 +178,7 @@ describe("async.fetch streaming", function()
       local ok, err = pcall(res.read, res)
       assert.is_false(ok, "res:read returned a chunk after the abort")
       assert.are.equal("cancelled", err.kind)
+      -- the poll handles close a turn or two later; after_each checks they did
       local deadline = async.now() + 0.5
       while async._debug.counts().handles > 0 and async.now() < deadline do async.sleep(0.01) end
     end)

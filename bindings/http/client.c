@@ -107,7 +107,13 @@ static void wake_waiters(xfer *x) {
 /* Ends the transfer before curl has: a cancelled fetch or read, res:close(), a failed body
  * function. Must not be called from inside a curl callback. */
 static void abort_xfer(xfer *x) {
-  if (!x->c.done) x->aborted = 1;
+  if (!x->c.done) {
+    /* What it buffered is an incomplete body nobody will read: res:read raises from now on,
+     * and whether a read after a cancel raised would otherwise depend on whether a chunk had
+     * landed before it (spec/fetch_stream_spec.lua, "after a chunk woke it"). */
+    x->aborted = 1;
+    lasync__buffer_free(&x->body);
+  }
   lasync__curl_detach(&x->c);
   x->c.done = 1;
   wake_waiters(x);
@@ -426,15 +432,9 @@ static const lasync__awaitable_ops READ_OPS = {"read", read_cancel, read_finish,
 /* res:read(), each time its task runs; the stack is [x]. */
 static int read_step(lua_State *L, lasync__task *t, xfer *x) {
   if (x->closed) return lasync__misuse(L, "res:read: the response is closed");
-  /* Aborted (its reader cancelled, or its body function failed: l_fail aborts, so lua_failed
-   * implies aborted): what it had buffered is dropped, not handed out, or whether a read after
-   * a cancel raised would depend on whether a chunk had landed before it
-   * (spec/fetch_stream_spec.lua, "after a chunk woke it"). */
-  if (x->aborted) {
-    lasync__buffer_free(&x->body);
-    if (x->lua_failed) return raise_body_error(L, 1);
-    return raise_aborted(L, "res:read");
-  }
+  /* Before the buffer: an aborted transfer's is empty (abort_xfer). l_fail aborts, so
+   * lua_failed implies aborted. */
+  if (x->aborted) return x->lua_failed ? raise_body_error(L, 1) : raise_aborted(L, "res:read");
   if (x->body.len > 0) {
     size_t len;
     const char *chunk = lasync__buffer_peek(&x->body, &len);
