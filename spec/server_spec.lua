@@ -147,6 +147,46 @@ describe("async.http.serve", function()
     assert.is_truthy(out:find("Connection: close"))
   end)
 
+  it("skips a body the handler left unread and answers the next request once", function()
+    -- The body comes in the head's packet: its end must not read as a new request.
+    local calls = {}
+    local srv <close> = serve(function(req)
+      calls[#calls + 1] = req.method .. " " .. req.path
+      return "for " .. req.path
+    end)
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    conn:write("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nAAA")
+    async.sleep(0.05)
+    conn:write("GET /y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    local got = {}
+    async.timeout(5, function() for s in function() return conn:read() end do got[#got + 1] = s end end)
+    conn:close()
+    local out = table.concat(got)
+    assert.are.same({ "POST /x", "GET /y" }, calls)
+    local _, responses = out:gsub("HTTP/1.1 200", "")
+    assert.are.equal(2, responses)
+    assert.is_truthy(out:find("for /y$"))
+  end)
+
+  it("holds pipelined requests while the client reads none of the responses", function()
+    local big, served = string.rep("B", 1 << 20), 0
+    local srv <close> = serve(function() served = served + 1; return big end)
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    local n = 200
+    conn:write(string.rep("GET / HTTP/1.1\r\nHost: x\r\n\r\n", n - 1) ..
+      "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    async.sleep(0.3)
+    -- Unbounded, all 200 MiB would be queued by now; the kernel's buffers hold a few.
+    assert.is_true(served < 40, "served " .. served .. " responses nobody read")
+    local total = 0
+    async.timeout(30, function()
+      for s in function() return conn:read() end do total = total + #s end
+    end)
+    conn:close()
+    assert.are.equal(n, served)
+    assert.is_true(total > n * #big)
+  end)
+
   it("closes after the response for HTTP/1.0 and keeps alive when asked", function()
     local srv <close> = serve(function() return "ten" end)
     local out, closed = raw(srv, "GET / HTTP/1.0\r\n\r\n")
@@ -368,6 +408,61 @@ describe("async.http.serve failures", function()
     assert.is_truthy(reported:find("secret detail"))
   end)
 
+  it("answers 500 for an error value whose __tostring and __index raise", function()
+    local srv <close> = serve(function()
+      error(setmetatable({}, { __tostring = function() error("nested") end,
+        __index = function() error("no fields") end }))
+    end, { on_error = function() end })
+    local out = raw(srv, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert.is_truthy(out:find("^HTTP/1.1 500"))
+  end)
+
+  it("answers 500 for a bad header, not a response cut before its head", function()
+    local srv <close> = serve(function(req, res)
+      if req.path == "/name" then res:header("X A", "v") end
+      if req.path == "/value" then return { headers = { ["X-A"] = {} } } end
+      return "x"
+    end, { on_error = function() end })
+    for _, path in ipairs { "/name", "/value" } do
+      local out = raw(srv, "GET " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      assert.is_truthy(out:find("^HTTP/1.1 500"), path)
+      assert.is_falsy(out:find("table: "), path)
+    end
+  end)
+
+  it("refuses res:write of a value that is not a string", function()
+    local err
+    local srv <close> = serve(function(req, res)
+      local ok, e = pcall(res.write, res, {})
+      err = not ok and e
+      return "x"
+    end)
+    async.fetch(url(srv, "/"))
+    assert.is_truthy(tostring(err):find("res:write: bad argument #1 %(string expected, got table%)"))
+  end)
+
+  it("refuses a second task reading the same request body", function()
+    local first_err, second_err
+    local srv <close> = serve(function(req)
+      local helper = async.spawn(function()
+        local ok, e = pcall(req.read, req)
+        first_err = not ok and e
+      end)
+      async.sleep(0.01)
+      local ok, e = pcall(req.body, req)
+      second_err = not ok and e
+      pcall(helper.await, helper)
+      return "x"
+    end, { on_error = function() end })
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    conn:write("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    async.sleep(0.1)
+    conn:close() -- the first reader is woken by the connection's end, not left behind
+    async.sleep(0.1)
+    assert.is_truthy(tostring(second_err):find("another task is already reading"))
+    assert.is_string(first_err.kind) -- woken with an error by the body cut short
+  end)
+
   it("aborts the connection when a handler fails after the headers were sent", function()
     local srv <close> = serve(function(req, res)
       res:write("partial")
@@ -486,6 +581,21 @@ describe("async.http.serve failures", function()
     assert.is_truthy(out:find("Connection: close"))
     assert.is_truthy(out:find("done$"))
     assert.has_error(function() async.fetch(url(srv, "/"), { retries = 0, timeout = 2 }) end)
+  end)
+
+  it("lets a handler close its own server and still answer", function()
+    local srv
+    srv = serve(function(req)
+      if req.path == "/shutdown" then srv:close { grace = 5 } end
+      return "bye"
+    end)
+    local t0 = async.now()
+    local out = raw(srv, "GET /shutdown HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.is_truthy(out:find("^HTTP/1.1 200"))
+    assert.is_truthy(out:find("bye$"))
+    assert.is_true(async.now() - t0 < 2, "waited for itself")
+    local _, n = out:gsub("Connection: close", "")
+    assert.are.equal(1, n)
   end)
 
   it("cancels handlers still running when the grace period ends", function()

@@ -87,6 +87,7 @@ struct conn {
   uint8_t events, queued_ev, busy, in_head, head_done, msg_done, eof, gone, reading;
   uint8_t expect_continue, sent_continue, keep_alive, closing_after, shut, lingering;
   uint8_t te_unknown, last_cr, timer_kind, version_minor, skip_body, timer_reserved;
+  uint8_t draining; /* the next pipelined request waits for the responses queued to drain */
 };
 
 typedef struct {
@@ -243,6 +244,8 @@ static void close_after_flush(conn *c) {
   }
 }
 
+static void next_request(conn *c);
+
 static void on_written(uv_write_t *req, int status) {
   wreq *w = (wreq *)req;
   conn *c = w->c;
@@ -253,10 +256,15 @@ static void on_written(uv_write_t *req, int status) {
     conn_drop(c);
     return;
   }
-  if (c->writer && c->queued <= WRITE_HWM / 2) {
+  if (c->queued > WRITE_HWM / 2) return;
+  if (c->writer) {
     lasync__task *t = c->writer;
     c->writer = NULL;
     lasync__wake(t);
+  }
+  if (c->draining) {
+    c->draining = 0;
+    next_request(c);
   }
 }
 
@@ -686,8 +694,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (c->lingering) return;
-  if (c->busy && (c->msg_done || !c->head_done || c->reader == NULL)) {
-    /* The handler is not reading: keep the bytes for later, up to a bound. */
+  if ((c->busy && (c->msg_done || !c->head_done || c->reader == NULL)) || c->draining) {
+    /* The handler is not reading, or the responses wait to drain: keep the bytes for later,
+     * up to a bound. */
     if (lasync__buffer_append(&c->in, buf->base, (size_t)nread) != 0) {
       conn_drop(c);
       return;
@@ -713,6 +722,12 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 static void start_reading(conn *c) {
   if (c->reading || c->eof || c->h.closing || c->shut) return;
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
+}
+
+/* Between requests: the next one, if its bytes are here, else reading until it comes. */
+static void next_request(conn *c) {
+  if (c->in.len) parse_buffered(c);
+  if (!c->h.closing && !c->busy) start_reading(c);
 }
 
 static void on_timer(lasync__timer *timer) {
@@ -923,17 +938,21 @@ static int srv_stop(lua_State *L) {
 }
 
 /* srv:close_all(): every connection closes now (after the handlers were cancelled). */
+/* server:close_all([conn]): closes the listener and every connection but conn (the one whose
+ * handler closes the server: it closes after its response, as closing forbids keep-alive). */
 static int srv_close_all(lua_State *L) {
   server_box *b = (server_box *)luaL_testudata(L, 1, SERVER_MT);
+  lasync__handle **keep = (lasync__handle **)luaL_testudata(L, 2, CONN_MT);
   server *sv;
+  conn *c, *next;
   if (b == NULL) return lasync__argerror(L, 1, "server:close_all", NULL, SERVER_MT);
   sv = b->sv;
-  conn *c, *next;
   if (sv == NULL) return 0;
   sv->closing = 1;
   if (sv->listener) lasync__handle_close(sv->listener);
   for (c = sv->conns; c; c = next) {
     next = c->next;
+    if (keep && *keep == &c->h) continue;
     c->busy = 0;
     lasync__handle_close(&c->h);
   }
@@ -1145,6 +1164,8 @@ static int read_step(lua_State *L, lasync__task *t, conn *c) {
     parse_buffered(c);
     if (c->body.len || c->msg_done || c->refusal) return read_step(L, t, c);
   }
+  if (c->reader != NULL && c->reader != t)
+    return lasync__misuse(L, "req:read: another task is already reading this request's body");
   start_reading(c);
   c->reader = t;
   return lasync__suspend(L, t, &READ_OPS, c);
@@ -1198,7 +1219,7 @@ static int conn_respond(lua_State *L) {
   luaL_Buffer b;
   size_t dlen;
   const char *date;
-  int has_date = 0, has_ct = 0, stream = strcmp(mode, "stream") == 0;
+  int has_date = 0, has_ct = 0, said_close = 0, stream = strcmp(mode, "stream") == 0;
   luaL_checktype(L, 3, LUA_TTABLE);
   nh = lua_rawlen(L, 3);
   if (c->sv->closing) c->keep_alive = 0;
@@ -1219,7 +1240,7 @@ static int conn_respond(lua_State *L) {
     if (kn == 4 && strncasecmp(k, "date", 4) == 0) has_date = 1;
     if (kn == 12 && strncasecmp(k, "content-type", 12) == 0) has_ct = 1;
     if (kn == 10 && strncasecmp(k, "connection", 10) == 0 && strncasecmp(v, "close", 5) == 0)
-      c->keep_alive = 0;
+      c->keep_alive = 0, said_close = 1;
     lua_pop(L, 2);
     lua_rawgeti(L, 3, (lua_Integer)i);
     luaL_addvalue(&b);
@@ -1249,7 +1270,7 @@ static int conn_respond(lua_State *L) {
     /* The body was never asked for: the client waits for 100 before sending it. */
     c->keep_alive = 0;
   }
-  if (!c->keep_alive)
+  if (!c->keep_alive && !said_close)
     luaL_addstring(&b, "Connection: close\r\n");
   else if (c->version_minor == 0)
     luaL_addstring(&b, "Connection: keep-alive\r\n");
@@ -1291,6 +1312,8 @@ static int conn_write(lua_State *L) {
     lasync__push_error(L, "closed", "the client closed the connection");
     return lua_error(L);
   }
+  if (c->writer != NULL && c->writer != t)
+    return lasync__misuse(L, "res:write: another task is already writing this response");
   if (len == 0) return 0;
   if (chunked) {
     int k = snprintf(size, sizeof size, "%zx\r\n", len);
@@ -1319,8 +1342,8 @@ static int conn_finish(lua_State *L) {
   if (box == NULL) return lasync__argerror(L, 1, "conn:finish", NULL, CONN_MT);
   c = (conn *)*box;
   if (c == NULL) return 0;
-  c->busy = 0;
   if (!ok || c->gone) {
+    c->busy = 0;
     lasync__handle_close(&c->h);
     return 0;
   }
@@ -1330,11 +1353,17 @@ static int conn_finish(lua_State *L) {
   }
   if (!c->msg_done && !c->refusal && !c->eof) {
     /* The handler left the body unread: what has arrived is skipped; more than that is not
-     * waited for, the connection closes instead. */
+     * waited for, the connection closes instead. The request is still busy meanwhile: the
+     * body's end must not read as a new request's head (it would run the handler again), and
+     * a malformed rest closes the connection rather than answering after the response. */
     c->skip_body = 1;
     if (c->in.len) parse_buffered(c);
-    if (c->h.closing) return 0;
+    if (c->h.closing) {
+      c->busy = 0;
+      return 0;
+    }
   }
+  c->busy = 0;
   if (!c->msg_done) c->keep_alive = 0;
   if (c->refusal) c->keep_alive = 0;
   if (!c->keep_alive || c->sv->closing || c->eof) {
@@ -1346,8 +1375,13 @@ static int conn_finish(lua_State *L) {
   c->msg_done = 0;
   c->skip_body = 0;
   arm(c, T_IDLE, c->sv->lim.idle_timeout);
-  if (c->in.len) parse_buffered(c);
-  if (!c->h.closing && !c->busy) start_reading(c);
+  if (c->queued > WRITE_HWM) {
+    /* A client that pipelines requests and reads no responses would have them queue here
+     * without bound: the next request waits until the responses drain (on_written). */
+    c->draining = 1;
+    return 0;
+  }
+  next_request(c);
   return 0;
 }
 

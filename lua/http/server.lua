@@ -205,23 +205,32 @@ function Response:header(name, value)
 end
 
 local function send_head(res, mode, body)
-  res._sent = true
   local h = res._headers
   if res._closing then
     h[#h + 1] = "Connection"
     h[#h + 1] = "close"
   end
-  -- A HEAD response announces chunked but sends no chunks, not even the last one.
+  -- A HEAD response announces chunked but sends no chunks, not even the last one. Sent only
+  -- once respond returns: it refuses a bad header before sending a byte, and the request
+  -- still gets its 500 then.
   res._chunked = res._conn:respond(res._status, h, body, mode) and not res._head_only
+  res._sent = true
   if body and mode == "full" then res._bytes = #body end
 end
 
 --- res:write(...): the headers first (chunked), then the pieces; suspends under backpressure
 function Response:write(...)
   check_res(self, "res:write")
-  local n = select("#", ...)
-  local s = n == 1 and (...) or concat({ ... })
-  if type(s) ~= "string" then s = tostring(s) end
+  local n, s = select("#", ...), ...
+  if n ~= 1 or type(s) ~= "string" then
+    for i = 1, n do
+      local v = select(i, ...)
+      if type(v) ~= "string" and type(v) ~= "number" then
+        bad_arg("res:write", i, nil, "string", v)
+      end
+    end
+    s = concat({ ... })
+  end
   if not self._sent then
     if not self._has_ct then
       local h = self._headers
@@ -284,6 +293,10 @@ local function send_result(res, ret)
       local h = res._headers
       for k, v in pairs(hs) do
         if type(k) ~= "string" then error("handler: bad header name in the returned table", 0) end
+        if type(v) ~= "string" and type(v) ~= "number" then
+          error(format("handler: bad value of header '%s' in the returned table (string "
+            .. "expected, got %s)", k, check.typename(v)), 0)
+        end
         if lower(k) == "content-type" then ctype = nil end
         h[#h + 1] = k
         h[#h + 1] = tostring(v)
@@ -316,19 +329,34 @@ local route_request -- defined with the router, below
 local Server = { __name = "lasync.http.Server" }
 Server.__index = Server
 
+-- A field of a handler's error value, or nil: the value is the user's, and its __index may
+-- raise, which must not cost the client its response.
+local function error_field(err, key)
+  if type(err) ~= "table" then return nil end
+  local ok, v = pcall(function() return err[key] end)
+  if ok then return v end
+end
+
+-- An error value as text, even one whose __tostring raises or returns no string.
+local function shown(err)
+  local ok, text = pcall(tostring, err)
+  if ok and type(text) == "string" then return text end
+  return "(an error object that cannot be shown)"
+end
+
 local function handler_failed(srv, req, err)
-  local msg = format("async.http.serve: the handler for %s %s failed:\n%s", req.method,
-    req.target, tostring(err))
   if srv.on_error then
     local ok, e = pcall(srv.on_error, err, req)
-    if not ok then report("async.http.serve: on_error failed: " .. tostring(e)) end
+    if not ok then report("async.http.serve: on_error failed: " .. shown(e)) end
   else
-    report(msg)
+    report(format("async.http.serve: the handler for %s %s failed:\n%s", req.method, req.target,
+      shown(err)))
   end
 end
 
 local function error_status(err)
-  if type(err) == "table" and mtype(err.status) == "integer" then return err.status end
+  local status = error_field(err, "status")
+  if mtype(status) == "integer" then return status end
   return 500
 end
 
@@ -352,7 +380,7 @@ local function log_request(srv, req, res, ok)
   local sink = srv.log
   if type(sink) == "function" then
     local pok, e = pcall(sink, line)
-    if not pok then report("async.http.serve: the log function failed: " .. tostring(e)) end
+    if not pok then report("async.http.serve: the log function failed: " .. shown(e)) end
     return
   end
   local buf = srv.log_buf
@@ -377,7 +405,7 @@ local function logger(srv)
 end
 
 local function idle_check(srv)
-  if srv.idle and srv.active == 0 then
+  if srv.idle and srv.active <= srv.idle_floor then
     local f = srv.idle
     srv.idle = nil
     f:set(true)
@@ -392,7 +420,7 @@ local function run_request(srv, conn, req, res)
   live[conn] = nil
   srv.active = srv.active - 1
   if not ok then
-    local kind = type(err) == "table" and err.kind
+    local kind = error_field(err, "kind")
     if res._sent then
       conn:finish(res._chunked, false) -- abort: the client sees a truncated response
       if not is_cancelled(err) and kind ~= "closed" then handler_failed(srv, req, err) end
@@ -403,9 +431,10 @@ local function run_request(srv, conn, req, res)
       if is_cancelled(err) then status = 503 end -- request_timeout, or the server closing
       if status == 500 and not is_cancelled(err) then handler_failed(srv, req, err) end
       res._headers = {}
+      local message = error_field(err, "message")
       local text = (status == 500 or status == 503) and (status == 500 and "Internal Server Error"
         or "Service Unavailable") or
-        (type(err) == "table" and err.message) or "error"
+        type(message) == "string" and message or "error"
       local pok = pcall(send_result, res, { status = status, body = text .. "\n" })
       conn:finish(false, pok)
     end
@@ -550,7 +579,7 @@ function http.serve(handler, opts)
   if host == "localhost" then host = "127.0.0.1" end
   local lsn = listen(host, port, math.min(backlog, 0x7fffffff), opts) -- the kernel caps it too
   local srv = setmetatable({
-    listener = lsn, dispatch = dispatch, live = {}, active = 0, host = host,
+    listener = lsn, dispatch = dispatch, live = {}, active = 0, idle_floor = 0, host = host,
     cancel_on_disconnect = opts.cancel_on_disconnect ~= false, on_error = opts.on_error,
     log = opts.log or nil, log_buf = {},
   }, Server)
@@ -576,8 +605,15 @@ function Server:close(opts)
   if self.closed then return end
   self.stopping = true
   self.listener:stop()
-  for _, live in pairs(self.live) do live.res._closing = true end
-  if grace and grace > 0 and self.active > 0 and in_task() then
+  -- A handler may close its own server (an admin route): it is not waited for nor cancelled,
+  -- and its connection stays open for its response (sent with Connection: close).
+  local me, own = in_task() and async.current(), nil
+  for conn, live in pairs(self.live) do
+    live.res._closing = true
+    if live.task == me then own = conn end
+  end
+  self.idle_floor = own and 1 or 0
+  if grace and grace > 0 and self.active > self.idle_floor and in_task() then
     local idle = core.future()
     self.idle = idle
     pcall(async.timeout, grace, idle.await, idle)
@@ -585,16 +621,18 @@ function Server:close(opts)
   end
   self.closed = true
   local left = {}
-  for _, live in pairs(self.live) do
-    live.task:cancel("server closed")
-    left[#left + 1] = live.task
+  for conn, live in pairs(self.live) do
+    if conn ~= own then
+      live.task:cancel("server closed")
+      left[#left + 1] = live.task
+    end
   end
   if in_task() then
     for i = 1, #left do pcall(left[i].await, left[i]) end
   end
   self.dispatcher:cancel("server closed")
   self.reaper:cancel("server closed")
-  self.listener:close_all()
+  self.listener:close_all(own)
   if self.logger then
     self.logger:cancel("server closed")
     if #self.log_buf > 0 then io.stderr:write(concat(self.log_buf)); self.log_buf = {} end
