@@ -169,6 +169,8 @@ end
 --- `max_delay`, scaled by a random factor in [0.5, 1] with jitter. async.retry and fetch's
 --- retries share it.
 function check.backoff(attempt, backoff, max_delay, jitter)
+  -- A zero backoff stays zero: past 1,024 attempts 2^n is inf, and 0 * inf is NaN.
+  if backoff == 0 then return 0 end
   local delay = math.min(backoff * 2 ^ (attempt - 1), max_delay)
   if jitter then delay = delay * (0.5 + 0.5 * math.random()) end
   return delay

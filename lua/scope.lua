@@ -22,10 +22,14 @@ local function check_tasks(fname, tasks)
   if type(tasks) ~= "table" then
     check.argerror(fname, 1, "tasks", "array of tasks", tasks)
   end
+  local me = current()
   for i = 1, #tasks do
     if not is_task(tasks[i]) then
       misuse(format("%s: bad argument #1 'tasks' (item %d is a %s, not a task)", fname, i,
         check.typename(tasks[i])))
+    elseif tasks[i] == me then
+      -- It would wait for its own end: a deadlock, as async.gather refuses.
+      misuse(format("%s: a task cannot wait for itself (item %d)", fname, i))
     end
   end
 end
@@ -35,7 +39,8 @@ end
 local function raise_first(errors)
   local first = errors[1]
   if #errors > 1 and type(first) == "table" and rawget(first, "others") == nil then
-    first.others = { unpack(errors, 2) }
+    -- rawset: a __newindex that raises, or a read-only proxy, must not replace the error.
+    rawset(first, "others", { unpack(errors, 2) })
   end
   error(first, 0)
 end
@@ -293,10 +298,13 @@ local function tasks_of(fname, ...)
   if args.n == 1 and type(args[1]) == "table" and not is_task(args[1]) then
     args = pack(unpack(args[1]))
   end
+  local me = current()
   for i = 1, args.n do
     local a = args[i]
     if not is_task(a) and not is_callable(a) then
       check.argerror(fname, i, nil, "task or function", a)
+    elseif a == me then
+      misuse(format("%s: a task cannot wait for itself (argument %d)", fname, i))
     end
   end
   local tasks = {}

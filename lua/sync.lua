@@ -84,8 +84,8 @@ Permit.__index = Permit
 function Permit:release()
   local owner = self.owner
   if owner then
+    owner:release() -- may refuse (a lock held by another task): the permit is kept then
     self.owner = nil
-    owner:release()
   end
 end
 

@@ -176,3 +176,17 @@ describe("SIGQUIT", function()
     assert.matches("'quitter'", err)
   end)
 end)
+
+describe("async.debug's threshold", function()
+  after_each(function()
+    async.debug(false, 0.1)
+    assert_clean()
+  end)
+
+  it("takes math.huge as never slow, and refuses a threshold that is not a number", function()
+    assert.matches("async.debug: bad argument #2 'seconds' %(number expected, got string%)",
+      select(2, pcall(async.debug, true, "x")))
+    async.debug(true, math.huge) -- converting inf to an integer is undefined behaviour
+    async.spawn(function() async.sleep(0) end):await()
+  end)
+end)

@@ -288,3 +288,21 @@ describe("async.gather_settled", function()
     end
   end)
 end)
+
+describe("async.gather's list length", function()
+  after_each(assert_clean)
+
+  it("refuses a list whose border is past INT_MAX instead of waiting on nothing", function()
+    local t = async.spawn(function() return 1 end)
+    -- A constructor puts the keys in the hash part, where # finds a border of 2^32.
+    local parts = { "local t = ... return {t,t,t,t,t,t,t,t,[9]=t" }
+    local k = 16
+    while k <= (1 << 32) do parts[#parts + 1] = ",[" .. k .. "]=t"; k = k * 2 end
+    parts[#parts + 1] = "}"
+    local list = load(table.concat(parts))(t)
+    if #list ~= 1 << 32 then return pending("this Lua finds another border: " .. #list) end
+    assert.matches("async.gather: bad argument #1 (a list of 4294967296 elements",
+      select(2, pcall(async.gather, list)), 1, true)
+    t:await()
+  end)
+end)

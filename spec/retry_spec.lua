@@ -88,3 +88,17 @@ describe("async.retry", function()
     assert.matches("retry_if", raises(async.retry, print, { retry_if = 1 }), 1, true)
   end)
 end)
+
+describe("async.retry's backoff", function()
+  after_each(assert_clean)
+
+  it("keeps a zero backoff zero past a thousand attempts (0 * 2^1100 is NaN)", function()
+    local calls = 0
+    local err = select(2, pcall(async.retry, function()
+      calls = calls + 1
+      error("transient", 0)
+    end, { attempts = 1100, backoff = 0 }))
+    assert.are.equal("transient", err)
+    assert.are.equal(1100, calls)
+  end)
+end)

@@ -444,3 +444,20 @@ describe("async.thread.pool", function()
     assert.matches("status=%d+", out)
   end)
 end)
+
+describe("async.thread.pool's numeric options", function()
+  after_each(assert_clean)
+
+  it("refuses NaN, infinities and numbers past any int without converting them", function()
+    -- Converting NaN or 1e300 to an integer is undefined behaviour in C (UBSan aborts on it).
+    for _, v in ipairs { 0 / 0, math.huge, -math.huge, 1e300, 2.0 ^ 63, math.maxinteger, 2000 } do
+      local err = raises(async.thread.pool, { size = v })
+      assert.matches("async.thread.pool: bad option 'size'", tostring(err), 1, true)
+    end
+    assert.matches("got 9223372036854775807",
+      tostring(raises(async.thread.pool, { max_queue = math.maxinteger })), 1, true)
+    assert.matches("integer expected", tostring(raises(async.thread.pool, { size = 2.5 })), 1, true)
+    local pool = async.thread.pool { size = 2.0 }
+    pool:close()
+  end)
+end)

@@ -177,3 +177,15 @@ describe("async.first", function()
     assert.matches("async.first: bad argument #2", raises(async.first, print, 42), 1, true)
   end)
 end)
+
+describe("waiting on the calling task itself", function()
+  after_each(assert_clean)
+
+  it("is refused by first, wait and as_completed, as by gather (it would deadlock)", function()
+    local me = async.current()
+    assert.matches("async.first: a task cannot wait for itself", raises(async.first, me), 1, true)
+    assert.matches("async.wait: a task cannot wait for itself", raises(async.wait, { me }), 1, true)
+    assert.matches("async.as_completed: a task cannot wait for itself",
+      raises(async.as_completed, { me }), 1, true)
+  end)
+end)

@@ -98,9 +98,11 @@ static int l_debug(lua_State *L) {
   int was = rt->debug;
   if (!lua_isnone(L, 1)) rt->debug = lua_toboolean(L, 1);
   if (!lua_isnoneornil(L, 2)) {
-    lua_Number s = luaL_checknumber(L, 2);
+    lua_Number s = lua_tonumber(L, 2);
+    if (lua_type(L, 2) != LUA_TNUMBER) lasync__argerror(L, 2, "async.debug", "seconds", "number");
     if (!(s >= 0)) return lasync__misuse(L, "async.debug: bad argument #2 (seconds must be >= 0)");
-    rt->slow_step_ns = (uint64_t)(s * 1e9);
+    /* Past 2^64 ns (585 years, math.huge included) no step is slow; converting it is undefined. */
+    rt->slow_step_ns = s * 1e9 >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)(s * 1e9);
   }
   if (rt->debug && rt->parents_ref == LUA_NOREF) {
     lasync__push_weak_table(L, "k");

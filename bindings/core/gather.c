@@ -4,6 +4,7 @@
  * one block, and the gathering task is woken once: when the last child settles, or, unless
  * settled, when the first one fails.
  */
+#include <limits.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -250,7 +251,13 @@ static int gather(lua_State *L, int settled_mode, const char *fname) {
   /* Check before spawning anything, so misuse starts no task. */
   if (n > 0) t = lasync__check_task(L, fname);
   from_list = n == 1 && lua_istable(L, 1) && !lasync__totask(L, 1) && !lua_getmetatable(L, 1);
-  if (from_list) n = (int)luaL_len(L, 1);
+  if (from_list) {
+    lua_Integer len = luaL_len(L, 1); /* a sparse table's border may be any integer */
+    if (len > INT_MAX)
+      return lasync__misuse(L, "%s: bad argument #1 (a list of %I elements; at most %d)", fname,
+                            (LUAI_UACINT)len, INT_MAX);
+    n = (int)len;
+  }
   /* The group first: making it may run a finalizer that changes the list, and what is checked
    * after it is what is used. */
   g = new_group(L, t, n, settled_mode, fname);

@@ -882,30 +882,31 @@ static int pool_close(lua_State *L) {
   return 0;
 }
 
+/* An integer option in [min, max]: an integer, or a float with an integral value (4.0). A float
+ * is compared before it is converted: converting NaN, inf or 1e300 is undefined behaviour. */
 static int opt_int(lua_State *L, const char *fname, const char *opt, int min, int max, int def) {
-  lua_Integer v;
-  int t = lua_getfield(L, 1, opt);
+  int t = lua_getfield(L, 1, opt), v;
   if (t == LUA_TNIL) {
     lua_pop(L, 1);
     return def;
   }
-  if (!lua_isinteger(L, -1)) {
-    if (t == LUA_TNUMBER) {
-      lua_Number n = lua_tonumber(L, -1);
-      if (n == (lua_Number)(lua_Integer)n) goto ok;
-    }
-    lasync__opterror(L, -1, fname, opt, "integer");
+  if (lua_isinteger(L, -1)) {
+    lua_Integer i = lua_tointeger(L, -1);
+    if (i < min || i > max)
+      lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %I)", fname, opt,
+                     min, max, (LUAI_UACINT)i);
+    v = (int)i;
+  } else {
+    lua_Number n = t == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
+    if (t != LUA_TNUMBER || n != n) lasync__opterror(L, -1, fname, opt, "integer");
+    if (n < min || n > max)
+      lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %f)", fname, opt,
+                     min, max, (LUAI_UACNUMBER)n);
+    v = (int)n;
+    if ((lua_Number)v != n) lasync__opterror(L, -1, fname, opt, "integer");
   }
-ok:
-  v = (lua_Integer)lua_tonumber(L, -1);
-  if (v < min || v > max)
-    lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %d)", fname, opt, min,
-                   max,
-                   (int)(v < INT_MIN   ? INT_MIN
-                         : v > INT_MAX ? INT_MAX
-                                       : v));
   lua_pop(L, 1);
-  return (int)v;
+  return v;
 }
 
 /* core._thread_pool([opts]) -> a new pool. */
