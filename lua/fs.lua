@@ -35,8 +35,8 @@ local function check_opts(fname, n, opts)
   opts = core._check.options(fname, n, opts, KNOWN[fname])
   -- checked here, so the error names this call's option and not the open it is passed to
   local mode = opts.mode
-  if mode ~= nil and not (type(mode) == "string" and mode:match("^[0-7]+$") and
-      tonumber(mode, 8) <= 4095 or math.type(mode) == "integer" and mode >= 0 and mode <= 4095) then
+  if mode ~= nil and not (type(mode) == "string" and mode:match("^[0-7][0-7]?[0-7]?[0-7]?$")
+      or math.type(mode) == "integer" and mode >= 0 and mode <= 4095) then
     local got = (type(mode) == "string" or math.type(mode)) and tostring(mode) or type(mode)
     core._check.misuse(format(
       "%s: bad option 'mode' (octal digits such as \"644\" expected, got %s)", fname, got))

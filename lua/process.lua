@@ -12,6 +12,7 @@ local in_task, is_cancelled, is_timeout = core._in_task, async.is_cancelled, asy
 local DEFAULT_MAX_OUTPUT = 64 << 20
 local DEFAULT_KILL_GRACE = 5
 local PIPE_LINGER = 1 -- seconds granted to pipes after the group was killed
+local MAX_SIGNAL = 64 -- Linux's last real-time signal: a larger number is no signal at all
 
 local process = { signals = signals }
 
@@ -59,8 +60,8 @@ local function check_opts(fname, opts, known)
     misuse(format("%s: bad argument #2 'opts' (table expected, got %s)", fname, type(opts)))
   end
   core._check.options(fname, 2, opts, known)
-  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then
-    opterror(fname, "cwd", "string", opts.cwd)
+  if opts.cwd ~= nil and (type(opts.cwd) ~= "string" or opts.cwd:find("\0", 1, true)) then
+    opterror(fname, "cwd", "string without NUL", opts.cwd)
   end
   if opts.env ~= nil and type(opts.env) ~= "table" then
     opterror(fname, "env", "table", opts.env)
@@ -107,7 +108,7 @@ end
 
 local function signum(fname, sig)
   if sig == nil then return signals.SIGTERM end
-  if math.type(sig) == "integer" and sig > 0 then return sig end
+  if math.type(sig) == "integer" and sig > 0 and sig <= MAX_SIGNAL then return sig end
   if type(sig) == "string" then
     local n = signals[sig] or signals["SIG" .. sig]
     if n then return n end
@@ -137,14 +138,30 @@ end
 --- p:wait() -> {code, signal, ok}: waits for the exit.
 function Process:wait() return self._h:wait() end
 
+-- nil after close would read as "still running", and false as "already exited".
+local function check_open(p, fname)
+  if p._closed then
+    error(core.error("closed", fname .. ": the process object is closed"), 3)
+  end
+end
+
 --- p:status() -> {code, signal, ok}, or nil while the child runs.
-function Process:status() return self._h:status() end
+function Process:status()
+  check_open(self, "process:status")
+  return self._h:status()
+end
 
 --- p:kill([signal]) -> whether it was sent: to the child's whole group, never after the exit.
-function Process:kill(sig) return self._h:kill(signum("process:kill", sig)) end
+function Process:kill(sig)
+  local n = signum("process:kill", sig)
+  check_open(self, "process:kill")
+  return self._h:kill(n)
+end
 
 --- p:close(), <close>: kills a running child (and its group), reaps it, closes the pipes.
 function Process:close()
+  if self._closed then return end
+  self._closed = true
   local h = self._h
   local function release()
     close_pipes(self)
@@ -238,7 +255,7 @@ function process.run(argv, opts)
       local ok, chunk = pcall(stream.read, stream)
       if not ok then
         if passes(chunk) then error(chunk, 0) end
-        return
+        return fail(chunk) -- a pipe ends with nil: an error (memory, I/O) fails the run
       end
       if chunk == nil then return end
       total = total + #chunk
@@ -284,9 +301,23 @@ function process.run(argv, opts)
     stream:close()
   end
 
-  if p.stdin then helpers[#helpers + 1] = async.spawn(feeder, p.stdin) end
-  if p.stdout then helpers[#helpers + 1] = async.spawn(reader, p.stdout, sinks[1], captured[1]) end
-  if p.stderr then helpers[#helpers + 1] = async.spawn(reader, p.stderr, sinks[2], captured[2]) end
+  -- A helper that fails (at the memory cap, a chunk may not fit) fails the run: left alone, the
+  -- child would block on a pipe nobody reads and the wait below would never end.
+  local function guarded(fn, ...)
+    local ok, err = pcall(fn, ...)
+    if not ok then
+      if passes(err) then error(err, 0) end
+      fail(err)
+    end
+  end
+
+  if p.stdin then helpers[#helpers + 1] = async.spawn(guarded, feeder, p.stdin) end
+  if p.stdout then
+    helpers[#helpers + 1] = async.spawn(guarded, reader, p.stdout, sinks[1], captured[1])
+  end
+  if p.stderr then
+    helpers[#helpers + 1] = async.spawn(guarded, reader, p.stderr, sinks[2], captured[2])
+  end
 
   local function pipes_held()
     for _, t in ipairs(helpers) do if not t:done() then return true end end
@@ -313,8 +344,10 @@ function process.run(argv, opts)
     if not is_timeout(res) then error(res, 0) end
     h:kill(signals.SIGKILL, pipes_held())
     local st = h:wait()
+    local linger_end = async.now() + PIPE_LINGER -- one second for all the pipes, not each
     for _, t in ipairs(helpers) do
-      if not t:done() then pcall(async.wait_for, t, PIPE_LINGER) end
+      local left = linger_end - async.now()
+      if not t:done() and left > 0 then pcall(async.wait_for, t, left) end
     end
     return st
   end)

@@ -545,3 +545,42 @@ describe("async.fs", function()
     end)
   end)
 end)
+
+describe("async.fs misuse and cancellation found by a hostile pass", function()
+  after_each(assert_clean)
+
+  it("leaves no temporary file behind when an atomic write is cancelled", function()
+    local dir = fs.mkdtemp("/tmp/lasync-atomic-")
+    for i = 1, 40 do
+      local t = async.spawn(fs.write_file, dir .. "/a", "data", { atomic = true })
+      for _ = 1, i % 4 do async.sleep(0) end -- cancelled at the open, the write or the sync
+      t:cancel()
+      pcall(t.await, t)
+    end
+    async.sleep(0.1) -- an open the cancel left running ends in the thread pool meanwhile
+    local left = {}
+    for _, e in ipairs(fs.readdir(dir)) do
+      if e.name ~= "a" then left[#left + 1] = e.name end
+    end
+    fs.rm(dir, { recursive = true })
+    assert.are.same({}, left)
+  end)
+
+  it("checks open's mode and permission strictly", function()
+    local path = os.tmpname()
+    assert.matches("bad argument #2 'mode' (string expected, got table)",
+      raises(fs.open, path, {}), 1, true)
+    assert.matches("bad argument #2 'mode' (invalid mode", raises(fs.open, path, "r\0w"), 1, true)
+    for _, perm in ipairs { " +644", "-0", "644\0", "77777", "" } do
+      assert.matches("bad argument #3 'perm'", raises(fs.open, path, "w", perm), 1, true)
+    end
+    assert.matches("bad option 'mode'",
+      raises(fs.write_file, path, "x", { mode = ("7"):rep(40) }), 1, true)
+    os.remove(path)
+  end)
+
+  it("says how large a read may be", function()
+    local f <close> = fs.open("/dev/zero")
+    assert.matches("at most 2147483647 bytes a read", raises(f.read, f, 1 << 40), 1, true)
+  end)
+end)

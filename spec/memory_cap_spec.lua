@@ -25,3 +25,21 @@ describe("the host's memory cap (LASYNC_MAX_MEMORY)", function()
     assert.are.equal("false\tnot enough memory\nother ok\n1000\n", out)
   end)
 end)
+
+describe("async.process.run at the memory cap", function()
+  after_each(sub.cleanup)
+
+  it("fails at once and kills the child when its output no longer fits", function()
+    -- The reader dies of the memory error: left alone, the child blocks on a pipe nobody
+    -- reads and run waits for its exit for ever.
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local t0 = async.now()
+      local ok, e = pcall(async.timeout, 20, async.process.run,
+        { "head", "-c", "50000000", "/dev/zero" })
+      print(ok, e, async.now() - t0 < 10)
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=20; " })
+    assert.are.equal(0, status, err)
+    assert.are.equal("false\tnot enough memory\ttrue\n", out)
+  end)
+end)

@@ -318,3 +318,37 @@ describe("async.process", function()
     end)
   end)
 end)
+
+describe("async.process misuse found by a hostile pass", function()
+  after_each(assert_clean)
+
+  it("refuses a signal number that is no signal, instead of wrapping 2^32 + 9 to SIGKILL", function()
+    local p = spawn({ "sleep", "10" })
+    for _, sig in ipairs { (1 << 32) + 9, 1 << 32, 999, 65 } do
+      assert.matches("process:kill: bad argument #2 'signal'", raises(p.kill, p, sig), 1, true)
+    end
+    assert.is_nil(p:status()) -- still running: nothing was sent
+    p:close()
+  end)
+
+  it("raises kind closed for status and kill after close, and closing twice does nothing", function()
+    local p = spawn({ "sleep", "10" })
+    p:close()
+    assert.are.equal("closed", raises(p.status, p).kind)
+    assert.are.equal("closed", raises(p.kill, p).kind)
+    assert.are.equal("closed", raises(p.wait, p).kind)
+    p:close()
+  end)
+
+  it("refuses a cwd with a NUL byte instead of cutting it", function()
+    assert.matches("bad option 'cwd'", raises(run, { "pwd" }, { cwd = "/tmp\0/x" }), 1, true)
+  end)
+
+  it("gives a grandchild holding the pipes one second in all, not one per pipe", function()
+    local t0 = async.now()
+    local r = process.shell("setsid sleep 5 & echo hi", { timeout = 0.3, kill_grace = 0.1 })
+    local took = async.now() - t0
+    assert.is_true(r.timed_out)
+    assert.is_true(took < 2.2, ("took %.2f s"):format(took)) -- two pipes in turn took 2.4 s
+  end)
+end)

@@ -76,6 +76,7 @@ struct fsreq {
   uv_fs_t fs;
   int op;
   int taken;        /* open: the descriptor went to a File, discard must not close it */
+  int remove_if_left; /* open "wx": the file it creates is removed if its waiter left first */
   fsfile *file;     /* the descriptor's userdata (anchored in user value 1), for fd calls */
   const char *path; /* anchored in user value 1 (path calls) */
   const char *dest; /* anchored in user value 2 */
@@ -300,7 +301,12 @@ static int fs_push(lua_State *L, lasync__req *base) {
 
 static void fs_discard(lasync__req *base) {
   fsreq *r = (fsreq *)base;
-  if (r->op == OP_OPEN && r->fs.result >= 0 && !r->taken) close_now((int)r->fs.result);
+  if (r->op == OP_OPEN && r->fs.result >= 0 && !r->taken) {
+    close_now((int)r->fs.result);
+    /* O_EXCL made the file, and the caller left before it heard of it (a cancelled atomic
+     * write's temporary): nobody else can own it, and nobody would remove it. */
+    if (r->remove_if_left) unlink(r->path);
+  }
 }
 
 /* The file's buffer is handed back; any other is freed (a file collected or closed while its
@@ -368,10 +374,12 @@ static fsfile *check_file(lua_State *L, int arg, const char *fname) {
 static int check_mode(lua_State *L, int arg, const char *fname, const char *name, int dflt) {
   if (lua_isnoneornil(L, arg)) return dflt;
   if (lua_type(L, arg) == LUA_TSTRING) {
-    const char *s = lua_tostring(L, arg);
-    char *end;
-    long m = strtol(s, &end, 8);
-    if (*s && *end == '\0' && m >= 0 && m <= 07777) return (int)m;
+    /* Octal digits only, at most four: strtol would also take " +644", "-0" and a NUL. */
+    size_t len, i;
+    const char *s = lua_tolstring(L, arg, &len);
+    int m = 0;
+    for (i = 0; i < len && s[i] >= '0' && s[i] <= '7'; i++) m = m * 8 + (s[i] - '0');
+    if (len > 0 && len <= 4 && i == len) return m;
   } else if (lua_isinteger(L, arg)) {
     lua_Integer m = lua_tointeger(L, arg);
     if (m >= 0 && m <= 07777) return (int)m;
@@ -472,15 +480,17 @@ static int l_open(lua_State *L) {
   int flags, perm;
   lasync__task *t;
   fsreq *r;
+  size_t mode_len = 1;
   check_path(L, 1, fname, "path");
-  mode = luaL_optstring(L, 2, "r");
   if (lua_type(L, 2) != LUA_TSTRING && !lua_isnoneornil(L, 2))
     lasync__argerror(L, 2, fname, "mode", "string");
-  if (parse_open_mode(mode, &flags) != 0)
+  mode = lua_isnoneornil(L, 2) ? "r" : lua_tolstring(L, 2, &mode_len);
+  if (strlen(mode) != mode_len || parse_open_mode(mode, &flags) != 0)
     return lasync__misuse(L, "%s: bad argument #2 'mode' (invalid mode '%s')", fname, mode);
   perm = check_mode(L, 3, fname, "perm", 0666);
   t = lasync__check_task(L, fname);
   r = new_path_req(L, OP_OPEN, 1, 0);
+  r->remove_if_left = (flags & O_EXCL) != 0;
   return started(L, t, r, uv_fs_open(loop_of(L), &r->fs, r->path, flags, perm, on_fs));
 }
 
@@ -533,7 +543,10 @@ static int l_read(lua_State *L) {
   lasync__task *t;
   fsreq *r;
   uv_buf_t buf;
-  if (n < 0 || n > INT32_MAX) return lasync__argerror(L, 2, fname, "n", "non-negative integer");
+  if (n < 0) return lasync__argerror(L, 2, fname, "n", "non-negative integer");
+  if (n > INT32_MAX)
+    return lasync__misuse(L, "%s: bad argument #2 'n' (at most %d bytes a read, got %I)", fname,
+                          INT32_MAX, (LUAI_UACINT)n);
   t = lasync__check_task(L, fname);
   r = new_file_req(L, OP_READ, 1, 0);
   r->len = (size_t)n;

@@ -243,8 +243,12 @@ static int proc_wait(lua_State *L) {
  * pipes), since the pid may otherwise belong to someone else by now. */
 static int proc_kill(lua_State *L) {
   process *pr = check_proc(L, "process:kill");
-  int sig = (int)luaL_optinteger(L, 2, SIGTERM);
-  int err;
+  lua_Integer signum = luaL_optinteger(L, 2, SIGTERM);
+  int sig, err;
+  if (signum < 0 || signum > 64) /* (int) would wrap 2^32 + 9 to SIGKILL */
+    return lasync__misuse(L, "process:kill: bad argument #2 'signal' (no signal %I)",
+                          (LUAI_UACINT)signum);
+  sig = (int)signum;
   if (pr == NULL || (pr->exited && !lua_toboolean(L, 3))) {
     lua_pushboolean(L, 0);
     return 1;
