@@ -893,15 +893,15 @@ static int opt_int(lua_State *L, const char *fname, const char *opt, int min, in
   if (lua_isinteger(L, -1)) {
     lua_Integer i = lua_tointeger(L, -1);
     if (i < min || i > max)
-      lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %I)", fname, opt,
-                     min, max, (LUAI_UACINT)i);
+      lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %I)", fname, opt, min,
+                     max, (LUAI_UACINT)i);
     v = (int)i;
   } else {
     lua_Number n = t == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
     if (t != LUA_TNUMBER || n != n) lasync__opterror(L, -1, fname, opt, "integer");
     if (n < min || n > max)
-      lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %f)", fname, opt,
-                     min, max, (LUAI_UACNUMBER)n);
+      lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %f)", fname, opt, min,
+                     max, (LUAI_UACNUMBER)n);
     v = (int)n;
     if ((lua_Number)v != n) lasync__opterror(L, -1, fname, opt, "integer");
   }
