@@ -583,6 +583,33 @@ describe("async.http.serve failures", function()
     assert.has_error(function() async.fetch(url(srv, "/"), { retries = 0, timeout = 2 }) end)
   end)
 
+  it("lets a response still queued for a slow client finish when the server closes", function()
+    local big = string.rep("B", 4 << 20)
+    local srv = serve(function() return big end)
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    conn:write("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async.sleep(0.1) -- answered: the connection is idle with most of the body still queued
+    srv:close { grace = 5 }
+    local total = 0
+    async.timeout(10, function()
+      for s in function() return conn:read() end do total = total + #s end
+    end)
+    conn:close()
+    assert.is_true(total > #big, "got " .. total .. " bytes")
+  end)
+
+  it("closes a connection whose client reads none of its response, after keepalive_timeout", function()
+    local big = string.rep("B", 16 << 20)
+    local srv <close> = serve(function() return big end, { keepalive_timeout = 0.3 })
+    local conn = async.net.connect("127.0.0.1", srv.port)
+    conn:write("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    async.sleep(0.1) -- answered; most of it is queued, waiting for a reader that never comes
+    local before = async._debug.counts().handles
+    async.sleep(1)
+    assert.are.equal(before - 1, async._debug.counts().handles) -- the server's side is gone
+    conn:close()
+  end)
+
   it("lets a handler close its own server and still answer", function()
     local srv
     srv = serve(function(req)

@@ -241,7 +241,11 @@ static void close_after_flush(conn *c) {
   if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
     free(req);
     lasync__handle_close(&c->h);
+    return;
   }
+  /* The shutdown waits for the queued writes: a client that reads none of them would hold the
+   * connection for ever. on_written restarts this at each write done (nginx's send_timeout). */
+  arm(c, T_LINGER, c->sv->lim.idle_timeout);
 }
 
 static void next_request(conn *c);
@@ -256,6 +260,9 @@ static void on_written(uv_write_t *req, int status) {
     conn_drop(c);
     return;
   }
+  /* Progress: a client still reading its responses is not idle. */
+  if (c->timer_kind == T_IDLE || (c->timer_kind == T_LINGER && !c->lingering))
+    arm(c, c->timer_kind, c->sv->lim.idle_timeout);
   if (c->queued > WRITE_HWM / 2) return;
   if (c->writer) {
     lasync__task *t = c->writer;
@@ -924,7 +931,11 @@ static void close_idle(server *sv) {
   conn *c = sv->conns, *next;
   for (; c; c = next) {
     next = c->next;
-    if (!c->busy && !c->queued_ev) lasync__handle_close(&c->h);
+    if (c->busy || c->queued_ev) continue;
+    if (c->queued > 0)
+      close_after_flush(c); /* its last responses are still going out: they finish first */
+    else
+      lasync__handle_close(&c->h);
   }
 }
 
@@ -953,6 +964,12 @@ static int srv_close_all(lua_State *L) {
   for (c = sv->conns; c; c = next) {
     next = c->next;
     if (keep && *keep == &c->h) continue;
+    if (!c->busy && c->queued > 0) {
+      /* A response already made, still going out to a slow client: it finishes, within the
+       * idle timeout armed when it was made. */
+      close_after_flush(c);
+      continue;
+    }
     c->busy = 0;
     lasync__handle_close(&c->h);
   }
