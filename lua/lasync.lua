@@ -258,6 +258,7 @@ function async.wait_for(task, seconds)
   end
   check_seconds("async.wait_for", 2, "seconds", seconds)
   check_in_task("async.wait_for")
+  if task == core.current() then misuse("async.wait_for: a task cannot wait for itself") end
   return finish_wait_for(deadline(seconds, "async.wait_for"), task, seconds,
     pcall(task.await, task))
 end

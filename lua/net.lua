@@ -50,6 +50,9 @@ end
 --- async.net.resolve(name) -> {"127.0.0.1", "::1", ...}; raises kind "dns".
 function net.resolve(name)
   if type(name) ~= "string" then bad_arg("async.net.resolve", 1, "name", "string", name) end
+  if name:find("\0", 1, true) then
+    bad_arg("async.net.resolve", 1, "name", "string without NUL", name)
+  end
   if not in_task() then misuse("async.net.resolve must be called inside a task") end
   return resolve(name)
 end
@@ -87,7 +90,9 @@ local CLOSE_OPTIONS = { grace = true }
 --- async.net.connect(host, port [, {timeout = s}]) -> Stream (conn.remote, conn.local).
 function net.connect(host, port, opts)
   local fname = "async.net.connect"
+  -- C would read a host with a NUL up to it: "127.0.0.1\0evil" must not reach 127.0.0.1
   if type(host) ~= "string" then bad_arg(fname, 1, "host", "string", host) end
+  if host:find("\0", 1, true) then bad_arg(fname, 1, "host", "string without NUL", host) end
   check_port(fname, 2, port)
   opts = check.options(fname, 3, opts, CONNECT_OPTIONS)
   local seconds = opts.timeout
@@ -188,6 +193,7 @@ function net.listen(opts, handler)
   if not is_callable(handler) then bad_arg(fname, 2, "handler", "function", handler) end
   local host, port = opts.host or "127.0.0.1", opts.port or 0
   if type(host) ~= "string" then bad_opt(fname, "host", "string", host) end
+  if host:find("\0", 1, true) then bad_opt(fname, "host", "string without NUL", host) end
   if mtype(port) ~= "integer" then bad_opt(fname, "port", "integer", port) end
   if port < 0 or port > 65535 then
     misuse(format("%s: bad option 'port' (0 to 65535 expected, got %d)", fname, port))

@@ -60,8 +60,10 @@ local function check_opts(fname, opts, known)
     misuse(format("%s: bad argument #2 'opts' (table expected, got %s)", fname, type(opts)))
   end
   core._check.options(fname, 2, opts, known)
-  if opts.cwd ~= nil and (type(opts.cwd) ~= "string" or opts.cwd:find("\0", 1, true)) then
-    opterror(fname, "cwd", "string without NUL", opts.cwd)
+  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then
+    opterror(fname, "cwd", "string", opts.cwd)
+  elseif opts.cwd and opts.cwd:find("\0", 1, true) then
+    opterror(fname, "cwd", "string without NUL", "(a string with a NUL byte)")
   end
   if opts.env ~= nil and type(opts.env) ~= "table" then
     opterror(fname, "env", "table", opts.env)

@@ -409,6 +409,10 @@ function async.map(fn, items, opts)
   if type(items) ~= "table" then check.argerror("async.map", 2, "items", "array", items) end
   opts = check.options("async.map", 3, opts, MAP_OPTIONS)
   local total = #items
+  if math.type(total) ~= "integer" then -- a __len of 1e9 would be blamed on 'concurrency'
+    misuse(format("async.map: bad argument #2 'items' (its length is %s, not an integer)",
+      tostring(total)))
+  end
   local limit = opts.concurrency or math.max(total, 1)
   check_number("async.map", "concurrency", limit, 1, true)
   local progress, settled = opts.progress, opts.settled

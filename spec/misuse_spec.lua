@@ -248,3 +248,51 @@ describe("misuse of the other calls", function()
       msg)
   end)
 end)
+
+describe("misuse found by a hostile pass", function()
+  after_each(assert_clean)
+
+  it("refuses a host or name with a NUL byte, which C would cut there", function()
+    has("async.net.connect: bad argument #1 'host' (string without NUL expected",
+      message_of(async.net.connect, "127.0.0.1\0evil", 80))
+    has("async.net.listen: bad option 'host' (string without NUL expected",
+      message_of(async.net.listen, { host = "127.0.0.1\0x" }, print))
+    has("async.http.serve: bad option 'host' (string without NUL expected",
+      message_of(async.http.serve, print, { host = "127.0.0.1\0x" }))
+    has("async.net.resolve: bad argument #1 'name' (string without NUL expected",
+      message_of(async.net.resolve, "local\0host"))
+  end)
+
+  it("refuses a misspelt stream limit", function()
+    local srv = async.net.listen({ port = 0 }, function(c) c:close() end)
+    local c = async.net.connect("127.0.0.1", srv.port)
+    has("stream:set_limits: bad option 'foo' (unknown option)", message_of(c.set_limits, c, { foo = 1 }))
+    c:close()
+    srv:close()
+  end)
+
+  it("checks async.error's arguments, and keeps kind and message from fields", function()
+    has("async.error: bad argument #1 'kind' (string expected, got nil)", message_of(async.error, nil, "x"))
+    has("async.error: bad argument #3 'fields' (table expected, got number)",
+      message_of(async.error, "k", "m", 5))
+    local e = async.error("k", "m", { kind = "cancelled", message = "other", extra = 1 })
+    assert.are.same({ "k", "m", 1 }, { e.kind, e.message, e.extra })
+    assert.is_false(async.is_cancelled(e))
+    e.kind = {} -- its __tostring still shows it
+    assert.are.equal("error: m", tostring(e))
+  end)
+
+  it("names the argument of task:cancel, and refuses wait_for on the calling task", function()
+    local t = async.spawn(async.sleep, 1)
+    has("task:cancel: bad argument #1 'message' (string expected, got table)",
+      message_of(t.cancel, t, {}))
+    t:cancel()
+    pcall(t.await, t)
+    has("async.wait_for: a task cannot wait for itself", message_of(async.wait_for, async.current(), 1))
+  end)
+
+  it("blames async.map's items, not 'concurrency', for a length that is not an integer", function()
+    has("async.map: bad argument #2 'items' (its length is 1000000000.0, not an integer)",
+      message_of(async.map, print, setmetatable({}, { __len = function() return 1e9 end })))
+  end)
+end)

@@ -9,10 +9,16 @@
 
 #include "private.h"
 
+/* Raw reads, and a fallback for a field someone replaced: a __tostring that raises would lose
+ * the error it was asked to show. */
 static int error_tostring(lua_State *L) {
+  const char *kind, *message;
+  luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "kind");
   lua_getfield(L, 1, "message");
-  lua_pushfstring(L, "%s: %s", luaL_optstring(L, 2, "error"), luaL_optstring(L, 3, "(no message)"));
+  kind = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "error";
+  message = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : "(no message)";
+  lua_pushfstring(L, "%s: %s", kind, message);
   return 1;
 }
 
@@ -167,12 +173,20 @@ static int l_is_timeout(lua_State *L) { return l_is_kind(L, "timeout"); }
 
 /* async.error(kind, message [, fields]): lets Lua code raise the same kind of object. */
 static int l_new_error(lua_State *L) {
-  const char *kind = luaL_checkstring(L, 1);
-  const char *message = luaL_checkstring(L, 2);
-  lasync__push_error(L, kind, message);
+  if (lua_type(L, 1) != LUA_TSTRING) lasync__argerror(L, 1, "async.error", "kind", "string");
+  if (lua_type(L, 2) != LUA_TSTRING) lasync__argerror(L, 2, "async.error", "message", "string");
+  if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3))
+    lasync__argerror(L, 3, "async.error", "fields", "table");
+  lasync__push_error(L, lua_tostring(L, 1), lua_tostring(L, 2));
   if (lua_istable(L, 3)) {
     lua_pushnil(L);
     while (lua_next(L, 3)) {
+      /* kind and message are the arguments': a field cannot make the error another kind */
+      if (lua_type(L, -2) == LUA_TSTRING && (strcmp(lua_tostring(L, -2), "kind") == 0 ||
+                                             strcmp(lua_tostring(L, -2), "message") == 0)) {
+        lua_pop(L, 1);
+        continue;
+      }
       lua_pushvalue(L, -2);
       lua_insert(L, -2);
       lua_rawset(L, -4);

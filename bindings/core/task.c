@@ -834,8 +834,8 @@ static int l_dbsetlocal(lua_State *L) {
 static int task_cancel(lua_State *L) {
   lasync__task *t = lasync__check_task_arg(L, 1, "task:cancel");
   if (!lua_isnoneornil(L, 2) && !lua_isstring(L, 2))
-    return lasync__misuse(L, "task:cancel: bad argument #1 (string expected, got %s)",
-                      luaL_typename(L, 2));
+    return lasync__misuse(L, "task:cancel: bad argument #1 'message' (string expected, got %s)",
+                          lasync__typename(L, 2));
   lua_pushboolean(L, lasync__cancel(L, t, 0, lua_isnoneornil(L, 2) ? 0 : 2));
   return 1;
 }

@@ -810,11 +810,12 @@ static int stream_stats(lua_State *L) {
 
 /* s:set_limits{read_max =, write_hwm =, max_line =}: the bounds of this stream. */
 static int stream_set_limits(lua_State *L) {
-  static const char *const names[] = {"read_max", "write_hwm", "max_line"};
+  static const char *const names[] = {"read_max", "write_hwm", "max_line", NULL};
   lasync__stream *s = check_stream(L, "stream:set_limits");
   size_t v[3];
   int i;
   if (!lua_istable(L, 2)) return bad_arg(L, 2, "stream:set_limits", "limits", "table");
+  lasync__check_options(L, 2, "stream:set_limits", names); /* a misspelt limit is no limit */
   for (i = 0; i < 3; i++) {
     lua_getfield(L, 2, names[i]);
     if (lua_isnil(L, -1)) {

@@ -576,6 +576,7 @@ function http.serve(handler, opts)
     bad_opt(fname, "backlog", "integer >= 0", backlog)
   end
   local host = opts.host or "127.0.0.1"
+  if host:find("\0", 1, true) then bad_opt(fname, "host", "string without NUL", host) end
   if host == "localhost" then host = "127.0.0.1" end
   local lsn = listen(host, port, math.min(backlog, 0x7fffffff), opts) -- the kernel caps it too
   local srv = setmetatable({
