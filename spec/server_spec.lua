@@ -430,6 +430,23 @@ describe("async.http.serve failures", function()
     end
   end)
 
+  it("refuses a 1xx status as a final response", function()
+    local err
+    local srv <close> = serve(function(req, res)
+      if req.path == "/set" then
+        local ok, e = pcall(res.status, res, 101)
+        err = not ok and e
+        return "x"
+      end
+      return { status = 101, body = "x" }
+    end, { on_error = function() end })
+    local out = raw(srv, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert.is_truthy(out:find("^HTTP/1.1 500"))
+    async.fetch(url(srv, "/set"))
+    assert.matches("res:status: bad argument #1 'code' (integer status 200 to 999 expected",
+      tostring(err), 1, true)
+  end)
+
   it("refuses res:write of a value that is not a string", function()
     local err
     local srv <close> = serve(function(req, res)

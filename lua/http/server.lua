@@ -183,8 +183,9 @@ end
 --- res:status(code)
 function Response:status(code)
   check_res(self, "res:status")
-  if mtype(code) ~= "integer" or code < 100 or code > 999 then
-    bad_arg("res:status", 1, "code", "integer status", code)
+  -- A 1xx is never a final response (a client would wait for the real one after it).
+  if mtype(code) ~= "integer" or code < 200 or code > 999 then
+    bad_arg("res:status", 1, "code", "integer status 200 to 999", code)
   end
   if self._sent then error("res:status: the headers are already sent", 2) end
   self._status = code
@@ -276,8 +277,8 @@ local function send_result(res, ret)
     body = ret
   elseif t == "table" then
     status = ret.status or 200
-    if mtype(status) ~= "integer" or status < 100 or status > 999 then
-      error("handler: bad 'status' in the returned table (integer status expected)", 0)
+    if mtype(status) ~= "integer" or status < 200 or status > 999 then
+      error("handler: bad 'status' in the returned table (integer status 200 to 999 expected)", 0)
     end
     if ret.json ~= nil then
       body = json_lib().encode(ret.json)
