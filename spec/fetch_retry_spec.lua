@@ -94,4 +94,70 @@ describe("async.fetch retry", function()
     local key = flaky(2):match("/flaky.*$")
     assert.are.equal(200, client:get(key).status)
   end)
+
+  it("ignores a Retry-After date past what os.time takes, and backs off instead", function()
+    local url = base .. "/retry-after?status=503&after="
+      .. "Mon%2C%2001%20Jan%2099999999999%2000%3A00%3A00%20GMT"
+    local res = async.fetch(url, { retry = { attempts = 2, backoff = 0.01 } })
+    assert.are.equal(503, res.status)
+  end)
+
+  it("refuses retry with a body function, which cannot be sent twice", function()
+    local ok, err = pcall(async.fetch, base .. "/status/503", { method = "POST",
+      retry = { attempts = 3, backoff = 0.01 }, body = function() return nil end })
+    assert.is_false(ok)
+    assert.are.equal("invalid", err.kind)
+    assert.are.equal("retry", err.option)
+    local res = async.fetch(base .. "/echo", { method = "POST", retry = { attempts = 1 },
+      body = coroutine.wrap(function() coroutine.yield("abc") end) })
+    assert.are.equal(200, res.status)
+  end)
+
+  it("refuses a body function whose chunks disagree with its Content-Length", function()
+    for _, len in ipairs { "3", "10", "99999999999999999999999" } do
+      local chunks = { "abcdef" }
+      local ok, err = pcall(async.fetch, base .. "/echo", { method = "POST",
+        headers = { ["Content-Length"] = len }, body = function() return table.remove(chunks) end })
+      assert.is_false(ok, len)
+      assert.are.equal("invalid", err.kind, len)
+    end
+  end)
+
+  it("collects a dropped unread stream before calling the wait for its permit a deadlock", function()
+    local client = async.http.client { max_connections = 1 }
+    client:get(base .. "/bytes/100000", { stream = true }) -- holds the one connection, unread
+    local res = client:get(base .. "/get", { stream = true })
+    assert.are.equal(200, res.status)
+    res:close()
+  end)
+
+  it("keeps a timeout under a millisecond a timeout, never no limit", function()
+    local t0 = async.now()
+    local ok, err = pcall(async.fetch, base .. "/delay?s=3", { timeout = 1e-4 })
+    assert.is_false(ok)
+    assert.are.equal("timeout", err.kind)
+    assert.is_true(async.now() - t0 < 2.5)
+  end)
+end)
+
+describe("async.fetch against a hostile server", function()
+  after_each(assert_clean)
+
+  it("parses a header of 100 KB of blanks in linear time", function()
+    local value = "a" .. string.rep(" ", 100000) .. "b"
+    local srv = async.net.listen({ port = 0 }, function(c)
+      c:read()
+      c:write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: " .. value .. "\r\n\r\nok")
+      c:close()
+    end)
+    local res = async.fetch("http://127.0.0.1:" .. srv.port .. "/")
+    local c0 = os.clock()
+    local x = res.headers.x
+    local spent = os.clock() - c0
+    srv:close()
+    assert.are.equal("a" .. string.rep(" ", 100000) .. "b", x)
+    assert.is_true(spent < 1, ("%.2f s of CPU for one header"):format(spent)) -- quadratic: a minute
+    assert.matches("res:header_values: bad argument #1 'name' (string expected, got nil)",
+      select(2, pcall(res.header_values, res)), 1, true)
+  end)
 end)

@@ -729,16 +729,26 @@ static void on_check(uv_check_t *handle) {
 }
 
 int lasync__run_until_done(lasync__runtime *rt, lasync__task *t) {
-  int alive = 1;
+  int alive = 1, collected = 0;
   while (t ? !lasync__task_finished(t) : rt->live_tasks > 0) {
     if (!alive && rt->ready_len == 0) {
       /* Transfers held back by a step's quota are admitted here, outside any step. */
       lasync__services_turn(rt);
-      if (!uv_loop_alive(rt->loop) && rt->ready_len == 0) return -1; /* nothing can wake them */
+      if (!uv_loop_alive(rt->loop) && rt->ready_len == 0) {
+        /* What would wake them may be garbage whose finalizer does it (a response dropped
+         * unread gives its connection permit back): one full collection before calling it a
+         * deadlock. */
+        if (collected) return -1; /* nothing can wake them */
+        collected = 1;
+        lua_gc(rt->L, LUA_GCCOLLECT);
+        lasync__services_turn(rt);
+        if (!uv_loop_alive(rt->loop) && rt->ready_len == 0) return -1;
+      }
     }
     rt->in_callback++;
     alive = uv_run(rt->loop, UV_RUN_ONCE);
     rt->in_callback--;
+    if (alive) collected = 0;
   }
   return 0;
 }

@@ -602,7 +602,8 @@ static long opt_ms(lua_State *L, const char *field) {
   /* 0 is curl's "no limit"; so is anything past a year, and clamping keeps the cast defined
    * (math.huge or 1e300 would overflow a long). */
   if (!(s > 0) || s > 365.0 * 24 * 3600) return 0;
-  return (long)(s * 1000 + 0.5);
+  /* Never rounded down to 0: 0.0004 s would be no limit at all (a fetch that hangs). */
+  return s < 0.001 ? 1 : (long)(s * 1000 + 0.5);
 }
 
 static int opt_bool(lua_State *L, const char *field) {

@@ -5,7 +5,7 @@ local core, async = ...
 
 local error, ipairs, pcall, rawget, rawset = error, ipairs, pcall, rawget, rawset
 local setmetatable, tonumber, tostring, type = setmetatable, tonumber, tostring, type
-local format, lower = string.format, string.lower
+local byte, format, lower = string.byte, string.format, string.lower
 local raw_fetch, fetch_wait, new_error = core._fetch, core._fetch_wait, core.error
 local stream_read, stream_close, stream_buffered = core._read, core._close, core._buffered
 local send_wait, send, send_fail, json_integers = core._send_wait, core._send, core._fail,
@@ -29,8 +29,13 @@ local Response = { __name = "lasync.Response" }
 local function parse_head(self)
   local list, map = {}, setmetatable({}, header_mt)
   for line in (rawget(self, "_head") or ""):gmatch("[^\r\n]+") do
-    local name, value = line:match("^([^:]+):[ \t]*(.-)[ \t]*$")
+    local name, value = line:match("^([^:]+):(.*)$")
     if name and not line:find("^HTTP/") then
+      -- Trimmed by hand: "[ \t]*(.-)[ \t]*$" backtracks over every run of blanks, quadratic
+      -- in a hostile server's header (40 KB of spaces took 10 s, the whole runtime blocked).
+      local first, last = value:find("[^ \t]"), #value
+      while last > 0 and (byte(value, last) == 32 or byte(value, last) == 9) do last = last - 1 end
+      value = first and value:sub(first, last) or ""
       list[#list + 1] = { name, value, name = name, value = value }
       map[lower(name)] = value -- a repeated header: the last value wins here
     end
@@ -75,6 +80,7 @@ end
 
 --- All the values of a header, in the order received (an empty list when absent).
 function Response:header_values(name)
+  if type(name) ~= "string" then check.argerror("res:header_values", 1, "name", "string", name) end
   local want, values = lower(name), {}
   for _, h in ipairs(self.headers_list) do
     if lower(h[1]) == want then values[#values + 1] = h[2] end
@@ -143,7 +149,8 @@ end
 -- ---- one request ----
 
 -- The feeder task of a body function: each chunk goes to curl once it took the last one.
-local function feed(x, fn)
+local function feed(x, fn, length)
+  local sent = 0
   while send_wait(x) do
     local ok, chunk = pcall(fn)
     if not ok then return send_fail(x, chunk) end
@@ -151,6 +158,14 @@ local function feed(x, fn)
       return send_fail(x, new_error("invalid", format(
         "async.fetch: the body function returned a %s (string or nil expected)", type(chunk)),
         { option = "body" }))
+    end
+    sent = sent + (chunk and #chunk or 0)
+    if length and (sent > length or (chunk == nil and sent < length)) then
+      -- curl would cut the body at the Content-Length, or wait for the rest: neither is what
+      -- the caller meant.
+      return send_fail(x, new_error("invalid", format("async.fetch: the body function gave %s "
+        .. "bytes, the Content-Length header says %d", chunk and "more than " .. length
+        or tostring(sent), length), { option = "body" }))
     end
     send(x, chunk)
     if chunk == nil then return end
@@ -172,9 +187,13 @@ end
 function http.run(final_url, n)
   local fn = n.body_fn
   if not fn then return raw_fetch(final_url, n) end
+  -- Flags for the C side during the start only: n is the caller's normalised request, which
+  -- a retry runs again (it called `true` as the body function).
   n.body_fn, n.start_only = true, true
-  local x = raw_fetch(final_url, n)
-  local feeder = spawn(feed, x, fn)
+  local started, x = pcall(raw_fetch, final_url, n)
+  n.body_fn, n.start_only = fn, nil
+  if not started then error(x, 0) end
+  local feeder = spawn(feed, x, fn, n.body_length)
   return finish_fetch(feeder, pcall(fetch_wait, final_url, n, x))
 end
 
@@ -202,7 +221,9 @@ local function retry_after(res)
   -- os.time reads a local time: correct by the offset between local and UTC now.
   local now = os.time()
   local offset = os.time(os.date("!*t", now)) - now
-  return math.max(0, os.time(utc) - offset - now)
+  local ok, at = pcall(os.time, utc) -- a year past what os.time takes: no date, the backoff
+  if not ok or not at then return nil end
+  return math.max(0, at - offset - now)
 end
 
 --- Runs once(url, n) until it succeeds, with the backoff of async.retry between attempts. A

@@ -263,7 +263,7 @@ function http.normalise(fname, url, opts)
     n.body_fn, body = body, nil
     if content_length then
       -- The length of a body function's chunks: curl sends it instead of chunking.
-      n.body_length = content_length:find("^%d+$") and tonumber(content_length)
+      n.body_length = content_length:find("^%d+$") and math.tointeger(tonumber(content_length))
       if not n.body_length then invalid(fname, url, "headers", "bad Content-Length") end
       for i = #lines, 1, -1 do
         if lower(lines[i]):find("^content%-length[:;]") then table.remove(lines, i) end
@@ -302,6 +302,11 @@ function http.normalise(fname, url, opts)
     http.check_url(fname, url)
   end
   n.retry = check_retry(fname, url, check_type(fname, url, opts, "retry", "table"))
+  if n.retry and n.retry.attempts > 1 and n.body_fn then
+    -- A second attempt would call the function again, which has given its chunks away.
+    invalid(fname, url, "retry", "a body function cannot be sent twice: pass the body as a "
+      .. "string, or retry = {attempts = 1}")
+  end
   return url, n
 end
 
