@@ -123,7 +123,7 @@ describe("async.fetch retry", function()
     end
   end)
 
-  it("collects a dropped unread stream before calling the wait for its permit a deadlock", function()
+  it("collects a stream dropped unread before it calls a wait for its permit deadlock", function()
     local client = async.http.client { max_connections = 1 }
     client:get(base .. "/bytes/100000", { stream = true }) -- holds the one connection, unread
     local res = client:get(base .. "/get", { stream = true })
