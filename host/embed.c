@@ -13,10 +13,19 @@ static const char HELD_KEY = 'h'; /* registry: light(task) -> task, for the task
 
 /* What embedding adds to a runtime: whose it is. Futures held by C and the cross-thread queue
  * live in bindings/core (future.c, xthread.c). */
+/* A task handle of C's: the task, until its runtime closes, so a handle released after
+ * lasync_destroy (a natural order, as futures allow it) touches no freed memory. */
+struct lasync_task {
+  lasync__task *task;       /* NULL once the runtime has closed */
+  lasync_task_status_t last; /* the status it had then */
+  lasync_task *prev, *next; /* the runtime's live handles */
+};
+
 typedef struct {
   lasync__service service; /* first: the service is the state */
   int owns_state;
-  uv_thread_t owner; /* the thread that created the runtime: the only one allowed in */
+  uv_thread_t owner;     /* the thread that created the runtime: the only one allowed in */
+  lasync_task *handles; /* held tasks, cut loose when the runtime closes */
 } embed;
 
 /* Whether the calling thread may use rt: the one that created it (or, for a runtime the module
@@ -53,7 +62,13 @@ const char *lasync_strerror(int err) {
 /* ---- futures held by C (bindings/core/future.c) ---- */
 
 static void embed_close(lasync_runtime *rt, lasync__service *s) {
+  lasync_task *h;
   (void)rt;
+  for (h = ((embed *)s)->handles; h; h = h->next) {
+    h->last = (lasync_task_status_t)h->task->status;
+    h->task = NULL;
+    h->prev = NULL;
+  }
   free(s);
 }
 
@@ -264,10 +279,16 @@ static int spawn_protected(lua_State *L) {
 static int spawn(lasync_runtime *rt, int nargs, lasync_task **out) {
   lua_State *L = rt->L;
   int base = lua_gettop(L) - nargs; /* the function */
+  lasync_task *h = NULL;
+  embed *e = out ? embed_of(rt) : NULL;
   if (out) *out = NULL;
   if (rt->closing) {
     lua_pop(L, nargs + 1);
     return LASYNC_EBUSY;
+  }
+  if (out && (e == NULL || (h = (lasync_task *)calloc(1, sizeof *h)) == NULL)) {
+    lua_pop(L, nargs + 1);
+    return LASYNC_ENOMEM;
   }
   if (!lua_checkstack(L, 2)) {
     lua_pop(L, nargs + 1);
@@ -278,9 +299,16 @@ static int spawn(lasync_runtime *rt, int nargs, lasync_task **out) {
   lua_rotate(L, base, 2); /* [spawn_protected, hold, fn, args...] */
   if (lasync__pcall(L, nargs + 2, 2) != LUA_OK) {
     lua_pop(L, 1); /* a memory error: nothing was spawned */
+    free(h);
     return LASYNC_ENOMEM;
   }
-  if (out) *out = (lasync__task *)lua_touserdata(L, -1);
+  if (out) {
+    h->task = (lasync__task *)lua_touserdata(L, -1);
+    h->next = e->handles;
+    if (e->handles) e->handles->prev = h;
+    e->handles = h;
+    *out = h;
+  }
   lua_pop(L, 2);
   return LASYNC_OK;
 }
@@ -307,13 +335,16 @@ int lasync_spawn_file(lasync_runtime *rt, const char *path, lasync_task **out) {
   return spawn(rt, 0, out);
 }
 
-lasync_task_status_t lasync_task_status(const lasync_task *t) {
-  return (lasync_task_status_t)t->status;
+lasync_task_status_t lasync_task_status(const lasync_task *h) {
+  return h->task ? (lasync_task_status_t)h->task->status : h->last;
 }
 
-int lasync_task_result(lasync_task *t, lua_State *L) {
+int lasync_task_result(lasync_task *h, lua_State *L) {
   int i;
-  if (t == NULL || L == NULL) return LASYNC_EINVAL;
+  lasync__task *t = h ? h->task : NULL;
+  if (h == NULL || L == NULL) return LASYNC_EINVAL;
+  if (t == NULL) return LASYNC_ESTATE; /* its runtime has closed */
+  if (foreign_thread(t->rt)) return LASYNC_ETHREAD;
   if (!lasync__task_finished(t)) return LASYNC_EPENDING;
   /* Room for the results, the task and its table first: this is not a protected call. */
   if (!lua_checkstack(L, (t->status == LASYNC__DONE ? t->nargs : 1) + 3)) return LASYNC_ENOMEM;
@@ -340,20 +371,34 @@ int lasync_task_result(lasync_task *t, lua_State *L) {
   return LASYNC_ELUA;
 }
 
-int lasync_task_cancel(lasync_task *t) {
-  if (t == NULL) return LASYNC_EINVAL;
+int lasync_task_cancel(lasync_task *h) {
+  lasync__task *t = h ? h->task : NULL;
+  if (h == NULL) return LASYNC_EINVAL;
+  if (t == NULL) return LASYNC_ESTATE;
   if (foreign_thread(t->rt)) return LASYNC_ETHREAD;
   return lasync__cancel(t->rt->L, t, 0, 0);
 }
 
-void lasync_task_release(lasync_task *t) {
+void lasync_task_release(lasync_task *h) {
+  lasync__task *t = h ? h->task : NULL;
   lua_State *L;
-  if (t == NULL) return;
-  L = t->rt->L;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
-  lua_pushnil(L);
-  lua_rawsetp(L, -2, t);
-  lua_pop(L, 1);
+  if (h == NULL) return;
+  if (t != NULL) {
+    embed *e;
+    if (foreign_thread(t->rt)) return; /* refused, as every owner-thread call: still held */
+    e = find_embed(t->rt);
+    if (h->prev)
+      h->prev->next = h->next;
+    else if (e)
+      e->handles = h->next;
+    if (h->next) h->next->prev = h->prev;
+    L = t->rt->L;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &HELD_KEY);
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, t);
+    lua_pop(L, 1);
+  }
+  free(h);
 }
 
 /* Under lasync__pcall: [light t, name] -> []. */
@@ -367,9 +412,11 @@ static int set_name_protected(lua_State *L) {
   return 0;
 }
 
-int lasync_task_set_name(lasync_task *t, const char *name) {
+int lasync_task_set_name(lasync_task *h, const char *name) {
   lua_State *L;
-  if (t == NULL || name == NULL) return LASYNC_EINVAL;
+  lasync__task *t = h ? h->task : NULL;
+  if (h == NULL || name == NULL) return LASYNC_EINVAL;
+  if (t == NULL) return LASYNC_ESTATE;
   if (foreign_thread(t->rt)) return LASYNC_ETHREAD;
   L = t->rt->L;
   if (!lua_checkstack(L, 3)) return LASYNC_ENOMEM;
@@ -393,7 +440,8 @@ static int report_protected(lua_State *L) {
   return 1;
 }
 
-const char *lasync_task_report(lasync_task *t, lua_State *L) {
+const char *lasync_task_report(lasync_task *h, lua_State *L) {
+  lasync__task *t = h ? h->task : NULL;
   if (t == NULL || L == NULL || t->status != LASYNC__FAILED) return NULL;
   if (foreign_thread(t->rt) || !lua_checkstack(L, 3)) return NULL;
   lua_pushcfunction(L, report_protected);

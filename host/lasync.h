@@ -37,7 +37,7 @@ extern "C" {
 #define LASYNC_ETHREAD (-8)  /* called from a thread that does not own the runtime */
 
 typedef struct lasync__runtime lasync_runtime; /* a loop, a Lua state, and their tasks */
-typedef struct lasync__task lasync_task;       /* a task held by C: see lasync_task_release */
+typedef struct lasync_task lasync_task;        /* a task held by C: see lasync_task_release */
 typedef struct lasync_future lasync_future;    /* a one-shot awaitable completed by C */
 
 /* Task states, as lasync_task_status() returns them. */
@@ -122,7 +122,9 @@ int lasync_task_set_name(lasync_task *t, const char *name);
  * pushed) if the task did not fail. */
 const char *lasync_task_report(lasync_task *t, lua_State *L);
 
-/* Lets go of a task returned by a spawn call. */
+/* Lets go of a task returned by a spawn call. Handles outlive their runtime, as futures do:
+ * after lasync_destroy every call on one is refused (LASYNC_ESTATE, NULL, the status it had),
+ * and it must still be released. */
 void lasync_task_release(lasync_task *t);
 
 /* Requests cancellation of every live task, with message (may be NULL) as their Cancelled

@@ -28,6 +28,8 @@ static int push_answer(lua_State *L, void *arg) {
   return 2;
 }
 
+static lasync_runtime *foreign_rt; /* test_task_handle_outlives_runtime's */
+
 static void resolve_later(void *arg) {
   uv_sleep(20);
   CHECK(lasync_future_resolve_async(last_future, push_answer, arg) == LASYNC_OK);
@@ -687,6 +689,38 @@ static void test_host_api(void) {
   CHECK(lasync_destroy(rt) == LASYNC_OK);
 }
 
+/* A task handle's calls from a thread that does not own the runtime are refused. */
+static void task_calls_from_other_thread(void *arg) {
+  lasync_task *t = (lasync_task *)arg;
+  lua_State *L = lasync_lua(foreign_rt);
+  CHECK(lasync_task_result(t, L) == LASYNC_ETHREAD);
+  CHECK(lasync_task_set_name(t, "x") == LASYNC_ETHREAD);
+  lasync_task_release(t); /* refused: the handle stays held */
+}
+
+static void test_task_handle_outlives_runtime(void) {
+  lasync_task *t, *pending;
+  uv_thread_t thread;
+  int n;
+  CHECK(lasync_new(&foreign_rt, NULL) == LASYNC_OK);
+  CHECK(lasync_spawn_string(foreign_rt, "return 42", "=t", &t) == LASYNC_OK);
+  CHECK(lasync_spawn_string(foreign_rt, "require('lasync').sleep(60)", "=p", &pending) == 0);
+  CHECK(lasync_step(foreign_rt, 5) >= 0);
+  CHECK(uv_thread_create(&thread, task_calls_from_other_thread, t) == 0);
+  CHECK(uv_thread_join(&thread) == 0);
+  n = lasync_task_result(t, lasync_lua(foreign_rt)); /* still held after the refused release */
+  CHECK(n == 1 && lua_tointeger(lasync_lua(foreign_rt), -1) == 42);
+  lua_pop(lasync_lua(foreign_rt), n > 0 ? n : 0);
+  CHECK(lasync_destroy(foreign_rt) == LASYNC_OK); /* cancels the sleeper */
+  /* After destroy (the order futures allow): refused, no freed memory read (ASan). */
+  CHECK(lasync_task_status(t) == LASYNC_TASK_DONE);
+  CHECK(lasync_task_status(pending) == LASYNC_TASK_CANCELLED);
+  CHECK(lasync_task_cancel(pending) == LASYNC_ESTATE);
+  CHECK(lasync_task_set_name(t, "late") == LASYNC_ESTATE);
+  lasync_task_release(t);
+  lasync_task_release(pending);
+}
+
 /* `embed_test futures` runs only the tests about C futures and threads (make tsan: the rest
  * reaches libcurl and the test server, which ThreadSanitizer does not see into). */
 int main(int argc, char **argv) {
@@ -696,6 +730,7 @@ int main(int argc, char **argv) {
     RUN(test_futures_from_loop_and_threads);
     RUN(test_future_outlives_runtime);
     RUN(test_futures_race_threads);
+    RUN(test_task_handle_outlives_runtime);
     return checks_report("embed_test futures");
   }
   start_server(&server);
@@ -712,6 +747,7 @@ int main(int argc, char **argv) {
   RUN(test_burst_of_c_started_tasks);
   RUN(test_task_resumed_past_the_scheduler);
   RUN(test_fetches_admitted_per_step);
+  RUN(test_task_handle_outlives_runtime);
   stop_server(&server);
   return checks_report("embed_test");
 }
