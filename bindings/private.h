@@ -648,6 +648,7 @@ void lasync__work_fail(lasync__work *w, const char *message);
 void lasync__open_thread(lua_State *L);
 void lasync__open_fs(lua_State *L);      /* io/fs.c: core.fs */
 void lasync__open_process(lua_State *L); /* io/process.c: core.process */
+void lasync__kill_children_now(void);    /* io/process.c: async-signal-safe, for exiting now */
 
 /* embedded.c, generated from lua/ by cmake/embed_lua.c: every file under lua/, by its path
  * there without ".lua" ("lasync", "http/client"), precompiled with its debug information under

@@ -33,6 +33,7 @@ static void exit_now(int code) {
   static const char msg[] = "\nlasync: signalled again, exiting now\n";
   ssize_t ignored;
   lasync__repl_restore_tty();
+  lasync__kill_children_now(); /* in their own groups: nothing else would stop them */
   ignored = write(2, msg, sizeof msg - 1);
   (void)ignored;
   _exit(code);
@@ -55,9 +56,18 @@ static void on_signal(int signum) {
 }
 
 /* While HTTP servers are open, a first SIGINT or SIGTERM closes them gracefully (5 s, see
- * async.http.close_servers in lua/http/server.lua) instead of cancelling every task: responses
- * in flight are finished with Connection: close. A second signal exits at once, as always. */
-/* Under lasync__cpcall: [light int *took] -> []. */
+ * async.http.close_servers in lua/http/server.lua) before cancelling every task: responses in
+ * flight are finished with Connection: close, then the tasks left are cancelled. A second
+ * signal exits at once, as always. */
+/* Once the servers have closed: the rest is cancelled, as the signal asked. Its upvalue is
+ * the signal's number. */
+static int cancel_the_rest(lua_State *L) {
+  int signum = (int)lua_tointeger(L, lua_upvalueindex(1));
+  lasync__cancel_all(runtime, signum == SIGTERM ? "terminated" : "interrupted");
+  return 0;
+}
+
+/* Under lasync__cpcall: [light int *took] -> []; *took holds the signal's number on entry. */
 static int close_servers_protected(lua_State *L) {
   int *took = (int *)lua_touserdata(L, 1);
   lua_getglobal(L, "require");
@@ -69,16 +79,20 @@ static int close_servers_protected(lua_State *L) {
       (lua_pushliteral(L, "http"), lua_rawget(L, -2)) == LUA_TTABLE &&
       lua_getfield(L, -1, "close_servers") == LUA_TFUNCTION) {
     lua_pushnumber(L, 5);
-    lua_call(L, 1, 1);
+    lua_pushinteger(L, *took);
+    lua_pushcclosure(L, cancel_the_rest, 1);
+    lua_call(L, 2, 1);
     *took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
+  } else {
+    *took = 0;
   }
   return 0;
 }
 
 /* Whether open servers took the signal; a failure there (out of memory, say) falls back to
  * cancelling everything, which is what the signal asks for anyway. */
-static int close_servers(lasync__runtime *rt) {
-  int took = 0;
+static int close_servers(lasync__runtime *rt, int signum) {
+  int took = signum;
   if (lasync__cpcall(rt->L, close_servers_protected, &took) != LUA_OK) return 0;
   return took;
 }
@@ -91,7 +105,7 @@ static void on_signal_async(uv_async_t *handle) {
   signal_pending = 0;
   if (signum == 0) return;
   if (signum == SIGINT && !stopping && lasync__repl_interrupt(runtime)) return;
-  if (close_servers(runtime)) return;
+  if (close_servers(runtime, signum)) return;
   lasync__cancel_all(runtime, signum == SIGTERM ? "terminated" : "interrupted");
 }
 

@@ -64,6 +64,44 @@ describe("signals", function()
     assert.truthy(out:find("exiting now", 1, true), out)
   end)
 
+  it("a second Ctrl-C that exits at once kills the children it leaves, in their own groups", function()
+    local marker = "lasync-orphan-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
+    local path = script([[
+      local p <close> = async.process.spawn({ "sh", "-c", "sleep 300; : ]] .. marker .. [[" })
+      print("ready")
+      while true do pcall(function() while true do end end) end
+    ]])
+    local out, status, err = pty.run({ path }, {
+      { "expect", "ready", 10 }, { "sleep", 0.2 }, { "signal", "INT" }, { "sleep", 0.5 },
+      { "signal", "INT" }, { "wait", 10 },
+    })
+    assert.is_nil(err, out)
+    assert.are.equal(130, status, out)
+    os.execute("sleep 0.2")
+    -- "[s]leep": the shell running pgrep has the pattern in its own command line
+    local ps = io.popen("pgrep -f '[s]leep 300; : " .. marker .. "' 2>/dev/null")
+    local left = ps:read("a")
+    ps:close()
+    if left ~= "" then os.execute("pkill -KILL -f '[s]leep 300; : " .. marker .. "'") end
+    assert.are.equal("", left, "a child survived the exit")
+  end)
+
+  it("SIGTERM with a server and other tasks open: the server closes, then the rest stops", function()
+    local path = script([[
+      local srv = async.http.serve(function() return "hi" end, { port = 0 })
+      async.spawn(function() local c <close> = on_close("ticker"); while true do async.sleep(0.05) end end)
+      print("ready")
+    ]])
+    local t0 = os.time()
+    local out, status, err = pty.run({ path }, {
+      { "expect", "ready", 10 }, { "sleep", 0.2 }, { "signal", "TERM" }, { "wait", 15 },
+    })
+    assert.is_nil(err, out)
+    assert.are.equal(143, status, out)
+    assert.truthy(out:find("ticker cleanup", 1, true), out)
+    assert.is_true(os.time() - t0 < 12, "it waited past the grace")
+  end)
+
   it("Ctrl-C cancels every task of a waiting script, each cleanup running", function()
     local path = script([[
       local t = async.spawn(function() local c <close> = on_close("child"); async.sleep(100) end)

@@ -31,9 +31,47 @@ typedef struct {
   lasync__waitlist waiters;
 } process;
 
+/* The children not yet reaped, for a host that exits at once from a signal handler
+ * (lasync__kill_children_now): they are in their own groups, so the terminal's Ctrl-C never
+ * reached them, and _exit would leave them running. A fixed table, since the handler can
+ * neither lock nor walk a list being changed: slots are claimed with a compare-and-swap (loop
+ * threads of several runtimes) and read one aligned int at a time. A child past the table's
+ * size is not killed there, only by the normal paths. */
+#define CHILD_SLOTS 1024
+static int child_pids[CHILD_SLOTS];
+
+static void track_child(int pid) {
+  int i;
+  for (i = 0; i < CHILD_SLOTS; i++) {
+    int free_slot = 0;
+    if (__atomic_compare_exchange_n(&child_pids[i], &free_slot, pid, 0, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_SEQ_CST))
+      return;
+  }
+}
+
+static void untrack_child(int pid) {
+  int i;
+  for (i = 0; i < CHILD_SLOTS; i++) {
+    int mine = pid;
+    if (__atomic_compare_exchange_n(&child_pids[i], &mine, 0, 0, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_SEQ_CST))
+      return;
+  }
+}
+
+void lasync__kill_children_now(void) {
+  int i;
+  for (i = 0; i < CHILD_SLOTS; i++) {
+    int pid = __atomic_load_n(&child_pids[i], __ATOMIC_SEQ_CST);
+    if (pid > 0) kill(-pid, SIGKILL); /* async-signal-safe; reaped ones were untracked */
+  }
+}
+
 /* Called by libuv once the child has been reaped. */
 static void on_child_exit(uv_process_t *p, int64_t code, int signal) {
   process *pr = (process *)LASYNC__HANDLE_OF(p);
+  untrack_child(pr->pid);
   pr->exited = 1;
   pr->code = code;
   pr->signal = signal;
@@ -55,6 +93,7 @@ static void process_on_free(lasync__handle *h) {
     int status;
     while (waitpid(pr->pid, &status, 0) < 0 && errno == EINTR) {
     }
+    untrack_child(pr->pid);
   }
 }
 
@@ -163,6 +202,7 @@ static int l_spawn(lua_State *L) {
     goto fail_pipes;
   }
   pr->pid = pr->proc.pid;
+  track_child(pr->pid);
   *box = &pr->h;
   pr->h.owner = box;
   lua_pushvalue(L, 9);

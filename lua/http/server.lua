@@ -655,13 +655,21 @@ function Server:__tostring()
 end
 check.methods(Server, "server")
 
---- async.http.close_servers(grace): what the host does on SIGINT/SIGTERM
-function http.close_servers(grace)
+--- async.http.close_servers(grace [, after]): what the host does on SIGINT/SIGTERM; once the
+--- servers have closed, after() runs (the host cancels the tasks left then: else a program
+--- with a server and any other task would never stop on the first signal).
+function http.close_servers(grace, after)
   local list = {}
   for srv in pairs(servers) do list[#list + 1] = srv end
   local tasks = {}
   for i = 1, #list do
     tasks[i] = spawn(function() list[i]:close { grace = grace } end)
+  end
+  if after and #tasks > 0 then
+    spawn(function()
+      for i = 1, #tasks do pcall(tasks[i].await, tasks[i]) end
+      after()
+    end)
   end
   return tasks
 end
