@@ -64,7 +64,7 @@ describe("signals", function()
     assert.truthy(out:find("exiting now", 1, true), out)
   end)
 
-  it("a second Ctrl-C that exits at once kills the children it leaves, in their own groups", function()
+  it("a second Ctrl-C that exits at once kills the children it leaves in their groups", function()
     local marker = "lasync-orphan-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
     local path = script([[
       local p <close> = async.process.spawn({ "sh", "-c", "sleep 300; : ]] .. marker .. [[" })
@@ -86,10 +86,13 @@ describe("signals", function()
     assert.are.equal("", left, "a child survived the exit")
   end)
 
-  it("SIGTERM with a server and other tasks open: the server closes, then the rest stops", function()
+  it("SIGTERM with a server and other tasks: the server closes, then the rest stops", function()
     local path = script([[
       local srv = async.http.serve(function() return "hi" end, { port = 0 })
-      async.spawn(function() local c <close> = on_close("ticker"); while true do async.sleep(0.05) end end)
+      async.spawn(function()
+        local c <close> = on_close("ticker")
+        while true do async.sleep(0.05) end
+      end)
       print("ready")
     ]])
     local t0 = os.time()
