@@ -117,7 +117,9 @@ static int collect_args(int argc, char **argv, int *flags) {
         *flags |= HAS_LOWER_E;
         /* fall through */
       case 'l':
-        if (a[2] == '\0' && (++i >= argc || argv[i][0] == '-')) goto bad;
+        /* A missing argument is the option's error ("'-e' needs argument"), as in lua.c. */
+        if (a[2] == '\0' && (i + 1 >= argc || argv[i + 1][0] == '-')) goto bad;
+        if (a[2] == '\0') i++;
         break;
       default:
         goto bad;
@@ -311,7 +313,11 @@ int main(int argc, char **argv) {
   memset(&opts, 0, sizeof opts);
   opts.on_error = on_error;
   opts.ignore_env = (flags & HAS_E) != 0;
-  if (cap != NULL && atof(cap) > 0) opts.max_memory = (size_t)(atof(cap) * 1024 * 1024);
+  if (cap != NULL && atof(cap) > 0) {
+    /* MiB; past what a size_t holds (1e30, inf) the cap is no cap: the cast would be undefined */
+    double bytes = atof(cap) * 1024 * 1024;
+    opts.max_memory = bytes < (double)SIZE_MAX ? (size_t)bytes : SIZE_MAX;
+  }
   /* lua.c switches to the generational collector; it measured slower here, where many tasks
    * stay alive together (bench/), so the host keeps Lua's incremental default. */
   if ((err = lasync_new(&runtime, &opts)) != LASYNC_OK) {

@@ -77,6 +77,23 @@ describe("the lasync command", function()
       assert.are.equal("", out)
     end)
 
+    it("names the option whose argument is missing, on stderr, as lua5.4 does", function()
+      for _, args in ipairs { "-e", "-l", "-e -v", "-l -e x" } do
+        local out, err, code = run(args)
+        assert.are.equal(1, code, args)
+        assert.matches("'-" .. args:sub(2, 2) .. "' needs argument", err, 1, true)
+        assert.matches("usage:", err, 1, true)
+        assert.are.equal("", out, args)
+      end
+    end)
+
+    it("takes a LASYNC_MAX_MEMORY past what a size_t holds as no cap", function()
+      for _, v in ipairs { "1e30", "inf", "18446744073709551615" } do
+        local out, err, code = sub.run("-e 'print(1)'", { prefix = "LASYNC_MAX_MEMORY=" .. v .. " " })
+        assert.are.same({ "1\n", 0 }, { out, code }, err)
+      end
+    end)
+
     it("with - runs stdin as the script, with arguments", function()
       local out, err, code = run("- a b", "print('stdin', arg[0], ...)")
       assert.are.equal(0, code, err)
