@@ -1,5 +1,6 @@
 /* luaopen_lasync: the module. The same entry point serves the host (which has already opened
  * a runtime on its own loop) and stock lua5.4 (where the first require opens one). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,17 @@
 static int guard_gc(lua_State *L) {
   lasync__runtime **slot = (lasync__runtime **)lua_touserdata(L, 1);
   if (*slot) {
+    lasync__runtime *rt = *slot;
+    uint32_t i, never_ran = 0;
+    /* In this form the loop turns only inside async.run: a task spawned outside one and never
+     * run would vanish without a word, its failure with it. Said once, here. */
+    for (i = 0; i < rt->ready_len; i++)
+      never_ran += rt->ready[(rt->ready_head + i) & (rt->ready_cap - 1)]->status == LASYNC__PENDING;
+    if (never_ran > 0)
+      fprintf(stderr,
+              "lasync: %u task%s spawned outside async.run never ran (in stock lua5.4 the loop "
+              "runs only inside async.run)\n",
+              (unsigned)never_ran, never_ran == 1 ? "" : "s");
     lasync__runtime_close(*slot);
     lasync__runtime_free(*slot); /* lua_close is under way: nothing of ours runs after it */
     *slot = NULL;

@@ -77,6 +77,19 @@ describe("the lasync command", function()
       assert.are.equal("", out)
     end)
 
+    it("in stock lua5.4, says so when a task spawned outside async.run never ran", function()
+      local dir = os.getenv("LASYNC_MODULE_DIR") or "build"
+      local so = io.open(dir .. "/lasync.so")
+      if not so then return pending("no lasync.so in " .. dir) end
+      so:close()
+      local err = sub.tmpfile()
+      local p = io.popen("LUA_CPATH=" .. sub.q(dir .. "/?.so;;") .. " lua5.4 -e " ..
+        sub.q("local a = require 'lasync'; a.spawn(function() error('x') end)") .. " 2>" .. sub.q(err))
+      p:read("a")
+      p:close()
+      assert.matches("1 task spawned outside async.run never ran", sub.slurp(err), 1, true)
+    end)
+
     it("names the option whose argument is missing, on stderr, as lua5.4 does", function()
       for _, args in ipairs { "-e", "-l", "-e -v", "-l -e x" } do
         local out, err, code = run(args)
