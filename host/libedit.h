@@ -19,7 +19,8 @@
   X(using_history) X(stifle_history) X(read_history) X(write_history) X(add_history)             \
   X(rl_readline_name) X(rl_instream) X(rl_outstream) X(rl_point)                                 \
   X(rl_basic_word_break_characters) X(rl_attempted_completion_function)                          \
-  X(rl_attempted_completion_over) X(rl_completion_append_character) X(rl_catch_signals)
+  X(rl_attempted_completion_over) X(rl_completion_append_character) X(rl_catch_signals)         \
+  X(rl_line_buffer) X(rl_end)
 /* clang-format on */
 
 #define LASYNC__EDIT_FIELD(name) __typeof__(name) *name;
@@ -56,6 +57,8 @@ int lasync__edit_load(const char **why);
 #define rl_attempted_completion_over (*lasync__edit.rl_attempted_completion_over)
 #define rl_completion_append_character (*lasync__edit.rl_completion_append_character)
 #define rl_catch_signals (*lasync__edit.rl_catch_signals)
+#define rl_line_buffer (*lasync__edit.rl_line_buffer)
+#define rl_end (*lasync__edit.rl_end)
 #endif
 
 #endif

@@ -157,6 +157,31 @@ static void read_some(void) {
   ed.len += (size_t)n;
 }
 
+/* libedit 3.1's rl_callback_read_char ends with rl_line_buffer[rl_end] = '\0', through the
+ * pointer it last took of its narrow copy of the line, which a growing line reallocates between
+ * two of its resize hooks: a pasted line of 6,000 characters wrote into freed memory (heap
+ * corruption, then an abort; found by a hostile pass). Before each call the pointer is aimed at
+ * a buffer of ours, larger than the line can grow in one call (a key, a completion, a yank of
+ * at most a line seen before), where that terminator lands harmlessly. libedit re-aims it at
+ * its own copy when its line buffer grows, in bounds then; nothing reads it (lineedit.c reads
+ * rl_point only). */
+static char *shadow_line;
+static size_t shadow_cap, longest_line;
+
+static int aim_line_buffer(void) {
+  size_t end = rl_end > 0 ? (size_t)rl_end : 0, need;
+  if (end > longest_line) longest_line = end;
+  need = 2 * longest_line + 65536;
+  if (need > shadow_cap) {
+    char *p = (char *)realloc(shadow_line, need);
+    if (p == NULL) return -1;
+    shadow_line = p;
+    shadow_cap = need;
+  }
+  rl_line_buffer = shadow_line;
+  return 0;
+}
+
 /* libuv calls this when fd 0 is readable. */
 static void on_readable(uv_poll_t *poll, int status, int events) {
   (void)poll;
@@ -169,6 +194,11 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
     if (ed.tty) rl_callback_handler_remove();
     deliver(GOT_EOF, NULL);
   } else if (ed.tty) {
+    if (aim_line_buffer() != 0) { /* out of memory: the REPL ends rather than corrupt it */
+      rl_callback_handler_remove();
+      deliver(GOT_EOF, NULL);
+      return;
+    }
     rl_callback_read_char();
   } else {
     read_some();

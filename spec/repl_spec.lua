@@ -47,6 +47,17 @@ describe("the REPL", function()
       assert.falsy(out:find("> x = 1\n[^>]", 1), out) -- a statement prints nothing
     end)
 
+    it("takes a pasted line of 8,000 characters (libedit wrote past its buffer)", function()
+      local out, status, err = repl({
+        { "expect", "> ", 10 },
+        { "send", "x = '" .. string.rep("a", 8000) .. "' print('len', #x)" .. ENTER },
+        { "expect", "len\t8000", 60 },
+        { "send", CTRL_D }, { "wait", 10 },
+      })
+      assert.is_nil(err, out:sub(-300))
+      assert.are.equal(0, status, out:sub(-300))
+    end)
+
     it("continues incomplete input on a >> line", function()
       local out, status, err = repl({
         { "expect", "> ", 10 }, { "send", "for i = 1, 3 do" .. ENTER }, { "expect", ">> ", 10 },
