@@ -10,12 +10,9 @@
 static int guard_gc(lua_State *L) {
   lasync__runtime **slot = (lasync__runtime **)lua_touserdata(L, 1);
   if (*slot) {
-    lasync__runtime *rt = *slot;
-    uint32_t i, never_ran = 0;
     /* In this form the loop turns only inside async.run: a task spawned outside one and never
      * run would vanish without a word, its failure with it. Said once, here. */
-    for (i = 0; i < rt->ready_len; i++)
-      never_ran += rt->ready[(rt->ready_head + i) & (rt->ready_cap - 1)]->status == LASYNC__PENDING;
+    uint32_t never_ran = lasync__count_unstarted(*slot);
     if (never_ran > 0)
       fprintf(stderr,
               "lasync: %u task%s spawned outside async.run never ran (in stock lua5.4 the loop "

@@ -627,6 +627,7 @@ int lasync__cpcall(lua_State *L, lua_CFunction fn, void *ud);
 /* Makes room in the ready ring for one more live task; raises a memory error otherwise, so
  * that waking a task never needs memory. */
 void lasync__reserve_ready(lua_State *L, lasync__runtime *rt);
+uint32_t lasync__count_unstarted(const lasync__runtime *rt); /* ready tasks never run yet */
 /* Raises Lua's "not enough memory" (kept ready: raising it allocates nothing). */
 int lasync__raise_oom(lua_State *L, lasync__runtime *rt);
 

@@ -11,20 +11,20 @@ int luaopen_lasync(lua_State *L);
 
 static const char HELD_KEY = 'h'; /* registry: light(task) -> task, for the tasks C holds */
 
-/* What embedding adds to a runtime: whose it is. Futures held by C and the cross-thread queue
- * live in bindings/core (future.c, xthread.c). */
 /* A task handle of C's: the task, until its runtime closes, so a handle released after
  * lasync_destroy (a natural order, as futures allow it) touches no freed memory. */
 struct lasync_task {
-  lasync__task *task;       /* NULL once the runtime has closed */
+  lasync__task *task;        /* NULL once the runtime has closed */
   lasync_task_status_t last; /* the status it had then */
-  lasync_task *prev, *next; /* the runtime's live handles */
+  lasync_task *prev, *next;  /* the runtime's live handles, while task is set */
 };
 
+/* What embedding adds to a runtime: whose it is. Futures held by C and the cross-thread queue
+ * live in bindings/core (future.c, xthread.c). */
 typedef struct {
   lasync__service service; /* first: the service is the state */
   int owns_state;
-  uv_thread_t owner;     /* the thread that created the runtime: the only one allowed in */
+  uv_thread_t owner;    /* the thread that created the runtime: the only one allowed in */
   lasync_task *handles; /* held tasks, cut loose when the runtime closes */
 } embed;
 
@@ -62,12 +62,13 @@ const char *lasync_strerror(int err) {
 /* ---- futures held by C (bindings/core/future.c) ---- */
 
 static void embed_close(lasync_runtime *rt, lasync__service *s) {
-  lasync_task *h;
+  lasync_task *h, *next;
   (void)rt;
-  for (h = ((embed *)s)->handles; h; h = h->next) {
+  for (h = ((embed *)s)->handles; h; h = next) {
+    next = h->next;
     h->last = (lasync_task_status_t)h->task->status;
-    h->task = NULL;
-    h->prev = NULL;
+    h->task = NULL; /* out of every list: release only frees it */
+    h->prev = h->next = NULL;
   }
   free(s);
 }

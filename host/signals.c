@@ -67,9 +67,14 @@ static int cancel_the_rest(lua_State *L) {
   return 0;
 }
 
-/* Under lasync__cpcall: [light int *took] -> []; *took holds the signal's number on entry. */
+typedef struct {
+  int signum; /* the signal being handled */
+  int took;   /* out: servers were open and are closing */
+} server_close;
+
+/* Under lasync__cpcall: [light server_close *] -> []. */
 static int close_servers_protected(lua_State *L) {
-  int *took = (int *)lua_touserdata(L, 1);
+  server_close *sc = (server_close *)lua_touserdata(L, 1);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lasync");
   lua_call(L, 1, 1);
@@ -79,12 +84,10 @@ static int close_servers_protected(lua_State *L) {
       (lua_pushliteral(L, "http"), lua_rawget(L, -2)) == LUA_TTABLE &&
       lua_getfield(L, -1, "close_servers") == LUA_TFUNCTION) {
     lua_pushnumber(L, 5);
-    lua_pushinteger(L, *took);
+    lua_pushinteger(L, sc->signum);
     lua_pushcclosure(L, cancel_the_rest, 1);
     lua_call(L, 2, 1);
-    *took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
-  } else {
-    *took = 0;
+    sc->took = lua_istable(L, -1) && lua_rawlen(L, -1) > 0;
   }
   return 0;
 }
@@ -92,9 +95,9 @@ static int close_servers_protected(lua_State *L) {
 /* Whether open servers took the signal; a failure there (out of memory, say) falls back to
  * cancelling everything, which is what the signal asks for anyway. */
 static int close_servers(lasync__runtime *rt, int signum) {
-  int took = signum;
-  if (lasync__cpcall(rt->L, close_servers_protected, &took) != LUA_OK) return 0;
-  return took;
+  server_close sc = {signum, 0};
+  if (lasync__cpcall(rt->L, close_servers_protected, &sc) != LUA_OK) return 0;
+  return sc.took;
 }
 
 /* libuv calls this on the loop after on_signal. */

@@ -252,24 +252,18 @@ function process.run(argv, opts)
     end
   end
 
+  -- Runs under guarded (below): a pipe ends with nil, so an error here (a read's, the sink's,
+  -- memory) fails the run.
   local function reader(stream, sink, parts)
     while true do
-      local ok, chunk = pcall(stream.read, stream)
-      if not ok then
-        if passes(chunk) then error(chunk, 0) end
-        return fail(chunk) -- a pipe ends with nil: an error (memory, I/O) fails the run
-      end
+      local chunk = stream:read()
       if chunk == nil then return end
       total = total + #chunk
       if total > max then return fail(too_large(args, max)) end
       if sink == "capture" then
         parts[#parts + 1] = chunk
       else
-        local ok2, err = pcall(sink, chunk)
-        if not ok2 then
-          if passes(err) then error(err, 0) end
-          return fail(err)
-        end
+        sink(chunk)
       end
     end
   end

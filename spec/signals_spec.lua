@@ -14,6 +14,19 @@ local function script(source)
   return sub.tmpfile("local async = require 'lasync'\n" .. CLEANUP .. source)
 end
 
+-- Runs a script whose main task swallows the first Ctrl-C (its busy loop is inside a pcall),
+-- sends two; returns pty.run's out, status, err.
+local function stubborn_twice(setup)
+  local path = script((setup or "") .. [[
+      print("ready")
+      while true do pcall(function() while true do end end) end
+    ]])
+  return pty.run({ path }, {
+    { "expect", "ready", 10 }, { "sleep", 0.2 }, { "signal", "INT" }, { "sleep", 0.5 },
+    { "signal", "INT" }, { "wait", 10 },
+  })
+end
+
 describe("signals", function()
   after_each(function()
     sub.cleanup()
@@ -51,14 +64,7 @@ describe("signals", function()
   end)
 
   it("a second Ctrl-C exits at once with 130 when the first could not stop the script", function()
-    local path = script([[
-      print("ready")
-      while true do pcall(function() while true do end end) end
-    ]])
-    local out, status, err = pty.run({ path }, {
-      { "expect", "ready", 10 }, { "sleep", 0.2 }, { "signal", "INT" }, { "sleep", 0.5 },
-      { "signal", "INT" }, { "wait", 10 },
-    })
+    local out, status, err = stubborn_twice()
     assert.is_nil(err, out)
     assert.are.equal(130, status, out)
     assert.truthy(out:find("exiting now", 1, true), out)
@@ -66,15 +72,8 @@ describe("signals", function()
 
   it("a second Ctrl-C that exits at once kills the children it leaves in their groups", function()
     local marker = "lasync-orphan-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
-    local path = script([[
-      local p <close> = async.process.spawn({ "sh", "-c", "sleep 300; : ]] .. marker .. [[" })
-      print("ready")
-      while true do pcall(function() while true do end end) end
-    ]])
-    local out, status, err = pty.run({ path }, {
-      { "expect", "ready", 10 }, { "sleep", 0.2 }, { "signal", "INT" }, { "sleep", 0.5 },
-      { "signal", "INT" }, { "wait", 10 },
-    })
+    local out, status, err = stubborn_twice(
+      'local p <close> = async.process.spawn({ "sh", "-c", "sleep 300; : ' .. marker .. '" })\n')
     assert.is_nil(err, out)
     assert.are.equal(130, status, out)
     os.execute("sleep 0.2")

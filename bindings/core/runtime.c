@@ -183,6 +183,13 @@ void lasync__reserve_ready(lua_State *L, lasync__runtime *rt) {
   rt->ready_cap = cap;
 }
 
+uint32_t lasync__count_unstarted(const lasync__runtime *rt) {
+  uint32_t i, n = 0;
+  for (i = 0; i < rt->ready_len; i++)
+    n += rt->ready[(rt->ready_head + i) & (rt->ready_cap - 1)]->status == LASYNC__PENDING;
+  return n;
+}
+
 void lasync__enqueue(lasync__task *t, int wake) {
   lasync__runtime *rt = t->rt;
   if (t->queued) {

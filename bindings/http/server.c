@@ -927,15 +927,20 @@ static int srv_port(lua_State *L) {
   return 1;
 }
 
+/* A connection no handler holds closes now, unless its last responses are still going out
+ * to a slow client: they finish first, within the timer close_after_flush arms. */
+static void close_unheld(conn *c) {
+  if (c->queued > 0)
+    close_after_flush(c);
+  else
+    lasync__handle_close(&c->h);
+}
+
 static void close_idle(server *sv) {
   conn *c = sv->conns, *next;
   for (; c; c = next) {
     next = c->next;
-    if (c->busy || c->queued_ev) continue;
-    if (c->queued > 0)
-      close_after_flush(c); /* its last responses are still going out: they finish first */
-    else
-      lasync__handle_close(&c->h);
+    if (!c->busy && !c->queued_ev) close_unheld(c);
   }
 }
 
@@ -948,9 +953,9 @@ static int srv_stop(lua_State *L) {
   return 0;
 }
 
-/* srv:close_all(): every connection closes now (after the handlers were cancelled). */
 /* server:close_all([conn]): closes the listener and every connection but conn (the one whose
- * handler closes the server: it closes after its response, as closing forbids keep-alive). */
+ * handler closes the server: it closes after its response, as closing forbids keep-alive), the
+ * handlers having been cancelled. */
 static int srv_close_all(lua_State *L) {
   server_box *b = (server_box *)luaL_testudata(L, 1, SERVER_MT);
   lasync__handle **keep = (lasync__handle **)luaL_testudata(L, 2, CONN_MT);
@@ -964,14 +969,12 @@ static int srv_close_all(lua_State *L) {
   for (c = sv->conns; c; c = next) {
     next = c->next;
     if (keep && *keep == &c->h) continue;
-    if (!c->busy && c->queued > 0) {
-      /* A response already made, still going out to a slow client: it finishes, within the
-       * idle timeout armed when it was made. */
-      close_after_flush(c);
-      continue;
+    if (c->busy) {
+      c->busy = 0;
+      lasync__handle_close(&c->h);
+    } else {
+      close_unheld(c);
     }
-    c->busy = 0;
-    lasync__handle_close(&c->h);
   }
   return 0;
 }

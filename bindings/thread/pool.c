@@ -885,26 +885,24 @@ static int pool_close(lua_State *L) {
 /* An integer option in [min, max]: an integer, or a float with an integral value (4.0). A float
  * is compared before it is converted: converting NaN, inf or 1e300 is undefined behaviour. */
 static int opt_int(lua_State *L, const char *fname, const char *opt, int min, int max, int def) {
-  int t = lua_getfield(L, 1, opt), v;
+  int t = lua_getfield(L, 1, opt), in_range, v = 0;
   if (t == LUA_TNIL) {
     lua_pop(L, 1);
     return def;
   }
   if (lua_isinteger(L, -1)) {
     lua_Integer i = lua_tointeger(L, -1);
-    if (i < min || i > max)
-      lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %I)", fname, opt, min,
-                     max, (LUAI_UACINT)i);
-    v = (int)i;
+    in_range = i >= min && i <= max;
+    if (in_range) v = (int)i;
   } else {
-    lua_Number n = t == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
+    lua_Number n = lua_tonumber(L, -1);
     if (t != LUA_TNUMBER || n != n) lasync__opterror(L, -1, fname, opt, "integer");
-    if (n < min || n > max)
-      lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %f)", fname, opt, min,
-                     max, (LUAI_UACNUMBER)n);
-    v = (int)n;
-    if ((lua_Number)v != n) lasync__opterror(L, -1, fname, opt, "integer");
+    in_range = n >= min && n <= max;
+    if (in_range && (lua_Number)(v = (int)n) != n) lasync__opterror(L, -1, fname, opt, "integer");
   }
+  if (!in_range) /* lua_tostring shows the number as Lua would; it is popped anyway */
+    lasync__misuse(L, "%s: bad option '%s' (must be between %d and %d, got %s)", fname, opt, min,
+                   max, lua_tostring(L, -1));
   lua_pop(L, 1);
   return v;
 }
