@@ -236,6 +236,15 @@ struct lasync__runtime {
   int debug;               /* debug mode: slow steps are reported, parents recorded */
   uint64_t slow_step_ns;   /* what counts as a slow step in debug mode */
   int parents_ref;         /* debug mode: weak table task -> the task that spawned it */
+  /* The collector's pace (gcpace.c). */
+  int gc_pause;            /* the pause pacing last set */
+  int gc_pace_off;         /* the pause is someone else's */
+  unsigned gc_sentinel_id; /* the current sentinel's, waiting for the end of a cycle */
+  int gc_pace_due;         /* a cycle has ended (or its sentinel was lost) since pacing looked */
+  size_t gc_cycle_live;    /* what it left alive, in bytes, or 0 */
+  size_t gc_cycle_freed;   /* the heap's freed count then */
+  size_t gc_prev_live, gc_prev_freed; /* the same at the cycle before */
+  int gc_burst_cycles;     /* cycles run at the raised pause in a row */
 };
 
 /* runtime.c */
@@ -274,6 +283,14 @@ int lasync__run_until_done(lasync__runtime *rt, lasync__task *t);
 void lasync__cancel_all(lasync__runtime *rt, const char *msg);
 int lasync__count_handles(lasync__runtime *rt);
 
+/* gcpace.c: the collector's pause, raised while each cycle leaves more alive (a burst of
+ * tasks) and Lua's default otherwise. Open on the runtime's state (raises a memory error);
+ * LASYNC__GC_PACE, one test, at the spawns and drains, on the running thread: never raises. */
+void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt);
+void lasync__gc_pace(lua_State *L, lasync__runtime *rt);
+void lasync__gc_pace_poll(lasync__runtime *rt); /* each drain: notices a lost sentinel */
+#define LASYNC__GC_PACE(L, rt) ((rt)->gc_pace_due ? lasync__gc_pace((L), (rt)) : (void)0)
+
 /* service.c */
 void lasync__service_add(lasync__runtime *rt, lasync__service *s, const lasync__service_ops *ops);
 void lasync__service_remove(lasync__runtime *rt, lasync__service *s);
@@ -290,6 +307,8 @@ lasync__heap *lasync__heap_new(size_t cap);
 void lasync__heap_free(lasync__heap *h);
 void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 size_t lasync__heap_used(const lasync__heap *h);
+size_t lasync__heap_cap(const lasync__heap *h);   /* 0: none */
+size_t lasync__heap_freed(const lasync__heap *h); /* all told, wrapping past SIZE_MAX */
 /* A state on h with luaL_newstate's panic and warning functions, or NULL. */
 lua_State *lasync__heap_newstate(lasync__heap *h);
 

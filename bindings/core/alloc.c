@@ -97,6 +97,7 @@ struct lasync__heap {
   slab *slabs;                /* every slab, freed with the heap */
   size_t slab_bytes;          /* their total */
   size_t used;                /* bytes Lua holds (its own sizes, not rounded) */
+  size_t freed;               /* bytes Lua has freed, all told (the collector's pace) */
   size_t cap;                 /* 0: none */
   struct prefaulter *pf;      /* past BIG_HEAP, while it could be started */
 };
@@ -260,6 +261,10 @@ void lasync__heap_free(lasync__heap *h) {
 
 size_t lasync__heap_used(const lasync__heap *h) { return h->used; }
 
+size_t lasync__heap_cap(const lasync__heap *h) { return h->cap; }
+
+size_t lasync__heap_freed(const lasync__heap *h) { return h->freed; }
+
 static void *small_alloc(lasync__heap *h, size_t cls) {
   free_block *b = h->free[cls];
   size_t bytes = (cls + 1) * GRAIN + REDZONE;
@@ -409,6 +414,7 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize == 0) {
     if (ptr) {
       h->used -= old;
+      h->freed += old;
       if (old <= MAX_SMALL)
         small_free(h, ptr, (old - 1) / GRAIN);
       else

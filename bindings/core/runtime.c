@@ -691,6 +691,8 @@ void lasync__step_measure(uint64_t *avg, uint64_t sample) {
 void lasync__drain(lasync__runtime *rt) {
   uint32_t saved_left;
   int saved_at = rt->anchors_at;
+  lasync__gc_pace_poll(rt);
+  LASYNC__GC_PACE(rt->L, rt);
   lasync__services_turn(rt); /* may make tasks ready */
   rt->anchors_at = 0; /* an outer drain's index counts from another frame */
   if (rt->ready_len > 0 && lua_checkstack(rt->L, 1)) { /* else every lookup takes the long way */
@@ -827,6 +829,7 @@ static int open_lua_side(lua_State *L) {
   rt->oom_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lasync__push_weak_table(L, "k");
   rt->owned_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lasync__gc_pace_open(L, rt);
   /* Last: once the state names the runtime, it is complete. */
   lua_pushlightuserdata(L, rt);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
