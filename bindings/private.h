@@ -284,7 +284,8 @@ void lasync__cancel_all(lasync__runtime *rt, const char *msg);
 int lasync__count_handles(lasync__runtime *rt);
 
 /* gcpace.c: the collector's pause, raised while each cycle leaves more alive (a burst of
- * tasks) and Lua's default otherwise. Open on the runtime's state (raises a memory error);
+ * tasks) and Lua's default otherwise. Open on a runtime whose state is on lasync's heap, with
+ * rt->lua_heap set (raises a memory error); unopened, pacing is off.
  * LASYNC__GC_PACE, one test, at the spawns and drains, on the running thread: never raises. */
 void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt);
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt);

@@ -154,6 +154,8 @@ static int new_protected(lua_State *L) {
     return lua_error(L);
   }
   e->owns_state = lua_toboolean(L, 2);
+  /* The collector's pace counts what the collector frees, which only lasync's heap can. */
+  if (rt->lua_heap) lasync__gc_pace_open(L, rt);
   luaL_requiref(L, "lasync", luaopen_lasync, 0);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &HELD_KEY);

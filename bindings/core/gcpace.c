@@ -19,8 +19,9 @@
  * took the fetch soak's start to 400 and its RSS from 16 to 36 MB; what survives of it is little.
  * Its start-up (lasync's library loading) does survive, at 1-2 MB: without the 8 MB floor its
  * RSS was 19 MB.
- * Counting what the collector frees needs lasync's heap (alloc.c): under stock lua5.4 (the module
- * form) the allocator is the host's and the pause is left alone.
+ * Counting what the collector frees needs lasync's heap (alloc.c): pacing is opened only on the
+ * states lasync_new makes on it. Under stock lua5.4 (the module form), or on an embedder's
+ * state or allocator, the allocator is someone else's and the pause is left alone.
  *
  * The end of a cycle is seen through a sentinel: a userdata nothing holds but a weak table.
  * Its __gc notes the end of the cycle that found it; a finalizer may not call lua_gc (nor should
@@ -83,7 +84,6 @@ void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt) {
   int pause = lua_gc(L, LUA_GCSETPAUSE, LUA_PAUSE);
   if (pause != LUA_PAUSE) { /* tuned before lasync was opened: left as it is */
     if (pause >= 0) lua_gc(L, LUA_GCSETPAUSE, pause);
-    rt->gc_pace_off = 1;
     return;
   }
   rt->gc_pause = LUA_PAUSE;
@@ -102,6 +102,7 @@ void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt) {
   lua_pushcfunction(L, new_sentinel);
   lua_pushlightuserdata(L, rt);
   lua_call(L, 1, 0);
+  rt->gc_pace_off = 0;
 }
 
 void lasync__gc_pace_poll(lasync__runtime *rt) {
@@ -125,8 +126,7 @@ static int burst_seen(lasync__runtime *rt, size_t live, size_t freed) {
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt) {
   size_t live, freed, cap;
   int pause, set;
-  if (rt->gc_pace_off || rt->closing || rt->lua_heap == NULL) {
-    rt->gc_pace_off = 1; /* the module form's allocator is the host's: nothing to count */
+  if (rt->gc_pace_off || rt->closing) {
     rt->gc_pace_due = 0;
     return;
   }

@@ -829,7 +829,6 @@ static int open_lua_side(lua_State *L) {
   rt->oom_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lasync__push_weak_table(L, "k");
   rt->owned_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lasync__gc_pace_open(L, rt);
   /* Last: once the state names the runtime, it is complete. */
   lua_pushlightuserdata(L, rt);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
@@ -866,6 +865,7 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   rt->pool_ref = rt->parents_ref = rt->sites_ref = LUA_NOREF;
   rt->owned_ref = rt->oom_ref = rt->anchors_ref = rt->task_mt_ref = LUA_NOREF;
   rt->slow_step_ns = 100000000; /* 100 ms, as asyncio's debug mode */
+  rt->gc_pace_off = 1;          /* until lasync__gc_pace_open, on a state of lasync's heap */
   lua_pushcfunction(L, open_lua_side);
   lua_pushlightuserdata(L, rt);
   if (lasync__pcall(L, 1, 0) != LUA_OK) {
