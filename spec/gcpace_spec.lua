@@ -7,12 +7,16 @@ local async = require "lasync"
 local assert_clean = require "clean"
 local sub = require "subprocess"
 
--- The collector's pause, read without changing it (setpause answers the previous value).
-local function pause()
-  local p = collectgarbage("setpause", 200)
-  collectgarbage("setpause", p)
-  return p
-end
+-- The collector's pause, read without changing it (setpause answers the previous value); as
+-- source too, for the scripts run in a process of their own.
+local PAUSE_SOURCE = [[
+  local function pause()
+    local p = collectgarbage("setpause", 200)
+    collectgarbage("setpause", p)
+    return p
+  end
+]]
+local pause = load(PAUSE_SOURCE .. " return pause")()
 
 local function it_host(name, fn)
   if sub.LASYNC then it(name, fn) else pending(name .. " (needs LASYNC)") end
@@ -68,13 +72,8 @@ describe("the collector's pace", function()
     -- threshold of 64 MB at 400. Each change of the pause is seen at the spawn after the cycle
     -- that made it, with the heap then (a little more than what the cycle left: the bound has a
     -- tenth of slack).
-    local out, err, status = sub.run_script([[
+    local out, err, status = sub.run_script(PAUSE_SOURCE .. [[
       local async = require "lasync"
-      local function pause()
-        local p = collectgarbage("setpause", 200)
-        collectgarbage("setpause", p)
-        return p
-      end
       local ballast = ("x"):rep(8 << 20)
       for _ = 1, 3 do
         collectgarbage()
