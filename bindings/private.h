@@ -237,14 +237,14 @@ struct lasync__runtime {
   uint64_t slow_step_ns;   /* what counts as a slow step in debug mode */
   int parents_ref;         /* debug mode: weak table task -> the task that spawned it */
   /* The collector's pace (gcpace.c). */
-  int gc_pause;            /* the pause pacing last set */
-  int gc_pace_off;         /* the pause is someone else's */
+  int gc_pace_off;         /* not opened (not lasync's heap), or the collector is someone else's */
   unsigned gc_sentinel_id; /* the current sentinel's, waiting for the end of a cycle */
-  int gc_pace_due;         /* a cycle has ended (or its sentinel was lost) since pacing looked */
-  size_t gc_cycle_live;    /* what it left alive, in bytes, or 0 */
-  size_t gc_cycle_freed;   /* the heap's freed count then */
-  size_t gc_prev_live, gc_prev_freed; /* the same at the cycle before */
-  int gc_burst_cycles;     /* cycles run at the raised pause in a row */
+  int gc_pace_due;         /* a cycle of a burst has ended: its threshold is to move */
+  size_t gc_cycle_live;    /* what the last cycle left alive, in bytes */
+  size_t gc_prev_live, gc_prev_grown; /* the cycle before: left, and the heap's allocated count
+                                       * then; 0: none to compare with */
+  uint64_t spawned, gc_prev_spawned;  /* tasks spawned, all told, and at the cycle before */
+  int gc_burst_cycles;     /* cycles of the current burst */
 };
 
 /* runtime.c */
@@ -283,10 +283,10 @@ int lasync__run_until_done(lasync__runtime *rt, lasync__task *t);
 void lasync__cancel_all(lasync__runtime *rt, const char *msg);
 int lasync__count_handles(lasync__runtime *rt);
 
-/* gcpace.c: the collector's pause, raised while each cycle leaves more alive (a burst of
- * tasks) and Lua's default otherwise. Open on a runtime whose state is on lasync's heap, with
- * rt->lua_heap set (raises a memory error); unopened, pacing is off.
- * LASYNC__GC_PACE, one test, at the spawns and drains, on the running thread: never raises. */
+/* gcpace.c: the collector's threshold, moved out for a cycle after one that ended in a burst
+ * of tasks (each cycle leaving more alive). Open on a runtime whose state is on lasync's heap,
+ * with rt->lua_heap set (raises a memory error); unopened, pacing is off. LASYNC__GC_PACE, one
+ * test, at the spawns and drains, on the running thread; never raises. */
 void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt);
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt);
 void lasync__gc_pace_poll(lasync__runtime *rt); /* each drain: notices a lost sentinel */
@@ -309,7 +309,7 @@ void lasync__heap_free(lasync__heap *h);
 void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 size_t lasync__heap_used(const lasync__heap *h);
 size_t lasync__heap_cap(const lasync__heap *h);   /* 0: none */
-size_t lasync__heap_freed(const lasync__heap *h); /* all told, wrapping past SIZE_MAX */
+size_t lasync__heap_grown(const lasync__heap *h); /* bytes allocated, all told, wrapping */
 /* A state on h with luaL_newstate's panic and warning functions, or NULL. */
 lua_State *lasync__heap_newstate(lasync__heap *h);
 

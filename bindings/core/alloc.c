@@ -97,7 +97,7 @@ struct lasync__heap {
   slab *slabs;                /* every slab, freed with the heap */
   size_t slab_bytes;          /* their total */
   size_t used;                /* bytes Lua holds (its own sizes, not rounded) */
-  size_t freed;               /* bytes Lua has freed, all told (the collector's pace) */
+  size_t grown;               /* bytes Lua's holding has grown by, all told (gcpace.c) */
   size_t cap;                 /* 0: none */
   struct prefaulter *pf;      /* past BIG_HEAP, while it could be started */
 };
@@ -263,7 +263,13 @@ size_t lasync__heap_used(const lasync__heap *h) { return h->used; }
 
 size_t lasync__heap_cap(const lasync__heap *h) { return h->cap; }
 
-size_t lasync__heap_freed(const lasync__heap *h) { return h->freed; }
+size_t lasync__heap_grown(const lasync__heap *h) { return h->grown; }
+
+/* A block of old bytes is now nsize (either may be 0): the counts follow. */
+static void account(lasync__heap *h, size_t old, size_t nsize) {
+  h->used = h->used - old + nsize;
+  if (nsize > old) h->grown += nsize - old;
+}
 
 static void *small_alloc(lasync__heap *h, size_t cls) {
   free_block *b = h->free[cls];
@@ -414,7 +420,6 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize == 0) {
     if (ptr) {
       h->used -= old;
-      h->freed += old;
       if (old <= MAX_SMALL)
         small_free(h, ptr, (old - 1) / GRAIN);
       else
@@ -426,7 +431,7 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize <= MAX_SMALL) {
     size_t cls = (nsize - 1) / GRAIN;
     if (ptr && old <= MAX_SMALL && (old - 1) / GRAIN == cls) {
-      h->used = h->used - old + nsize; /* same class: the block already fits */
+      account(h, old, nsize); /* same class: the block already fits */
       FIT(ptr, cls, nsize);
       return ptr;
     }
@@ -445,7 +450,7 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     /* A mapped block shrunk under BIG_BLOCK must move to malloc, which can fail: Lua 5.4
      * raises a memory error then (luaH_resize, luaS_resize restores), it does not crash. */
     if ((p = big_realloc(h, ptr, old, nsize)) == NULL) return NULL;
-    h->used = h->used - old + nsize;
+    account(h, old, nsize);
     return p;
   } else if ((p = big_alloc(h, nsize, 0)) == NULL) {
     return NULL;
@@ -457,7 +462,7 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     else
       big_free(ptr, old);
   }
-  h->used = h->used - old + nsize;
+  account(h, old, nsize);
   return p;
 }
 

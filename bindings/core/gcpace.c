@@ -5,95 +5,124 @@
  * a million tasks and gathers them keeps everything it allocates alive until the gather, so
  * each cycle of the burst marks the whole, growing set and frees next to nothing: that marking
  * was a fifth of the burst's time (perf: propagatemark, sweepstep), against none with the
- * collector stopped. So while the cycles find a burst (what each leaves is 1.75 times what the
- * one before left, at least half of what was allocated in between survived, and the heap holds
- * 8 MB or more), the pause is
- * BURST_PAUSE, the growth factor V8 allows a fast-growing old generation, for at most
- * BURST_CYCLES cycles in a row; otherwise it is Lua's 200, so a steady workload keeps the
- * footprint it has without lasync. Under a memory cap the raised pause never starts a cycle past
- * the cap.
+ * collector stopped. So when a cycle ends in a burst (it left 1.75 times what the one before
+ * left, at least half of what was allocated in between survived, a quarter of the growth or
+ * more is new tasks, and the heap holds 8 MB or more), the next cycle's threshold is moved out from
+ * twice what it left to BURST_FACTOR times, the growth factor V8 allows a fast-growing old
+ * generation, for at most BURST_CYCLES cycles in a row; under a memory cap, no further than halfway
+ * to the cap, so that the cycle has room to run before an allocation meets the cap and collects all
+ * at once. The pause itself stays Lua's: each threshold is moved once, at the first spawn or drain
+ * after its cycle, so a cycle that ends after the burst (no spawns) gets Lua's own, and a steady
+ * workload keeps the footprint it has without lasync.
  *
  * Why the survivors count: garbage made during a cycle counts in what the cycle leaves, and the
- * next threshold is a multiple of that, so at 400 a steady workload's heap grows by itself
- * (docs/design.md: the fetch soak's low point rose 1.35-1.64 times a cycle at 400). Growth alone
- * took the fetch soak's start to 400 and its RSS from 16 to 36 MB; what survives of it is little.
+ * next threshold is a multiple of that, so at pause 400 a steady workload's heap grows by itself
+ * (docs/design.md: the fetch soak's low point rose 1.35-1.64 times a cycle). Growth alone took
+ * the fetch soak's start to bursts and its RSS from 16 to 36 MB; what survives of it is little.
  * Its start-up (lasync's library loading) does survive, at 1-2 MB: without the 8 MB floor its
- * RSS was 19 MB.
- * Counting what the collector frees needs lasync's heap (alloc.c): pacing is opened only on the
- * states lasync_new makes on it. Under stock lua5.4 (the module form), or on an embedder's
- * state or allocator, the allocator is someone else's and the pause is left alone.
+ * RSS was 19 MB. And a script that loads a big table and then spawns waves of tasks making
+ * garbage had its first wave's cycle moved out (67 to 126 MB) until the growth had to be tasks.
+ * Counting what is allocated needs lasync's heap (alloc.c): pacing is opened only on the states
+ * lasync_new makes on it. Under stock lua5.4 (the module form), or on an embedder's state or
+ * allocator, the allocator is someone else's and the collector is left alone.
  *
- * The end of a cycle is seen through a sentinel: a userdata nothing holds but a weak table.
- * Its __gc notes the end of the cycle that found it; a finalizer may not call lua_gc (nor should
- * it allocate), so the pause changes, and the next sentinel is made, at the next spawn or drain
- * (the pause applies from the cycle after: Lua sets each threshold as a cycle ends). A finalizer
- * can also fail to start (a C stack overflow in the code the collector interrupted): each drain
- * looks at the weak table, so a lost sentinel is noticed there. A pause set by the script or the
- * embedder (collectgarbage("setpause"), collectgarbage("incremental", p), lua_gc) is theirs:
- * pacing stops for good when it finds the pause is not the one it set. */
+ * The end of a cycle is seen through a sentinel: a userdata nothing holds but a weak-keyed
+ * table. Its __gc measures the cycle, chooses, and leaves the next sentinel, so consecutive
+ * cycles are compared however long the wait for a spawn or a drain; a finalizer may not call
+ * lua_gc, so the threshold is moved there (a step of negative debt, lua_gc LUA_GCSTEP), and
+ * only while the heap is still under it (else the next cycle is under way). A finalizer can
+ * fail to start (a C stack overflow in the code the collector interrupted): each drain looks at
+ * the table, where a finalized key stays until the cycle after (a weak value would be gone
+ * before its finalizer ran), so an empty table means a lost sentinel, and a new one starts the
+ * comparisons over. A pause or mode the script or the embedder chose (collectgarbage("setpause")
+ * or ("incremental", p) with p other than 200, ("generational"), or lua_gc) is theirs: pacing
+ * stops for good when it sees one. */
+#include <limits.h>
+
 #include "private.h"
 
-#define LUA_PAUSE 200   /* Lua 5.4's default (LUAI_GCPAUSE) */
-#define BURST_PAUSE 400 /* V8's largest heap growing factor, 4 */
-#define BURST_CYCLES 4  /* a burst's cycles at BURST_PAUSE in a row: 4^4 = 256 times the heap */
+#define LUA_PAUSE 200        /* Lua 5.4's default (LUAI_GCPAUSE) */
+#define BURST_FACTOR 4       /* V8's largest heap growing factor */
+#define BURST_CYCLES 4       /* a burst's cycles moved in a row: 4^4 = 256 times the heap */
 #define BURST_MIN (8u << 20) /* a smaller heap is marked in a few ms: not worth 4x its size */
+/* A task's userdata, with its header and two user values: a quarter of a burst's growth or more
+ * is tasks (a script loading a big table between two spawns is no burst of tasks). */
+#define TASK_BYTES (sizeof(lasync__task) + 72)
 
 static const char SENTINEL_MT = 0;   /* registry keys, by address: the sentinels' metatable */
-static const char SENTINEL_SLOT = 0; /* and the weak-valued table holding the current one at [1] */
+static const char SENTINEL_SLOT = 0; /* and the weak-keyed table of the sentinels not yet freed */
 
 typedef struct {
   lasync__runtime *rt;
   unsigned id; /* only the runtime's current sentinel counts */
 } sentinel;
 
+/* Under lasync__cpcall: leaves a new sentinel for the next cycle; the last one is forgotten. */
+static int new_sentinel(lua_State *L) {
+  lasync__runtime *rt = (lasync__runtime *)lua_touserdata(L, 1);
+  sentinel *s;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT) != LUA_TTABLE)
+    return luaL_error(L, "lasync: the collector's sentinels were taken from the registry");
+  s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 0);
+  s->rt = rt;
+  s->id = rt->gc_sentinel_id + 1;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT) != LUA_TTABLE)
+    return luaL_error(L, "lasync: the collector's sentinels were taken from the registry");
+  lua_setmetatable(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3); /* may raise a memory error: counted after it */
+  rt->gc_sentinel_id = s->id;
+  return 0;
+}
+
+/* Whether the cycle that left `live` bytes, with `grown` the heap's allocated count then, was
+ * one of a burst of tasks; and it becomes the cycle before. */
+static int burst_seen(lasync__runtime *rt, size_t live, size_t grown) {
+  size_t prev = rt->gc_prev_live, grew = live > prev ? live - prev : 0;
+  size_t allocated = grown - rt->gc_prev_grown; /* since the cycle before */
+  size_t tasks = (size_t)(rt->spawned - rt->gc_prev_spawned) * TASK_BYTES;
+  rt->gc_prev_live = live;
+  rt->gc_prev_grown = grown;
+  rt->gc_prev_spawned = rt->spawned;
+  return prev > 0 && live >= BURST_MIN && live >= prev + prev / 4 * 3 && grew >= allocated / 2 &&
+         tasks >= grew / 4;
+}
+
+/* At the end of each cycle: measures it, chooses whether the next threshold moves, and leaves
+ * the next sentinel. */
 static int sentinel_gc(lua_State *L) {
   const sentinel *s;
   lasync__runtime *rt;
-  /* Only a sentinel: the metatable can be reached (debug.getregistry) and its __gc called. */
-  if (!lua_getmetatable(L, 1)) return 0;
+  /* Only a sentinel: the metatable can be reached (debug.getregistry), given to any value
+   * (debug.setmetatable) and its __gc called. */
+  if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof *s || !lua_getmetatable(L, 1))
+    return 0;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
   if (!lua_rawequal(L, -1, -2)) return 0;
   s = (const sentinel *)lua_touserdata(L, 1);
   rt = s->rt;
   /* A runtime closed or detached since is not looked at: the state may outlive it. */
-  if (lasync__runtime_get(L) != rt || rt->closing || s->id != rt->gc_sentinel_id) return 0;
-  rt->gc_pace_due = 1;
-  if (rt->lua_heap) {
-    rt->gc_cycle_live = lasync__heap_used(rt->lua_heap);
-    rt->gc_cycle_freed = lasync__heap_freed(rt->lua_heap);
+  if (lasync__runtime_get(L) != rt || rt->closing || rt->gc_pace_off || s->id != rt->gc_sentinel_id)
+    return 0;
+  rt->gc_cycle_live = lasync__heap_used(rt->lua_heap);
+  if (burst_seen(rt, rt->gc_cycle_live, lasync__heap_grown(rt->lua_heap)) &&
+      rt->gc_burst_cycles < BURST_CYCLES) {
+    rt->gc_burst_cycles++;
+    rt->gc_pace_due = 1;
+  } else {
+    rt->gc_burst_cycles = 0; /* and a burst starts again only after a cycle at Lua's pause */
   }
-  return 0;
-}
-
-/* Under lasync__cpcall: leaves a new sentinel for the next cycle; the last one is forgotten. */
-static int new_sentinel(lua_State *L) {
-  lasync__runtime *rt = (lasync__runtime *)lua_touserdata(L, 1);
-  sentinel *s;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT);
-  s = (sentinel *)lua_newuserdatauv(L, sizeof *s, 0);
-  s->rt = rt;
-  s->id = rt->gc_sentinel_id + 1;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
-  lua_setmetatable(L, -2);
-  lua_rawseti(L, -2, 1); /* the slot exists (made with the table): no error past this point */
-  rt->gc_sentinel_id = s->id;
+  /* Out of memory here, the chain ends, and the drains' look at the sentinels notices. */
+  lasync__cpcall(L, new_sentinel, rt);
   return 0;
 }
 
 void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt) {
-  int pause = lua_gc(L, LUA_GCSETPAUSE, LUA_PAUSE);
-  if (pause != LUA_PAUSE) { /* tuned before lasync was opened: left as it is */
-    if (pause >= 0) lua_gc(L, LUA_GCSETPAUSE, pause);
-    return;
-  }
-  rt->gc_pause = LUA_PAUSE;
-  lua_createtable(L, 1, 1);
-  lua_pushboolean(L, 0);
-  lua_rawseti(L, -2, 1);
-  lua_pushliteral(L, "v");
+  lua_createtable(L, 0, 2);
+  lua_pushliteral(L, "k");
   lua_setfield(L, -2, "__mode");
   lua_pushvalue(L, -1);
-  lua_setmetatable(L, -2); /* its own metatable: weak values */
+  lua_setmetatable(L, -2); /* its own metatable: weak keys */
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, sentinel_gc);
@@ -107,55 +136,51 @@ void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt) {
 
 void lasync__gc_pace_poll(lasync__runtime *rt) {
   lua_State *L = rt->L;
-  if (rt->gc_pace_due || rt->gc_pace_off || !lua_checkstack(L, 2)) return;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT);
-  if (lua_rawgeti(L, -1, 1) == LUA_TNIL) rt->gc_pace_due = 1; /* collected, finalized or not */
-  lua_pop(L, 2);
+  if (rt->gc_pace_off || !lua_checkstack(L, 3)) return;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT) == LUA_TTABLE) {
+    lua_pushnil(L);
+    if (lua_next(L, -2) == 0) { /* every sentinel freed: the current one's __gc never ran */
+      if (lasync__cpcall(L, new_sentinel, rt) == LUA_OK) rt->gc_prev_live = 0;
+    } else {
+      lua_pop(L, 2);
+    }
+  }
+  lua_pop(L, 1);
 }
 
-/* Whether the cycle that left `live` bytes, with `freed` the heap's count then, was one of a
- * burst; and it becomes the cycle before. */
-static int burst_seen(lasync__runtime *rt, size_t live, size_t freed) {
-  size_t prev = rt->gc_prev_live, grew = live > prev ? live - prev : 0;
-  size_t allocated = grew + (freed - rt->gc_prev_freed); /* since the cycle before */
-  rt->gc_prev_live = live;
-  rt->gc_prev_freed = freed;
-  return live >= BURST_MIN && live >= prev + prev / 4 * 3 && grew >= allocated / 2;
+/* Whether the script or the embedder has tuned the collector: a pause other than Lua's (read by
+ * setting it, which answers the one before), or generational mode (asked by switching to
+ * incremental, which answers the mode before; switched back then). */
+static int tuned_by_others(lua_State *L) {
+  int pause = lua_gc(L, LUA_GCSETPAUSE, LUA_PAUSE);
+  if (pause != LUA_PAUSE) {
+    lua_gc(L, LUA_GCSETPAUSE, pause);
+    return 1;
+  }
+  if (lua_gc(L, LUA_GCINC, 0, 0, 0) == LUA_GCGEN) {
+    lua_gc(L, LUA_GCGEN, 0, 0);
+    return 1;
+  }
+  return 0;
 }
 
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt) {
-  size_t live, freed, cap;
-  int pause, set;
-  if (rt->gc_pace_off || rt->closing) {
-    rt->gc_pace_due = 0;
-    return;
-  }
-  if (lua_gc(L, LUA_GCISRUNNING) < 0) return; /* spawned from a finalizer: next time */
-  /* What the cycle left, seen by its sentinel's finalizer; else (it never ran) the heap now. */
-  live = rt->gc_cycle_live ? rt->gc_cycle_live : lasync__heap_used(rt->lua_heap);
-  freed = rt->gc_cycle_live ? rt->gc_cycle_freed : lasync__heap_freed(rt->lua_heap);
-  if (lasync__cpcall(L, new_sentinel, rt) != LUA_OK) return; /* out of memory: next time */
+  size_t live = rt->gc_cycle_live, now, threshold, target, cap, kb;
+  if (rt->gc_pace_off || rt->closing || lua_gc(L, LUA_GCISRUNNING) < 0) return; /* in a __gc */
   rt->gc_pace_due = 0;
-  rt->gc_cycle_live = 0;
-  if (burst_seen(rt, live, freed) &&
-      (rt->gc_pause == LUA_PAUSE || rt->gc_burst_cycles < BURST_CYCLES)) {
-    pause = BURST_PAUSE;
-    rt->gc_burst_cycles++;
-  } else {
-    pause = LUA_PAUSE; /* and a burst starts again only from a cycle at Lua's pause */
-    rt->gc_burst_cycles = 0;
-  }
-  cap = lasync__heap_cap(rt->lua_heap);
-  if (cap && pause > LUA_PAUSE && live / 100 * (size_t)pause > cap) {
-    size_t fits = cap / (live / 100 + 1) & ~(size_t)3; /* Lua keeps a pause in steps of 4 */
-    pause = fits > LUA_PAUSE ? (int)fits : LUA_PAUSE;
-  }
-  if (pause == rt->gc_pause) return;
-  set = lua_gc(L, LUA_GCSETPAUSE, pause);
-  if (set != rt->gc_pause) { /* someone else set it */
-    lua_gc(L, LUA_GCSETPAUSE, set);
+  if (tuned_by_others(L)) {
     rt->gc_pace_off = 1;
     return;
   }
-  rt->gc_pause = pause;
+  /* Lua's threshold for the next cycle, and the burst's; a stopped collector is left stopped
+   * (a step runs even then). */
+  now = lasync__heap_used(rt->lua_heap);
+  threshold = live / 100 * LUA_PAUSE;
+  target = live * BURST_FACTOR;
+  cap = lasync__heap_cap(rt->lua_heap);
+  if (cap && target > threshold + (cap > threshold ? (cap - threshold) / 2 : 0))
+    target = threshold + (cap > threshold ? (cap - threshold) / 2 : 0); /* room to run under it */
+  if (now >= threshold || target <= threshold || lua_gc(L, LUA_GCISRUNNING) != 1) return;
+  kb = (target - threshold) / 1024;
+  lua_gc(L, LUA_GCSTEP, -(kb > INT_MAX ? INT_MAX : (int)kb));
 }

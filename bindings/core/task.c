@@ -605,6 +605,7 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   lasync__reserve_ready(L, rt); /* before it counts: raising now leaves nothing behind */
   lasync__anchor_task(L, rt, t);
   rt->live_tasks++;
+  rt->spawned++;
   lua_replace(L, fn_idx);
   lua_settop(L, fn_idx);
   lasync__enqueue(t, LASYNC__WAKE_VALUE);
