@@ -1,8 +1,8 @@
 -- The collector's pace (bindings/core/gcpace.c): after a cycle that ended in a burst of spawned
 -- tasks held for a gather, the next cycle's threshold is moved out, so the growing set is marked
--- fewer times. A collector the script tuned is left alone, and the module form never paces.
+-- fewer times. A collector the script tuned is left alone. (The module form never paces: its
+-- allocator is the host's.)
 package.path = "spec/support/?.lua;" .. package.path
-local async = require "lasync"
 local assert_clean = require "clean"
 local sub = require "subprocess"
 
@@ -55,19 +55,5 @@ describe("the collector's pace", function()
     -- switches back: the script's last call still finds generational mode.
     local _, mode = run_burst('collectgarbage("generational")')
     assert.are.equal("generational", mode)
-  end)
-
-  it("keeps no sentinel in the module form, where the allocator is the host's", function()
-    local found = false
-    for _, v in pairs(debug.getregistry()) do
-      if type(v) == "table" and getmetatable(v) == v and rawget(v, "__mode") == "k" then
-        found = true
-      end
-    end
-    local tasks = {}
-    for i = 1, 1000 do tasks[i] = async.spawn(function() return i end) end
-    assert.are.equal(1000, async.gather(tasks).n)
-    -- Under the lasync host (LASYNC set) the state is lasync's and paces.
-    assert.are.equal(sub.LASYNC ~= nil, found)
   end)
 end)
