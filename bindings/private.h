@@ -239,11 +239,13 @@ struct lasync__runtime {
   /* The collector's pace (gcpace.c). */
   int gc_pace_off;         /* not opened (not lasync's heap), or the collector is someone else's */
   unsigned gc_sentinel_id; /* the current sentinel's, waiting for the end of a cycle */
-  int gc_pace_due;         /* a cycle of a burst has ended: its threshold is to move */
-  size_t gc_cycle_live;    /* what the last cycle left alive, in bytes */
+  size_t gc_credit;        /* bytes the threshold may still move out for the current burst */
+  size_t gc_threshold;     /* where the threshold is now, as far as pacing moved it */
+  size_t gc_granted;       /* by how much pacing moved it since the cycle ended */
   size_t gc_prev_live, gc_prev_grown; /* the cycle before: left, and the heap's allocated count
                                        * then; 0: none to compare with */
-  uint64_t spawned, gc_prev_spawned;  /* tasks spawned, all told, and at the cycle before */
+  uint64_t spawned, gc_prev_spawned, gc_credit_mark; /* tasks spawned, all told; at the cycle
+                                                      * before; at the last grant of credit */
   int gc_burst_cycles;     /* cycles of the current burst */
 };
 
@@ -283,14 +285,16 @@ int lasync__run_until_done(lasync__runtime *rt, lasync__task *t);
 void lasync__cancel_all(lasync__runtime *rt, const char *msg);
 int lasync__count_handles(lasync__runtime *rt);
 
-/* gcpace.c: the collector's threshold, moved out for a cycle after one that ended in a burst
- * of tasks (each cycle leaving more alive). Open on a runtime whose state is on lasync's heap,
- * with rt->lua_heap set (raises a memory error); unopened, pacing is off. LASYNC__GC_PACE, one
- * test, at the spawns and drains, on the running thread; never raises. */
+/* gcpace.c: after a cycle that ended in a burst of tasks (each cycle leaving more alive), the
+ * collector's threshold moves out with the tasks spawned. Open on a runtime whose state is on
+ * lasync's heap, with rt->lua_heap set (raises a memory error); unopened, pacing is off.
+ * LASYNC__GC_PACE, one test, at each spawn, on the running thread; never raises. The poll, at
+ * each drain, notices a lost sentinel. */
 void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt);
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt);
-void lasync__gc_pace_poll(lasync__runtime *rt); /* each drain: notices a lost sentinel */
-#define LASYNC__GC_PACE(L, rt) ((rt)->gc_pace_due ? lasync__gc_pace((L), (rt)) : (void)0)
+void lasync__gc_pace_poll(lasync__runtime *rt);
+#define LASYNC__GC_PACE(L, rt) \
+  ((rt)->gc_credit && ((rt)->spawned & 1023) == 0 ? lasync__gc_pace((L), (rt)) : (void)0)
 
 /* service.c */
 void lasync__service_add(lasync__runtime *rt, lasync__service *s, const lasync__service_ops *ops);

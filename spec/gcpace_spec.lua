@@ -56,4 +56,24 @@ describe("the collector's pace", function()
     local _, mode = run_burst('collectgarbage("generational")')
     assert.are.equal("generational", mode)
   end)
+
+  it_host("makes a new sentinel when one is lost (its __gc never ran)", function()
+    local async = require "lasync"
+    -- The sentinels sit as keys of a weak-keyed table in the registry.
+    local slot
+    for _, v in pairs(debug.getregistry()) do
+      local mt = type(v) == "table" and getmetatable(v)
+      local key = mt and mt ~= v and rawget(mt, "__mode") == "k" and next(v)
+      if type(key) == "userdata" and getmetatable(key) and getmetatable(key).__gc then slot = v end
+    end
+    assert.is_table(slot)
+    debug.setmetatable((next(slot)), nil) -- as when its finalizer cannot start
+    for _ = 1, 3 do
+      collectgarbage() -- frees it; the drain after finds the table empty
+      async.sleep(0)
+    end
+    local fresh = next(slot)
+    assert.are.equal("userdata", type(fresh))
+    assert.is_function(getmetatable(fresh).__gc)
+  end)
 end)

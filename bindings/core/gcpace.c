@@ -5,32 +5,30 @@
  * a million tasks and gathers them keeps everything it allocates alive until the gather, so
  * each cycle of the burst marks the whole, growing set and frees next to nothing: that marking
  * was a fifth of the burst's time (perf: propagatemark, sweepstep), against none with the
- * collector stopped. So when a cycle ends in a burst (it left 1.75 times what the one before
- * left, at least half of what was allocated in between survived, a quarter of the growth or
- * more is new tasks, and the heap holds 8 MB or more), the next cycle's threshold is moved out from
- * twice what it left to BURST_FACTOR times, the growth factor V8 allows a fast-growing old
- * generation, for at most BURST_CYCLES cycles in a row; under a memory cap, no further than halfway
- * to the cap, so that the cycle has room to run before an allocation meets the cap and collects all
- * at once. The pause itself stays Lua's: each threshold is moved once, at the first spawn or drain
- * after its cycle, so a cycle that ends after the burst (no spawns) gets Lua's own, and a steady
- * workload keeps the footprint it has without lasync.
+ * collector stopped. So when a cycle ends in a burst of tasks (it left 1.75 times what the one
+ * before left, at least half of what was allocated in between survived, a quarter of the growth
+ * or more is new tasks, and the heap holds 8 MB or more), the next cycle's threshold moves out
+ * as tasks are spawned, by what they take (GRANT_BYTES each, every 1024 spawns: LASYNC__GC_PACE),
+ * up to BURST_FACTOR times what the cycle left instead of Lua's twice (V8's largest heap growing
+ * factor), and under a memory cap no further than halfway to the cap, so the cycle has room to run
+ * before an allocation meets the cap. When the spawns stop, so does the move: garbage made after a
+ * burst meets the threshold Lua's pause set plus the burst's own tasks. At most BURST_CYCLES
+ * cycles in a row; the pause itself never changes.
  *
- * Why the survivors count: garbage made during a cycle counts in what the cycle leaves, and the
- * next threshold is a multiple of that, so at pause 400 a steady workload's heap grows by itself
- * (docs/design.md: the fetch soak's low point rose 1.35-1.64 times a cycle). Growth alone took
- * the fetch soak's start to bursts and its RSS from 16 to 36 MB; what survives of it is little.
- * Its start-up (lasync's library loading) does survive, at 1-2 MB: without the 8 MB floor its
- * RSS was 19 MB. And a script that loads a big table and then spawns waves of tasks making
- * garbage had its first wave's cycle moved out (67 to 126 MB) until the growth had to be tasks.
+ * What a hostile review of earlier versions measured (docs/design.md): raising the pause
+ * instead let garbage reach four times the heap after a burst and took steady workloads with
+ * it (the fetch soak 16 to 36 MB, a table loaded before spawning 67 to 126 MB); moving the
+ * threshold all at once let garbage made right after a burst fill it (+65-93 % peak RSS), and
+ * without the give-back at the drain a second burst ran over the first's dead tasks (+88 %).
  * Counting what is allocated needs lasync's heap (alloc.c): pacing is opened only on the states
  * lasync_new makes on it. Under stock lua5.4 (the module form), or on an embedder's state or
  * allocator, the allocator is someone else's and the collector is left alone.
  *
  * The end of a cycle is seen through a sentinel: a userdata nothing holds but a weak-keyed
  * table. Its __gc measures the cycle, chooses, and leaves the next sentinel, so consecutive
- * cycles are compared however long the wait for a spawn or a drain; a finalizer may not call
- * lua_gc, so the threshold is moved there (a step of negative debt, lua_gc LUA_GCSTEP), and
- * only while the heap is still under it (else the next cycle is under way). A finalizer can
+ * cycles are compared however the spawns fall; a finalizer may not call lua_gc, so the
+ * threshold is moved at the spawns (a step of negative debt, lua_gc LUA_GCSTEP), only while the
+ * heap is under it (else the next cycle is under way) and the collector runs. A finalizer can
  * fail to start (a C stack overflow in the code the collector interrupted): each drain looks at
  * the table, where a finalized key stays until the cycle after (a weak value would be gone
  * before its finalizer ran), so an empty table means a lost sentinel, and a new one starts the
@@ -48,6 +46,9 @@
 /* A task's userdata, with its header and two user values: a quarter of a burst's growth or more
  * is tasks (a script loading a big table between two spawns is no burst of tasks). */
 #define TASK_BYTES (sizeof(lasync__task) + 72)
+/* What the heap grows by per task spawned in a loop, the task and its slots in the list, the
+ * anchors and the ready ring: 230 bytes in bench/tasks.lua's trivial burst. */
+#define GRANT_BYTES (TASK_BYTES * 3 / 2)
 
 static const char SENTINEL_MT = 0;   /* registry keys, by address: the sentinels' metatable */
 static const char SENTINEL_SLOT = 0; /* and the weak-keyed table of the sentinels not yet freed */
@@ -93,9 +94,12 @@ static int burst_seen(lasync__runtime *rt, size_t live, size_t grown) {
 static int sentinel_gc(lua_State *L) {
   const sentinel *s;
   lasync__runtime *rt;
-  /* Only a sentinel: the metatable can be reached (debug.getregistry), given to any value
-   * (debug.setmetatable) and its __gc called. */
-  if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof *s || !lua_getmetatable(L, 1))
+  size_t live;
+  /* Only a sentinel, only from the collector (lua_gc answers -1 inside a finalizer): the
+   * metatable can be reached (debug.getregistry), given to any value (debug.setmetatable) and
+   * its __gc called by hand. */
+  if (lua_gc(L, LUA_GCISRUNNING) >= 0 || lua_type(L, 1) != LUA_TUSERDATA ||
+      lua_rawlen(L, 1) != sizeof *s || !lua_getmetatable(L, 1))
     return 0;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_MT);
   if (!lua_rawequal(L, -1, -2)) return 0;
@@ -104,13 +108,20 @@ static int sentinel_gc(lua_State *L) {
   /* A runtime closed or detached since is not looked at: the state may outlive it. */
   if (lasync__runtime_get(L) != rt || rt->closing || rt->gc_pace_off || s->id != rt->gc_sentinel_id)
     return 0;
-  rt->gc_cycle_live = lasync__heap_used(rt->lua_heap);
-  if (burst_seen(rt, rt->gc_cycle_live, lasync__heap_grown(rt->lua_heap)) &&
+  live = lasync__heap_used(rt->lua_heap);
+  rt->gc_credit = rt->gc_granted = 0; /* the cycle's end set a new threshold */
+  if (burst_seen(rt, live, lasync__heap_grown(rt->lua_heap)) &&
       rt->gc_burst_cycles < BURST_CYCLES) {
+    size_t threshold = live / 100 * LUA_PAUSE, target = live * BURST_FACTOR;
+    size_t cap = lasync__heap_cap(rt->lua_heap);
+    if (cap && target > threshold + (cap > threshold ? (cap - threshold) / 2 : 0))
+      target = threshold + (cap > threshold ? (cap - threshold) / 2 : 0);
     rt->gc_burst_cycles++;
-    rt->gc_pace_due = 1;
+    rt->gc_threshold = threshold;
+    rt->gc_credit = target > threshold ? target - threshold : 0;
+    rt->gc_credit_mark = rt->spawned;
   } else {
-    rt->gc_burst_cycles = 0; /* and a burst starts again only after a cycle at Lua's pause */
+    rt->gc_burst_cycles = 0; /* and a burst starts again only after a cycle at Lua's pace */
   }
   /* Out of memory here, the chain ends, and the drains' look at the sentinels notices. */
   lasync__cpcall(L, new_sentinel, rt);
@@ -118,11 +129,7 @@ static int sentinel_gc(lua_State *L) {
 }
 
 void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt) {
-  lua_createtable(L, 0, 2);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_pushvalue(L, -1);
-  lua_setmetatable(L, -2); /* its own metatable: weak keys */
+  lasync__push_weak_table(L, "k"); /* holds nothing else: empty means every sentinel freed */
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, sentinel_gc);
@@ -134,13 +141,31 @@ void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt) {
   rt->gc_pace_off = 0;
 }
 
+/* A drain ends a burst: the spawner has let the loop turn. What was granted and is not yet
+ * used goes back (the threshold down to Lua's, or to the heap now if that is higher, so the next
+ * allocation starts the cycle in steps rather than this step running it whole), and nothing more
+ * is granted until another cycle ends in a burst. So the garbage of a program that gathers its
+ * burst and goes on meets Lua's threshold, not the burst's. */
+static void end_burst(lua_State *L, lasync__runtime *rt) {
+  size_t now = lasync__heap_used(rt->lua_heap), floor = rt->gc_threshold - rt->gc_granted, kb;
+  if (floor < now) floor = now;
+  kb = rt->gc_threshold > floor ? (rt->gc_threshold - floor) / 1024 : 0;
+  rt->gc_credit = rt->gc_granted = 0;
+  if (kb == 0 || lua_gc(L, LUA_GCISRUNNING) != 1) return;
+  lua_gc(L, LUA_GCSTEP, kb > INT_MAX ? INT_MAX : (int)kb);
+}
+
 void lasync__gc_pace_poll(lasync__runtime *rt) {
   lua_State *L = rt->L;
   if (rt->gc_pace_off || !lua_checkstack(L, 3)) return;
+  if ((rt->gc_credit || rt->gc_granted) && lua_gc(L, LUA_GCISRUNNING) >= 0) end_burst(L, rt);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT) == LUA_TTABLE) {
     lua_pushnil(L);
     if (lua_next(L, -2) == 0) { /* every sentinel freed: the current one's __gc never ran */
-      if (lasync__cpcall(L, new_sentinel, rt) == LUA_OK) rt->gc_prev_live = 0;
+      if (lasync__cpcall(L, new_sentinel, rt) == LUA_OK) {
+        rt->gc_prev_live = 0;
+        rt->gc_credit = 0;
+      }
     } else {
       lua_pop(L, 2);
     }
@@ -165,22 +190,27 @@ static int tuned_by_others(lua_State *L) {
 }
 
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt) {
-  size_t live = rt->gc_cycle_live, now, threshold, target, cap, kb;
+  size_t grant, kb;
   if (rt->gc_pace_off || rt->closing || lua_gc(L, LUA_GCISRUNNING) < 0) return; /* in a __gc */
-  rt->gc_pace_due = 0;
   if (tuned_by_others(L)) {
     rt->gc_pace_off = 1;
+    rt->gc_credit = 0;
     return;
   }
-  /* Lua's threshold for the next cycle, and the burst's; a stopped collector is left stopped
-   * (a step runs even then). */
-  now = lasync__heap_used(rt->lua_heap);
-  threshold = live / 100 * LUA_PAUSE;
-  target = live * BURST_FACTOR;
-  cap = lasync__heap_cap(rt->lua_heap);
-  if (cap && target > threshold + (cap > threshold ? (cap - threshold) / 2 : 0))
-    target = threshold + (cap > threshold ? (cap - threshold) / 2 : 0); /* room to run under it */
-  if (now >= threshold || target <= threshold || lua_gc(L, LUA_GCISRUNNING) != 1) return;
-  kb = (target - threshold) / 1024;
-  lua_gc(L, LUA_GCSTEP, -(kb > INT_MAX ? INT_MAX : (int)kb));
+  /* Past the threshold the next cycle is under way; a stopped collector is left stopped (a step
+   * runs even then). */
+  if (lasync__heap_used(rt->lua_heap) >= rt->gc_threshold || lua_gc(L, LUA_GCISRUNNING) != 1) {
+    rt->gc_credit = 0;
+    return;
+  }
+  grant = (size_t)(rt->spawned - rt->gc_credit_mark) * GRANT_BYTES;
+  if (grant > rt->gc_credit) grant = rt->gc_credit;
+  kb = grant / 1024;
+  if (kb > INT_MAX) kb = INT_MAX;
+  if (kb == 0) return;
+  rt->gc_credit_mark = rt->spawned;
+  rt->gc_credit -= kb * 1024;
+  rt->gc_granted += kb * 1024;
+  rt->gc_threshold += kb * 1024;
+  lua_gc(L, LUA_GCSTEP, -(int)kb);
 }

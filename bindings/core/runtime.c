@@ -692,7 +692,6 @@ void lasync__drain(lasync__runtime *rt) {
   uint32_t saved_left;
   int saved_at = rt->anchors_at;
   lasync__gc_pace_poll(rt);
-  LASYNC__GC_PACE(rt->L, rt);
   lasync__services_turn(rt); /* may make tasks ready */
   rt->anchors_at = 0; /* an outer drain's index counts from another frame */
   if (rt->ready_len > 0 && lua_checkstack(rt->L, 1)) { /* else every lookup takes the long way */

@@ -539,7 +539,7 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   lua_Debug ar;
   int level, i;
   fn_idx = lua_absindex(L, fn_idx);
-  LASYNC__GC_PACE(L, rt); /* a burst of spawns is where the collector's pace matters */
+  LASYNC__GC_PACE(L, rt); /* the collector's credit for a burst of tasks grows with them */
   t = (lasync__task *)lua_newuserdatauv(L, sizeof *t, LASYNC__TASK_NUV);
   memset(t, 0, sizeof *t);
   t->rt = rt;
