@@ -114,8 +114,8 @@ static int sentinel_gc(lua_State *L) {
       rt->gc_burst_cycles < BURST_CYCLES) {
     size_t threshold = live / 100 * LUA_PAUSE, target = live * BURST_FACTOR;
     size_t cap = lasync__heap_cap(rt->lua_heap);
-    if (cap && target > threshold + (cap > threshold ? (cap - threshold) / 2 : 0))
-      target = threshold + (cap > threshold ? (cap - threshold) / 2 : 0);
+    size_t halfway = threshold + (cap > threshold ? (cap - threshold) / 2 : 0);
+    if (cap && target > halfway) target = halfway;
     rt->gc_burst_cycles++;
     rt->gc_threshold = threshold;
     rt->gc_credit = target > threshold ? target - threshold : 0;
@@ -141,6 +141,13 @@ void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt) {
   rt->gc_pace_off = 0;
 }
 
+/* Moves the collector's threshold by kb KiB, out (later) or back in, as a step of debt: negative
+ * debt runs nothing; the positive debts given here leave the heap under the threshold. */
+static void move_threshold(lua_State *L, size_t kb, int out) {
+  int step = kb > INT_MAX ? INT_MAX : (int)kb;
+  if (step > 0) lua_gc(L, LUA_GCSTEP, out ? -step : step);
+}
+
 /* A drain ends a burst: the spawner has let the loop turn. What was granted and is not yet
  * used goes back (the threshold down to Lua's, or to the heap now if that is higher, so the next
  * allocation starts the cycle in steps rather than this step running it whole), and nothing more
@@ -151,8 +158,7 @@ static void end_burst(lua_State *L, lasync__runtime *rt) {
   if (floor < now) floor = now;
   kb = rt->gc_threshold > floor ? (rt->gc_threshold - floor) / 1024 : 0;
   rt->gc_credit = rt->gc_granted = 0;
-  if (kb == 0 || lua_gc(L, LUA_GCISRUNNING) != 1) return;
-  lua_gc(L, LUA_GCSTEP, kb > INT_MAX ? INT_MAX : (int)kb);
+  if (lua_gc(L, LUA_GCISRUNNING) == 1) move_threshold(L, kb, 0);
 }
 
 void lasync__gc_pace_poll(lasync__runtime *rt) {
@@ -212,5 +218,5 @@ void lasync__gc_pace(lua_State *L, lasync__runtime *rt) {
   rt->gc_credit -= kb * 1024;
   rt->gc_granted += kb * 1024;
   rt->gc_threshold += kb * 1024;
-  lua_gc(L, LUA_GCSTEP, -(int)kb);
+  move_threshold(L, kb, 1);
 }
