@@ -244,8 +244,9 @@ struct lasync__runtime {
   size_t gc_granted;       /* by how much pacing moved it since the cycle ended */
   size_t gc_prev_live, gc_prev_grown; /* the cycle before: left, and the heap's allocated count
                                        * then; 0: none to compare with */
-  uint64_t spawned, gc_prev_spawned, gc_credit_mark; /* tasks spawned, all told; at the cycle
-                                                      * before; at the last grant of credit */
+  uint64_t spawned, threads_made; /* tasks spawned and fresh coroutines made, all told */
+  uint64_t gc_prev_took, gc_credit_mark; /* what tasks had taken (gcpace.c) at the cycle before;
+                                          * at the last grant of credit */
   int gc_burst_cycles;     /* cycles of the current burst */
 };
 
@@ -286,13 +287,15 @@ void lasync__cancel_all(lasync__runtime *rt, const char *msg);
 int lasync__count_handles(lasync__runtime *rt);
 
 /* gcpace.c: after a cycle that ended in a burst of tasks (each cycle leaving more alive), the
- * collector's threshold moves out with the tasks spawned. Open on a runtime whose state is on
+ * collector's threshold moves out with the tasks spawned and the coroutines made for them. Open on a runtime whose state is on
  * lasync's heap, with rt->lua_heap set (raises a memory error); unopened, pacing is off.
  * LASYNC__GC_PACE, one test, at each spawn, on the running thread; never raises. The poll, at
  * each drain, notices a lost sentinel. */
 void lasync__gc_pace_open(lua_State *L, lasync__runtime *rt);
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt);
 void lasync__gc_pace_poll(lasync__runtime *rt);
+/* Counts `made` fresh coroutines for tasks, and grants them credit; never raises. */
+void lasync__gc_pace_threads(lua_State *L, lasync__runtime *rt, uint32_t made);
 #define LASYNC__GC_PACE(L, rt) \
   ((rt)->gc_credit && ((rt)->spawned & 1023) == 0 ? lasync__gc_pace((L), (rt)) : (void)0)
 

@@ -5,10 +5,13 @@
  * a million tasks and gathers them keeps everything it allocates alive until the gather, so
  * each cycle of the burst marks the whole, growing set and frees next to nothing: that marking
  * was a fifth of the burst's time (perf: propagatemark, sweepstep), against none with the
- * collector stopped. So when a cycle ends in a burst of tasks (it left 1.75 times what the one
- * before left, at least half of what was allocated in between survived, a quarter of the growth
- * or more is new tasks, and the heap holds 8 MB or more), the next cycle's threshold moves out
- * as tasks are spawned, by what they take (GRANT_BYTES each, every 1024 spawns: LASYNC__GC_PACE),
+ * collector stopped. Tasks that all suspend (100k sleepers) make a second burst as they start,
+ * a coroutine each, in the gather's drain: its three cycles were a quarter of that workload's
+ * time. So when a cycle ends in a burst of tasks (it left 1.75 times what the one before left,
+ * at least half of what was allocated in between survived, three eighths of the growth or more
+ * is what tasks took, and the heap holds 8 MB or more), the next cycle's threshold moves out
+ * with what tasks take as they are made (tasks_took: GRANT_BYTES a spawn, every 1024 spawns,
+ * LASYNC__GC_PACE; THREAD_BYTES a fresh coroutine, every batch, lasync__gc_pace_threads),
  * up to BURST_FACTOR times what the cycle left instead of Lua's twice (V8's largest heap growing
  * factor), and under a memory cap no further than halfway to the cap, so the cycle has room to run
  * before an allocation meets the cap. When the spawns stop, so does the move: garbage made after a
@@ -43,12 +46,22 @@
 #define BURST_FACTOR 4       /* V8's largest heap growing factor */
 #define BURST_CYCLES 4       /* a burst's cycles moved in a row: 4^4 = 256 times the heap */
 #define BURST_MIN (8u << 20) /* a smaller heap is marked in a few ms: not worth 4x its size */
-/* A task's userdata, with its header and two user values: a quarter of a burst's growth or more
- * is tasks (a script loading a big table between two spawns is no burst of tasks). */
+/* A task's userdata, with its header and two user values. */
 #define TASK_BYTES (sizeof(lasync__task) + 72)
 /* What the heap grows by per task spawned in a loop, the task and its slots in the list, the
  * anchors and the ready ring: 230 bytes in bench/tasks.lua's trivial burst. */
 #define GRANT_BYTES (TASK_BYTES * 3 / 2)
+/* What it grows by per fresh coroutine of a task that suspends: 928 bytes for the thread and its
+ * stack, and 128 for the two CallInfos of a Lua function suspended in a C one (Lua 5.4,
+ * measured with collectgarbage("count")). A pooled coroutine is not counted: it is made once. */
+#define THREAD_BYTES 1056
+
+/* What tasks took, all told, counted as they are made. Three eighths of a burst's growth or more
+ * (a quarter in the tasks' userdata alone, were they all spawns) is what tasks took: a script
+ * loading a big table between two spawns is no burst of tasks. */
+static uint64_t tasks_took(const lasync__runtime *rt) {
+  return rt->spawned * GRANT_BYTES + rt->threads_made * THREAD_BYTES;
+}
 
 static const char SENTINEL_MT = 0;   /* registry keys, by address: the sentinels' metatable */
 static const char SENTINEL_SLOT = 0; /* and the weak-keyed table of the sentinels not yet freed */
@@ -81,12 +94,12 @@ static int new_sentinel(lua_State *L) {
 static int burst_seen(lasync__runtime *rt, size_t live, size_t grown) {
   size_t prev = rt->gc_prev_live, grew = live > prev ? live - prev : 0;
   size_t allocated = grown - rt->gc_prev_grown; /* since the cycle before */
-  size_t tasks = (size_t)(rt->spawned - rt->gc_prev_spawned) * TASK_BYTES;
+  uint64_t took = tasks_took(rt), tasks = took - rt->gc_prev_took;
   rt->gc_prev_live = live;
   rt->gc_prev_grown = grown;
-  rt->gc_prev_spawned = rt->spawned;
+  rt->gc_prev_took = took;
   return prev > 0 && live >= BURST_MIN && live >= prev + prev / 4 * 3 && grew >= allocated / 2 &&
-         tasks >= grew / 4;
+         tasks >= grew / 8 * 3;
 }
 
 /* At the end of each cycle: measures it, chooses whether the next threshold moves, and leaves
@@ -119,7 +132,7 @@ static int sentinel_gc(lua_State *L) {
     rt->gc_burst_cycles++;
     rt->gc_threshold = threshold;
     rt->gc_credit = target > threshold ? target - threshold : 0;
-    rt->gc_credit_mark = rt->spawned;
+    rt->gc_credit_mark = tasks_took(rt);
   } else {
     rt->gc_burst_cycles = 0; /* and a burst starts again only after a cycle at Lua's pace */
   }
@@ -196,6 +209,7 @@ static int tuned_by_others(lua_State *L) {
 }
 
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt) {
+  uint64_t since; /* what tasks took since the last grant */
   size_t grant, kb;
   if (rt->gc_pace_off || rt->closing || lua_gc(L, LUA_GCISRUNNING) < 0) return; /* in a __gc */
   if (tuned_by_others(L)) {
@@ -209,14 +223,19 @@ void lasync__gc_pace(lua_State *L, lasync__runtime *rt) {
     rt->gc_credit = 0;
     return;
   }
-  grant = (size_t)(rt->spawned - rt->gc_credit_mark) * GRANT_BYTES;
-  if (grant > rt->gc_credit) grant = rt->gc_credit;
+  since = tasks_took(rt) - rt->gc_credit_mark;
+  grant = since > rt->gc_credit ? rt->gc_credit : (size_t)since;
   kb = grant / 1024;
   if (kb > INT_MAX) kb = INT_MAX;
   if (kb == 0) return;
-  rt->gc_credit_mark = rt->spawned;
+  rt->gc_credit_mark += since;
   rt->gc_credit -= kb * 1024;
   rt->gc_granted += kb * 1024;
   rt->gc_threshold += kb * 1024;
   move_threshold(L, kb, 1);
+}
+
+void lasync__gc_pace_threads(lua_State *L, lasync__runtime *rt, uint32_t made) {
+  rt->threads_made += made;
+  if (rt->gc_credit) lasync__gc_pace(L, rt);
 }

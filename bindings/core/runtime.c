@@ -205,6 +205,7 @@ void lasync__enqueue(lasync__task *t, int wake) {
 
 static int new_thread(lua_State *L) {
   lua_newthread(L);
+  lasync__gc_pace_threads(L, (lasync__runtime *)lua_touserdata(L, 1), 1);
   return 1;
 }
 
@@ -216,14 +217,15 @@ static int new_thread(lua_State *L) {
 
 static int new_threads(lua_State *L) {
   lasync__runtime *rt = (lasync__runtime *)lua_touserdata(L, 1);
-  uint32_t n = rt->drain_left + 1;
+  uint32_t n = rt->drain_left + 1, i;
   if (n > THREAD_BATCH) n = THREAD_BATCH;
   if (n > (uint32_t)(POOL_MAX - rt->pool_len)) n = (uint32_t)(POOL_MAX - rt->pool_len);
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
-  while (n-- > 0) {
+  for (i = 0; i < n; i++) {
     lua_newthread(L);
     lua_rawseti(L, -2, ++rt->pool_len); /* sized for POOL_MAX: never allocates */
   }
+  lasync__gc_pace_threads(L, rt, n); /* a burst of tasks that suspend: their coroutines */
   return 0;
 }
 
@@ -283,7 +285,8 @@ static lua_State *acquire_coroutine(lasync__runtime *rt) {
     }
   }
   lua_pushcfunction(L, new_thread);
-  if (lasync__pcall(L, 0, 1) != LUA_OK) return NULL;
+  lua_pushlightuserdata(L, rt);
+  if (lasync__pcall(L, 1, 1) != LUA_OK) return NULL;
   return lua_tothread(L, -1);
 }
 
