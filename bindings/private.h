@@ -75,7 +75,6 @@ void lasync__waitlist_settle(lasync__waitlist *list);
 
 /* A deadline in the runtime's timer heap: one libuv timer serves them all. */
 struct lasync__timer {
-  uint64_t due;   /* uv_hrtime() clock, nanoseconds */
   uint32_t seq;   /* keeps equal deadlines first-in first-out (compared modulo 2^32) */
   uint32_t index; /* position in the heap, or LASYNC__UNARMED */
   void (*on_due)(lasync__timer *timer);
@@ -173,7 +172,7 @@ struct lasync__runtime {
   uv_idle_t idle;   /* active while tasks are ready, so the poll does not block */
   uv_check_t check; /* runs ready tasks after each poll */
   uv_timer_t timer; /* fires the earliest deadline of the heap */
-  lasync__timer **heap;
+  struct lasync__heap_entry *heap; /* the armed timers, keyed by due time (timer.c) */
   uint32_t heap_len, heap_cap;
   uint32_t timers_reserved; /* slots kept for owners' timers (lasync__timer_reserve) */
   uint32_t timer_seq;

@@ -2,7 +2,10 @@
  *
  * A per-task libuv timer would cost a handle (and a close callback) per sleep; instead every
  * deadline sits in one binary heap, ordered by due time and then by arrival, and one uv_timer
- * is armed for the earliest.
+ * is armed for the earliest. Each entry of the heap carries its timer's due time, so a sift
+ * compares within the heap's own array: the timers sit in their tasks, scattered over the Lua
+ * heap, and reading them at every level of a sift missed the cache (100k sleepers: the pops
+ * were 7 % of the workload).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -17,37 +20,45 @@
 
 /* ---- the heap ---- */
 
-static int earlier(const lasync__timer *a, const lasync__timer *b) {
-  return a->due < b->due || (a->due == b->due && (int32_t)(a->seq - b->seq) < 0);
+struct lasync__heap_entry {
+  uint64_t due; /* uv_hrtime() clock, nanoseconds */
+  lasync__timer *timer;
+};
+typedef struct lasync__heap_entry heap_entry;
+
+/* Equal due times (the same nanosecond) are rare: only they read the timers, for the order of
+ * arrival. */
+static int earlier(const heap_entry *a, const heap_entry *b) {
+  return a->due < b->due || (a->due == b->due && (int32_t)(a->timer->seq - b->timer->seq) < 0);
 }
 
-static void place(lasync__runtime *rt, uint32_t i, lasync__timer *timer) {
-  rt->heap[i] = timer;
-  timer->index = i;
+static void place(lasync__runtime *rt, uint32_t i, heap_entry entry) {
+  rt->heap[i] = entry;
+  entry.timer->index = i;
 }
 
 static void sift_up(lasync__runtime *rt, uint32_t i) {
-  lasync__timer *timer = rt->heap[i];
+  heap_entry entry = rt->heap[i];
   while (i > 0) {
     uint32_t parent = (i - 1) / 2;
-    if (!earlier(timer, rt->heap[parent])) break;
+    if (!earlier(&entry, &rt->heap[parent])) break;
     place(rt, i, rt->heap[parent]);
     i = parent;
   }
-  place(rt, i, timer);
+  place(rt, i, entry);
 }
 
 static void sift_down(lasync__runtime *rt, uint32_t i) {
-  lasync__timer *timer = rt->heap[i];
+  heap_entry entry = rt->heap[i];
   for (;;) {
     uint32_t child = 2 * i + 1;
     if (child >= rt->heap_len) break;
-    if (child + 1 < rt->heap_len && earlier(rt->heap[child + 1], rt->heap[child])) child++;
-    if (!earlier(rt->heap[child], timer)) break;
+    if (child + 1 < rt->heap_len && earlier(&rt->heap[child + 1], &rt->heap[child])) child++;
+    if (!earlier(&rt->heap[child], &entry)) break;
     place(rt, i, rt->heap[child]);
     i = child;
   }
-  place(rt, i, timer);
+  place(rt, i, entry);
 }
 
 static void on_heap_timer(uv_timer_t *handle);
@@ -62,7 +73,7 @@ static void rearm(lasync__runtime *rt) {
   }
   uv_update_time(rt->loop);
   now_ms = uv_now(rt->loop);
-  due_ms = (rt->heap[0]->due + 999999) / 1000000;
+  due_ms = (rt->heap[0].due + 999999) / 1000000;
   uv_timer_start(&rt->timer, on_heap_timer, due_ms > now_ms ? due_ms - now_ms : 0, 0);
 }
 
@@ -72,9 +83,9 @@ static void rearm(lasync__runtime *rt) {
 int lasync__timer_room(lasync__runtime *rt) {
   if (rt->heap_len + rt->timers_reserved >= rt->heap_cap) {
     uint32_t cap = rt->heap_cap ? rt->heap_cap * 2 : 64;
-    lasync__timer **heap;
+    heap_entry *heap;
     if (cap <= rt->heap_len + rt->timers_reserved) return UV_ENOMEM; /* 2^32 timers */
-    if ((heap = (lasync__timer **)realloc(rt->heap, cap * sizeof *heap)) == NULL) return UV_ENOMEM;
+    if ((heap = (heap_entry *)realloc(rt->heap, cap * sizeof *heap)) == NULL) return UV_ENOMEM;
     rt->heap = heap;
     rt->heap_cap = cap;
   }
@@ -94,23 +105,23 @@ void lasync__timer_start(lasync__runtime *rt, lasync__timer *timer, double secon
   double ns = seconds * 1e9;
   if (!(ns > 0)) ns = 0; /* negative or NaN: at once */
   if (ns > 9e18) ns = 9e18;
-  timer->due = uv_hrtime() + (uint64_t)ns;
   timer->seq = rt->timer_seq++;
-  place(rt, rt->heap_len++, timer);
-  sift_up(rt, timer->index);
+  rt->heap[rt->heap_len].due = uv_hrtime() + (uint64_t)ns;
+  rt->heap[rt->heap_len].timer = timer;
+  sift_up(rt, rt->heap_len++);
   if (timer->index == 0) rearm(rt);
 }
 
 void lasync__timer_stop(lasync__runtime *rt, lasync__timer *timer) {
   uint32_t i = timer->index;
-  lasync__timer *last;
+  heap_entry last;
   if (i == LASYNC__UNARMED) return;
   timer->index = LASYNC__UNARMED;
   last = rt->heap[--rt->heap_len];
   if (i < rt->heap_len) {
     place(rt, i, last);
     sift_down(rt, i);
-    sift_up(rt, last->index);
+    sift_up(rt, last.timer->index);
   }
   /* A stale arming is harmless (on_heap_timer finds nothing due), but an empty heap must not
    * keep the loop alive. */
@@ -121,8 +132,8 @@ void lasync__timer_stop(lasync__runtime *rt, lasync__timer *timer) {
 static void on_heap_timer(uv_timer_t *handle) {
   lasync__runtime *rt = (lasync__runtime *)handle->data;
   uint64_t now = uv_hrtime();
-  while (rt->heap_len > 0 && rt->heap[0]->due <= now) {
-    lasync__timer *timer = rt->heap[0];
+  while (rt->heap_len > 0 && rt->heap[0].due <= now) {
+    lasync__timer *timer = rt->heap[0].timer;
     lasync__timer_stop(rt, timer);
     timer->on_due(timer);
   }
