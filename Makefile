@@ -48,14 +48,14 @@ LINT_C = $(wildcard bindings/http/*.c bindings/http/*.h) bindings/io/buffer.c \
   bindings/io/bytes.c spec/c/buffer_test.c spec/c/check.h spec/c/run_task.h \
   $(wildcard bindings/thread/*.c bindings/thread/*.h) host/work.c \
   spec/c/work_test.c host/lineedit.c host/lineedit.h host/signals.c host/libedit.c host/libedit.h \
-  bindings/lasync.c bindings/core/gcpace.c cmake/embed_lua.c bench/spawn_time.c
+  bindings/lasync.c bindings/core/gcpace.c bindings/core/timer.c cmake/embed_lua.c bench/spawn_time.c
 LINT_LUA = lua/lasync.lua lua/sync.lua lua/scope.lua lua/host.lua \
   lua/http/client.lua lua/http/options.lua lua/http/pool.lua \
   spec/fetch_spec.lua spec/fetch_stream_spec.lua spec/fetch_faults_spec.lua \
   spec/fetch_retry_spec.lua spec/fetch_options_spec.lua lua/thread.lua spec/thread_spec.lua \
   bench/threads.lua bench/tcp.lua spec/bytes_spec.lua examples/threads_ticker.lua \
   lua/repl.lua spec/repl_spec.lua spec/signals_spec.lua spec/support/pty.lua spec/startup_spec.lua \
-  lua/http/server.lua lua/net.lua lua/fs.lua lua/process.lua spec/gcpace_spec.lua \
+  lua/http/server.lua lua/net.lua lua/fs.lua lua/process.lua spec/gcpace_spec.lua spec/timer_queue_spec.lua \
   spec/method_self_spec.lua spec/coroutine_spec.lua spec/memory_sweep_spec.lua spec/options_spec.lua
 lint:
 	@.ci/deps clang-format lua-check

@@ -73,10 +73,11 @@ void lasync__waitlist_remove(lasync__waitlist *list, lasync__waiter *w);
 /* Unlinks every waiter and calls its hook, in the order they started waiting. */
 void lasync__waitlist_settle(lasync__waitlist *list);
 
-/* A deadline in the runtime's timer heap: one libuv timer serves them all. */
+/* A deadline in the runtime's timers (timer.c): one libuv timer serves them all. */
 struct lasync__timer {
+  uint64_t due;   /* uv_hrtime() clock, nanoseconds */
   uint32_t seq;   /* keeps equal deadlines first-in first-out (compared modulo 2^32) */
-  uint32_t index; /* position in the heap, or LASYNC__UNARMED */
+  uint32_t index; /* where it is armed (timer.c), or LASYNC__UNARMED */
   void (*on_due)(lasync__timer *timer);
 };
 #define LASYNC__UNARMED UINT32_MAX
@@ -172,8 +173,12 @@ struct lasync__runtime {
   uv_idle_t idle;   /* active while tasks are ready, so the poll does not block */
   uv_check_t check; /* runs ready tasks after each poll */
   uv_timer_t timer; /* fires the earliest deadline of the heap */
-  struct lasync__heap_entry *heap; /* the armed timers, keyed by due time (timer.c) */
+  lasync__timer **heap;  /* armed timers out of the order they fall due: a binary heap */
+  lasync__timer **queue; /* and in that order: a ring of heap_cap slots (timer.c) */
   uint32_t heap_len, heap_cap;
+  uint32_t queue_head, queue_len; /* the head's position (counting up), slots from it used */
+  uint32_t queue_live;            /* of those, the timers not stopped */
+  uint64_t queue_last_due;        /* the due time of the last one queued */
   uint32_t timers_reserved; /* slots kept for owners' timers (lasync__timer_reserve) */
   uint32_t timer_seq;
   lasync__task **ready;   /* ring of ready tasks; cap: a power of two >= live tasks (spawn) */

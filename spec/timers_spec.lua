@@ -1,4 +1,4 @@
--- Volume: a million timers through the one heap, and memory back to its baseline after.
+-- Volume: a million timers through the queue and the heap, and memory back to its baseline.
 package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"

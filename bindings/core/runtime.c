@@ -905,8 +905,9 @@ void lasync__runtime_close(lasync__runtime *rt) {
   rt->ready = NULL;
   rt->ready_len = rt->ready_cap = 0;
   free(rt->heap);
-  rt->heap = NULL;
-  rt->heap_len = rt->heap_cap = 0;
+  free(rt->queue);
+  rt->heap = rt->queue = NULL;
+  rt->heap_len = rt->heap_cap = rt->queue_len = rt->queue_live = 0;
   rt->open_handles += 3; /* services may have handles closing too */
   uv_close((uv_handle_t *)&rt->idle, on_own_handle_closed);
   uv_close((uv_handle_t *)&rt->check, on_own_handle_closed);

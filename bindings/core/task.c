@@ -983,7 +983,7 @@ static int l_debug_counts(lua_State *L) {
   lua_createtable(L, 0, 8);
   lua_pushinteger(L, rt->live_tasks - self);
   lua_setfield(L, -2, "tasks");
-  lua_pushinteger(L, rt->heap_len);
+  lua_pushinteger(L, (lua_Integer)rt->heap_len + rt->queue_live);
   lua_setfield(L, -2, "timers");
   lua_pushinteger(L, rt->timers_reserved); /* a server connection's, kept while it lives */
   lua_setfield(L, -2, "timer_slots");

@@ -758,8 +758,8 @@ static void try_accept(server *sv) {
   if (ls == NULL || sv->closing) return;
   while (sv->pending_accept) {
     if (sv->lim.max_connections && sv->nconns >= sv->lim.max_connections) return;
-    /* A connection's one timer is armed from libuv's callbacks, where a timer heap that
-     * cannot grow has no one to tell: its slot is kept for the connection's life. */
+    /* A connection's one timer is armed from libuv's callbacks, where timers that cannot
+     * grow have no one to tell: its slot is kept for the connection's life. */
     if (lasync__timer_reserve(sv->rt, 1) != 0) return; /* out of memory: as below */
     c = (conn *)lasync__handle_new(sv->rt, sizeof *c);
     if (c == NULL) { /* out of memory: the backlog holds it; the next close retries */

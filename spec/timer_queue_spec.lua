@@ -1,0 +1,107 @@
+-- The runtime's timers (bindings/core/timer.c): deadlines armed in the order they fall due join
+-- a queue, the others a heap; stopped ones leave empty slots in the queue. These specs arm both
+-- kinds, mixed, through growth and cancellations, and check what a user can see: every sleep
+-- lasts its time, a deadline falls before any later one, and nothing is left armed.
+package.path = "spec/support/?.lua;" .. package.path
+local async = require "lasync"
+local assert_clean = require "clean"
+
+local function armed() return async._debug.counts().timers end
+
+-- Runs `waves` waves of `per_wave` sleepers, one wave a drain apart, with durations from
+-- `duration(i)`; cancels the tasks `cancel(i)` picks after a random delay. Returns, in the order
+-- they woke, {deadline, woke} of the sleepers not cancelled (the deadline estimated from the
+-- loop's clock: at most a millisecond early); checks that every other one was cancelled.
+local function run_sleepers(waves, per_wave, duration, cancel)
+  local woken, tasks, cancellers = {}, {}, {}
+  for w = 1, waves do
+    for k = 1, per_wave do
+      local i = (w - 1) * per_wave + k
+      local d = duration(i)
+      tasks[i] = async.spawn(function()
+        local deadline = async.now() + d
+        async.sleep(d)
+        woken[#woken + 1] = { deadline = deadline, woke = async.now(), i = i }
+      end)
+      if cancel(i) then
+        local t = tasks[i]
+        cancellers[#cancellers + 1] = async.spawn(function()
+          async.sleep(math.random() * 0.03)
+          t:cancel()
+        end)
+      end
+    end
+    async.sleep(0.001)
+  end
+  async.gather_settled(tasks)
+  async.gather(cancellers)
+  local cancelled = 0
+  for _, t in ipairs(tasks) do
+    if t:status() == "cancelled" then cancelled = cancelled + 1 end
+  end
+  assert.are.equal(#tasks, #woken + cancelled)
+  return woken, cancelled
+end
+
+-- Every sleeper woke at its deadline or after, and none before one whose deadline fell 2 ms or
+-- more earlier (the estimates are a millisecond apart at most).
+local function assert_in_order(woken)
+  local latest = -math.huge
+  for _, w in ipairs(woken) do
+    assert.is_true(w.woke >= w.deadline - 0.001,
+      ("sleeper %d woke at %.4f, before its deadline %.4f"):format(w.i, w.woke, w.deadline))
+    assert.is_true(latest <= w.deadline + 0.002,
+      ("sleeper %d (deadline %.4f) woke after one due at %.4f"):format(w.i, w.deadline, latest))
+    if w.deadline > latest then latest = w.deadline end
+  end
+end
+
+describe("the runtime's timers", function()
+  after_each(assert_clean)
+
+  it("wake sleepers armed in order, out of order and mixed, by their deadlines", function()
+    math.randomseed(15)
+    local n = 0
+    local woken = run_sleepers(8, 400, function(i)
+      local k = i % 400
+      if i % 3 == 0 then return 0.005 + k * 0.0001 end -- rising: the queue
+      if i % 3 == 1 then return 0.05 - k * 0.0001 end -- falling: the heap
+      return math.random() * 0.06
+    end, function() n = n + 1; return n % 5 == 0 end)
+    assert.is_true(#woken > 2000, #woken .. " sleepers woke")
+    assert_in_order(woken)
+    assert.are.equal(0, armed())
+  end)
+
+  it("keep their order after cancellations fill the queue with stopped deadlines", function()
+    -- One long sleep heads the queue while thousands of timeouts behind it are armed and
+    -- stopped at once, as a server's idle timeouts are: their slots stay until the head passes.
+    local long = async.spawn(function() async.sleep(0.3) end)
+    async.sleep(0) -- it arms its sleep
+    for _ = 1, 5000 do
+      assert.are.equal(1, async.timeout(0.2, function() return 1 end))
+    end
+    assert.are.equal(1, armed())
+    local woken = run_sleepers(3, 200, function(i) return (i % 7) * 0.004 end,
+      function(i) return i % 4 == 0 end)
+    assert.is_true(#woken >= 450, #woken .. " of 600 sleepers woke")
+    assert_in_order(woken)
+    assert.are.equal(1, armed())
+    long:await()
+    assert.are.equal(0, armed())
+  end)
+
+  it("a stopped deadline at the queue's head gives way to the next", function()
+    local order = {}
+    local first = async.spawn(function() async.sleep(0.05); order[#order + 1] = "first" end)
+    local second = async.spawn(function() async.sleep(0.06); order[#order + 1] = "second" end)
+    async.sleep(0)
+    first:cancel()
+    local t0 = async.now()
+    second:await()
+    assert.are.same({ "second" }, order)
+    assert.is_true(async.now() - t0 < 0.5)
+    assert.are.equal("cancelled", first:status())
+    assert.are.equal(0, armed())
+  end)
+end)
