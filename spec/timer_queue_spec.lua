@@ -1,27 +1,29 @@
 -- The runtime's timers (bindings/core/timer.c): deadlines armed in the order they fall due join
 -- a queue, the others a heap; stopped ones leave empty slots in the queue. These specs arm both
 -- kinds, mixed, through growth and cancellations, and check what a user can see: every sleep
--- lasts its time, a deadline falls before any later one, and nothing is left armed.
+-- lasts its time, no deadline fires before an earlier one, and nothing is left armed.
 package.path = "spec/support/?.lua;" .. package.path
 local async = require "lasync"
 local assert_clean = require "clean"
 
 local function armed() return async._debug.counts().timers end
 
--- Runs `waves` waves of `per_wave` sleepers, one wave a drain apart, with durations from
--- `duration(i)`; cancels the tasks `cancel(i)` picks after a random delay. Returns, in the order
--- they woke, {deadline, woke} of the sleepers not cancelled (the deadline estimated from the
--- loop's clock: at most a millisecond early); checks that every other one was cancelled.
+-- Runs `waves` waves of `per_wave` sleepers, one wave a drain apart, each sleeping
+-- `duration(i)` whole milliseconds; cancels the tasks `cancel(i)` picks after a random delay.
+-- Returns the sleepers not cancelled in the order they woke, each with the order it armed its
+-- sleep in, and checks that every other one was cancelled.
 local function run_sleepers(waves, per_wave, duration, cancel)
-  local woken, tasks, cancellers = {}, {}, {}
+  local woken, tasks, cancellers, arming = {}, {}, {}, 0
   for w = 1, waves do
     for k = 1, per_wave do
       local i = (w - 1) * per_wave + k
-      local d = duration(i)
+      local ms = duration(i)
       tasks[i] = async.spawn(function()
-        local deadline = async.now() + d
-        async.sleep(d)
-        woken[#woken + 1] = { deadline = deadline, woke = async.now(), i = i }
+        arming = arming + 1
+        local armed_as, deadline = arming, async.now() + ms / 1000
+        async.sleep(ms / 1000)
+        woken[#woken + 1] = { ms = ms, armed_as = armed_as, deadline = deadline,
+                              woke = async.now(), i = i }
       end)
       if cancel(i) then
         local t = tasks[i]
@@ -43,16 +45,27 @@ local function run_sleepers(waves, per_wave, duration, cancel)
   return woken, cancelled
 end
 
--- Every sleeper woke at its deadline or after, and none before one whose deadline fell 2 ms or
--- more earlier (the estimates are a millisecond apart at most).
+-- Every sleeper woke at its deadline or after (the loop's clock, read before it armed, is late
+-- by a millisecond at most), and after every sleeper that armed before it a sleep as short or
+-- shorter: that one's deadline fell first. Exact whatever the machine's speed, as it compares
+-- no clocks: a sleeper armed later starts later.
 local function assert_in_order(woken)
-  local latest = -math.huge
-  for _, w in ipairs(woken) do
+  local by_arming, latest = {}, {} -- latest[ms]: the last to wake of those armed so far
+  for position, w in ipairs(woken) do
+    w.position = position
+    by_arming[position] = w
+  end
+  table.sort(by_arming, function(a, b) return a.armed_as < b.armed_as end)
+  for _, w in ipairs(by_arming) do
     assert.is_true(w.woke >= w.deadline - 0.001,
       ("sleeper %d woke at %.4f, before its deadline %.4f"):format(w.i, w.woke, w.deadline))
-    assert.is_true(latest <= w.deadline + 0.002,
-      ("sleeper %d (deadline %.4f) woke after one due at %.4f"):format(w.i, w.deadline, latest))
-    if w.deadline > latest then latest = w.deadline end
+    for ms = 0, w.ms do
+      local before = latest[ms]
+      assert.is_true(before == nil or before.position < w.position,
+        ("sleeper %d (%d ms) woke before sleeper %d (%d ms), which armed its sleep first")
+          :format(w.i, w.ms, before and before.i or 0, ms))
+    end
+    if latest[w.ms] == nil or latest[w.ms].position < w.position then latest[w.ms] = w end
   end
 end
 
@@ -64,9 +77,9 @@ describe("the runtime's timers", function()
     local n = 0
     local woken = run_sleepers(8, 400, function(i)
       local k = i % 400
-      if i % 3 == 0 then return 0.005 + k * 0.0001 end -- rising: the queue
-      if i % 3 == 1 then return 0.05 - k * 0.0001 end -- falling: the heap
-      return math.random() * 0.06
+      if i % 3 == 0 then return 5 + k // 10 end -- rising: the queue
+      if i % 3 == 1 then return 50 - k // 10 end -- falling: the heap
+      return math.random(0, 60)
     end, function() n = n + 1; return n % 5 == 0 end)
     assert.is_true(#woken > 2000, #woken .. " sleepers woke")
     assert_in_order(woken)
@@ -82,7 +95,7 @@ describe("the runtime's timers", function()
       assert.are.equal(1, async.timeout(0.2, function() return 1 end))
     end
     assert.are.equal(1, armed())
-    local woken = run_sleepers(3, 200, function(i) return (i % 7) * 0.004 end,
+    local woken = run_sleepers(3, 200, function(i) return (i % 7) * 4 end,
       function(i) return i % 4 == 0 end)
     assert.is_true(#woken >= 450, #woken .. " of 600 sleepers woke")
     assert_in_order(woken)
