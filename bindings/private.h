@@ -252,6 +252,7 @@ struct lasync__runtime {
   uint64_t gc_prev_took, gc_credit_mark; /* what tasks had taken (gcpace.c) at the cycle before;
                                           * at the last grant of credit */
   int gc_burst_cycles;     /* cycles of the current burst */
+  size_t gc_hold;          /* the next drain moves the threshold in to this; 0: not */
 };
 
 /* runtime.c */
@@ -321,6 +322,7 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 size_t lasync__heap_used(const lasync__heap *h);
 size_t lasync__heap_cap(const lasync__heap *h);   /* 0: none */
 size_t lasync__heap_grown(const lasync__heap *h); /* bytes allocated, all told, wrapping */
+size_t lasync__heap_peak(const lasync__heap *h);  /* the most Lua has held at once */
 /* A state on h with luaL_newstate's panic and warning functions, or NULL. */
 lua_State *lasync__heap_newstate(lasync__heap *h);
 

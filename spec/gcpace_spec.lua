@@ -56,6 +56,45 @@ local function sleepers_cycles(n, setup)
   return tonumber(cycles)
 end
 
+-- Makes the heap peak at 20 MB or more, lets it go, then keeps 12 MB alive and makes garbage,
+-- yielding every 256 tables; prints the heap's highest before and while making garbage (KiB).
+local function churn_peaks(setup)
+  local out, err, status = sub.run_script(([[
+    local async = require "lasync"
+    %s
+    local peak = 0
+    local function note()
+      local kb = collectgarbage("count")
+      if kb > peak then peak = kb end
+    end
+    local function fill(t, n)
+      for i = 1, n do
+        t[i] = { i, i, i }
+        if i %% 256 == 0 then note() end
+      end
+      return t
+    end
+    local big = fill({}, 200000)
+    big = nil
+    collectgarbage()
+    local before = peak
+    peak = 0
+    local live = fill({}, 120000)
+    for i = 1, 2000000 do
+      local _ = { i, i, i }
+      if i %% 256 == 0 then
+        note()
+        async.sleep(0)
+      end
+    end
+    print(math.floor(before), math.floor(peak), #live)
+  ]]):format(setup), nil, { timeout = 120 })
+  assert.are.equal(0, status, err)
+  local before, churning = out:match("^(%d+)\t(%d+)\t120000\n$")
+  assert.is_string(before, out)
+  return tonumber(before), tonumber(churning)
+end
+
 local function run_burst(setup)
   local out, err, status = sub.run_script(burst_script(300000, setup), nil, { timeout = 120 })
   assert.are.equal(0, status, err)
@@ -81,6 +120,16 @@ describe("the collector's pace", function()
     local paced = sleepers_cycles(150000, "")
     local own = sleepers_cycles(150000, 'collectgarbage("incremental", 204)')
     assert.is_true(paced < own, ("%d cycles paced, %d at Lua's pace"):format(paced, own))
+  end)
+
+  it_host("keeps a heap that ebbs under the peak it once had", function()
+    -- 12 MB alive: Lua's pause lets the heap reach 24 MB or more before a cycle, past the 20 MB
+    -- peak; held under that peak, the heap takes no new memory.
+    local before, paced = churn_peaks("")
+    local _, own = churn_peaks('collectgarbage("incremental", 204)')
+    assert.is_true(paced <= before, ("peak %d KiB, then %d KiB paced"):format(before, paced))
+    assert.is_true(own > before * 1.1,
+      ("peak %d KiB, then %d KiB at Lua's pace"):format(before, own))
   end)
 
   it_host("leaves generational mode as the script chose it", function()

@@ -98,6 +98,7 @@ struct lasync__heap {
   size_t slab_bytes;          /* their total */
   size_t used;                /* bytes Lua holds (its own sizes, not rounded) */
   size_t grown;               /* bytes Lua's holding has grown by, all told (gcpace.c) */
+  size_t peak;                /* the most Lua has held at once (gcpace.c: under_peak) */
   size_t cap;                 /* 0: none */
   struct prefaulter *pf;      /* past BIG_HEAP, while it could be started */
 };
@@ -265,10 +266,15 @@ size_t lasync__heap_cap(const lasync__heap *h) { return h->cap; }
 
 size_t lasync__heap_grown(const lasync__heap *h) { return h->grown; }
 
+size_t lasync__heap_peak(const lasync__heap *h) { return h->peak; }
+
 /* A block of old bytes is now nsize (either may be 0): the counts follow. */
 static void account(lasync__heap *h, size_t old, size_t nsize) {
   h->used = h->used - old + nsize;
-  if (nsize > old) h->grown += nsize - old;
+  if (nsize > old) {
+    h->grown += nsize - old;
+    if (h->used > h->peak) h->peak = h->used;
+  }
 }
 
 static void *small_alloc(lasync__heap *h, size_t cls) {

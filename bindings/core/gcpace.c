@@ -18,6 +18,12 @@
  * burst meets the threshold Lua's pause set plus the burst's own tasks. At most BURST_CYCLES
  * cycles in a row; the pause itself never changes.
  *
+ * The other way, a heap that has held more than it needs now works in the memory it has: a cycle
+ * that would set a threshold past the heap's peak sets one under it (under_peak), when that
+ * leaves the collector room (HOLD_PAUSE), moved in at the next drain. Batches of tasks make what
+ * is alive ebb and flow, and a cycle that ended near a batch's top set a threshold past any the
+ * heap had met, so its RSS climbed a slab at a time, whenever the collector's phase met a new high.
+ *
  * What a hostile review of earlier versions measured (docs/design.md): raising the pause
  * instead let garbage reach four times the heap after a burst and took steady workloads with
  * it (the fetch soak 16 to 36 MB, a table loaded before spawning 67 to 126 MB); moving the
@@ -55,6 +61,11 @@
  * stack, and 128 for the two CallInfos of a Lua function suspended in a C one (Lua 5.4,
  * measured with collectgarbage("count")). A pooled coroutine is not counted: it is made once. */
 #define THREAD_BYTES 1056
+/* A threshold held under the heap's peak (under_peak) stays this fraction of it below, for
+ * what the cycle allocates before its sweep frees, and never under HOLD_PAUSE percent of what
+ * the cycle left (at 150, the collector's work per byte allocated is at most twice Lua's). */
+#define HOLD_MARGIN 16
+#define HOLD_PAUSE 150
 
 /* What tasks took, all told, counted as they are made. Three eighths of a burst's growth or more
  * (a quarter in the tasks' userdata alone, were they all spawns) is what tasks took: a script
@@ -102,12 +113,24 @@ static int burst_seen(lasync__runtime *rt, size_t live, size_t grown) {
          tasks >= grew / 8 * 3;
 }
 
+/* Where the next cycle's threshold goes, given where pacing would put it: under the heap's peak,
+ * less a margin, when that leaves the collector HOLD_PAUSE or more. A heap that once held
+ * twice what this cycle left or more (what is alive peaks and ebbs with batches of tasks) then
+ * works in the memory it has; else a cycle that ends near a batch's peak sets a threshold past
+ * the heap's, and RSS climbs a step each time the collector's phase meets a new high (the
+ * sleep soak: 2 MiB steps late in 1 run of 4 or more). A heap growing for the first time (a
+ * burst that keeps what it makes) is at its peak: nothing is held. */
+static size_t under_peak(const lasync__runtime *rt, size_t live, size_t target) {
+  size_t peak = lasync__heap_peak(rt->lua_heap), hold = peak - peak / HOLD_MARGIN;
+  return target > hold && hold >= live / 100 * HOLD_PAUSE ? hold : target;
+}
+
 /* At the end of each cycle: measures it, chooses whether the next threshold moves, and leaves
  * the next sentinel. */
 static int sentinel_gc(lua_State *L) {
   const sentinel *s;
   lasync__runtime *rt;
-  size_t live;
+  size_t live, threshold, target;
   /* Only a sentinel, only from the collector (lua_gc answers -1 inside a finalizer): the
    * metatable can be reached (debug.getregistry), given to any value (debug.setmetatable) and
    * its __gc called by hand. */
@@ -122,19 +145,25 @@ static int sentinel_gc(lua_State *L) {
   if (lasync__runtime_get(L) != rt || rt->closing || rt->gc_pace_off || s->id != rt->gc_sentinel_id)
     return 0;
   live = lasync__heap_used(rt->lua_heap);
-  rt->gc_credit = rt->gc_granted = 0; /* the cycle's end set a new threshold */
+  rt->gc_credit = rt->gc_granted = rt->gc_hold = 0; /* the cycle's end set a new threshold */
+  threshold = target = live / 100 * LUA_PAUSE;
   if (burst_seen(rt, live, lasync__heap_grown(rt->lua_heap)) &&
       rt->gc_burst_cycles < BURST_CYCLES) {
-    size_t threshold = live / 100 * LUA_PAUSE, target = live * BURST_FACTOR;
     size_t cap = lasync__heap_cap(rt->lua_heap);
     size_t halfway = threshold + (cap > threshold ? (cap - threshold) / 2 : 0);
+    target = live * BURST_FACTOR;
     if (cap && target > halfway) target = halfway;
     rt->gc_burst_cycles++;
-    rt->gc_threshold = threshold;
-    rt->gc_credit = target > threshold ? target - threshold : 0;
-    rt->gc_credit_mark = tasks_took(rt);
   } else {
     rt->gc_burst_cycles = 0; /* and a burst starts again only after a cycle at Lua's pace */
+  }
+  target = under_peak(rt, live, target);
+  rt->gc_threshold = threshold;
+  if (target > threshold) { /* moved out as tasks are made (lasync__gc_pace) */
+    rt->gc_credit = target - threshold;
+    rt->gc_credit_mark = tasks_took(rt);
+  } else if (target < threshold) { /* moved in at the next drain (hold_threshold) */
+    rt->gc_hold = target;
   }
   /* Out of memory here, the chain ends, and the drains' look at the sentinels notices. */
   lasync__cpcall(L, new_sentinel, rt);
@@ -174,24 +203,6 @@ static void end_burst(lua_State *L, lasync__runtime *rt) {
   if (lua_gc(L, LUA_GCISRUNNING) == 1) move_threshold(L, kb, 0);
 }
 
-void lasync__gc_pace_poll(lasync__runtime *rt) {
-  lua_State *L = rt->L;
-  if (rt->gc_pace_off || !lua_checkstack(L, 3)) return;
-  if ((rt->gc_credit || rt->gc_granted) && lua_gc(L, LUA_GCISRUNNING) >= 0) end_burst(L, rt);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT) == LUA_TTABLE) {
-    lua_pushnil(L);
-    if (lua_next(L, -2) == 0) { /* every sentinel freed: the current one's __gc never ran */
-      if (lasync__cpcall(L, new_sentinel, rt) == LUA_OK) {
-        rt->gc_prev_live = 0;
-        rt->gc_credit = 0;
-      }
-    } else {
-      lua_pop(L, 2);
-    }
-  }
-  lua_pop(L, 1);
-}
-
 /* Whether the script or the embedder has tuned the collector: a pause other than Lua's (read by
  * setting it, which answers the one before), or generational mode (asked by switching to
  * incremental, which answers the mode before; switched back then). */
@@ -206,6 +217,39 @@ static int tuned_by_others(lua_State *L) {
     return 1;
   }
   return 0;
+}
+
+/* The threshold Lua set at the cycle's end, held under the heap's peak (under_peak), while the
+ * heap has not reached that yet (else the next cycle is under way). */
+static void hold_threshold(lua_State *L, lasync__runtime *rt) {
+  size_t hold = rt->gc_hold;
+  rt->gc_hold = 0;
+  if (tuned_by_others(L)) {
+    rt->gc_pace_off = 1;
+    return;
+  }
+  if (lasync__heap_used(rt->lua_heap) >= hold || lua_gc(L, LUA_GCISRUNNING) != 1) return;
+  move_threshold(L, (rt->gc_threshold - hold) / 1024, 0);
+  rt->gc_threshold = hold;
+}
+
+void lasync__gc_pace_poll(lasync__runtime *rt) {
+  lua_State *L = rt->L;
+  if (rt->gc_pace_off || !lua_checkstack(L, 3)) return;
+  if ((rt->gc_credit || rt->gc_granted) && lua_gc(L, LUA_GCISRUNNING) >= 0) end_burst(L, rt);
+  if (rt->gc_hold && lua_gc(L, LUA_GCISRUNNING) >= 0) hold_threshold(L, rt);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SENTINEL_SLOT) == LUA_TTABLE) {
+    lua_pushnil(L);
+    if (lua_next(L, -2) == 0) { /* every sentinel freed: the current one's __gc never ran */
+      if (lasync__cpcall(L, new_sentinel, rt) == LUA_OK) {
+        rt->gc_prev_live = 0;
+        rt->gc_credit = 0;
+      }
+    } else {
+      lua_pop(L, 2);
+    }
+  }
+  lua_pop(L, 1);
 }
 
 void lasync__gc_pace(lua_State *L, lasync__runtime *rt) {
