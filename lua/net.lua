@@ -134,8 +134,11 @@ local function run_handler(srv, conn)
     trace = traceback(shown and text or "(an error object that cannot be shown)", 2)
     return e
   end, conn)
-  conn:close()
+  -- A close that fails (out of memory at the cap) must not skip giving the slot back: the
+  -- server's close waits for every slot. The handle's own __gc closes it then.
+  local closed, close_err = pcall(conn.close, conn)
   handler_done(srv, me)
+  if ok and not closed then ok, err = false, close_err end
   if not ok and not is_cancelled(err) then
     srv.failures = srv.failures + 1
     -- Reported once, here; the task itself ends normally so it is not reported again.
