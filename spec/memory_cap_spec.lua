@@ -26,6 +26,34 @@ describe("the host's memory cap (LASYNC_MAX_MEMORY)", function()
   end)
 end)
 
+describe("a heap its live data fills to the cap", function()
+  after_each(sub.cleanup)
+
+  it("fails the allocation once collections stop making room, instead of collecting on", function()
+    -- 64 MB alive in small tables with 10 KB of room: each allocation past it ran a full
+    -- collection of the whole heap (25 ms) to free the few KB made since, for as long as the
+    -- loop went on (before: still collecting when killed after 100 s). After a few such
+    -- collections in a row the allocation fails; with room made, the next one succeeds.
+    local out, err, status = sub.run_script([[
+      local hold = false
+      local filled = pcall(function()
+        while true do hold = { hold } end
+      end)
+      for _ = 1, 150 do hold = hold[1] end
+      collectgarbage()
+      local ok, e = pcall(function()
+        for i = 1, 300000 do local _ = ("x"):rep(50) .. i end
+      end)
+      print(filled, ok, e)
+      hold = nil
+      collectgarbage()
+      print(#("y"):rep(100000))
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=64; ", timeout = 60 })
+    assert.are.equal(0, status, err)
+    assert.are.equal("false\tfalse\tnot enough memory\n100000\n", out)
+  end)
+end)
+
 describe("async.process.run at the memory cap", function()
   after_each(sub.cleanup)
 

@@ -100,6 +100,16 @@ struct lasync__heap {
   size_t grown;               /* bytes Lua's holding has grown by, all told (gcpace.c) */
   size_t peak;                /* the most Lua has held at once (gcpace.c: under_peak) */
   size_t cap;                 /* 0: none */
+  /* At the cap (at_cap): the request refused last, which Lua asks again after an emergency
+   * collection; when, and the heap's grown count then; whether little had been allocated since
+   * the refusal before, and for how long the program ran since the last retry; how many
+   * retries in a row found their collection ineffective. */
+  const void *refused_ptr;
+  size_t refused_size, refused_grown;
+  uint64_t refused_at, retried_at, ran_ns;
+  int retry_next; /* the next growing request may be Lua's retry of refused_ptr */
+  int little;
+  unsigned ineffective;
   struct prefaulter *pf;      /* past BIG_HEAP, while it could be started */
 };
 
@@ -419,6 +429,51 @@ static void *big_realloc(lasync__heap *h, void *p, size_t old, size_t nsize) {
   return realloc(p, nsize);
 }
 
+/* Near the cap, every refused allocation makes Lua run an emergency full collection and ask
+ * again. A heap whose live data fills the cap but for a sliver is collected whole each time the
+ * sliver is used: 64 MB alive in small tables with 10 KB of room took 25 ms per 10 KB, for ever
+ * (and a SIGTERM then waited behind the collections). So, as Java's GC overhead limit and V8's
+ * ineffective mark-compacts near the heap limit do, once INEFFECTIVE_LIMIT retries in a row
+ * followed a collection of STALL_NS or more that took OVERHEAD times as long as the program had
+ * run since the last one, and came after less than INEFFECTIVE_ROOM of the cap had been
+ * allocated since the refusal before, Lua's retry is refused too, and the task that asked gets
+ * its "not enough memory" now. A collection that makes room, or a program that runs (or waits
+ * on I/O) between refusals, starts the count over; a small heap, collected in microseconds,
+ * keeps Lua's way (a fill loop at an 8 MB cap: 40 us collections every 2 us). */
+#define INEFFECTIVE_LIMIT 4
+#define INEFFECTIVE_ROOM(cap) ((cap) / 64)
+#define OVERHEAD 32
+#define STALL_NS 1000000 /* a collection shorter than 1 ms is no stall, however often it runs */
+
+/* Whether a request growing a block from old to nsize bytes is refused: past the cap, or the
+ * retry of one refused while collections have stopped making room. */
+static int at_cap(lasync__heap *h, const void *ptr, size_t old, size_t nsize) {
+  uint64_t now;
+  if (h->retry_next) {
+    h->retry_next = 0;
+    if (ptr == h->refused_ptr && nsize == h->refused_size) { /* after the collection */
+      now = uv_hrtime();
+      uint64_t collected_ns = now - h->refused_at;
+      if (h->little && collected_ns >= STALL_NS && collected_ns > h->ran_ns * OVERHEAD)
+        h->ineffective++;
+      else
+        h->ineffective = 0;
+      h->retried_at = now;
+      if (h->ineffective >= INEFFECTIVE_LIMIT) return 1;
+    }
+  }
+  if (h->used - old + nsize <= h->cap) return 0;
+  now = uv_hrtime();
+  h->little = h->grown - h->refused_grown < INEFFECTIVE_ROOM(h->cap);
+  h->ran_ns = h->retried_at ? now - h->retried_at : UINT64_MAX / OVERHEAD;
+  h->refused_grown = h->grown;
+  h->refused_at = now;
+  h->refused_ptr = ptr;
+  h->refused_size = nsize;
+  h->retry_next = 1;
+  return 1;
+}
+
 void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   lasync__heap *h = (lasync__heap *)ud;
   size_t old = ptr ? osize : 0; /* with ptr NULL, osize is the object's type: not a size */
@@ -433,7 +488,7 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     }
     return NULL;
   }
-  if (h->cap && nsize > old && h->used - old + nsize > h->cap) return NULL;
+  if (h->cap && nsize > old && at_cap(h, ptr, old, nsize)) return NULL;
   if (nsize <= MAX_SMALL) {
     size_t cls = (nsize - 1) / GRAIN;
     if (ptr && old <= MAX_SMALL && (old - 1) / GRAIN == cls) {
