@@ -140,6 +140,11 @@ describe("the collector's pace", function()
   end)
 
   it_host("makes a new sentinel when one is lost (its __gc never ran)", function()
+    -- In this process: under gc_stress's pause or generational mode, pacing stops for good at
+    -- the first spawns that see it (after timers_spec, say), so there is nothing to look at.
+    if os.getenv("LASYNC_GC_STRESS") then
+      return pending("the stress helper tunes the collector: no pacing to look at")
+    end
     local async = require "lasync"
     -- The sentinels sit as keys of a weak-keyed table in the registry.
     local slot
