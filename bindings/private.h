@@ -203,6 +203,7 @@ struct lasync__runtime {
   long starved_unseen; /* tasks failed so with nobody to see it, reported once per drain */
   lasync__waitlist starved_waiters; /* tasks in core._await_starved (task.c) */
   int starve_next; /* fault injection (async._debug.starve_next_start): the next start fails */
+  int fail_next_spawn; /* and (async._debug.fail_next_spawn): the next async.spawn raises */
   int closing;      /* refuses new tasks once shutdown has begun */
   int in_callback;  /* depth of libuv callbacks on the C stack */
   int open_handles; /* of the runtime's own, while they close */

@@ -231,6 +231,25 @@ describe("the memory cap never aborts the host", function()
     assert.matches("not enough memory: a task could not start", err, 1, true)
   end)
 
+  -- The server's one dispatcher called on_request unprotected: a memory error building a
+  -- request or spawning its task ended it, and every later request waited for its client's
+  -- timeout. async._debug.fail_next_spawn() makes the next async.spawn raise as at the cap.
+  it("an HTTP request whose task cannot be spawned costs only its connection", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local srv <close> = async.http.serve(function() return "hi" end, { port = 0 })
+      local url = "http://127.0.0.1:" .. srv.port .. "/"
+      local c = async.spawn(function() return async.fetch(url, { timeout = 10 }) end)
+      async.sleep(0) -- the client has started
+      async._debug.fail_next_spawn() -- the request's task, the next spawned, cannot be
+      local ok, e = pcall(c.await, c)
+      print(ok, e.kind) -- closed unanswered, not left to time out
+      print(async.fetch(url, { timeout = 10 }).status) -- the server goes on
+    ]])
+    assert.are.equal(0, status, err)
+    assert.are.equal("false\tprotocol\n200\n", out)
+  end)
+
   it("a TCP connection whose handler cannot start is closed and its slot given back", function()
     local out, err, status = sub.run_script([[
       local async = require "lasync"

@@ -334,6 +334,9 @@ function async._debug.counts() end
 ---Fault injection for tests: the next task to start fails as if there were no memory for it.
 function async._debug.starve_next_start() end
 
+---Fault injection for tests: the next `async.spawn` raises "not enough memory", as at the cap.
+function async._debug.fail_next_spawn() end
+
 -- ---------------------------------------------------------------------------------------------
 -- Synchronisation (docs/toolkit.md)
 

@@ -635,6 +635,10 @@ static int l_spawn(lua_State *L) {
   }
   check_callable(L, fn, "async.spawn");
   if (rt->closing) return lasync__misuse(L, "async.spawn: the runtime is shutting down");
+  if (rt->fail_next_spawn) {
+    rt->fail_next_spawn = 0;
+    return lasync__raise_oom(L, rt);
+  }
   lasync__spawn(L, fn, lua_gettop(L) - fn); /* [opts?, task] */
   if (fn == 2 && lua_getfield(L, 1, "name") == LUA_TSTRING) {
     lasync__push_extra(L, 2);
@@ -977,6 +981,13 @@ static int l_debug_starve_next(lua_State *L) {
   return 0;
 }
 
+/* async._debug.fail_next_spawn(): the next async.spawn raises "not enough memory", as at the
+ * cap (the specs' way to reach a caller's handling of it). */
+static int l_debug_fail_next_spawn(lua_State *L) {
+  lasync__runtime_get(L)->fail_next_spawn = 1;
+  return 0;
+}
+
 static int l_debug_counts(lua_State *L) {
   lasync__runtime *rt = lasync__runtime_get(L);
   int self = rt->current && rt->current->co == L;
@@ -1012,6 +1023,7 @@ void lasync__open_task(lua_State *L) {
                                    {"_cancel_others", l_cancel_others},
                                    {"_await_starved", l_await_starved},
                                    {"_debug_starve_next", l_debug_starve_next},
+                                   {"_debug_fail_next_spawn", l_debug_fail_next_spawn},
                                    {"_is_callable", l_is_callable},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);

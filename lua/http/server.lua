@@ -475,9 +475,16 @@ local function on_request(srv, conn)
   }, Request)
   local res = setmetatable({ _conn = conn, _status = 200, _headers = {},
     _head_only = method == "HEAD", _closing = srv.stopping }, Response)
+  -- Counted once its task exists and is listed: a memory error before leaves nothing behind.
+  local live = { res = res, req = req }
+  srv.live[conn] = live
+  local ok, task = pcall(spawn, run_request, srv, conn, req, res)
+  if not ok then
+    srv.live[conn] = nil
+    error(task, 0)
+  end
+  live.task = task
   srv.active = srv.active + 1
-  local task = spawn(run_request, srv, conn, req, res)
-  srv.live[conn] = { task = task, res = res, req = req }
 end
 
 -- Cancels a request's task. One cancelled before it started (its client went away, or its time
@@ -500,27 +507,41 @@ local function cancel_request(srv, conn, live, why)
   idle_check(srv)
 end
 
+local function dispatch_event(srv, conn, ev)
+  if ev == "request" then
+    on_request(srv, conn)
+  elseif ev == "timeout" then
+    local live = srv.live[conn]
+    if live then
+      live.res._timed_out = true
+      cancel_request(srv, conn, live, "request timeout")
+    end
+  else
+    local live = srv.live[conn]
+    if live then
+      live.res._gone = true
+      local cod = live.req._route_cod
+      if cod == nil then cod = srv.cancel_on_disconnect end
+      if cod then cancel_request(srv, conn, live, "client disconnected") end
+    end
+  end
+end
+
+-- One dispatcher serves every connection, so an event it fails to handle (out of memory at the
+-- cap, building a request or spawning its task) costs that connection, closed unanswered, and
+-- not the server: uncaught, it ended the dispatcher, and every later request went unanswered
+-- until its client's own timeout.
 local function dispatcher(srv)
   local lsn = srv.listener
   while true do
     local conn, ev = lsn:next()
     if not conn then
       if ev ~= "again" then return end
-    elseif ev == "request" then
-      on_request(srv, conn)
-    elseif ev == "timeout" then
-      local live = srv.live[conn]
-      if live then
-        live.res._timed_out = true
-        cancel_request(srv, conn, live, "request timeout")
-      end
     else
-      local live = srv.live[conn]
-      if live then
-        live.res._gone = true
-        local cod = live.req._route_cod
-        if cod == nil then cod = srv.cancel_on_disconnect end
-        if cod then cancel_request(srv, conn, live, "client disconnected") end
+      local ok, err = pcall(dispatch_event, srv, conn, ev)
+      if not ok then
+        if is_cancelled(err) then error(err, 0) end
+        if ev == "request" then pcall(conn.finish, conn, false, false) end
       end
     end
   end
