@@ -23,7 +23,7 @@
 #define LASYNC_TASK_MT "lasync.Task"
 #define LASYNC_FUTURE_MT "lasync.Future"
 #define LASYNC_ERROR_MT "lasync.Error"
-#define LASYNC__LIB_CHUNK "=[lasync]" /* chunk name of lua/lasync.lua, skipped in spawn sites */
+#define LASYNC__LIB_CHUNK "=[lasync]" /* chunk name of lua/lasync.lua, skipped in task sites */
 
 typedef struct lasync__runtime lasync__runtime;
 typedef struct lasync__task lasync__task;
@@ -147,7 +147,9 @@ struct lasync__task {
   };
   lasync__waitlist waiters;   /* those awaiting it */
   uint32_t slot;              /* its index in the runtime's anchors, spawn to settle; 0 after */
-  uint32_t site;              /* where it was spawned: a (source, line) pair of the runtime's */
+  uint32_t site;              /* a (source, line) pair of the runtime's, or 0 until known: where
+                               * it was spawned, or with LASYNC__SITE_DEFINED_FLAG where its
+                               * function is defined (task.c, lasync__push_task_site) */
   uint32_t spawned_ms;        /* loop time at spawn, for its age */
   uint16_t cancel_level;      /* outermost cancelled scope, or LASYNC__NO_CANCEL */
   uint16_t scope_depth;       /* 0 is the task itself; each async.timeout adds one */
@@ -553,7 +555,11 @@ int lasync__get_extra(lua_State *L, int task_idx, const char *name);
  * pops the value on top into it. Neither allocates. */
 void lasync__push_aux(lua_State *L, const lasync__task *t, int task_idx);
 void lasync__set_aux(lua_State *L, const lasync__task *t, int task_idx);
-void lasync__push_spawn_site(lua_State *L, int task_idx); /* "file:line" */
+/* Pushes the task's "file:line" ("?" when unknown) and says what it is: where the task was
+ * spawned (debug mode) or where its function is defined (found on first use). */
+enum lasync__site_kind { LASYNC__SITE_UNKNOWN, LASYNC__SITE_DEFINED, LASYNC__SITE_SPAWNED };
+#define LASYNC__SITE_DEFINED_FLAG 0x80000000u /* in t->site: the site is a definition */
+int lasync__push_task_site(lua_State *L, int task_idx);
 
 /* diag.c: names, async.tasks(), debug mode. */
 void lasync__open_diag(lua_State *L);

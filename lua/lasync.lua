@@ -301,7 +301,7 @@ async.tasks = core.tasks
 async.debug = core.debug
 
 --- Prints the live tasks to `out` (default stderr): a tree by who spawned whom in debug mode,
---- else a list, oldest first, each with its status, age, spawn site and what it waits on.
+--- else a list, oldest first, each with its status, age, site and what it waits on.
 function async.dump(out)
   out = out or io.stderr
   if type(out) ~= "userdata" and type(out) ~= "table" or type(out.write) ~= "function" then
@@ -322,7 +322,7 @@ function async.dump(out)
   end
   out:write(format("lasync: %d live task(s)\n", #list))
   local function show(info, depth)
-    out:write(format("%s- %s [%s, %.2f s] spawned at %s, waiting on %s\n", ("  "):rep(depth),
+    out:write(format("%s- %s [%s, %.2f s] at %s, waiting on %s\n", ("  "):rep(depth),
       info.name and ("'" .. info.name .. "'") or tostring(info.task), info.status, info.age,
       info.site, info.waiting_on))
     for _, child in ipairs(children[info.task] or {}) do show(child, depth + 1) end

@@ -30,13 +30,15 @@ describe("the scheduler's coroutines", function()
     assert.is_false(woke)
   end)
 
-  it("names an unnamed task by where it was spawned", function()
+  it("names an unnamed task by its function, as Lua's tracebacks do", function()
     local co
-    local t = async.spawn(function() co = coroutine.running(); async.sleep(10) end)
+    local function body() co = coroutine.running(); async.sleep(10) end
+    local t = async.spawn(body)
     async.sleep(0)
     local ok, msg = coroutine.resume(co, 1, 2, 3)
     assert.is_false(ok)
-    assert.matches("task spawned at spec/coroutine_spec.lua:%d+", msg)
+    local defined = debug.getinfo(body, "S").linedefined
+    assert.matches("task function <spec/coroutine_spec.lua:" .. defined .. ">", msg, 1, true)
     t:cancel()
     pcall(t.await, t)
   end)

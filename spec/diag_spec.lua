@@ -60,6 +60,50 @@ describe("async.tasks", function()
     pcall(t.await, t)
     for _, info in ipairs(async.tasks()) do assert.are_not.equal(t, info.task) end
   end)
+
+  -- Recording a spawn site was a tenth of a trivial task's cost (issue 15): outside debug mode
+  -- a Lua function's task is placed by the function, found when asked for.
+  local function site_of(task)
+    for _, info in ipairs(async.tasks()) do
+      if info.task == task then return info.site end
+    end
+  end
+
+  it("places a Lua function's task where the function is defined, a C one where it was spawned", function()
+    local function nap() async.sleep(5) end
+    local here = "spec/diag_spec.lua:"
+    local lua_task = async.spawn(nap)
+    local spawn_line = debug.getinfo(1, "l").currentline + 1
+    local c_task = async.spawn(async.sleep, 5)
+    assert.are.equal(here .. debug.getinfo(nap, "S").linedefined, site_of(lua_task)) -- pending
+    async.sleep(0)
+    assert.are.equal(here .. debug.getinfo(nap, "S").linedefined, site_of(lua_task)) -- suspended
+    assert.are.equal(here .. spawn_line, site_of(c_task))
+    lua_task:cancel()
+    c_task:cancel()
+    pcall(async.gather, { lua_task, c_task })
+  end)
+
+  it("places a scope's child by the user's function, not lasync's wrapper", function()
+    local function child() async.sleep(5) end
+    async.scope(function(s)
+      local t = s:spawn(child)
+      assert.are.equal("spec/diag_spec.lua:" .. debug.getinfo(child, "S").linedefined, site_of(t))
+      async.sleep(0)
+      assert.are.equal("spec/diag_spec.lua:" .. debug.getinfo(child, "S").linedefined, site_of(t))
+      t:cancel()
+    end)
+  end)
+
+  it("in debug mode places every task at the line that spawned it", function()
+    local was = async.debug(true)
+    local line = debug.getinfo(1, "l").currentline + 1
+    local t = async.spawn(function() async.sleep(5) end)
+    async.debug(was)
+    assert.are.equal("spec/diag_spec.lua:" .. line, site_of(t))
+    t:cancel()
+    pcall(t.await, t)
+  end)
 end)
 
 describe("async.dump", function()
@@ -81,7 +125,8 @@ describe("async.dump", function()
     local text = assert(io.open(path)):read("a")
     os.remove(path)
     assert.matches("live task%(s%)", text)
-    assert.matches("'dumped' %[running, [%d.]+ s%] spawned at [^\n]*waiting on sleep", text)
+    assert.matches("'dumped' %[running, [%d.]+ s%] at [^\n]*diag_spec.lua:%d+, waiting on sleep",
+      text)
     t:cancel()
     pcall(t.await, t)
   end)

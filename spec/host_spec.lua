@@ -168,7 +168,8 @@ describe("the lasync command", function()
       assert.are.equal(1, code)
       assert.matches("main went wrong", err, 1, true)
       assert.matches("stack traceback", err, 1, true)
-      assert.matches("task spawned at", err, 1, true)
+      assert.matches("task 'main' failed: [^\n]*:1: main went wrong", err)
+      assert.matches("in local 'f'", err, 1, true)
     end)
 
     -- Before, the host went on serving, silently, until interrupted: the failure was printed
@@ -201,7 +202,8 @@ describe("the lasync command", function()
       assert.are.equal(1, code)
       assert.are.equal("main done\n", out)
       assert.are.equal(1, count(err, "unwatched failure"), err)
-      assert.matches("task spawned at", err, 1, true)
+      -- named by its function, as Lua's traceback names one: defined on the script's line 2
+      assert.matches("task function <[^>\n]*:2> failed: [^\n]*unwatched failure", err)
     end)
 
     it("a failing task nobody awaits is reported even if the main task ended long before", function()

@@ -297,7 +297,7 @@ function async.is_timeout(e) end
 ---@field name? string
 ---@field status lasync.TaskStatus
 ---@field age number seconds since spawn
----@field site string `file:line` that spawned it
+---@field site string `file:line` of its function, or that spawned it (debug, C fn); `"?"`
 ---@field waiting_on string `"sleep"`, `"task"`, `"future"`, `"gather"`, `"fetch"`, `"ready"`, ...
 ---@field parent? lasync.Task the spawner (debug mode only)
 

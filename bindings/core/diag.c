@@ -33,15 +33,24 @@ static int task_set_name(lua_State *L) {
   return 1;
 }
 
-/* A short label for messages: the name, else where it was spawned. */
+/* A short label for messages: the name, else where it was spawned (debug mode), else its
+ * function as Lua's tracebacks name one, "function <file:line>". */
 void lasync__push_task_label(lua_State *L, int task_idx) {
   task_idx = lua_absindex(L, task_idx);
   if (push_name(L, task_idx)) {
     lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
   } else {
     lua_pop(L, 1);
-    lasync__push_spawn_site(L, task_idx);
-    lua_pushfstring(L, "task spawned at %s", lua_tostring(L, -1));
+    switch (lasync__push_task_site(L, task_idx)) {
+      case LASYNC__SITE_SPAWNED:
+        lua_pushfstring(L, "task spawned at %s", lua_tostring(L, -1));
+        break;
+      case LASYNC__SITE_DEFINED:
+        lua_pushfstring(L, "task function <%s>", lua_tostring(L, -1));
+        break;
+      default:
+        lua_pushliteral(L, "an unnamed task");
+    }
   }
   lua_remove(L, -2);
 }
@@ -72,7 +81,7 @@ static int l_tasks(lua_State *L) {
     lua_setfield(L, -2, "status");
     lua_pushnumber(L, (now - (double)t->spawned_ms) / 1000.0);
     lua_setfield(L, -2, "age");
-    lasync__push_spawn_site(L, task);
+    lasync__push_task_site(L, task);
     lua_setfield(L, -2, "site");
     if (t->wait_ops && t->suspended)
       lua_pushstring(L, t->wait_ops->name);

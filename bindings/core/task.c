@@ -350,21 +350,6 @@ int lasync__push_outcome(lua_State *L, lasync__task *t, int task_idx) {
   return lua_error(L);
 }
 
-void lasync__push_spawn_site(lua_State *L, int task_idx) {
-  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
-  const struct lasync__site_pair *site;
-  if (t->site == 0) {
-    lua_pushliteral(L, "(the host)");
-    return;
-  }
-  site = &t->rt->site_pairs[t->site - 1];
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->sites_ref);
-  lua_rawgeti(L, -1, site->source);
-  lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), site->line);
-  lua_replace(L, -3);
-  lua_pop(L, 1);
-}
-
 /* The message handler of every task body: records the traceback at the point of failure, with
  * where the task was spawned and, when the error came from an awaited task, that task's own
  * traceback, in the task's extras (which keep its phase value, the arguments or the coroutine,
@@ -386,8 +371,13 @@ int lasync__trace_handler(lua_State *L) {
       lua_replace(L, 3);
     }
   }
-  lasync__push_spawn_site(L, 2);                   /* 4: file:line */
-  lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
+  /* The site is resolved now, while the function is still the task's (the outcome replaces
+   * it), so the report's label can name it; only a spawn site adds to what the traceback says. */
+  if (lasync__push_task_site(L, 2) == LASYNC__SITE_SPAWNED) { /* 4: file:line */
+    lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
+  } else {
+    lua_pushliteral(L, "");
+  }
   lua_replace(L, 4);
   if (rt->parents_ref != LUA_NOREF) { /* debug mode: the chain of spawners too */
     lasync__push_spawn_chain(L, 2);
@@ -531,13 +521,150 @@ int lasync__is_callable(lua_State *L, int idx) {
   return ok;
 }
 
+/* lasync's own chunks, "=[lasync]" and those CMakeLists.txt names "=[lasync ...]", are never a
+ * task's site: a site tells the user where to look in their own code. */
+static int is_lasync_chunk(const char *source) {
+  return strncmp(source, "=[lasync", 8) == 0;
+}
+
+/* Debug mode's spawn site: the nearest Lua function up the stack outside lasync's own chunk.
+ * A loop spawns from one function: that function is remembered (anchored in the sites table,
+ * so its address is not reused), and a spawn from it needs only the line, not the source name
+ * lua_getinfo's "S" formats. It is a tenth of a trivial task's cost (issue 15), which is why
+ * a Lua function's task pays it only in debug mode, as only asyncio's debug mode keeps a
+ * task's creation traceback. */
+static void record_spawn_site(lua_State *L, lasync__runtime *rt, lasync__task *t) {
+  lua_Debug ar;
+  int level;
+  /* The spawn site: the nearest Lua function up the stack outside lasync's own chunk. A loop
+   * spawns from one function: that function is remembered (anchored in the sites table, so
+   * its address is not reused), and a spawn from it needs only the line, not the source name
+   * lua_getinfo's "S" formats (issue 15: "S" and the name compares were 4 % of a spawn). */
+  for (level = 1; level <= 4 && lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "fl", &ar); /* pushes the function */
+    if (ar.currentline < 0) { /* a C function */
+      lua_pop(L, 1);
+      continue;
+    }
+    if (rt->last_site && lua_topointer(L, -1) == rt->last_site_fn) {
+      lua_pop(L, 1);
+      if (ar.currentline != rt->last_line) {
+        rt->last_site = site_of(L, rt, rt->site_pairs[rt->last_site - 1].source, ar.currentline);
+        rt->last_line = ar.currentline;
+      }
+      t->site = rt->last_site;
+      break;
+    }
+    lua_pushvalue(L, -1);
+    lua_getinfo(L, ">S", &ar); /* pops the copy */
+    if (is_lasync_chunk(ar.source)) {
+      lua_pop(L, 1);
+      continue;
+    }
+    t->site = site_of(L, rt, source_of(L, rt, ar.short_src), ar.currentline); /* [.., fn] */
+    rt->last_site = t->site;
+    rt->last_line = ar.currentline;
+    rt->last_site_fn = lua_topointer(L, -1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->sites_ref);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 0); /* sites[0]: the remembered function */
+    lua_pop(L, 1);
+    break;
+  }
+}
+
+/* Pops the value on top; true if it is a Lua function outside lasync's own chunks, whose
+ * definition ar then holds. */
+static int pop_user_function(lua_State *L, lua_Debug *ar) {
+  if (lua_type(L, -1) != LUA_TFUNCTION || lua_iscfunction(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_getinfo(L, ">S", ar); /* pops it */
+  return !is_lasync_chunk(ar->source);
+}
+
+/* The deepest level of co's stack, the frame it started with (found by halving, since each
+ * lua_getstack walks from the top: a stack overflow's hundred thousand frames stay cheap). */
+static int outermost_level(lua_State *co) {
+  lua_Debug ar;
+  int known = 0, beyond = 1;
+  while (lua_getstack(co, beyond, &ar)) {
+    known = beyond;
+    beyond *= 2;
+  }
+  while (beyond - known > 1) {
+    int mid = known + (beyond - known) / 2;
+    if (lua_getstack(co, mid, &ar))
+      known = mid;
+    else
+      beyond = mid;
+  }
+  return known;
+}
+
+/* Without debug mode a task's site is where its function is defined, as asyncio names a task
+ * by its coroutine, found when first asked for and kept (flagged LASYNC__SITE_DEFINED_FLAG in
+ * t->site). The function is the task's own, or for a library wrapper (a scope's child, say)
+ * the outermost frame of its coroutine that is not lasync's, or before it starts, the first
+ * such function among its arguments. Returns false when there is none: a C function, or a
+ * task that ended before anyone asked. */
+static int resolve_site(lua_State *L, lasync__runtime *rt, lasync__task *t, int task) {
+  lua_Debug ar;
+  int found = 0, level, i;
+  if (t->status != LASYNC__PENDING && t->status != LASYNC__RUNNING) return 0;
+  luaL_checkstack(L, 3, NULL);
+  lua_getiuservalue(L, task, LASYNC__UV_FN);
+  found = pop_user_function(L, &ar);
+  if (!found && t->status == LASYNC__RUNNING && t->co != NULL) {
+    for (level = outermost_level(t->co); level >= 0 && !found; level--)
+      found = lua_getstack(t->co, level, &ar) && lua_getinfo(t->co, "S", &ar) &&
+              ar.what[0] != 'C' && !is_lasync_chunk(ar.source);
+  }
+  if (!found && t->status == LASYNC__PENDING && t->nargs > 0) {
+    lasync__push_aux(L, t, task);
+    if (t->nargs == 1) {
+      found = pop_user_function(L, &ar);
+    } else {
+      for (i = 1; i <= (int)t->nargs && !found; i++) {
+        lua_rawgeti(L, -1, i);
+        found = pop_user_function(L, &ar);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  if (found)
+    t->site = site_of(L, rt, source_of(L, rt, ar.short_src), ar.linedefined) |
+              LASYNC__SITE_DEFINED_FLAG;
+  return found;
+}
+
+int lasync__push_task_site(lua_State *L, int task_idx) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  const struct lasync__site_pair *site;
+  task_idx = lua_absindex(L, task_idx);
+  if (t->site == 0 && !resolve_site(L, t->rt, t, task_idx)) {
+    lua_pushliteral(L, "?");
+    return LASYNC__SITE_UNKNOWN;
+  }
+  site = &t->rt->site_pairs[(t->site & ~LASYNC__SITE_DEFINED_FLAG) - 1];
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->sites_ref);
+  lua_rawgeti(L, -1, site->source);
+  if (site->line > 0)
+    lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), site->line);
+  else /* a main chunk */
+    lua_pushstring(L, lua_tostring(L, -1));
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+  return t->site & LASYNC__SITE_DEFINED_FLAG ? LASYNC__SITE_DEFINED : LASYNC__SITE_SPAWNED;
+}
+
 /* Creates a task for the callable at fn_idx and the nargs values above it, leaves the task
  * on the stack in their place, and queues it. The caller has checked that fn is callable. */
 lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
   lasync__runtime *rt = lasync__runtime_get(L);
   lasync__task *t;
-  lua_Debug ar;
-  int level, i;
+  int i;
   fn_idx = lua_absindex(L, fn_idx);
   LASYNC__GC_PACE(L, rt); /* the collector's credit for a burst of tasks grows with them */
   t = (lasync__task *)lua_newuserdatauv(L, sizeof *t, LASYNC__TASK_NUV);
@@ -566,41 +693,10 @@ lasync__task *lasync__spawn(lua_State *L, int fn_idx, int nargs) {
     }
     lua_setiuservalue(L, -2, LASYNC__UV_AUX);
   }
-  /* The spawn site: the nearest Lua function up the stack outside lasync's own chunk. A loop
-   * spawns from one function: that function is remembered (anchored in the sites table, so
-   * its address is not reused), and a spawn from it needs only the line, not the source name
-   * lua_getinfo's "S" formats (issue 15: "S" and the name compares were 4 % of a spawn). */
-  for (level = 1; level <= 4 && lua_getstack(L, level, &ar); level++) {
-    lua_getinfo(L, "fl", &ar); /* pushes the function */
-    if (ar.currentline < 0) { /* a C function */
-      lua_pop(L, 1);
-      continue;
-    }
-    if (rt->last_site && lua_topointer(L, -1) == rt->last_site_fn) {
-      lua_pop(L, 1);
-      if (ar.currentline != rt->last_line) {
-        rt->last_site = site_of(L, rt, rt->site_pairs[rt->last_site - 1].source, ar.currentline);
-        rt->last_line = ar.currentline;
-      }
-      t->site = rt->last_site;
-      break;
-    }
-    lua_pushvalue(L, -1);
-    lua_getinfo(L, ">S", &ar); /* pops the copy */
-    if (strcmp(ar.source, LASYNC__LIB_CHUNK) == 0) {
-      lua_pop(L, 1);
-      continue;
-    }
-    t->site = site_of(L, rt, source_of(L, rt, ar.short_src), ar.currentline); /* [.., fn] */
-    rt->last_site = t->site;
-    rt->last_line = ar.currentline;
-    rt->last_site_fn = lua_topointer(L, -1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->sites_ref);
-    lua_insert(L, -2);
-    lua_rawseti(L, -2, 0); /* sites[0]: the remembered function */
-    lua_pop(L, 1);
-    break;
-  }
+  /* A C function (async.spawn(error, msg)) or a callable table has no definition of its own to
+   * name the task by, so it keeps its spawn site, as every task does in debug mode. */
+  if (rt->debug || lua_type(L, fn_idx) != LUA_TFUNCTION || lua_iscfunction(L, fn_idx))
+    record_spawn_site(L, rt, t);
   if (rt->debug) lasync__debug_spawned(L, rt, rt->current);
   lasync__reserve_ready(L, rt); /* before it counts: raising now leaves nothing behind */
   lasync__anchor_task(L, rt, t);
