@@ -26,6 +26,26 @@ describe("the host's memory cap (LASYNC_MAX_MEMORY)", function()
   end)
 end)
 
+describe("deadlines at the cap", function()
+  after_each(sub.cleanup)
+
+  -- A deadline with a finaliser outlived each collection until the collector got round to it,
+  -- and an emergency collection runs none: 300k timeouts that never yield failed 8 MiB with a
+  -- few KB live. Now an armed deadline is pinned instead, and a closed one is plain garbage.
+  it("a loop of async.timeout that never yields lives within a small cap", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local function f() return 1 end
+      for _ = 1, 300000 do async.timeout(10, f) end
+      local fired = pcall(async.timeout, 0.01, async.sleep, 1)
+      local c = async._debug.counts()
+      print(fired, c.refs, c.timers, collectgarbage("count") < 4096)
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=8; " })
+    assert.are.equal(0, status, err)
+    assert.are.equal("false\t0\t0\ttrue\n", out)
+  end)
+end)
+
 describe("a heap its live data fills to the cap", function()
   after_each(sub.cleanup)
 

@@ -229,6 +229,12 @@ static int l_sleep(lua_State *L) {
 
 /* ---- deadlines: the cancel scopes behind async.timeout ---- */
 
+/* A deadline is a userdata without a finaliser. One with __gc outlives a collection and waits
+ * for the collector to call it, a few per step: a loop of async.timeout that never yields
+ * piled up 120 MB of them, and at a memory cap failed with "not enough memory" while almost
+ * nothing was live, since an emergency collection runs no finalisers. What the finaliser
+ * guarded, a collected deadline still armed in the timer heap, is ruled out instead by pinning
+ * the deadline while it is armed: until it is closed or falls due. */
 typedef struct {
   lasync__timer timer;
   lasync__runtime *rt;
@@ -237,11 +243,18 @@ typedef struct {
   int open;
   int shield;      /* a shield scope: cancellations from outside wait until it closes */
   int saved_floor; /* the task's shield floor before this scope */
+  int pin;         /* its registry reference while armed, else LUA_NOREF */
 } deadline;
+
+static void unpin_deadline(deadline *d) {
+  lasync__unpin(d->rt, d->rt->L, d->pin);
+  d->pin = LUA_NOREF;
+}
 
 static void on_deadline_due(lasync__timer *timer) {
   deadline *d = (deadline *)timer;
-  lasync__cancel(d->rt->L, d->task, d->depth, 0);
+  lasync__cancel(d->rt->L, d->task, d->depth, 0); /* may collect: d is still pinned */
+  unpin_deadline(d);
 }
 
 /* core._deadline(seconds, fname [, shield]): opens a cancel scope in the running task that
@@ -254,20 +267,25 @@ static int l_deadline(lua_State *L) {
   lasync__task *t = shield ? lasync__check_suspendable(L, fname) : lasync__check_task(L, fname);
   /* The user value anchors the task: an armed deadline must never outlive what it cancels. */
   deadline *d = (deadline *)lua_newuserdatauv(L, sizeof *d, 1);
-  if (s < LASYNC__FOREVER && lasync__timer_room(t->rt) != 0)
-    lasync__raise_oom(L, t->rt); /* first */
   d->timer.index = LASYNC__UNARMED;
   d->timer.on_due = on_deadline_due;
   d->rt = t->rt;
   d->task = t;
+  d->open = 0; /* until the task's scope is entered, below */
+  d->pin = LUA_NOREF;
+  luaL_setmetatable(L, SCOPE_MT);
+  lasync__push_task(L, t);
+  lua_setiuservalue(L, -2, 1);
+  if (s < LASYNC__FOREVER) { /* what can raise comes before the task's scope changes */
+    if (lasync__timer_room(t->rt) != 0) lasync__raise_oom(L, t->rt);
+    lua_pushvalue(L, -1);
+    d->pin = lasync__pin(t->rt, L);
+  }
   d->depth = ++t->scope_depth;
   d->open = 1;
   d->shield = shield;
   d->saved_floor = t->shield_floor;
   if (d->shield) t->shield_floor = (uint16_t)d->depth;
-  luaL_setmetatable(L, SCOPE_MT);
-  lasync__push_task(L, t);
-  lua_setiuservalue(L, -2, 1);
   if (s < LASYNC__FOREVER) lasync__timer_start(t->rt, &d->timer, s);
   return 1;
 }
@@ -287,6 +305,7 @@ static int deadline_close(lua_State *L) {
   if (t->scope_depth != d->depth) return lasync__misuse(L, "deadlines closed out of order");
   d->open = 0;
   lasync__timer_stop(d->rt, &d->timer);
+  unpin_deadline(d);
   mine = t->cancel_level == d->depth;
   if (t->cancel_level >= d->depth) t->cancel_level = LASYNC__NO_CANCEL;
   t->scope_depth--;
@@ -309,12 +328,6 @@ static int l_checkpoint(lua_State *L) {
   return 0;
 }
 
-static int deadline_gc(lua_State *L) {
-  deadline *d = (deadline *)lua_touserdata(L, 1);
-  if (d->open && !d->rt->closing) lasync__timer_stop(d->rt, &d->timer);
-  return 0;
-}
-
 void lasync__open_timer(lua_State *L) {
   static const luaL_Reg funcs[] = {
       {"sleep", l_sleep}, {"_deadline", l_deadline}, {"_checkpoint", l_checkpoint}, {NULL, NULL}};
@@ -325,8 +338,6 @@ void lasync__open_timer(lua_State *L) {
   lua_setfield(L, -2, "cancel");
   lua_pushvalue(L, -1);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, deadline_gc);
-  lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }
