@@ -210,7 +210,9 @@ function async.timeout(seconds, fn, ...)
   check_seconds("async.timeout", 1, "seconds", seconds)
   check_function("async.timeout", 2, "fn", fn)
   check_in_task("async.timeout")
-  return finish_timeout(deadline(seconds, "async.timeout"), seconds, pcall(fn, ...))
+  -- <close>: closed as an error unwinds even if finish_timeout never runs (timer.c)
+  local scope <close> = deadline(seconds, "async.timeout")
+  return finish_timeout(scope, seconds, pcall(fn, ...))
 end
 
 local function finish_wait_for(scope, task, seconds, ok, ...)
@@ -245,7 +247,8 @@ end
 function async.shield(fn, ...)
   check_function("async.shield", 1, "fn", fn)
   check_in_task("async.shield")
-  return finish_shield(deadline(math.huge, "async.shield", true), pcall(fn, ...))
+  local scope <close> = deadline(math.huge, "async.shield", true)
+  return finish_shield(scope, pcall(fn, ...))
 end
 
 --- Awaits `task` for at most `seconds`; on expiry cancels it and raises a Timeout.
@@ -259,8 +262,8 @@ function async.wait_for(task, seconds)
   check_seconds("async.wait_for", 2, "seconds", seconds)
   check_in_task("async.wait_for")
   if task == core.current() then misuse("async.wait_for: a task cannot wait for itself") end
-  return finish_wait_for(deadline(seconds, "async.wait_for"), task, seconds,
-    pcall(task.await, task))
+  local scope <close> = deadline(seconds, "async.wait_for")
+  return finish_wait_for(scope, task, seconds, pcall(task.await, task))
 end
 
 --- Runs fn(...) as a task until it finishes. Outside the loop (stock lua, embedding) it drives

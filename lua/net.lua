@@ -99,8 +99,8 @@ function net.connect(host, port, opts)
   check_seconds_opt(fname, "timeout", seconds)
   if not in_task() then misuse(fname .. " must be called inside a task") end
   seconds = seconds or DEFAULT_CONNECT_TIMEOUT
-  return finish_connect(deadline(seconds, fname), host, port, seconds,
-    pcall(try_addresses, host, port))
+  local scope <close> = deadline(seconds, fname) -- closed even if an error skips the finish
+  return finish_connect(scope, host, port, seconds, pcall(try_addresses, host, port))
 end
 
 -- ---- servers ----

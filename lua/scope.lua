@@ -176,7 +176,8 @@ function async.scope(body, ...)
   check_in_task("async.scope")
   local s = setmetatable({ children = {}, order = {}, pruned_at = 0, errors = {}, failed = {},
     open = true }, Scope)
-  s.deadline = deadline(math.huge, "async.scope")
+  local cancel_scope <close> = deadline(math.huge, "async.scope") -- closed even if an error
+  s.deadline = cancel_scope                                          -- skips finish_scope
   return finish_scope(s, pcall(body, s, ...))
 end
 

@@ -129,6 +129,30 @@ describe("async.timeout", function()
   end)
 end)
 
+describe("a deadline an error skips the closing of", function()
+  after_each(assert_clean)
+
+  -- A hook's error (as an instruction-budget watchdog raises) lands between opening the
+  -- deadline and closing it: it is closed as the error unwinds, instead of staying armed to
+  -- cancel the task at a depth nobody closes again.
+  it("is closed as the error unwinds, and the task goes on without it", function()
+    local ok, err = pcall(function()
+      debug.sethook(function()
+        local info = debug.getinfo(2, "n")
+        if info and info.name == "close" then debug.sethook(); error("hook says no") end
+      end, "c")
+      async.timeout(0.02, function() return 1 end)
+    end)
+    debug.sethook()
+    assert.is_false(ok)
+    assert.matches("hook says no", err)
+    assert.are.equal(0, async._debug.counts().refs)
+    assert.are.equal(0, async._debug.counts().timers)
+    async.sleep(0.04) -- past the deadline that was skipped: nothing cancels this sleep
+    assert.are.same({ true, 1 }, { async.timeout(1, function() return true, 1 end) })
+  end)
+end)
+
 describe("async.wait_for", function()
   after_each(assert_clean)
 

@@ -314,6 +314,18 @@ static int deadline_close(lua_State *L) {
   return 1;
 }
 
+/* __close: a deadline its user never closed, because an error came between opening and
+ * closing it (a memory error calling the finishing function, a debug hook's error), is closed
+ * as the error unwinds, so it neither stays pinned nor cancels the task later. */
+static int deadline_unwound(lua_State *L) {
+  deadline *d = check_deadline(L, "deadline:__close");
+  if (d->open && d->task->scope_depth == d->depth) {
+    lua_settop(L, 1);
+    deadline_close(L);
+  }
+  return 0;
+}
+
 /* deadline:cancel(): cancels the code inside the scope now, as its expiry would; a no-op once
  * it is closed. async.scope uses it to stop its body when a child fails. */
 static int deadline_cancel(lua_State *L) {
@@ -336,6 +348,8 @@ void lasync__open_timer(lua_State *L) {
   lua_setfield(L, -2, "close");
   lua_pushcfunction(L, deadline_cancel);
   lua_setfield(L, -2, "cancel");
+  lua_pushcfunction(L, deadline_unwound);
+  lua_setfield(L, -2, "__close");
   lua_pushvalue(L, -1);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
