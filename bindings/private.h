@@ -147,9 +147,8 @@ struct lasync__task {
   };
   lasync__waitlist waiters;   /* those awaiting it */
   uint32_t slot;              /* its index in the runtime's anchors, spawn to settle; 0 after */
-  uint32_t site;              /* a (source, line) pair of the runtime's, or 0 until known: where
-                               * it was spawned, or with LASYNC__SITE_DEFINED_FLAG where its
-                               * function is defined (task.c, lasync__push_task_site) */
+  uint32_t site;              /* where it was spawned, a (source, line) pair of the runtime's,
+                               * in debug mode or for a C function; else 0 (task.c) */
   uint32_t spawned_ms;        /* loop time at spawn, for its age */
   uint16_t cancel_level;      /* outermost cancelled scope, or LASYNC__NO_CANCEL */
   uint16_t scope_depth;       /* 0 is the task itself; each async.timeout adds one */
@@ -558,8 +557,9 @@ void lasync__set_aux(lua_State *L, const lasync__task *t, int task_idx);
 /* Pushes the task's "file:line" ("?" when unknown) and says what it is: where the task was
  * spawned (debug mode) or where its function is defined (found on first use). */
 enum lasync__site_kind { LASYNC__SITE_UNKNOWN, LASYNC__SITE_DEFINED, LASYNC__SITE_SPAWNED };
-#define LASYNC__SITE_DEFINED_FLAG 0x80000000u /* in t->site: the site is a definition */
 int lasync__push_task_site(lua_State *L, int task_idx);
+/* Keeps a definition site in the task's extras before its function is replaced (allocates). */
+void lasync__keep_task_site(lua_State *L, int task_idx);
 
 /* diag.c: names, async.tasks(), debug mode. */
 void lasync__open_diag(lua_State *L);

@@ -95,6 +95,32 @@ describe("async.tasks", function()
     end)
   end)
 
+  it("keeps a failed task's place when a tail call leaves its function out of the traceback", function()
+    local status, err = run_script([[
+      local function helper() error("deep") end
+      local function worker() return helper() end
+      require("lasync").spawn(worker)
+    ]])
+    assert.are.equal(1, status)
+    assert.matches("task function <[^>\n]*:2> failed: [^\n]*deep", err)
+    assert.matches("(...tail calls...)\n\t(task function <", err, 1, true)
+  end)
+
+  it("does not keep the chunk names of the failed tasks it placed", function()
+    local function round()
+      for i = 1, 3000 do
+        local t = async.spawn(load("error('x')", "=job-" .. i .. "-" .. math.random(1e9)))
+        assert.is_false(pcall(t.await, t))
+      end
+      collectgarbage()
+      collectgarbage()
+      return collectgarbage("count")
+    end
+    local first = round()
+    local third = (round() and round())
+    assert.is_true(third - first < 200, ("grew %.0f KB"):format(third - first)) -- was ~300 KB a round
+  end)
+
   it("in debug mode places every task at the line that spawned it", function()
     local was = async.debug(true)
     local line = debug.getinfo(1, "l").currentline + 1

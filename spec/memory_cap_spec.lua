@@ -26,6 +26,22 @@ describe("the host's memory cap (LASYNC_MAX_MEMORY)", function()
   end)
 end)
 
+describe("a task the cap fails", function()
+  after_each(sub.cleanup)
+
+  -- A memory error runs no message handler, which is where a task's place is kept otherwise.
+  it("is still named by its function", function()
+    local _, err, status = sub.run_script([[
+      local async = require "lasync"
+      local function hog() local t = {} for i = 1, 1e7 do t[i] = {i} end end
+      async.spawn(hog)
+      async.sleep(0.5)
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=2; " })
+    assert.are.equal(1, status)
+    assert.matches("task function <[^>\n]*:2> failed: not enough memory", err)
+  end)
+end)
+
 describe("deadlines at the cap", function()
   after_each(sub.cleanup)
 

@@ -422,6 +422,15 @@ static int store_results(lua_State *L) {
  * values of its coroutine: moves them into the task (at index task of the main thread), off
  * the coroutine, and settles the task. Allocates only under lasync__cpcall, so it runs
  * unprotected, from the drain or from the body of the coroutine (task_body). */
+/* Under lasync__cpcall: keeps the site of the task (a light userdata) before its error
+ * replaces its function. A memory error runs no message handler, which otherwise keeps it;
+ * with no memory for it either, the report names no site. */
+static int keep_site(lua_State *L) {
+  lasync__push_task(L, (lasync__task *)lua_touserdata(L, 1));
+  lasync__keep_task_site(L, -1);
+  return 0;
+}
+
 static void finish_task(lasync__runtime *rt, lasync__task *t, int ok, int n, int task) {
   lua_State *L = rt->L;
   lua_State *co = t->co;
@@ -445,6 +454,7 @@ static void finish_task(lasync__runtime *rt, lasync__task *t, int ok, int n, int
     n = 1;
     lua_xmove(co, L, 1); /* the error (its traceback is in the extras: lasync__trace_handler) */
     status = lasync__is_error_kind(L, -1, "cancelled") ? LASYNC__CANCELLED : LASYNC__FAILED;
+    if (status == LASYNC__FAILED && t->site == 0) (void)lasync__cpcall(L, keep_site, t);
     lua_setiuservalue(L, task, LASYNC__UV_FN);
   }
   t->co = NULL;
@@ -466,6 +476,7 @@ static void fail_task(lasync__runtime *rt, lasync__task *t, int task) {
   lua_State *L = rt->L;
   lua_State *co = t->co;
   lua_xmove(co, L, 1);
+  if (t->site == 0) (void)lasync__cpcall(L, keep_site, t);
   lua_setiuservalue(L, task, LASYNC__UV_FN);
   lua_resetthread(co);
   mark_owned(rt, co, 0);

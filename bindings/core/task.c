@@ -371,12 +371,24 @@ int lasync__trace_handler(lua_State *L) {
       lua_replace(L, 3);
     }
   }
-  /* The site is resolved now, while the function is still the task's (the outcome replaces
-   * it), so the report's label can name it; only a spawn site adds to what the traceback says. */
-  if (lasync__push_task_site(L, 2) == LASYNC__SITE_SPAWNED) { /* 4: file:line */
-    lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
-  } else {
-    lua_pushliteral(L, "");
+  /* The site is kept now, while the function is still the task's, so the report's label can
+   * name it. The traceback names the function itself, unless a tail call or a wrapper (a
+   * scope's child) left its frame out. */
+  lasync__keep_task_site(L, 2);
+  switch (lasync__push_task_site(L, 2)) { /* 4: file:line */
+    case LASYNC__SITE_SPAWNED:
+      lua_pushfstring(L, "\n\t(task spawned at %s)", lua_tostring(L, 4));
+      break;
+    case LASYNC__SITE_DEFINED:
+      lua_pushfstring(L, "function <%s>", lua_tostring(L, 4));
+      if (strstr(lua_tostring(L, 3), lua_tostring(L, -1)) == NULL)
+        lua_pushfstring(L, "\n\t(task %s)", lua_tostring(L, -1));
+      else
+        lua_pushliteral(L, "");
+      lua_remove(L, -2);
+      break;
+    default:
+      lua_pushliteral(L, "");
   }
   lua_replace(L, 4);
   if (rt->parents_ref != LUA_NOREF) { /* debug mode: the chain of spawners too */
@@ -603,13 +615,20 @@ static int outermost_level(lua_State *co) {
   return known;
 }
 
+/* Pushes "file:line" (or for a main chunk "file") of the definition ar holds. */
+static void push_definition(lua_State *L, const lua_Debug *ar) {
+  if (ar->linedefined > 0)
+    lua_pushfstring(L, "%s:%d", ar->short_src, ar->linedefined);
+  else
+    lua_pushstring(L, ar->short_src);
+}
+
 /* Without debug mode a task's site is where its function is defined, as asyncio names a task
- * by its coroutine, found when first asked for and kept (flagged LASYNC__SITE_DEFINED_FLAG in
- * t->site). The function is the task's own, or for a library wrapper (a scope's child, say)
- * the outermost frame of its coroutine that is not lasync's, or before it starts, the first
- * such function among its arguments. Returns false when there is none: a C function, or a
- * task that ended before anyone asked. */
-static int resolve_site(lua_State *L, lasync__runtime *rt, lasync__task *t, int task) {
+ * by its coroutine. The function is the task's own, or for a library wrapper (a scope's child,
+ * say) the outermost frame of its coroutine that is not lasync's, or before it starts, the
+ * first such function among its arguments. Pushes it and returns true, or pushes nothing and
+ * returns false: a C function, a wrapper of one, or a task that has ended. */
+static int push_definition_site(lua_State *L, lasync__task *t, int task) {
   lua_Debug ar;
   int found = 0, level, i;
   if (t->status != LASYNC__PENDING && t->status != LASYNC__RUNNING) return 0;
@@ -633,30 +652,44 @@ static int resolve_site(lua_State *L, lasync__runtime *rt, lasync__task *t, int 
       lua_pop(L, 1);
     }
   }
-  if (found)
-    t->site = site_of(L, rt, source_of(L, rt, ar.short_src), ar.linedefined) |
-              LASYNC__SITE_DEFINED_FLAG;
+  if (found) push_definition(L, &ar);
   return found;
+}
+
+/* Once the task fails its function is replaced by the error, so the site is kept first, as
+ * the string in its extras: not interned with the spawn sites, which would keep every chunk
+ * name a job runner ever loaded. */
+void lasync__keep_task_site(lua_State *L, int task_idx) {
+  lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
+  int top = lua_gettop(L);
+  task_idx = lua_absindex(L, task_idx);
+  if (t->site == 0 && lasync__get_extra(L, task_idx, "site") == LUA_TNIL &&
+      push_definition_site(L, t, task_idx)) { /* [.., nil, site] */
+    lasync__push_extra(L, task_idx);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "site");
+  }
+  lua_settop(L, top);
 }
 
 int lasync__push_task_site(lua_State *L, int task_idx) {
   lasync__task *t = (lasync__task *)lua_touserdata(L, task_idx);
   const struct lasync__site_pair *site;
   task_idx = lua_absindex(L, task_idx);
-  if (t->site == 0 && !resolve_site(L, t->rt, t, task_idx)) {
+  if (t->site == 0) {
+    if (lasync__get_extra(L, task_idx, "site") == LUA_TSTRING) return LASYNC__SITE_DEFINED;
+    lua_pop(L, 1);
+    if (push_definition_site(L, t, task_idx)) return LASYNC__SITE_DEFINED;
     lua_pushliteral(L, "?");
     return LASYNC__SITE_UNKNOWN;
   }
-  site = &t->rt->site_pairs[(t->site & ~LASYNC__SITE_DEFINED_FLAG) - 1];
+  site = &t->rt->site_pairs[t->site - 1];
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->sites_ref);
   lua_rawgeti(L, -1, site->source);
-  if (site->line > 0)
-    lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), site->line);
-  else /* a main chunk */
-    lua_pushstring(L, lua_tostring(L, -1));
+  lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), site->line);
   lua_replace(L, -3);
   lua_pop(L, 1);
-  return t->site & LASYNC__SITE_DEFINED_FLAG ? LASYNC__SITE_DEFINED : LASYNC__SITE_SPAWNED;
+  return LASYNC__SITE_SPAWNED;
 }
 
 /* Creates a task for the callable at fn_idx and the nargs values above it, leaves the task
