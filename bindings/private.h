@@ -202,6 +202,7 @@ struct lasync__runtime {
   const void *anchors_ptr; /* the anchors table, to check that index */
   int starved;         /* a start failed for memory in this drain: later starts fail at once */
   long starved_unseen; /* tasks failed so with nobody to see it, reported once per drain */
+  int oom_ended; /* a task's function ended by a memory error in this drain: see body_continue */
   lasync__waitlist starved_waiters; /* tasks in core._await_starved (task.c) */
   int starve_next; /* fault injection (async._debug.starve_next_start): the next start fails */
   int fail_next_spawn; /* and (async._debug.fail_next_spawn): the next async.spawn raises */
@@ -323,6 +324,7 @@ void lasync__heap_free(lasync__heap *h);
 void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 size_t lasync__heap_used(const lasync__heap *h);
 size_t lasync__heap_cap(const lasync__heap *h);   /* 0: none */
+void lasync__heap_fail_next(lasync__heap *h); /* the next growing allocation fails (specs) */
 size_t lasync__heap_grown(const lasync__heap *h); /* bytes allocated, all told, wrapping */
 size_t lasync__heap_peak(const lasync__heap *h);  /* the most Lua has held at once */
 /* A state on h with luaL_newstate's panic and warning functions, or NULL. */

@@ -337,6 +337,10 @@ function async._debug.starve_next_start() end
 ---Fault injection for tests: the next `async.spawn` raises "not enough memory", as at the cap.
 function async._debug.fail_next_spawn() end
 
+---Fault injection for tests: the next allocation that grows the Lua heap fails (and Lua's retry
+---of it), so "not enough memory" is raised there, as at the cap.
+function async._debug.fail_next_alloc() end
+
 -- ---------------------------------------------------------------------------------------------
 -- Synchronisation (docs/toolkit.md)
 

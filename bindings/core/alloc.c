@@ -100,6 +100,10 @@ struct lasync__heap {
   size_t grown;               /* bytes Lua's holding has grown by, all told (gcpace.c) */
   size_t peak;                /* the most Lua has held at once (gcpace.c: under_peak) */
   size_t cap;                 /* 0: none */
+  /* async._debug.fail_next_alloc (lasync__heap_fail_next): the growing requests still to
+   * refuse, and the cap to restore after them. */
+  int fail_next;
+  size_t cap_before;
   /* At the cap (at_cap): the request refused last, which Lua asks again after an emergency
    * collection; when, and the heap's grown count then; whether little had been allocated since
    * the refusal before, and for how long the program ran since the last retry; how many
@@ -449,6 +453,10 @@ static void *big_realloc(lasync__heap *h, void *p, size_t old, size_t nsize) {
  * retry of one refused while collections have stopped making room. */
 static int at_cap(lasync__heap *h, const void *ptr, size_t old, size_t nsize) {
   uint64_t now;
+  if (h->fail_next) {
+    if (--h->fail_next == 0) h->cap = h->cap_before;
+    return 1;
+  }
   if (h->retry_next) {
     h->retry_next = 0;
     if (ptr == h->refused_ptr && nsize == h->refused_size) { /* after the collection */
@@ -472,6 +480,16 @@ static int at_cap(lasync__heap *h, const void *ptr, size_t old, size_t nsize) {
   h->refused_size = nsize;
   h->retry_next = 1;
   return 1;
+}
+
+/* async._debug.fail_next_alloc (task.c): the next request that grows the heap is refused, and
+ * so is Lua's retry of it after its emergency collection, so that the code asking gets "not
+ * enough memory" there, as past the cap. A heap without a cap has one meanwhile, so that the
+ * allocation path asks at_cap without a test of its own. */
+void lasync__heap_fail_next(lasync__heap *h) {
+  if (!h->fail_next) h->cap_before = h->cap;
+  h->fail_next = 2;
+  if (h->cap == 0) h->cap = SIZE_MAX;
 }
 
 void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {

@@ -382,12 +382,14 @@ static void fail_starved(lasync__runtime *rt, lasync__task *t, int task) {
   fail_oom(rt, t, task);
 }
 
-/* One report for the tasks of this drain that could not start, from a buffer on the C stack. */
+/* One report for the tasks of this drain that could not start, from a buffer on the C stack;
+ * the starved waiters are woken then, and after a drain where a memory error ended a task. */
 static void report_starved(lasync__runtime *rt) {
   char msg[160];
   long n = rt->starved_unseen;
   rt->starved = 0;
   rt->starved_unseen = 0;
+  rt->oom_ended = 0;
   /* What the tasks that never started were given (a server's connection, say) is unreachable
    * now, but an idle loop allocates nothing, so no collection would come to finalize it: the
    * client on the other end would wait for ever. One full collection per starved drain closes
@@ -565,6 +567,12 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
       if (lua_touserdata(L, -1) != t) push_drained(rt, t);
       task = lua_gettop(L);
     }
+    /* A memory error that ends a task's function may have struck where the function meant to
+     * undo what it holds (at the cap even a call to pcall can find no room for its frame): a
+     * server's request task, past its handler's protection, left its connection open and its
+     * client waiting. The starved waiters (the servers' reapers) are woken at the drain's end
+     * for it too, as for a task that could not start, and tidy what such a task left. */
+    if (status == LUA_ERRMEM) rt->oom_ended = 1;
     finish_task(rt, t, status == LUA_OK || status == LUA_YIELD, lua_gettop(co) - 1, task);
     lua_settop(co, 1); /* [handler] */
     lua_settop(L, task - 1);
@@ -671,6 +679,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     lua_settop(co, 0);
     release_coroutine(rt, co);
   } else if (last->co == co) { /* an error escaped the body while the task ran */
+    if (status == LUA_ERRMEM) rt->oom_ended = 1; /* as in body_continue */
     push_drained(rt, last);
     fail_task(rt, last, lua_gettop(L));
     lua_pop(L, 1);
@@ -739,7 +748,7 @@ void lasync__drain(lasync__runtime *rt) {
   rt->drain_left = saved_left;
   if (rt->anchors_at) lua_settop(rt->L, rt->anchors_at - 1);
   rt->anchors_at = saved_at;
-  if (rt->starved) report_starved(rt);
+  if (rt->starved || rt->oom_ended) report_starved(rt);
   if (rt->ready_len == 0) uv_idle_stop(&rt->idle);
 }
 

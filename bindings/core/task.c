@@ -985,6 +985,15 @@ static int task_done(lua_State *L) {
   return 1;
 }
 
+/* core._task_ended(task): whether the task has finished, without marking its failure seen as
+ * task:done does. A server's reaper looks at the tasks of its live requests with it: one that
+ * a memory error ended keeps its report (its sentinel), which task:done silenced. */
+static int l_task_ended(lua_State *L) {
+  lasync__task *t = lasync__check_task_arg(L, 1, "core._task_ended");
+  lua_pushboolean(L, lasync__task_finished(t));
+  return 1;
+}
+
 static int task_status(lua_State *L) {
   lasync__task *t = lasync__check_task_arg(L, 1, "task:status");
   if (lasync__task_finished(t)) lasync__mark_observed(L, t, 1);
@@ -1094,8 +1103,9 @@ static const lasync__awaitable_ops AWAIT_STARVED_OPS = {"tasks that could not st
                                                         starved_cancel, starved_finish, NULL};
 
 /* core._await_starved(): suspends the calling task until a loop turn has failed tasks that
- * could not start for want of memory (runtime.c's fail_starved). A server's reaper waits on
- * it to answer the connections whose handler task never ran, so that nothing is paid for it
+ * could not start for want of memory (runtime.c's fail_starved), or tasks whose function a
+ * memory error ended (body_continue). A server's reaper waits on it to answer the connections
+ * whose handler task never ran or died before it could answer, so that nothing is paid for it
  * per request. */
 static int l_await_starved(lua_State *L) {
   lasync__task *t = lasync__check_task(L, "core._await_starved");
@@ -1114,6 +1124,15 @@ static int l_debug_starve_next(lua_State *L) {
  * cap (the specs' way to reach a caller's handling of it). */
 static int l_debug_fail_next_spawn(lua_State *L) {
   lasync__runtime_get(L)->fail_next_spawn = 1;
+  return 0;
+}
+
+/* async._debug.fail_next_alloc(): the next allocation that grows the Lua heap fails as past
+ * the cap, so "not enough memory" is raised where a spec chooses, which a cap alone cannot
+ * do. A no-op in a state whose allocator is not lasync's (the module under stock lua5.4). */
+static int l_debug_fail_next_alloc(lua_State *L) {
+  lasync__runtime *rt = lasync__runtime_get(L);
+  if (rt->lua_heap) lasync__heap_fail_next(rt->lua_heap);
   return 0;
 }
 
@@ -1151,8 +1170,10 @@ void lasync__open_task(lua_State *L) {
                                    {"_is_task", l_is_task},
                                    {"_cancel_others", l_cancel_others},
                                    {"_await_starved", l_await_starved},
+                                   {"_task_ended", l_task_ended},
                                    {"_debug_starve_next", l_debug_starve_next},
                                    {"_debug_fail_next_spawn", l_debug_fail_next_spawn},
+                                   {"_debug_fail_next_alloc", l_debug_fail_next_alloc},
                                    {"_is_callable", l_is_callable},
                                    {NULL, NULL}};
   luaL_newmetatable(L, LASYNC_TASK_MT);

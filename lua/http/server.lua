@@ -11,6 +11,7 @@ local tonumber, mtype, rawget, rawset = tonumber, math.type, rawget, rawset
 local traceback = debug.traceback
 local listen, spawn, is_cancelled, in_task = core._http_listen, core.spawn, core.is_cancelled,
   core._in_task
+local task_ended = core._task_ended
 local report = core._net_report
 
 local http = async.http
@@ -413,13 +414,18 @@ local function idle_check(srv)
   end
 end
 
+-- The request stays listed in srv.live until its connection is finished: what follows the
+-- handler allocates (the log line, the report, the error response), and at the memory cap a
+-- memory error may end the task anywhere here, even at a call to pcall (no room to grow its
+-- stack). The reaper then finishes the connection: unlisted first, it stayed open and
+-- unanswered, and its client waited until its own timeout.
 local function run_request(srv, conn, req, res)
   res._ran = true
   local ok, err = xpcall(handle, traceback, srv, req, res)
-  if srv.log then log_request(srv, req, res, ok) end
-  local live = srv.live
-  live[conn] = nil
-  srv.active = srv.active - 1
+  -- A log line that cannot be made costs the log line, not the response: the task fails with
+  -- its error once the connection is finished.
+  local lok, lerr = true, nil
+  if srv.log then lok, lerr = pcall(log_request, srv, req, res, ok) end
   if not ok then
     local kind = error_field(err, "kind")
     if res._sent then
@@ -442,23 +448,33 @@ local function run_request(srv, conn, req, res)
   else
     conn:finish(res._chunked, true)
   end
+  srv.live[conn] = nil
+  srv.active = srv.active - 1
   idle_check(srv)
+  if not lok then error(lerr, 0) end
 end
 
 -- A request task that cannot start (at the memory cap there may be no memory for its
--- coroutine) fails before its first line, and its client would wait for a response until its
--- own timeout. The server's reaper wakes only when some task could not start (nothing is paid
--- per request) and answers 503 for each live request whose task never ran.
+-- coroutine) fails before its first line, and one that a memory error ends past its handler's
+-- protection fails before it finishes its connection (run_request): either way its client
+-- would wait for a response until its own timeout. The server's reaper wakes only when some
+-- task could not start or a memory error ended one (nothing is paid per request), and answers
+-- 503 for each live request whose task has ended, or aborts it if its response had begun.
 local function reaper(srv)
   while true do
     core._await_starved()
     for conn, live in pairs(srv.live) do
-      if not live.res._ran and live.task:done() then
+      if task_ended(live.task) then -- its failure stays reported (task:done would see it)
         srv.live[conn] = nil
         srv.active = srv.active - 1
-        live.res._headers = {}
-        local ok = pcall(send_result, live.res, { status = 503, body = "Service Unavailable\n" })
-        conn:finish(false, ok)
+        local res = live.res
+        if res._sent then
+          conn:finish(false, false) -- the client sees a truncated response
+        else
+          res._headers = {}
+          local ok = pcall(send_result, res, { status = 503, body = "Service Unavailable\n" })
+          conn:finish(false, ok)
+        end
         idle_check(srv)
       end
     end
