@@ -460,9 +460,33 @@ end
 -- would wait for a response until its own timeout. The server's reaper wakes only when some
 -- task could not start or a memory error ended one (nothing is paid per request), and answers
 -- 503 for each live request whose task has ended, or aborts it if its response had begun.
+local dispatcher -- below; the reaper starts it again
+
+-- The dispatcher and the logger are Lua too: at the cap a memory error can end either between
+-- its protected calls (even entering pcall needs room on the stack), and with the dispatcher
+-- gone every later request went unanswered (http_sweep.lua, cap 0.32 MiB: clients waited 30 s).
+-- The reaper, woken when a memory error ends a task, starts it again; it goes on with the
+-- events still queued; the connection whose event it held is cut, unless its request made it
+-- into srv.live, where the reaper answers it.
+local function restart_helpers(srv)
+  if srv.stopping then return end
+  if task_ended(srv.dispatcher) then
+    local held = srv.holding
+    srv.holding = false
+    if held and not srv.live[held] then pcall(held.finish, held, false, false) end
+    local ok, task = pcall(spawn, dispatcher, srv)
+    if ok then srv.dispatcher = task end
+  end
+  if srv.logger and task_ended(srv.logger) then
+    local ok, task = pcall(spawn, logger, srv)
+    if ok then srv.logger = task end
+  end
+end
+
 local function reaper(srv)
   while true do
     core._await_starved()
+    restart_helpers(srv)
     for conn, live in pairs(srv.live) do
       if task_ended(live.task) then -- its failure stays reported (task:done would see it)
         srv.live[conn] = nil
@@ -547,18 +571,20 @@ end
 -- cap, building a request or spawning its task) costs that connection, closed unanswered, and
 -- not the server: uncaught, it ended the dispatcher, and every later request went unanswered
 -- until its client's own timeout.
-local function dispatcher(srv)
+function dispatcher(srv)
   local lsn = srv.listener
   while true do
     local conn, ev = lsn:next()
     if not conn then
       if ev ~= "again" then return end
     else
+      srv.holding = ev == "request" and conn -- for restart_helpers, should this task die
       local ok, err = pcall(dispatch_event, srv, conn, ev)
       if not ok then
         if is_cancelled(err) then error(err, 0) end
         if ev == "request" then pcall(conn.finish, conn, false, false) end
       end
+      srv.holding = false
     end
   end
 end
@@ -624,6 +650,7 @@ function http.serve(handler, opts)
   }, Server)
   if srv.log == true then srv.logger = spawn(logger, srv) end
   srv.port = lsn:port()
+  srv.holding = false -- the connection whose request the dispatcher is handling (restart_helpers)
   srv.dispatcher = spawn(dispatcher, srv)
   srv.reaper = spawn(reaper, srv)
   servers[srv] = true
