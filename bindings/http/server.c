@@ -1012,10 +1012,12 @@ static int pop_event(lua_State *L, server *sv) {
   int ev;
   if (c == NULL) return 0;
   ev = (c->events & EV_REQUEST) ? EV_REQUEST : (c->events & EV_GONE) ? EV_GONE : EV_TIMEOUT;
-  c->events &= (uint8_t)~ev;
-  if (c->events == 0) dequeue(c);
+  /* Pushed before the event is taken: push_conn allocates, and a memory error there had lost
+   * the request, whose client then waited for its own timeout (http_sweep.lua at the cap). */
   push_conn(L, c);
   lua_pushstring(L, ev == EV_GONE ? "gone" : ev == EV_TIMEOUT ? "timeout" : "request");
+  c->events &= (uint8_t)~ev;
+  if (c->events == 0) dequeue(c);
   return 2;
 }
 

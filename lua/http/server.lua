@@ -488,7 +488,7 @@ local function reaper(srv)
     core._await_starved()
     restart_helpers(srv)
     for conn, live in pairs(srv.live) do
-      if task_ended(live.task) then -- its failure stays reported (task:done would see it)
+      if live.task and task_ended(live.task) then -- its failure stays reported (not seen)
         srv.live[conn] = nil
         srv.active = srv.active - 1
         local res = live.res
@@ -516,7 +516,7 @@ local function on_request(srv, conn)
   local res = setmetatable({ _conn = conn, _status = 200, _headers = {},
     _head_only = method == "HEAD", _closing = srv.stopping }, Response)
   -- Counted once its task exists and is listed: a memory error before leaves nothing behind.
-  local live = { res = res, req = req }
+  local live = { res = res, req = req, task = false } -- its slot made now: setting it is free
   srv.live[conn] = live
   local ok, task = pcall(spawn, run_request, srv, conn, req, res)
   if not ok then
