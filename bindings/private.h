@@ -212,6 +212,8 @@ struct lasync__runtime {
   int sites_ref;    /* array of the source names that spawned tasks, see task.c */
   const void *task_mt; /* the Task metatable's address: lasync__totask compares it */
   int task_mt_ref;     /* the Task metatable, for spawn (by name it is a string lookup) */
+  const void *scope_mt; /* and the deadlines' (timer.c): one per async.timeout, as tasks */
+  int scope_mt_ref;
   uint32_t nsources, last_source;
   char last_source_src[LUA_IDSIZE];
   /* Spawn sites, (source, line) pairs numbered from 1 (t->site - 1 indexes site_pairs), and an

@@ -885,7 +885,7 @@ lasync__runtime *lasync__runtime_open(lua_State *L, uv_loop_t *loop) {
   uv_check_start(&rt->check, on_check);
   uv_unref((uv_handle_t *)&rt->check);
   rt->pool_ref = rt->parents_ref = rt->sites_ref = LUA_NOREF;
-  rt->owned_ref = rt->oom_ref = rt->anchors_ref = rt->task_mt_ref = LUA_NOREF;
+  rt->owned_ref = rt->oom_ref = rt->anchors_ref = rt->task_mt_ref = rt->scope_mt_ref = LUA_NOREF;
   rt->slow_step_ns = 100000000; /* 100 ms, as asyncio's debug mode */
   rt->gc_pace_off = 1;          /* until lasync__gc_pace_open, on a state of lasync's heap */
   lua_pushcfunction(L, open_lua_side);
@@ -968,6 +968,7 @@ void lasync__runtime_detach(lasync__runtime *rt) {
   luaL_unref(L, LUA_REGISTRYINDEX, rt->sites_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->anchors_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->task_mt_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->scope_mt_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->owned_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, rt->oom_ref);
   lua_pushnil(L);

@@ -273,7 +273,12 @@ static int l_deadline(lua_State *L) {
   d->task = t;
   d->open = 0; /* until the task's scope is entered, below */
   d->pin = LUA_NOREF;
-  luaL_setmetatable(L, SCOPE_MT);
+  if (t->rt->scope_mt_ref != LUA_NOREF) { /* by name it is a string lookup */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->rt->scope_mt_ref);
+    lua_setmetatable(L, -2);
+  } else {
+    luaL_setmetatable(L, SCOPE_MT);
+  }
   lasync__push_task(L, t);
   lua_setiuservalue(L, -2, 1);
   if (s < LASYNC__FOREVER) { /* what can raise comes before the task's scope changes */
@@ -291,8 +296,17 @@ static int l_deadline(lua_State *L) {
 }
 
 /* deadline:close() -> whether this scope's own expiry is what cancelled the code inside. */
+/* By the metatable's address, as lasync__totask: luaL_testudata's lookup by name was a third
+ * of the cost of closing a deadline (close and __close, each async.timeout). */
 static deadline *check_deadline(lua_State *L, const char *fname) {
-  deadline *d = (deadline *)luaL_testudata(L, 1, SCOPE_MT);
+  lasync__runtime *rt = lasync__runtime_get(L);
+  deadline *d = NULL;
+  if (rt == NULL || rt->scope_mt == NULL) {
+    d = (deadline *)luaL_testudata(L, 1, SCOPE_MT);
+  } else if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
+    if (lua_topointer(L, -1) == rt->scope_mt) d = (deadline *)lua_touserdata(L, 1);
+    lua_pop(L, 1);
+  }
   if (d == NULL) lasync__argerror(L, 1, fname, NULL, SCOPE_MT);
   return d;
 }
@@ -352,6 +366,14 @@ void lasync__open_timer(lua_State *L) {
   lua_setfield(L, -2, "__close");
   lua_pushvalue(L, -1);
   lua_setfield(L, -2, "__index");
+  if (lasync__runtime_get(L)) { /* kept in the registry until lua_close: the address stays */
+    lasync__runtime *rt = lasync__runtime_get(L);
+    rt->scope_mt = lua_topointer(L, -1);
+    if (rt->scope_mt_ref == LUA_NOREF) {
+      lua_pushvalue(L, -1);
+      rt->scope_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+  }
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }
