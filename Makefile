@@ -48,7 +48,8 @@ LINT_C = $(wildcard bindings/http/*.c bindings/http/*.h) bindings/io/buffer.c \
   bindings/io/bytes.c spec/c/buffer_test.c spec/c/check.h spec/c/run_task.h \
   $(wildcard bindings/thread/*.c bindings/thread/*.h) host/work.c \
   spec/c/work_test.c host/lineedit.c host/lineedit.h host/signals.c host/libedit.c host/libedit.h \
-  bindings/lasync.c bindings/core/gcpace.c bindings/core/timer.c cmake/embed_lua.c bench/spawn_time.c
+  bindings/lasync.c bindings/core/gcpace.c bindings/core/timer.c bindings/core/revive.c \
+  cmake/embed_lua.c bench/spawn_time.c
 LINT_LUA = lua/lasync.lua lua/sync.lua lua/scope.lua lua/host.lua \
   lua/http/client.lua lua/http/options.lua lua/http/pool.lua \
   spec/fetch_spec.lua spec/fetch_stream_spec.lua spec/fetch_faults_spec.lua \

@@ -184,6 +184,7 @@ int luaopen_lasync(lua_State *L) {
   lasync__open_errors(L);
   lasync__open_task(L);
   lasync__open_timer(L);
+  lasync__open_revive(L);
   lasync__open_future(L);
   lasync__open_gather(L);
   lasync__open_diag(L);

@@ -153,8 +153,8 @@ struct lasync__task {
   uint16_t cancel_level;      /* outermost cancelled scope, or LASYNC__NO_CANCEL */
   uint16_t scope_depth;       /* 0 is the task itself; each async.timeout adds one */
   uint16_t shield_floor;      /* cancellations of scopes below this depth wait (async.shield) */
-  unsigned nargs : 21;        /* before start: argument count; after: result count (both are
-                               * under LUAI_MAXSTACK, a million) */
+  unsigned nargs : 20;        /* before start: argument count; after: result count (both are
+                               * under LUAI_MAXSTACK, a million: 2^20 is 1,048,576) */
   unsigned status : 3;        /* enum lasync__status */
   unsigned wake : 2;          /* why it was queued: enum lasync__wake */
   unsigned suspended : 1;     /* linked into an awaitable, waiting for wake or cancel */
@@ -163,6 +163,7 @@ struct lasync__task {
   unsigned report_now : 1;    /* started from C with nobody to await it: report a failure */
   unsigned has_extra : 1;     /* LASYNC__UV_AUX holds the extras table (see above) */
   unsigned co_anchored : 1;   /* its phase value is its coroutine: it has suspended (runtime.c) */
+  unsigned revive : 1;        /* a helper: a memory error calls its function again (revive.c) */
 };
 
 struct lasync__runtime {
@@ -203,6 +204,7 @@ struct lasync__runtime {
   int starved;         /* a start failed for memory in this drain: later starts fail at once */
   long starved_unseen; /* tasks failed so with nobody to see it, reported once per drain */
   int oom_ended; /* a task's function ended by a memory error in this drain: see body_continue */
+  int reserve_open; /* a helper task runs: its part of the memory cap is open (set_current) */
   lasync__waitlist starved_waiters; /* tasks in core._await_starved (task.c) */
   int starve_next; /* fault injection (async._debug.starve_next_start): the next start fails */
   int fail_next_spawn; /* and (async._debug.fail_next_spawn): the next async.spawn raises */
@@ -327,6 +329,8 @@ void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 size_t lasync__heap_used(const lasync__heap *h);
 size_t lasync__heap_cap(const lasync__heap *h);   /* 0: none */
 void lasync__heap_fail_next(lasync__heap *h); /* the next growing allocation fails (specs) */
+/* Opens the part of the cap kept for helper tasks (revive.c), while one runs (runtime.c). */
+void lasync__heap_reserve(lasync__heap *h, int open);
 size_t lasync__heap_grown(const lasync__heap *h); /* bytes allocated, all told, wrapping */
 size_t lasync__heap_peak(const lasync__heap *h);  /* the most Lua has held at once */
 /* A state on h with luaL_newstate's panic and warning functions, or NULL. */
@@ -677,6 +681,15 @@ int lasync__raise_oom(lua_State *L, lasync__runtime *rt);
 
 /* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
 void lasync__open_timer(lua_State *L);
+/* revive.c: for a task spawned by core._spawn_helper whose function a memory error has just
+ * ended (the task at index task of the main thread, its coroutine co holding the body's
+ * handler at 1), leaves [handler, function] on co, arms the delay and marks the task waiting,
+ * and returns 1: the body yields then, and once resumed by the scheduler calls
+ * lasync__revive_start, which makes it [handler, f, function], for the body to pcall with one
+ * argument. Else returns 0, and the task ends. */
+int lasync__revive(lasync__runtime *rt, lasync__task *t, int task, lua_State *co);
+void lasync__revive_start(lua_State *co, lasync__task *t);
+void lasync__open_revive(lua_State *L);
 void lasync__open_future(lua_State *L);
 void lasync__open_gather(lua_State *L);
 void lasync__open_http(lua_State *L);

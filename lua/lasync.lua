@@ -295,7 +295,8 @@ function async.run(fn, ...)
 end
 
 async._debug = { counts = core._debug_counts, starve_next_start = core._debug_starve_next,
-  fail_next_spawn = core._debug_fail_next_spawn, fail_next_alloc = core._debug_fail_next_alloc }
+  fail_next_spawn = core._debug_fail_next_spawn, fail_next_alloc = core._debug_fail_next_alloc,
+  spawn_helper = core._spawn_helper }
 async._cancel_others = core._cancel_others -- lua/host.lua's, when the main chunk fails
 
 -- Diagnostics ---------------------------------------------------------------------------------

@@ -25,7 +25,13 @@
  *
  * The heap also counts the bytes Lua holds and can cap them (LASYNC_MAX_MEMORY): an
  * allocation past the cap fails, which Lua turns into a "not enough memory" error in the task
- * that asked. Counting is one addition per call, so the cap costs nothing measurable. */
+ * that asked. Counting is one addition per call, so the cap costs nothing measurable.
+ *
+ * Part of the cap (RESERVE) is kept for the runtime's helper tasks (revive.c: the servers'
+ * dispatchers, reapers and accept loops), open only while one runs (lasync__heap_reserve). A
+ * helper at a heap its tasks have filled could not get a call frame, and the server stalled:
+ * the requests it would have answered 503 or cut, freeing their memory, waited for their
+ * clients' timeouts instead (caps near 0.35 MiB, 20 clients). */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE /* mremap */
 #endif
@@ -99,11 +105,12 @@ struct lasync__heap {
   size_t used;                /* bytes Lua holds (its own sizes, not rounded) */
   size_t grown;               /* bytes Lua's holding has grown by, all told (gcpace.c) */
   size_t peak;                /* the most Lua has held at once (gcpace.c: under_peak) */
-  size_t cap;                 /* 0: none */
+  size_t cap;                 /* the limit in force (set_limit): 0, none */
+  size_t full_cap, reserve;   /* the cap asked for (0: none), and the helpers' part of it */
+  int reserve_open;           /* a helper task runs: the limit is the whole cap */
   /* async._debug.fail_next_alloc (lasync__heap_fail_next): the growing requests still to
-   * refuse, and the cap to restore after them. */
+   * refuse. */
   int fail_next;
-  size_t cap_before;
   /* At the cap (at_cap): the request refused last, which Lua asks again after an emergency
    * collection; when, and the heap's grown count then; whether little had been allocated since
    * the refusal before, and for how long the program ran since the last retry; how many
@@ -119,10 +126,29 @@ struct lasync__heap {
 
 #define SLAB_HEADER (((sizeof(slab) + GRAIN - 1) / GRAIN) * GRAIN)
 
+/* The helpers' reserve: a 16th of the cap, at most 64 KiB: room for their frames and for the
+ * few objects they make before the connections they cut or answer give memory back. */
+#define RESERVE(cap) ((cap) / 16 < 65536 ? (cap) / 16 : 65536)
+
+static void set_limit(lasync__heap *h) {
+  h->cap = h->full_cap ? h->full_cap - (h->reserve_open ? 0 : h->reserve) : 0;
+  if (h->fail_next && h->cap == 0) h->cap = SIZE_MAX; /* so that the path asks at_cap */
+}
+
 lasync__heap *lasync__heap_new(size_t cap) {
   lasync__heap *h = (lasync__heap *)calloc(1, sizeof *h);
-  if (h) h->cap = cap;
+  if (h) {
+    h->full_cap = cap;
+    h->reserve = RESERVE(cap);
+    set_limit(h);
+  }
   return h;
+}
+
+void lasync__heap_reserve(lasync__heap *h, int open) {
+  if (h->reserve_open == open) return;
+  h->reserve_open = open;
+  set_limit(h);
 }
 
 /* ---- mapped memory: huge slabs and big blocks ---- */
@@ -276,7 +302,7 @@ void lasync__heap_free(lasync__heap *h) {
 
 size_t lasync__heap_used(const lasync__heap *h) { return h->used; }
 
-size_t lasync__heap_cap(const lasync__heap *h) { return h->cap; }
+size_t lasync__heap_cap(const lasync__heap *h) { return h->full_cap; }
 
 size_t lasync__heap_grown(const lasync__heap *h) { return h->grown; }
 
@@ -454,7 +480,7 @@ static void *big_realloc(lasync__heap *h, void *p, size_t old, size_t nsize) {
 static int at_cap(lasync__heap *h, const void *ptr, size_t old, size_t nsize) {
   uint64_t now;
   if (h->fail_next) {
-    if (--h->fail_next == 0) h->cap = h->cap_before;
+    if (--h->fail_next == 0) set_limit(h);
     return 1;
   }
   if (h->retry_next) {
@@ -484,12 +510,10 @@ static int at_cap(lasync__heap *h, const void *ptr, size_t old, size_t nsize) {
 
 /* async._debug.fail_next_alloc (task.c): the next request that grows the heap is refused, and
  * so is Lua's retry of it after its emergency collection, so that the code asking gets "not
- * enough memory" there, as past the cap. A heap without a cap has one meanwhile, so that the
- * allocation path asks at_cap without a test of its own. */
+ * enough memory" there, as past the cap. A heap without a cap has one meanwhile (set_limit). */
 void lasync__heap_fail_next(lasync__heap *h) {
-  if (!h->fail_next) h->cap_before = h->cap;
   h->fail_next = 2;
-  if (h->cap == 0) h->cap = SIZE_MAX;
+  set_limit(h);
 }
 
 void *lasync__heap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {

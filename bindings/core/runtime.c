@@ -529,6 +529,33 @@ static lasync__task *take_chained(lasync__runtime *rt, lua_State *co) {
 
 static int body_continue(lua_State *co, int status, lua_KContext ctx);
 
+/* The task about to run: a helper task (revive.c) runs with the part of the memory cap kept
+ * for helpers open (alloc.c's RESERVE), every other task and the scheduler without it. */
+static void set_current(lasync__runtime *rt, lasync__task *t) {
+  int helper = t != NULL && t->revive;
+  rt->current = t;
+  if (helper != rt->reserve_open && rt->lua_heap != NULL) {
+    rt->reserve_open = helper;
+    lasync__heap_reserve(rt->lua_heap, helper);
+  }
+}
+
+/* A helper task that a memory error ended waits in its body's frame, [handler, fn]
+ * (revive.c), and resumes here once its delay is over: fn starts over, under the body's pcall
+ * as at the task's start. Resumed past the scheduler (coroutine.resume from Lua), it goes on
+ * waiting. */
+static int revive_resumed(lua_State *co, int status, lua_KContext ctx) {
+  lasync__runtime *rt = (lasync__runtime *)ctx;
+  lasync__task *t = rt->current;
+  (void)status;
+  if (t == NULL || t->co != co) {
+    lua_settop(co, 2);
+    return lua_yieldk(co, 0, ctx, revive_resumed);
+  }
+  lasync__revive_start(co, t);
+  return body_continue(co, lua_pcallk(co, 1, LUA_MULTRET, 1, ctx, body_continue), ctx);
+}
+
 /* The body of every task coroutine, [handler, function, arguments...]: calls the function
  * under a pcall with the traceback handler, so an error ends the function, not the coroutine,
  * and its <close> variables may still suspend while it unwinds (as under xpcall). */
@@ -572,7 +599,11 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
      * server's request task, past its handler's protection, left its connection open and its
      * client waiting. The starved waiters (the servers' reapers) are woken at the drain's end
      * for it too, as for a task that could not start, and tidy what such a task left. */
-    if (status == LUA_ERRMEM) rt->oom_ended = 1;
+    if (status == LUA_ERRMEM) {
+      rt->oom_ended = 1;
+      /* A helper task (revive.c) waits, here, to call its function again. */
+      if (lasync__revive(rt, t, task, co)) return lua_yieldk(co, 0, ctx, revive_resumed);
+    }
     finish_task(rt, t, status == LUA_OK || status == LUA_YIELD, lua_gettop(co) - 1, task);
     lua_settop(co, 1); /* [handler] */
     lua_settop(L, task - 1);
@@ -580,7 +611,7 @@ static int body_continue(lua_State *co, int status, lua_KContext ctx) {
     push_drained(rt, t);
     task = lua_gettop(L);
     load_task(rt, t, task, co); /* take_chained made the room */
-    rt->current = t;
+    set_current(rt, t);
     /* The task stays at index task while it runs, for its settling here. If it suspends, the
      * resume ends, and resume_task clears the main thread's stack. */
     status = lua_pcallk(co, lua_gettop(co) - 2, LUA_MULTRET, 1, ctx, body_continue);
@@ -652,7 +683,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     lua_xmove(co, L, 1);
   }
   co_idx = lua_gettop(L); /* [.., co], both ways */
-  rt->current = t;
+  set_current(rt, t);
   if (rt->debug) {
     /* A step that ends the task is timed by the body, which settles it (body_continue) and
      * clears resume_started: t may be gone then, and if the task switched debug mode off, a
@@ -668,7 +699,7 @@ static void resume_task(lasync__runtime *rt, lasync__task *t) {
     status = lua_resume(co, L, nargs, &nres);
   }
   last = rt->current;
-  rt->current = NULL;
+  set_current(rt, NULL);
   if (status == LUA_YIELD) {
     lua_pop(co, nres);
     anchor_suspended(rt, last, co_idx);
