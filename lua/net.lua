@@ -152,16 +152,18 @@ end
 -- A handler task that cannot start (no memory for its coroutine at the cap) fails before its
 -- first line: its client would wait and max_connections would shrink for good. The reaper
 -- wakes only when some task could not start (nothing is paid per connection), closes the
--- connections whose handler never ran and gives their slots back.
+-- connections whose handler never ran and gives their slots back. The reaper and the accept
+-- loop are helper tasks (core._spawn_helper): a memory error that ends either outside its
+-- protected calls starts its function again, and the reaper begins with a pass.
 local function reaper(srv)
   while true do
-    core._await_starved()
     for task, conn in pairs(srv.tasks) do
       if conn ~= true and task:done() then
         conn:close()
         handler_done(srv, task)
       end
     end
+    core._await_starved()
   end
 end
 
@@ -223,8 +225,8 @@ function net.listen(opts, handler)
     handle = handle, handler = handler, on_error = on_error, host = addr.host, port = addr.port,
     max = max or math.huge, active = 0, tasks = {}, failures = 0,
   }, Server)
-  srv.acceptor = spawn(accept_loop, srv)
-  srv.reaper = spawn(reaper, srv)
+  srv.acceptor = core._spawn_helper(accept_loop, srv)
+  srv.reaper = core._spawn_helper(reaper, srv)
   return srv
 end
 

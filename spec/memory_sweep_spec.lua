@@ -122,9 +122,9 @@ describe("the memory cap never aborts the host", function()
     local path = sub.tmpfile(SCRIPT)
     for _, m in ipairs(caps()) do
       local out, err, status = sub.run(sub.q(path),
-        { prefix = ("export LASYNC_MAX_MEMORY=%.2f; "):format(m) })
+        { prefix = ("export LASYNC_MAX_MEMORY=%.3f; "):format(m) })
       assert(status == 0 or status == 1,
-        ("cap %.2f MiB: status %s\n%s"):format(m, tostring(status), err:sub(1, 2000)))
+        ("cap %.3f MiB: status %s\n%s"):format(m, tostring(status), err:sub(1, 2000)))
       assert(err:find("not enough memory", 1, true),
         ("cap %.2f MiB: status %d without a memory error:\n%s"):format(m, status, err:sub(1, 2000)))
       if status == 0 then assert.are.equal("done\n", out) end
@@ -135,9 +135,9 @@ describe("the memory cap never aborts the host", function()
     local path = sub.tmpfile(IO_SCRIPT)
     for _, m in ipairs(caps()) do
       local out, err, status = sub.run(sub.q(path),
-        { prefix = ("export LASYNC_MAX_MEMORY=%.2f; "):format(m) })
+        { prefix = ("export LASYNC_MAX_MEMORY=%.3f; "):format(m) })
       assert(status == 0 or status == 1,
-        ("cap %.2f MiB: status %s\n%s"):format(m, tostring(status), err:sub(1, 2000)))
+        ("cap %.3f MiB: status %s\n%s"):format(m, tostring(status), err:sub(1, 2000)))
       if status == 0 then
         assert.are.equal("done\n", out)
       else
@@ -175,12 +175,12 @@ describe("the memory cap never aborts the host", function()
       end
       print("done")
     ]])
-    for m = 0.30, 0.485, 0.02 do
+    for m = 0.28, 0.50, 0.005 do
       local out, err, status = sub.run(sub.q(path),
-        { prefix = ("export LASYNC_MAX_MEMORY=%.2f; "):format(m) })
+        { prefix = ("export LASYNC_MAX_MEMORY=%.3f; "):format(m) })
       assert(status == 0 or status == 1,
-        ("cap %.2f MiB: status %s\n%s"):format(m, tostring(status), err:sub(1, 2000)))
-      assert.is_nil(out:find("TIMEOUT", 1, true), ("cap %.2f MiB: %s"):format(m, out))
+        ("cap %.3f MiB: status %s\n%s"):format(m, tostring(status), err:sub(1, 2000)))
+      assert.is_nil(out:find("TIMEOUT", 1, true), ("cap %.3f MiB: %s"):format(m, out))
     end
   end)
 
@@ -333,5 +333,89 @@ describe("the memory cap never aborts the host", function()
     assert.are.equal("nil\nhello\n", out)
     assert.are.equal(1, status)
     assert.matches("not enough memory: a task could not start", err, 1, true)
+  end)
+  -- A server's helper tasks (dispatcher, reaper, logger, accept loop) are spawned by
+  -- core._spawn_helper: at the cap a memory error can end one outside every pcall (entering
+  -- pcall needs stack), which Lua code cannot catch; the task body calls its function again
+  -- instead (bindings/core/revive.c). Without it the HTTP server's reaper died at some caps and
+  -- the next request whose task died waited for its client's timeout.
+  it("a helper task that a memory error ends runs its function again, with its arguments",
+    function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local runs = 0
+      local t = async._debug.spawn_helper(function(a, b)
+        runs = runs + 1
+        if runs == 1 then
+          async._debug.fail_next_alloc()
+          local x = { a } -- not enough memory, raised outside any pcall of the function's
+          return x
+        end
+        return a + b, runs
+      end, 2, 3)
+      print(t:await())
+      -- a plain task is not revived: the same error ends it
+      local plain = async.spawn(function()
+        async._debug.fail_next_alloc()
+        return { 1 }
+      end)
+      local ok, e = pcall(plain.await, plain)
+      print(ok, tostring(e):match("not enough memory") ~= nil)
+      print(async._debug.counts().tasks, async._debug.counts().timers)
+    ]])
+    assert.are.equal(0, status, err)
+    assert.are.equal("5\t2\nfalse\ttrue\n0\t0\n", out)
+  end)
+
+  it("a helper cancelled while it waits to run again ends cancelled, its timer stopped",
+    function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local runs = 0
+      local t = async._debug.spawn_helper(function()
+        runs = runs + 1
+        async._debug.fail_next_alloc()
+        return { runs }
+      end)
+      async.sleep(0) -- it has run once and waits its delay
+      print(runs, t:status(), t:done())
+      t:cancel("enough")
+      local ok, e = pcall(t.await, t)
+      print(ok, async.is_cancelled(e), runs)
+      print(async._debug.counts().tasks, async._debug.counts().timers)
+      print(pcall(async._debug.spawn_helper, 42))
+    ]])
+    assert.are.equal(0, status, err)
+    local lines = {}
+    for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    assert.are.equal("1\trunning\tfalse", lines[1])
+    assert.are.equal("false\ttrue\t1", lines[2])
+    assert.are.equal("0\t0", lines[3])
+    assert.matches("^false\t.*bad argument #1.*function expected", lines[4])
+  end)
+  -- A 16th of the cap (at most 64 KiB) is kept for helper tasks, open only while one runs
+  -- (bindings/core/alloc.c): with the heap filled by the other tasks, a server's dispatcher or
+  -- reaper could not get a call frame, and the requests it would have answered or cut waited
+  -- for their clients' timeouts (20 clients, cap 0.346 MiB).
+  it("a helper task still finds room at a heap the other tasks have filled", function()
+    local out, err, status = sub.run_script([[
+      local async = require "lasync"
+      local go = async.future()
+      local t = async._debug.spawn_helper(function()
+        go:await()
+        local x = {}
+        for i = 1, 200 do x[i] = { i } end
+        return #x
+      end)
+      local hog = {}
+      while pcall(function() hog[#hog + 1] = ("x"):rep(1000) .. #hog end) do end
+      for _ = 1, 3 do hog[#hog] = nil end
+      collectgarbage()
+      local ok = pcall(function() local x = {} for i = 1, 200 do x[i] = { i } end end)
+      go:set()
+      print(ok, async.timeout(2, t.await, t))
+    ]], nil, { prefix = "export LASYNC_MAX_MEMORY=1; " })
+    assert.are.equal(0, status, err)
+    assert.are.equal("false\t200\n", out) -- a plain task has no room for what the helper made
   end)
 end)

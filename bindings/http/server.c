@@ -88,6 +88,7 @@ struct conn {
   uint8_t expect_continue, sent_continue, keep_alive, closing_after, shut, lingering;
   uint8_t te_unknown, last_cr, timer_kind, version_minor, skip_body, timer_reserved;
   uint8_t draining; /* the next pipelined request waits for the responses queued to drain */
+  uint32_t seq;     /* counts the requests: conn:unserved must not answer a later one */
 };
 
 typedef struct {
@@ -410,17 +411,24 @@ static const char *date_line(size_t *len) {
   return line;
 }
 
-/* A refusal from C (no handler ran): a short text body, then the connection closes. */
-static void refuse(conn *c, int status) {
-  char head[256];
+/* An answer made in C, with no Lua allocation: the status and its reason as a short text body
+ * (left out for HEAD, as the length says), after which the connection closes. */
+static uv_buf_t error_response(char *out, size_t cap, int status, int head_only) {
   size_t dlen;
   const char *date = date_line(&dlen);
   const char *text = reason(status);
-  int n = snprintf(head, sizeof head,
+  int n = snprintf(out, cap,
                    "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                   "Content-Length: %zu\r\nConnection: close\r\n%.*s\r\n%s\n",
-                   status, text, strlen(text) + 1, (int)dlen, date, text);
-  uv_buf_t b = uv_buf_init(head, (unsigned)n);
+                   "Content-Length: %zu\r\nConnection: close\r\n%.*s\r\n%s%s",
+                   status, text, strlen(text) + 1, (int)dlen, date, head_only ? "" : text,
+                   head_only ? "" : "\n");
+  return uv_buf_init(out, (unsigned)n);
+}
+
+/* A refusal from C (no handler ran): a short text body, then the connection closes. */
+static void refuse(conn *c, int status) {
+  char head[256];
+  uv_buf_t b = error_response(head, sizeof head, status, 0);
   if (c->h.closing || c->shut) return;
   if (c->busy) { /* the handler is told through its reads; the dispatcher is not involved */
     c->refusal = status;
@@ -648,6 +656,7 @@ static int feed(conn *c, const char *data, size_t len, int from_in) {
  * bytes exceed the bound. */
 static void request_ready(conn *c) {
   c->busy = 1;
+  c->seq++;
   c->last_cr = 0;
   /* One deadline in the runtime's heap per request, cheaper than a scope around the handler. */
   arm(c, T_REQUEST, c->sv->lim.request_timeout);
@@ -1117,7 +1126,8 @@ static int conn_head(lua_State *L) {
     from = c->spans[i];
   }
   lua_pushboolean(L, !c->msg_done);
-  return 6;
+  lua_pushinteger(L, c->seq);
+  return 7;
 }
 
 static int conn_remote(lua_State *L) {
@@ -1407,6 +1417,41 @@ static int conn_finish(lua_State *L) {
   return 0;
 }
 
+/* conn:unserved(seq, begun) -> whether it did anything: the task of request seq ended without
+ * finishing it (a memory error at the cap ended it, or it was cancelled before it started).
+ * Answers 503, or cuts the connection if the response had begun. The callers are Lua tasks
+ * that a memory error may end between any two steps, so this allocates nothing in Lua, they
+ * call it before they unlist the request, and it does nothing once the request is finished
+ * (the connection may be serving the next one by then): a second call, after a death in
+ * between, is harmless. */
+static int conn_unserved(lua_State *L) {
+  lasync__handle **box = (lasync__handle **)luaL_testudata(L, 1, CONN_MT);
+  lua_Integer seq;
+  int begun = lua_toboolean(L, 3);
+  conn *c;
+  if (box == NULL) return lasync__argerror(L, 1, "conn:unserved", NULL, CONN_MT);
+  seq = luaL_checkinteger(L, 2);
+  c = (conn *)*box;
+  if (c == NULL || !c->busy || (lua_Integer)c->seq != seq) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  c->busy = 0;
+  c->keep_alive = 0;
+  if (begun || c->gone || c->h.closing || c->shut) {
+    lasync__handle_close(&c->h);
+  } else {
+    char out[256];
+    uv_buf_t b = error_response(out, sizeof out, 503, c->parser.method == HTTP_HEAD);
+    if (send_bufs(c, &b, 1) == 0)
+      close_after_flush(c);
+    else
+      lasync__handle_close(&c->h);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* conn:sent_head(): nothing; kept in Lua. conn:abort(): closes at once. */
 static int conn_abort(lua_State *L) {
   lasync__handle **box = (lasync__handle **)luaL_testudata(L, 1, CONN_MT);
@@ -1425,10 +1470,10 @@ void lasync__open_server(lua_State *L) {
                                          {"close_all", srv_close_all},
                                          {"connections", srv_connections},
                                          {NULL, NULL}};
-  static const luaL_Reg conn_methods[] = {{"head", conn_head},   {"remote", conn_remote},
-                                          {"read", conn_read},   {"respond", conn_respond},
-                                          {"write", conn_write}, {"finish", conn_finish},
-                                          {"abort", conn_abort}, {NULL, NULL}};
+  static const luaL_Reg conn_methods[] = {
+      {"head", conn_head},       {"remote", conn_remote},     {"read", conn_read},
+      {"respond", conn_respond}, {"write", conn_write},       {"finish", conn_finish},
+      {"abort", conn_abort},     {"unserved", conn_unserved}, {NULL, NULL}};
   luaL_newmetatable(L, SERVER_MT);
   luaL_newlib(L, srv_methods);
   lua_setfield(L, -2, "__index");

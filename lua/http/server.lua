@@ -11,7 +11,7 @@ local tonumber, mtype, rawget, rawset = tonumber, math.type, rawget, rawset
 local traceback = debug.traceback
 local listen, spawn, is_cancelled, in_task = core._http_listen, core.spawn, core.is_cancelled,
   core._in_task
-local task_ended = core._task_ended
+local task_ended, spawn_helper = core._task_ended, core._spawn_helper
 local report = core._net_report
 
 local http = async.http
@@ -460,53 +460,43 @@ end
 -- would wait for a response until its own timeout. The server's reaper wakes only when some
 -- task could not start or a memory error ended one (nothing is paid per request), and answers
 -- 503 for each live request whose task has ended, or aborts it if its response had begun.
-local dispatcher -- below; the reaper starts it again
+--
+-- The reaper, the dispatcher and the logger are Lua too: at the cap a memory error can end
+-- any of them between its protected calls (even entering pcall needs room on the stack), and
+-- with the dispatcher gone every later request went unanswered; with the reaper gone, the next
+-- request whose task died (http_sweep.lua, caps 0.32 MiB: clients waited 30 s). So each is a
+-- helper task (core._spawn_helper): the task body calls its function again after a memory
+-- error, and each function begins with what its death may have left undone.
+--
+-- Answering comes before unlisting, and conn:unserved allocates nothing and does nothing for a
+-- request already finished: a reaper that dies in between answers nobody twice. Unlisted
+-- first, a request whose reaper died there was never answered.
+local function end_unserved(srv, conn, live)
+  local res = live.res
+  conn:unserved(live.seq, res._sent or res._gone) -- 503, or a cut if the response had begun
+  srv.live[conn] = nil
+  srv.active = srv.active - 1
+  idle_check(srv)
+end
 
--- The dispatcher and the logger are Lua too: at the cap a memory error can end either between
--- its protected calls (even entering pcall needs room on the stack), and with the dispatcher
--- gone every later request went unanswered (http_sweep.lua, cap 0.32 MiB: clients waited 30 s).
--- The reaper, woken when a memory error ends a task, starts it again; it goes on with the
--- events still queued; the connection whose event it held is cut, unless its request made it
--- into srv.live, where the reaper answers it.
-local function restart_helpers(srv)
-  if srv.stopping then return end
-  if task_ended(srv.dispatcher) then
-    local held = srv.holding
-    srv.holding = false
-    if held and not srv.live[held] then pcall(held.finish, held, false, false) end
-    local ok, task = pcall(spawn, dispatcher, srv)
-    if ok then srv.dispatcher = task end
-  end
-  if srv.logger and task_ended(srv.logger) then
-    local ok, task = pcall(spawn, logger, srv)
-    if ok then srv.logger = task end
+local function reap(srv)
+  for conn, live in pairs(srv.live) do
+    -- Its task's failure stays reported (not seen). One that finished the request itself and
+    -- ended before it unlisted it is unlisted here: conn:unserved leaves the connection be.
+    if live.task and task_ended(live.task) then end_unserved(srv, conn, live) end
   end
 end
 
 local function reaper(srv)
   while true do
+    reap(srv) -- first: after a memory error ended the reaper, what it was reaping
     core._await_starved()
-    restart_helpers(srv)
-    for conn, live in pairs(srv.live) do
-      if live.task and task_ended(live.task) then -- its failure stays reported (not seen)
-        srv.live[conn] = nil
-        srv.active = srv.active - 1
-        local res = live.res
-        if res._sent then
-          conn:finish(false, false) -- the client sees a truncated response
-        else
-          res._headers = {}
-          local ok = pcall(send_result, res, { status = 503, body = "Service Unavailable\n" })
-          conn:finish(false, ok)
-        end
-        idle_check(srv)
-      end
-    end
   end
 end
 
 local function on_request(srv, conn)
-  local method, target, minor, _, list = conn:head() -- keep-alive is the connection's business
+  -- keep-alive is the connection's business; seq numbers the request on it (conn:unserved)
+  local method, target, minor, _, list, _, seq = conn:head()
   local path, qs = target:match("^([^?]*)%??(.*)$")
   local req = setmetatable({
     method = method, target = target, path = path_unescape(path),
@@ -516,7 +506,7 @@ local function on_request(srv, conn)
   local res = setmetatable({ _conn = conn, _status = 200, _headers = {},
     _head_only = method == "HEAD", _closing = srv.stopping }, Response)
   -- Counted once its task exists and is listed: a memory error before leaves nothing behind.
-  local live = { res = res, req = req, task = false } -- its slot made now: setting it is free
+  local live = { res = res, req = req, seq = seq, task = false } -- setting task is free
   srv.live[conn] = live
   local ok, task = pcall(spawn, run_request, srv, conn, req, res)
   if not ok then
@@ -525,6 +515,7 @@ local function on_request(srv, conn)
   end
   live.task = task
   srv.active = srv.active + 1
+  srv.holding = false -- the reaper's now: a dispatcher that dies after this need not cut it
 end
 
 -- Cancels a request's task. One cancelled before it started (its client went away, or its time
@@ -534,17 +525,7 @@ end
 -- connection stayed busy and counted in srv.active until the server closed.
 local function cancel_request(srv, conn, live, why)
   live.task:cancel(why)
-  if live.res._ran then return end
-  srv.live[conn] = nil
-  srv.active = srv.active - 1
-  if live.res._gone then
-    conn:finish(false, false)
-  else
-    live.res._headers = {}
-    local ok = pcall(send_result, live.res, { status = 503, body = "Service Unavailable\n" })
-    conn:finish(false, ok)
-  end
-  idle_check(srv)
+  if not live.res._ran then end_unserved(srv, conn, live) end -- a client gone is cut
 end
 
 local function dispatch_event(srv, conn, ev)
@@ -571,18 +552,31 @@ end
 -- cap, building a request or spawning its task) costs that connection, closed unanswered, and
 -- not the server: uncaught, it ended the dispatcher, and every later request went unanswered
 -- until its client's own timeout.
-function dispatcher(srv)
+-- A request whose event the dispatcher took and that got no task (a memory error in between,
+-- even one that ended the dispatcher) is cut, and unlisted if it was listed; one with its task
+-- is the reaper's. Cutting twice is harmless: the connection cannot have moved on meanwhile.
+local function cut_taskless(srv, conn)
+  local live = srv.live[conn]
+  if live and live.task then return end
+  srv.live[conn] = nil
+  pcall(conn.finish, conn, false, false)
+end
+
+local function dispatcher(srv)
   local lsn = srv.listener
+  if srv.holding then cut_taskless(srv, srv.holding) end -- a memory error ended it holding one
+  srv.holding = false
+  reap(srv) -- a request it was cancelling when it died, whose task has ended since
   while true do
     local conn, ev = lsn:next()
     if not conn then
       if ev ~= "again" then return end
     else
-      srv.holding = ev == "request" and conn -- for restart_helpers, should this task die
+      srv.holding = ev == "request" and conn -- for its next start, should this task die
       local ok, err = pcall(dispatch_event, srv, conn, ev)
       if not ok then
         if is_cancelled(err) then error(err, 0) end
-        if ev == "request" then pcall(conn.finish, conn, false, false) end
+        if ev == "request" then cut_taskless(srv, conn) end
       end
       srv.holding = false
     end
@@ -648,11 +642,11 @@ function http.serve(handler, opts)
     cancel_on_disconnect = opts.cancel_on_disconnect ~= false, on_error = opts.on_error,
     log = opts.log or nil, log_buf = {},
   }, Server)
-  if srv.log == true then srv.logger = spawn(logger, srv) end
+  if srv.log == true then srv.logger = spawn_helper(logger, srv) end
   srv.port = lsn:port()
-  srv.holding = false -- the connection whose request the dispatcher is handling (restart_helpers)
-  srv.dispatcher = spawn(dispatcher, srv)
-  srv.reaper = spawn(reaper, srv)
+  srv.holding = false -- the connection whose request the dispatcher is handling (dispatcher)
+  srv.dispatcher = spawn_helper(dispatcher, srv)
+  srv.reaper = spawn_helper(reaper, srv)
   servers[srv] = true
   return srv
 end
