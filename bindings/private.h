@@ -541,6 +541,10 @@ int lasync__is_callable(lua_State *L, int idx); /* a function, or a value with _
 lasync__task *lasync__check_task_arg(lua_State *L, int idx, const char *fname);
 extern const char *const lasync__status_names[]; /* indexed by enum lasync__status */
 int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data);
+/* lasync__suspend's bookkeeping without its yield, and the resume's undoing of it, for a
+ * caller that yields with a continuation of its own (revive.c, from the task body). */
+void lasync__begin_wait(lasync__task *t, const lasync__awaitable_ops *ops, void *data);
+void lasync__end_wait(lasync__task *t);
 void lasync__wake(lasync__task *t);
 int lasync__cancel(lua_State *L, lasync__task *t, int level, int msg_idx);
 /* Whether a cancellation must be delivered at the task's next suspension point. */
@@ -681,6 +685,10 @@ int lasync__raise_oom(lua_State *L, lasync__runtime *rt);
 
 /* timer.c, future.c, gather.c: each adds its functions to the module table at the top. */
 void lasync__open_timer(lua_State *L);
+/* timer.c: arms t's own timer for seconds and marks t waiting on it, as async.sleep does, for
+ * a caller that yields itself (revive.c); -1, and nothing done, if the timer heap (malloc'ed,
+ * outside the capped Lua heap) has no room. */
+int lasync__sleep_begin(lasync__task *t, double seconds);
 /* revive.c: for a task spawned by core._spawn_helper whose function a memory error has just
  * ended (the task at index task of the main thread, its coroutine co holding the body's
  * handler at 1), leaves [handler, function] on co, arms the delay and marks the task waiting,

@@ -22,30 +22,13 @@
 
 #define REVIVE_DELAY 0.01 /* seconds */
 
-static void on_revive_due(lasync__timer *timer) {
-  lasync__wake((lasync__task *)((char *)timer - offsetof(lasync__task, timer)));
-}
-
-static void revive_cancel(lasync__task *t, void *data) {
-  lasync__timer_stop((lasync__runtime *)data, &t->timer);
-}
-
-static const lasync__awaitable_ops REVIVE_OPS = {"a restart after a memory error", revive_cancel,
-                                                 NULL, NULL};
-
 int lasync__revive(lasync__runtime *rt, lasync__task *t, int task, lua_State *co) {
   if (!t->revive || rt->closing || t->cancel_level != LASYNC__NO_CANCEL) return 0;
-  if (!lua_checkstack(rt->L, 1) || lasync__timer_room(rt) != 0) return 0;
+  if (!lua_checkstack(rt->L, 1) || lasync__sleep_begin(t, REVIVE_DELAY) != 0) return 0;
   lua_settop(co, 1); /* [handler]: the error goes; its slot makes the room for fn */
   lua_getiuservalue(rt->L, task, LASYNC__UV_FN); /* kept while it runs (runtime.c's load_task) */
   lua_xmove(rt->L, co, 1);
-  t->timer.index = LASYNC__UNARMED;
-  t->timer.on_due = on_revive_due;
-  lasync__timer_start(rt, &t->timer, REVIVE_DELAY); /* lasync__timer_room made the room */
-  t->wait_ops = &REVIVE_OPS; /* as lasync__suspend: cancellable, and named in task dumps */
-  t->wait_data = rt;
-  t->suspended = !t->queued;
-  return 1;
+  return 1; /* a sleep, as far as cancellation and task dumps go */
 }
 
 /* [handler, revive_start, fn], pcalled by the body: a cancellation that came during the delay
@@ -62,9 +45,7 @@ static int revive_start(lua_State *co) {
 }
 
 void lasync__revive_start(lua_State *co, lasync__task *t) {
-  t->wait_ops = NULL;
-  t->wait_data = NULL;
-  t->wake = LASYNC__WAKE_NONE;
+  lasync__end_wait(t);
   lua_pushcfunction(co, revive_start); /* a light C function: no allocation */
   lua_insert(co, 2);
 }

@@ -174,9 +174,7 @@ static int on_resume(lua_State *L, int status, lua_KContext ctx) {
      * coroutine.resume): refuse by suspending again, still waiting on the same thing. */
     return lua_yieldk(L, 0, ctx, on_resume);
   }
-  t->wait_ops = NULL;
-  t->wait_data = NULL;
-  t->wake = LASYNC__WAKE_NONE;
+  lasync__end_wait(t);
   if (lasync__cancel_active(t)) {
     if (ops && ops->abandon) ops->abandon(L, t, data);
     return raise_cancelled(L, t);
@@ -184,10 +182,20 @@ static int on_resume(lua_State *L, int status, lua_KContext ctx) {
   return ops && ops->finish ? ops->finish(L, t, data) : 0;
 }
 
-int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data) {
+void lasync__begin_wait(lasync__task *t, const lasync__awaitable_ops *ops, void *data) {
   t->wait_ops = ops;
   t->wait_data = data;
   t->suspended = !t->queued;
+}
+
+void lasync__end_wait(lasync__task *t) {
+  t->wait_ops = NULL;
+  t->wait_data = NULL;
+  t->wake = LASYNC__WAKE_NONE;
+}
+
+int lasync__suspend(lua_State *L, lasync__task *t, const lasync__awaitable_ops *ops, void *data) {
+  lasync__begin_wait(t, ops, data);
   return lua_yieldk(L, 0, (lua_KContext)t, on_resume);
 }
 

@@ -213,6 +213,15 @@ static void sleep_cancel(lasync__task *t, void *data) {
 
 static const lasync__awaitable_ops SLEEP_OPS = {"sleep", sleep_cancel, NULL, NULL};
 
+int lasync__sleep_begin(lasync__task *t, double seconds) {
+  if (lasync__timer_room(t->rt) != 0) return -1;
+  t->timer.index = LASYNC__UNARMED;
+  t->timer.on_due = on_sleep_due;
+  lasync__timer_start(t->rt, &t->timer, seconds);
+  lasync__begin_wait(t, &SLEEP_OPS, NULL);
+  return 0;
+}
+
 static int l_sleep(lua_State *L) {
   double s = check_seconds(L, 1, "async.sleep");
   lasync__task *t = lasync__check_task(L, "async.sleep");
